@@ -1,0 +1,282 @@
+//! Types and constants shared by the XDP data path (`lb-ebpf`) and the
+//! userspace agent (`lb-userspace`).
+//!
+//! Everything here is `#[repr(C)]` and has the same layout on both sides.
+//! Addresses and ports are kept in **network byte order, exactly as they
+//! appear in the packet**, so the data path never swaps bytes; userspace
+//! converts with [`ipv4_to_wire`] and [`port_to_wire`].
+#![no_std]
+
+mod hash;
+pub use hash::{flow_hash, jhash_3words, FLOW_HASH_SEED};
+
+/// IP protocol numbers the balancer understands.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPIP: u8 = 4;
+
+/// Size of the outer IPv4 header that IP-in-IP encapsulation adds.
+pub const IPIP_OVERHEAD: u16 = 20;
+/// TTL of the outer header.
+pub const OUTER_TTL: u8 = 64;
+
+/// Capacity of the VIP map and of the per-VIP counters (VIP ids are `0..MAX_VIPS`).
+pub const MAX_VIPS: u32 = 512;
+/// Capacity of the backend array (backend ids are `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default number of slots in the ring pool: room for 64 VIPs with a
+/// 65537-slot table, or fewer while a table is being swapped (the new table is
+/// written next to the old one). The agent can size it at load time.
+pub const DEFAULT_RING_POOL_SLOTS: u32 = 64 * 65537;
+/// Default capacity of the connection table (entries, shared by all CPUs).
+pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 1 << 20;
+/// Capacity of the decap program's address set.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Ring slots per element of the `RINGS` array. BPF arrays round every
+/// element up to 8 bytes; packing two 4-byte slots per element keeps the
+/// pool dense, so the agent can write a whole ring with one memcpy into the
+/// shared mapping.
+pub const RING_SLOTS_PER_ENTRY: u32 = 2;
+/// One element of the `RINGS` array.
+pub type RingEntry = [u32; RING_SLOTS_PER_ENTRY as usize];
+
+/// Ring slot value meaning "no backend takes new flows for this VIP".
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// BPF map and global names, the contract between the object file and the loader.
+pub mod names {
+    /// `VipKey` → `VipMeta`. Written by the agent, read by `balancer`.
+    pub const VIPS: &str = "VIPS";
+    /// VIP address (`u32`, wire order) → number of VIP entries on it.
+    /// Written by the agent, read by `balancer` only for packets it cannot
+    /// classify by port (IPv4 fragments).
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// Ring pool: `RingEntry` (two slots) by slot / 2; a slot holds a backend
+    /// id. Written by the agent, read by `balancer`.
+    pub const RINGS: &str = "RINGS";
+    /// Backend id → `Backend`. Written by the agent, read by `balancer`.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `FlowKey` → `FlowPin` (LRU, per-CPU LRU lists). Written by `balancer`,
+    /// read by `balancer`; the agent only reads it for summaries and flushes.
+    pub const FLOWS: &str = "FLOWS";
+    /// Per-CPU `VipStats` by VIP id. Written by `balancer`, read by the agent.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// Per-CPU `BackendStats` by backend id. Written by `balancer`, read by the agent.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU `GlobalStats` at index 0. Written by `balancer`, read by the agent.
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// Load-time global `DataPathConfig` of `balancer`.
+    pub const CONFIG: &str = "CONFIG";
+    /// Decap program: set of local addresses (`u32` wire order → 1) whose
+    /// IP-in-IP packets it strips. Written by its loader, read by `decap`.
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    /// Per-CPU `DecapStats` at index 0. Written by `decap`, read by tests and tools.
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Program names inside the object files.
+    pub const BALANCER_PROGRAM: &str = "balancer";
+    pub const DECAP_PROGRAM: &str = "decap";
+}
+
+/// Key of the VIP map: one virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv4 address, wire order.
+    pub addr: u32,
+    /// Port, wire order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Hash flows of this VIP on the source address only (no source port), so
+/// every connection of one client reaches the same backend (source-IP
+/// affinity). Set by the agent from the VIP's config; read by `balancer`.
+pub const VIP_F_HASH_NO_SRC_PORT: u32 = 1 << 0;
+
+/// Value of the VIP map. The agent replaces the whole value in one map
+/// update, which is how a new ring becomes visible atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS`; stable for the VIP's lifetime.
+    pub vip_id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// First slot of this VIP's ring in the ring pool.
+    pub ring_offset: u32,
+    /// Number of slots of the ring (a prime).
+    pub ring_size: u32,
+}
+
+/// The backend slot is in use. Cleared when the agent removes the backend,
+/// which makes `balancer` re-select flows pinned to it.
+pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
+
+/// Value of the backend array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// IPv4 address, wire order: the outer destination of encapsulated packets.
+    pub addr: u32,
+    /// Bumped by the agent every time the slot is given to a different
+    /// backend; a pinned flow whose generation differs is re-selected.
+    pub generation: u32,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+}
+
+/// Key of the connection table: the 5-tuple as it appears in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the connection table: the backend a flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowPin {
+    pub backend_id: u32,
+    /// The backend's generation when the flow was pinned.
+    pub generation: u32,
+}
+
+/// Per-VIP counters (per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows selected from the ring (connection-table misses, SYNs and re-selections).
+    pub new_flows: u64,
+}
+
+/// Per-backend counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Global counters of `balancer` (per CPU, index 0). Every packet is counted
+/// in exactly one of the verdict counters (`passed`, `malformed`, `drop_*`,
+/// `encap_errors`, `fib_failures`, `fib_no_neigh`, `tx`, `redirected`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Not for a VIP: passed to the kernel untouched.
+    pub passed: u64,
+    /// Too short for the headers it claims (or IHL < 5): passed untouched,
+    /// the kernel drops what is really broken.
+    pub malformed: u64,
+    /// Established flows found in the connection table.
+    pub flow_hits: u64,
+    /// VIP packets that were not in the connection table (or were a SYN).
+    pub flow_misses: u64,
+    /// Pinned flows whose backend was removed or replaced, re-selected.
+    pub flow_reselected: u64,
+    /// Connection-table updates that failed (the packet is still forwarded).
+    pub flow_pin_errors: u64,
+    /// IPv4 fragments to a VIP address: dropped.
+    pub drop_fragment: u64,
+    /// Would exceed the egress MTU once encapsulated: dropped.
+    pub drop_too_big: u64,
+    /// The VIP has no backend that takes new flows: dropped.
+    pub drop_no_backend: u64,
+    /// `bpf_xdp_adjust_head` failed: dropped.
+    pub encap_errors: u64,
+    /// The FIB has no usable route to the backend: dropped.
+    pub fib_failures: u64,
+    /// Encapsulated, but the next hop's MAC is unknown: passed to the kernel,
+    /// which resolves the neighbour and forwards the packet.
+    pub fib_no_neigh: u64,
+    /// Encapsulated and sent back out of the receiving interface.
+    pub tx: u64,
+    /// Encapsulated and redirected to another interface.
+    pub redirected: u64,
+}
+
+/// Counters of the `decap` program (per CPU, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapStats {
+    /// IP-in-IP packets to a local address, stripped and passed on.
+    pub decapsulated: u64,
+    /// Everything else, passed untouched.
+    pub passed: u64,
+    /// IP-in-IP to a local address that could not be stripped (truncated
+    /// inner header, fragment, adjust failure): passed untouched.
+    pub malformed: u64,
+}
+
+/// Choose the next hop with `bpf_fib_lookup` (default).
+pub const NEXT_HOP_FIB: u32 = 0;
+/// Send every encapsulated packet out of the receiving interface to a fixed
+/// MAC address (hosts where the FIB lookup cannot be used, and tests).
+pub const NEXT_HOP_STATIC: u32 = 1;
+
+/// Load-time configuration of `balancer` (a read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataPathConfig {
+    /// Outer source address of encapsulated packets, wire order.
+    pub lb_source_addr: u32,
+    /// `NEXT_HOP_FIB` or `NEXT_HOP_STATIC`.
+    pub next_hop_mode: u32,
+    /// Static mode: source MAC of encapsulated frames.
+    pub static_src_mac: [u8; 6],
+    /// Static mode: destination MAC of encapsulated frames.
+    pub static_dst_mac: [u8; 6],
+    /// Static mode: largest outer IPv4 packet the link carries.
+    pub static_mtu: u32,
+}
+
+/// Converts an address to the representation used in maps and packets.
+#[inline(always)]
+pub const fn ipv4_to_wire(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// Converts a wire-order address from a map back to octets.
+#[inline(always)]
+pub const fn ipv4_from_wire(addr: u32) -> [u8; 4] {
+    addr.to_ne_bytes()
+}
+
+/// Converts a port to the representation used in maps and packets.
+#[inline(always)]
+pub const fn port_to_wire(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// Converts a wire-order port back to host order.
+#[inline(always)]
+pub const fn port_from_wire(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, made of integers, and have
+    // no implicit padding (explicit `_pad` fields fill every gap).
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowPin {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for GlobalStats {}
+    unsafe impl aya::Pod for DecapStats {}
+    unsafe impl aya::Pod for DataPathConfig {}
+}

@@ -1,0 +1,102 @@
+//! The `balancer` program, top to bottom:
+//! parse → classify → select backend → next hop → encapsulate → verdict.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{GlobalStats, IPIP_OVERHEAD};
+
+use crate::{
+    classify, encap,
+    maps::CONFIG,
+    parse::{self, Parsed},
+    select, stats,
+    transmit::{self, NextHop},
+};
+
+#[inline(always)]
+pub fn balance(ctx: &XdpContext) -> u32 {
+    let Some(stats) = stats::global() else {
+        return xdp_action::XDP_PASS;
+    };
+    run(ctx, stats)
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
+    let pkt = match parse::parse(ctx) {
+        Parsed::Flow(pkt) => pkt,
+        Parsed::Other => return pass(&mut stats.passed),
+        Parsed::Malformed => return pass(&mut stats.malformed),
+        Parsed::Fragment { dst_addr } => {
+            if classify::is_vip_address(dst_addr) {
+                return drop(&mut stats.drop_fragment);
+            }
+            return pass(&mut stats.passed);
+        }
+    };
+
+    let Some(vip) = classify::lookup_vip(&pkt.flow) else {
+        return pass(&mut stats.passed);
+    };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+
+    let Some(selected) = select::select_backend(&pkt.flow, pkt.tcp_syn, &vip, stats) else {
+        return drop(&mut stats.drop_no_backend);
+    };
+    stats::count_vip(vip.vip_id, frame_len, selected.new_flow);
+
+    let config = CONFIG.load();
+    let outer_dst = selected.backend.addr;
+    let outer_len = pkt.tot_len + IPIP_OVERHEAD;
+    let next_hop = transmit::next_hop(
+        ctx,
+        &config,
+        config.lb_source_addr,
+        outer_dst,
+        outer_len,
+        pkt.tos,
+    );
+    let (action, macs) = match next_hop {
+        NextHop::Out {
+            action,
+            src_mac,
+            dst_mac,
+        } => (action, Some((src_mac, dst_mac))),
+        NextHop::Kernel => (xdp_action::XDP_PASS, None),
+        NextHop::TooBig => return drop(&mut stats.drop_too_big),
+        NextHop::Unreachable => return drop(&mut stats.fib_failures),
+    };
+
+    let outer = encap::outer_ipv4_header(&pkt, config.lb_source_addr, outer_dst);
+    if encap::encapsulate(ctx, pkt.l2, &outer).is_err() {
+        return drop(&mut stats.encap_errors);
+    }
+    stats::count_backend(selected.backend_id, frame_len);
+    match macs {
+        None => {
+            stats.fib_no_neigh += 1;
+        }
+        Some((src, dst)) => {
+            if encap::set_macs(ctx, src, dst).is_err() {
+                return drop(&mut stats.encap_errors);
+            }
+            if action == xdp_action::XDP_TX {
+                stats.tx += 1;
+            } else {
+                stats.redirected += 1;
+            }
+        }
+    }
+    action
+}
+
+#[inline(always)]
+fn pass(counter: &mut u64) -> u32 {
+    *counter += 1;
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn drop(counter: &mut u64) -> u32 {
+    *counter += 1;
+    xdp_action::XDP_DROP
+}

@@ -1,0 +1,25 @@
+//! Is this packet for a virtual service?
+
+use lb_common::{FlowKey, VipKey, VipMeta};
+
+use crate::maps::{VIPS, VIP_ADDRS};
+
+/// The VIP a flow is addressed to, if any.
+#[inline(always)]
+pub fn lookup_vip(flow: &FlowKey) -> Option<VipMeta> {
+    let key = VipKey {
+        addr: flow.dst_addr,
+        port: flow.dst_port,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    // Copied out: the agent may replace the value at any time and a
+    // consistent (offset, size) pair matters more than saving 16 bytes.
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// Whether some VIP lives on this address (for packets without ports).
+#[inline(always)]
+pub fn is_vip_address(addr: u32) -> bool {
+    VIP_ADDRS.get_ptr(&addr).is_some()
+}

@@ -1,0 +1,110 @@
+//! The `decap` program for backends: strips the outer header of IP-in-IP
+//! packets sent to one of the host's addresses and hands the client's packet
+//! to the stack, for hosts without kernel ipip support.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{DecapStats, IPPROTO_IPIP, MAX_DECAP_ADDRS};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    vlan::VlanHdr,
+};
+
+use crate::parse::{parse_l2, ptr_at, ETH_LEN, IPV4_MIN_LEN, L2};
+
+/// Local addresses (wire order → 1) whose IP-in-IP packets are stripped.
+/// Written by the decap loader, read per packet.
+#[map]
+pub static DECAP_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Counters at index 0. Written by `decap`, read by tests and tools.
+#[map]
+pub static DECAP_STATS: PerCpuArray<DecapStats> = PerCpuArray::with_max_entries(1, 0);
+
+pub fn decap(ctx: &XdpContext) -> u32 {
+    let Some(stats) = DECAP_STATS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let stats = unsafe { &mut *stats };
+    match strip(ctx) {
+        Outcome::NotOurs => stats.passed += 1,
+        Outcome::Malformed => stats.malformed += 1,
+        Outcome::Decapsulated => stats.decapsulated += 1,
+    }
+    xdp_action::XDP_PASS
+}
+
+enum Outcome {
+    NotOurs,
+    Malformed,
+    Decapsulated,
+}
+
+#[inline(always)]
+fn strip(ctx: &XdpContext) -> Outcome {
+    let Some((l2, ether_type)) = parse_l2(ctx) else {
+        return Outcome::NotOurs;
+    };
+    if ether_type != EtherType::Ipv4.into() {
+        return Outcome::NotOurs;
+    }
+    let l3 = l2.len();
+    let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
+        return Outcome::NotOurs;
+    };
+    let outer = unsafe { &*outer };
+    if outer.proto != IPPROTO_IPIP
+        || DECAP_ADDRS
+            .get_ptr(&u32::from_ne_bytes(outer.dst_addr))
+            .is_none()
+    {
+        return Outcome::NotOurs;
+    }
+    let outer_len = ((outer.vihl & 0x0f) as usize) * 4;
+    // A fragmented outer packet cannot be stripped piecewise: leave it to
+    // the kernel (which will drop it, having no ipip).
+    if outer_len < IPV4_MIN_LEN || u16::from_be_bytes(outer.frags) & 0x3fff != 0 {
+        return Outcome::Malformed;
+    }
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, l3 + outer_len) else {
+        return Outcome::Malformed;
+    };
+    if unsafe { (*inner).vihl } >> 4 != 4 {
+        return Outcome::Malformed;
+    }
+
+    // Drop the outer header from the front of the packet and write the L2
+    // header (and VLAN tag) back in front of the inner packet. The inner
+    // packet is IPv4 like the outer one, so the ethertype stays.
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Outcome::Malformed;
+    };
+    let eth = unsafe { *eth };
+    let vlan = match l2 {
+        L2::Plain => None,
+        L2::Vlan => match ptr_at::<VlanHdr>(ctx, ETH_LEN) {
+            Some(v) => Some(unsafe { *v }),
+            None => return Outcome::Malformed,
+        },
+    };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+        return Outcome::Malformed;
+    }
+    let Some(new_eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Outcome::Malformed;
+    };
+    unsafe { *new_eth = eth };
+    if let Some(vlan) = vlan {
+        let Some(new_vlan) = ptr_at::<VlanHdr>(ctx, ETH_LEN) else {
+            return Outcome::Malformed;
+        };
+        unsafe { *new_vlan = vlan };
+    }
+    Outcome::Decapsulated
+}

@@ -1,0 +1,66 @@
+//! IP-in-IP encapsulation (RFC 2003): a new outer IPv4 header between the
+//! Ethernet header (and its VLAN tag, kept as is) and the client's packet.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{IPIP_OVERHEAD, IPPROTO_IPIP, OUTER_TTL};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
+
+use crate::{
+    csum,
+    parse::{ptr_at, Ipv4Flow, ETH_LEN, IP_DF, L2},
+};
+
+/// The outer header for `pkt`, checksum included.
+#[inline(always)]
+pub fn outer_ipv4_header(pkt: &Ipv4Flow, src: u32, dst: u32) -> Ipv4Hdr {
+    let frags: u16 = if pkt.dont_fragment { IP_DF } else { 0 };
+    let mut hdr = Ipv4Hdr {
+        vihl: 0x45,
+        tos: pkt.tos,
+        tot_len: (pkt.tot_len + IPIP_OVERHEAD).to_be_bytes(),
+        id: [0; 2],
+        frags: frags.to_be_bytes(),
+        ttl: OUTER_TTL,
+        proto: IPPROTO_IPIP,
+        check: [0; 2],
+        src_addr: src.to_ne_bytes(),
+        dst_addr: dst.to_ne_bytes(),
+    };
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data with alignment 1.
+    let words: [u16; 10] = unsafe { core::mem::transmute_copy(&hdr) };
+    hdr.check = csum::ipv4_header(&words).to_ne_bytes();
+    hdr
+}
+
+/// Grows the head by one IPv4 header and writes the L2 header and `outer`
+/// in front of the client's packet. On error the caller must drop the packet.
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Ipv4Hdr) -> Result<(), ()> {
+    let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(())? };
+    let vlan: Option<VlanHdr> = match l2 {
+        L2::Plain => None,
+        L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(())? }),
+    };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
+        return Err(());
+    }
+    unsafe {
+        *ptr_at::<EthHdr>(ctx, 0).ok_or(())? = eth;
+        if let Some(vlan) = vlan {
+            *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(())? = vlan;
+        }
+        *ptr_at::<Ipv4Hdr>(ctx, l2.len()).ok_or(())? = *outer;
+    }
+    Ok(())
+}
+
+/// Rewrites the Ethernet addresses for the next hop.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), ()> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
+    unsafe {
+        (*eth).src_addr = src;
+        (*eth).dst_addr = dst;
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The XDP data path.
+//!
+//! `balancer` reads top to bottom in [`balancer::balance`]:
+//! [`parse`] → [`classify`] → [`select`] → [`transmit`] (next hop) →
+//! [`encap`] → verdict. [`decap`] is the backends' half. Maps live in
+//! [`maps`], counters in [`stats`], checksum arithmetic in [`csum`].
+#![no_std]
+
+#[cfg(feature = "balancer")]
+pub mod balancer;
+#[cfg(feature = "balancer")]
+pub mod classify;
+pub mod csum;
+#[cfg(feature = "decap")]
+pub mod decap;
+#[cfg(feature = "balancer")]
+pub mod encap;
+#[cfg(feature = "balancer")]
+pub mod maps;
+pub mod parse;
+#[cfg(feature = "balancer")]
+pub mod select;
+#[cfg(feature = "balancer")]
+pub mod stats;
+#[cfg(feature = "balancer")]
+pub mod transmit;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this only satisfies rustc.
+    loop {}
+}

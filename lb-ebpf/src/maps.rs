@@ -1,0 +1,67 @@
+//! The balancer's maps. Names, key and value types come from `lb_common`
+//! (see `lb_common::names` for who writes and who reads each one).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    Global,
+};
+use lb_common::{
+    Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats, RingEntry, VipKey,
+    VipMeta, VipStats, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS,
+    RING_SLOTS_PER_ENTRY,
+};
+
+/// Virtual services. Written by the agent, read per packet.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// VIP addresses (wire order) → number of VIPs on the address. Written by
+/// the agent; read only for fragments, which carry no port.
+#[map]
+pub static VIP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Maglev rings of all VIPs, one region per VIP (`VipMeta::ring_offset`,
+/// `ring_size`). Written by the agent through a shared mapping
+/// (`BPF_F_MMAPABLE`: a whole ring is a memcpy, not 65537 syscalls), read
+/// per new flow.
+#[map]
+pub static RINGS: Array<RingEntry> = Array::with_max_entries(
+    DEFAULT_RING_POOL_SLOTS / RING_SLOTS_PER_ENTRY,
+    BPF_F_MMAPABLE,
+);
+
+/// Backends by id. Written by the agent, read per VIP packet.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Connection table. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`) so CPUs do not
+/// contend on one list lock; a flow stays on one CPU through RSS anyway.
+/// Written and read by `balancer`.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowPin> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Per-VIP counters by VIP id. Written by `balancer`, read by the agent.
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-backend counters by backend id. Written by `balancer`, read by the agent.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Global counters at index 0. Written by `balancer`, read by the agent.
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Load-time configuration, set by the agent before the program is loaded.
+#[no_mangle]
+pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {
+    lb_source_addr: 0,
+    next_hop_mode: 0,
+    static_src_mac: [0; 6],
+    static_dst_mac: [0; 6],
+    static_mtu: 1500,
+});

@@ -1,0 +1,92 @@
+//! Where an encapsulated packet goes next: `bpf_fib_lookup` on the outer
+//! destination, or a configured static next hop.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{DataPathConfig, NEXT_HOP_STATIC};
+
+const AF_INET: u8 = 2;
+
+pub enum NextHop {
+    /// Rewrite the MACs and send with `action` (XDP_TX or XDP_REDIRECT).
+    Out {
+        action: u32,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    },
+    /// The route is known but not the neighbour's MAC: let the kernel
+    /// forward this packet (it resolves the neighbour on the way).
+    Kernel,
+    /// The outer packet exceeds the egress MTU.
+    TooBig,
+    /// No usable route.
+    Unreachable,
+}
+
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    config: &DataPathConfig,
+    outer_src: u32,
+    outer_dst: u32,
+    outer_len: u16,
+    tos: u8,
+) -> NextHop {
+    if config.next_hop_mode == NEXT_HOP_STATIC {
+        if outer_len as u32 > config.static_mtu {
+            return NextHop::TooBig;
+        }
+        return NextHop::Out {
+            action: xdp_action::XDP_TX,
+            src_mac: config.static_src_mac,
+            dst_mac: config.static_dst_mac,
+        };
+    }
+
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: plain-data C struct; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ingress;
+    // Non-zero tot_len makes the kernel check it against the route's MTU.
+    params.__bindgen_anon_1.tot_len = outer_len;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = outer_src;
+    params.__bindgen_anon_4.ipv4_dst = outer_dst;
+    let ret = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret < 0 {
+        return NextHop::Unreachable;
+    }
+    match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let action = if params.ifindex == ingress {
+                xdp_action::XDP_TX
+            } else {
+                unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+            };
+            NextHop::Out {
+                action,
+                src_mac: params.smac,
+                dst_mac: params.dmac,
+            }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::Kernel,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig,
+        _ => NextHop::Unreachable,
+    }
+}

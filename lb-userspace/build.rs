@@ -1,0 +1,84 @@
+//! Builds the eBPF objects (lb-ebpf, nightly, bpfel-unknown-none) so the
+//! agent embeds them and an installed `lb-agent` is one self-contained file.
+//! `cargo xtask setup` installs what this needs (rust-src, bpf-linker).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// (cargo feature of lb-ebpf, binaries it builds)
+const OBJECTS: &[(&str, &[&str])] = &[
+    ("balancer", &["lb-balancer", "lb-bench-programs"]),
+    ("decap", &["lb-decap"]),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("lb-userspace sits in the workspace");
+    let ebpf_dir = root.join("lb-ebpf");
+    let common_dir = root.join("lb-common");
+    for path in [
+        ebpf_dir.join("src"),
+        ebpf_dir.join("Cargo.toml"),
+        ebpf_dir.join("Cargo.lock"),
+        common_dir.join("src"),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let target_dir = root.join("target").join("ebpf");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+
+    for (feature, bins) in OBJECTS {
+        build(&ebpf_dir, &target_dir, feature, bins);
+        for bin in *bins {
+            let built = target_dir
+                .join("bpfel-unknown-none")
+                .join("release")
+                .join(bin);
+            std::fs::copy(&built, out_dir.join(bin)).unwrap_or_else(|e| {
+                panic!("copying {} into OUT_DIR: {e}", built.display());
+            });
+        }
+    }
+}
+
+fn build(ebpf_dir: &Path, target_dir: &Path, feature: &str, bins: &[&str]) {
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--features",
+        feature,
+    ])
+    .arg("--target-dir")
+    .arg(target_dir)
+    .current_dir(ebpf_dir);
+    for bin in bins {
+        cmd.args(["--bin", bin]);
+    }
+    // The outer cargo's toolchain and flags must not leak into the nightly
+    // bpf build (build-std would then use the stable compiler).
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC") {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    for key in ["RUSTUP_TOOLCHAIN", "RUSTFLAGS", "RUSTDOCFLAGS", "CARGO"] {
+        cmd.env_remove(key);
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("running rustup for the eBPF build ({e}); run `cargo xtask setup` first")
+    });
+    assert!(
+        status.success(),
+        "building lb-ebpf --features {feature} failed; run `cargo xtask setup` if bpf-linker or rust-src is missing"
+    );
+}

@@ -1,0 +1,617 @@
+//! The services the data path serves (VIPs and their backends), and how a
+//! change to them is written into the maps without disturbing traffic.
+//!
+//! Rules the writer keeps:
+//! - A backend id belongs to one (VIP, backend address) pair. When the pair
+//!   goes away the id is deactivated, so flows pinned to it are re-selected;
+//!   when the id is reused its generation is bumped, so stale pins never
+//!   reach the new owner.
+//! - A VIP's new ring is written into a free region of the ring pool first,
+//!   then the VIP's metadata is switched to it in one map update; only VIPs
+//!   whose table changed are rewritten.
+//! - A change is planned completely (ids, pool space, table sizes) before
+//!   the first map write: it applies whole or is rejected.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::{
+    flow_hash, ipv4_to_wire, port_to_wire, Backend, FlowKey, VipKey, VipMeta, BACKEND_F_ACTIVE,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_HASH_NO_SRC_PORT,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    maglev::{self, MaglevBackend},
+    maps::BalancerMaps,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A virtual service: address, port, protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VipAddr {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl VipAddr {
+    pub fn key(&self) -> VipKey {
+        VipKey {
+            addr: ipv4_to_wire(self.addr.octets()),
+            port: port_to_wire(self.port),
+            proto: self.proto.number(),
+            _pad: 0,
+        }
+    }
+}
+
+impl fmt::Display for VipAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// What a VIP should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSpec {
+    pub vip: VipAddr,
+    /// Maglev table size (a prime).
+    pub table_size: u32,
+    /// Hash on the source address only (every connection of a client goes
+    /// to the same backend).
+    pub hash_source_only: bool,
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: Ipv4Addr,
+    /// Relative share of new flows; 0 drains the backend (no new flows,
+    /// existing ones stay).
+    pub weight: u32,
+}
+
+/// What `apply` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: Vec<VipAddr>,
+    pub vips_removed: Vec<VipAddr>,
+    /// VIPs whose ring was rebuilt and switched (added VIPs included).
+    pub rings_written: Vec<VipAddr>,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+}
+
+#[derive(Debug, Clone)]
+struct VipState {
+    spec: VipSpec,
+    vip_id: u32,
+    ring_offset: u32,
+    ring: Vec<u32>,
+    /// backend address → backend id
+    backend_ids: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl VipState {
+    fn meta(&self) -> VipMeta {
+        VipMeta {
+            vip_id: self.vip_id,
+            flags: if self.spec.hash_source_only {
+                VIP_F_HASH_NO_SRC_PORT
+            } else {
+                0
+            },
+            ring_offset: self.ring_offset,
+            ring_size: self.spec.table_size,
+        }
+    }
+}
+
+/// Free-list allocator of ring-pool regions (first fit, coalescing).
+#[derive(Debug, Clone)]
+pub struct RingAllocator {
+    /// start → length of each free region
+    free: BTreeMap<u32, u32>,
+}
+
+impl RingAllocator {
+    pub fn new(slots: u32) -> Self {
+        let mut free = BTreeMap::new();
+        if slots > 0 {
+            free.insert(0, slots);
+        }
+        Self { free }
+    }
+
+    pub fn alloc(&mut self, len: u32) -> Option<u32> {
+        let (&start, &free_len) = self.free.iter().find(|(_, &l)| l >= len)?;
+        self.free.remove(&start);
+        if free_len > len {
+            self.free.insert(start + len, free_len - len);
+        }
+        Some(start)
+    }
+
+    pub fn release(&mut self, start: u32, len: u32) {
+        let mut start = start;
+        let mut len = len;
+        if let Some((&prev, &prev_len)) = self.free.range(..start).next_back() {
+            if prev + prev_len == start {
+                self.free.remove(&prev);
+                start = prev;
+                len += prev_len;
+            }
+        }
+        if let Some(&next_len) = self.free.get(&(start + len)) {
+            self.free.remove(&(start + len));
+            len += next_len;
+        }
+        self.free.insert(start, len);
+    }
+
+    pub fn free_slots(&self) -> u64 {
+        self.free.values().map(|&l| l as u64).sum()
+    }
+}
+
+/// Ids in `0..capacity`, lowest free first.
+#[derive(Debug, Clone)]
+struct IdAllocator {
+    free: BTreeSet<u32>,
+}
+
+impl IdAllocator {
+    fn new(capacity: u32) -> Self {
+        Self {
+            free: (0..capacity).collect(),
+        }
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        self.free.pop_first()
+    }
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+/// The data plane's services and the maps they are written to.
+pub struct DataPlane {
+    maps: BalancerMaps,
+    vips: BTreeMap<VipAddr, VipState>,
+    vip_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    /// Generation last written for each backend id.
+    generations: Vec<u32>,
+    pool: RingAllocator,
+}
+
+/// Ids and pool regions assigned by planning, consumed in the same order by
+/// execution.
+struct Plan {
+    vip_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    pool: RingAllocator,
+}
+
+impl DataPlane {
+    pub fn new(maps: BalancerMaps) -> Self {
+        let slots = maps.ring_pool_slots();
+        Self {
+            maps,
+            vips: BTreeMap::new(),
+            vip_ids: IdAllocator::new(MAX_VIPS),
+            backend_ids: IdAllocator::new(MAX_BACKENDS),
+            generations: vec![0; MAX_BACKENDS as usize],
+            pool: RingAllocator::new(slots),
+        }
+    }
+
+    pub fn maps(&self) -> &BalancerMaps {
+        &self.maps
+    }
+
+    /// The VIPs as currently written.
+    pub fn specs(&self) -> Vec<VipSpec> {
+        self.vips.values().map(|v| v.spec.clone()).collect()
+    }
+
+    /// VIP id of a configured VIP (index of its counters).
+    pub fn vip_id(&self, vip: &VipAddr) -> Option<u32> {
+        self.vips.get(vip).map(|v| v.vip_id)
+    }
+
+    /// Backend id of a VIP's backend (index of its counters).
+    pub fn backend_id(&self, vip: &VipAddr, backend: Ipv4Addr) -> Option<u32> {
+        self.vips.get(vip)?.backend_ids.get(&backend).copied()
+    }
+
+    /// The backend the ring gives a new flow, computed exactly as the data
+    /// path does (same hash, same table).
+    pub fn ring_choice(
+        &self,
+        vip: &VipAddr,
+        src_addr: Ipv4Addr,
+        src_port: u16,
+    ) -> Option<Ipv4Addr> {
+        let state = self.vips.get(vip)?;
+        let key = vip.key();
+        let flow = FlowKey {
+            src_addr: ipv4_to_wire(src_addr.octets()),
+            dst_addr: key.addr,
+            src_port: if state.spec.hash_source_only {
+                0
+            } else {
+                port_to_wire(src_port)
+            },
+            dst_port: key.port,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        let hash = flow_hash(
+            flow.src_addr,
+            flow.dst_addr,
+            flow.src_port,
+            flow.dst_port,
+            flow.proto,
+        );
+        let id = *state.ring.get((hash % state.spec.table_size) as usize)?;
+        if id == NO_BACKEND {
+            return None;
+        }
+        state
+            .backend_ids
+            .iter()
+            .find(|(_, &bid)| bid == id)
+            .map(|(addr, _)| *addr)
+    }
+
+    /// Makes the data plane serve exactly `desired`. Validates and plans
+    /// everything first; on error nothing was written.
+    pub fn apply(&mut self, desired: &[VipSpec]) -> Result<ApplyReport> {
+        validate(desired)?;
+        let desired: BTreeMap<VipAddr, &VipSpec> = desired.iter().map(|s| (s.vip, s)).collect();
+        let tables = desired
+            .iter()
+            .map(|(vip, spec)| Ok((*vip, self.table_for(spec)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        // Dry run on copies of the allocators: fails before any write if
+        // ids or pool space run out.
+        let mut plan = Plan {
+            vip_ids: self.vip_ids.clone(),
+            backend_ids: self.backend_ids.clone(),
+            pool: self.pool.clone(),
+        };
+        self.walk(&desired, &tables, &mut plan, false)?;
+        let mut plan = Plan {
+            vip_ids: self.vip_ids.clone(),
+            backend_ids: self.backend_ids.clone(),
+            pool: self.pool.clone(),
+        };
+        let report = self.walk(&desired, &tables, &mut plan, true)?;
+        self.vip_ids = plan.vip_ids;
+        self.backend_ids = plan.backend_ids;
+        self.pool = plan.pool;
+        Ok(report)
+    }
+
+    /// Maglev input for a spec: backend ids are not known yet, so slots hold
+    /// indexes into the spec's backend list; `walk` maps them to ids.
+    fn table_for(&self, spec: &VipSpec) -> Result<Vec<u32>> {
+        let backends: Vec<MaglevBackend> = spec
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| MaglevBackend {
+                id: i as u32,
+                identity: b.addr.octets().to_vec(),
+                weight: b.weight,
+            })
+            .collect();
+        maglev::build_table(&backends, spec.table_size)
+            .with_context(|| format!("building the table of VIP {}", spec.vip))
+    }
+
+    /// Removes VIPs not in `desired`, then adds or updates the rest. With
+    /// `write == false` only the allocators in `plan` are exercised.
+    fn walk(
+        &mut self,
+        desired: &BTreeMap<VipAddr, &VipSpec>,
+        tables: &BTreeMap<VipAddr, Vec<u32>>,
+        plan: &mut Plan,
+        write: bool,
+    ) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let removed: Vec<VipAddr> = self
+            .vips
+            .keys()
+            .filter(|v| !desired.contains_key(v))
+            .copied()
+            .collect();
+        for vip in removed {
+            let state = &self.vips[&vip];
+            plan.pool.release(state.ring_offset, state.spec.table_size);
+            plan.vip_ids.release(state.vip_id);
+            for &id in state.backend_ids.values() {
+                plan.backend_ids.release(id);
+            }
+            if write {
+                let state = self.vips.remove(&vip).context("VIP vanished")?;
+                self.maps.remove_vip(&vip.key())?;
+                self.write_vip_address_count(vip.addr)?;
+                for &id in state.backend_ids.values() {
+                    self.deactivate_backend(id)?;
+                }
+                report.backends_removed += state.backend_ids.len();
+            }
+            report.vips_removed.push(vip);
+        }
+
+        for (vip, spec) in desired {
+            let old = self.vips.get(vip).cloned();
+            // Backend ids: keep those of backends still present.
+            let mut backend_ids = BTreeMap::new();
+            let mut added = Vec::new();
+            for b in &spec.backends {
+                match old.as_ref().and_then(|o| o.backend_ids.get(&b.addr)) {
+                    Some(&id) => {
+                        backend_ids.insert(b.addr, id);
+                    }
+                    None => {
+                        let id = plan.backend_ids.alloc().with_context(|| {
+                            format!("no room for backend {} of VIP {vip}: the map holds {MAX_BACKENDS} backends", b.addr)
+                        })?;
+                        backend_ids.insert(b.addr, id);
+                        added.push((id, b.addr));
+                    }
+                }
+            }
+            let gone: Vec<u32> = old
+                .as_ref()
+                .map(|o| {
+                    o.backend_ids
+                        .iter()
+                        .filter(|(addr, _)| !backend_ids.contains_key(addr))
+                        .map(|(_, &id)| id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ring: Vec<u32> = tables[vip]
+                .iter()
+                .map(|&i| {
+                    if i == NO_BACKEND {
+                        NO_BACKEND
+                    } else {
+                        backend_ids[&spec.backends[i as usize].addr]
+                    }
+                })
+                .collect();
+            let ring_changed = old.as_ref().is_none_or(|o| o.ring != ring);
+            let flags_changed = old
+                .as_ref()
+                .is_none_or(|o| o.spec.hash_source_only != spec.hash_source_only);
+            let vip_id = match &old {
+                Some(o) => o.vip_id,
+                None => plan.vip_ids.alloc().with_context(|| {
+                    format!("no room for VIP {vip}: the map holds {MAX_VIPS} VIPs")
+                })?,
+            };
+            let ring_offset = if ring_changed {
+                let offset = plan.pool.alloc(spec.table_size).with_context(|| {
+                    format!(
+                        "no room in the ring pool for the {}-slot table of VIP {vip} ({} slots free)",
+                        spec.table_size,
+                        plan.pool.free_slots()
+                    )
+                })?;
+                if let Some(o) = &old {
+                    plan.pool.release(o.ring_offset, o.spec.table_size);
+                }
+                offset
+            } else {
+                old.as_ref().map(|o| o.ring_offset).unwrap_or_default()
+            };
+            for &id in &gone {
+                plan.backend_ids.release(id);
+            }
+            if !write {
+                continue;
+            }
+
+            for &(id, addr) in &added {
+                self.activate_backend(id, addr)?;
+            }
+            let state = VipState {
+                spec: (*spec).clone(),
+                vip_id,
+                ring_offset,
+                ring,
+                backend_ids,
+            };
+            if ring_changed {
+                self.maps.write_ring(ring_offset, &state.ring)?;
+            }
+            if ring_changed || flags_changed {
+                self.maps.set_vip(&vip.key(), &state.meta())?;
+            }
+            // Only now that no ring points at them.
+            for &id in &gone {
+                self.deactivate_backend(id)?;
+            }
+            let is_new = old.is_none();
+            self.vips.insert(*vip, state);
+            if is_new {
+                self.write_vip_address_count(vip.addr)?;
+                report.vips_added.push(*vip);
+            }
+            if ring_changed {
+                report.rings_written.push(*vip);
+            }
+            report.backends_added += added.len();
+            report.backends_removed += gone.len();
+        }
+        Ok(report)
+    }
+
+    fn write_vip_address_count(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let count = self.vips.keys().filter(|v| v.addr == addr).count() as u32;
+        self.maps
+            .set_vip_address_count(ipv4_to_wire(addr.octets()), count)
+    }
+
+    fn activate_backend(&mut self, id: u32, addr: Ipv4Addr) -> Result<()> {
+        let generation = &mut self.generations[id as usize];
+        *generation = generation.wrapping_add(1);
+        self.maps.set_backend(
+            id,
+            &Backend {
+                addr: ipv4_to_wire(addr.octets()),
+                generation: *generation,
+                flags: BACKEND_F_ACTIVE,
+            },
+        )
+    }
+
+    fn deactivate_backend(&mut self, id: u32) -> Result<()> {
+        self.maps.set_backend(
+            id,
+            &Backend {
+                addr: 0,
+                generation: self.generations[id as usize],
+                flags: 0,
+            },
+        )
+    }
+}
+
+/// Checks a whole desired state: no duplicate VIP or backend, valid table
+/// sizes, capacity.
+pub fn validate(desired: &[VipSpec]) -> Result<()> {
+    if desired.len() > MAX_VIPS as usize {
+        bail!(
+            "{} VIPs configured; the data path holds at most {MAX_VIPS}",
+            desired.len()
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let mut backends = 0usize;
+    for spec in desired {
+        if !seen.insert(spec.vip) {
+            bail!("VIP {} is configured twice", spec.vip);
+        }
+        maglev::validate_table_size(spec.table_size)
+            .with_context(|| format!("VIP {}: table_size {}", spec.vip, spec.table_size))?;
+        if spec.backends.len() >= spec.table_size as usize {
+            bail!(
+                "VIP {}: {} backends need a table larger than {}",
+                spec.vip,
+                spec.backends.len(),
+                spec.table_size
+            );
+        }
+        let mut addrs = BTreeSet::new();
+        for b in &spec.backends {
+            if !addrs.insert(b.addr) {
+                bail!("VIP {}: backend {} is listed twice", spec.vip, b.addr);
+            }
+            if b.addr.is_unspecified() || b.addr.is_broadcast() || b.addr.is_multicast() {
+                bail!(
+                    "VIP {}: backend address {} is not a unicast address",
+                    spec.vip,
+                    b.addr
+                );
+            }
+        }
+        backends += spec.backends.len();
+    }
+    if backends > MAX_BACKENDS as usize {
+        bail!("{backends} backends configured; the data path holds at most {MAX_BACKENDS}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_allocator_reuses_and_coalesces() {
+        let mut pool = RingAllocator::new(100);
+        let a = pool.alloc(30).expect("room for a");
+        let b = pool.alloc(30).expect("room for b");
+        let c = pool.alloc(30).expect("room for c");
+        assert_eq!((a, b, c), (0, 30, 60));
+        assert_eq!(pool.alloc(11), None, "only 10 slots are left");
+        pool.release(b, 30);
+        pool.release(a, 30);
+        assert_eq!(pool.alloc(60), Some(0), "freed neighbours coalesce");
+        pool.release(0, 60);
+        pool.release(c, 30);
+        assert_eq!(pool.free_slots(), 100);
+        assert_eq!(pool.alloc(100), Some(0));
+    }
+
+    fn spec(port: u16, backends: &[(u8, u32)]) -> VipSpec {
+        VipSpec {
+            vip: VipAddr {
+                addr: Ipv4Addr::new(198, 18, 0, 1),
+                port,
+                proto: Protocol::Tcp,
+            },
+            table_size: 65537,
+            hash_source_only: false,
+            backends: backends
+                .iter()
+                .map(|&(last, weight)| BackendSpec {
+                    addr: Ipv4Addr::new(198, 19, 0, last),
+                    weight,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let err = validate(&[spec(80, &[(1, 1)]), spec(80, &[(2, 1)])]).unwrap_err();
+        assert!(err.to_string().contains("configured twice"), "{err}");
+        let err = validate(&[spec(80, &[(1, 1), (1, 2)])]).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let mut bad = spec(80, &[(1, 1)]);
+        bad.table_size = 65536;
+        let err = validate(&[bad]).unwrap_err();
+        assert!(format!("{err:#}").contains("65536"), "{err:#}");
+        let mut bad = spec(80, &[(1, 1)]);
+        bad.backends[0].addr = Ipv4Addr::new(224, 0, 0, 1);
+        assert!(validate(&[bad]).is_err());
+        let many: Vec<VipSpec> = (0..=MAX_VIPS as u16).map(|p| spec(p, &[])).collect();
+        assert!(validate(&many).unwrap_err().to_string().contains("at most"));
+    }
+}

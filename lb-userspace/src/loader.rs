@@ -1,0 +1,85 @@
+//! Loading the embedded objects into the kernel.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::{maps::HashMap, programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::{
+    ipv4_to_wire, names, DataPathConfig, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS,
+    RING_SLOTS_PER_ENTRY,
+};
+
+use crate::objects;
+
+/// Everything fixed when `balancer` is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct BalancerOptions {
+    pub config: DataPathConfig,
+    /// Slots in the ring pool (all VIPs' tables, plus room to build a new
+    /// table next to the old one).
+    pub ring_pool_slots: u32,
+    /// Capacity of the connection table.
+    pub flow_table_entries: u32,
+}
+
+impl BalancerOptions {
+    pub fn new(config: DataPathConfig) -> Self {
+        Self {
+            config,
+            ring_pool_slots: DEFAULT_RING_POOL_SLOTS,
+            flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
+        }
+    }
+}
+
+/// Loads `balancer` (verified, not attached). Its maps are then taken with
+/// [`crate::maps::BalancerMaps::take_from`].
+pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::CONFIG, &options.config, true)
+        .map_max_entries(
+            names::RINGS,
+            options.ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY),
+        )
+        .map_max_entries(names::FLOWS, options.flow_table_entries)
+        .load(objects::BALANCER)
+        .context("loading the balancer object")?;
+    load_xdp(&mut ebpf, names::BALANCER_PROGRAM)?;
+    Ok(ebpf)
+}
+
+/// Loads `decap` (not attached) and fills its set of local addresses.
+pub fn load_decap(local_addrs: &[Ipv4Addr]) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(objects::DECAP).context("loading the decap object")?;
+    {
+        let map = ebpf
+            .map_mut(names::DECAP_ADDRS)
+            .context("the decap object has no DECAP_ADDRS map")?;
+        let mut addrs: HashMap<_, u32, u8> = HashMap::try_from(map)?;
+        for addr in local_addrs {
+            addrs
+                .insert(ipv4_to_wire(addr.octets()), 1, 0)
+                .with_context(|| format!("adding decap address {addr}"))?;
+        }
+    }
+    load_xdp(&mut ebpf, names::DECAP_PROGRAM)?;
+    Ok(ebpf)
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("the kernel rejected the {name} program"))
+}
+
+/// The loaded XDP program `name` of `ebpf`.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))?
+        .try_into()?)
+}

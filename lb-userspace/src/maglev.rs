@@ -1,0 +1,1137 @@
+//! Maglev lookup-table construction.
+//!
+//! Implements the table population of Eisenbud et al., "Maglev: A Fast and
+//! Reliable Software Network Load Balancer", NSDI 2016, section 3.4, with a
+//! weighting scheme added on top.
+//!
+//! # Why Maglev
+//!
+//! The data plane picks a backend with one array lookup:
+//! `table[flow_hash % M]`. The table has to satisfy two goals that pull in
+//! opposite directions:
+//!
+//! * **Balance**: every backend owns (almost exactly) its fair share of the
+//!   `M` slots, so it receives its fair share of new flows.
+//! * **Minimal disruption**: when a backend is added or removed, as few slots
+//!   as possible change owner, so established flows on *other* backends are
+//!   not sent elsewhere (on a node without connection-tracking state for the
+//!   flow, e.g. after a failover, a moved slot means a broken connection).
+//!
+//! Ring-based consistent hashing gets disruption right but needs many virtual
+//! nodes to balance; `hash % N` balances but reshuffles everything. Maglev
+//! gives each backend its own pseudo-random *preference list* over all slots,
+//! a permutation `(offset + j * skip) mod M` with `offset`/`skip` derived from
+//! two independent hashes of the backend's identity. Backends then take turns
+//! claiming their most preferred slot that is still free until the table is
+//! full. Because every backend keeps the same preference list whatever the
+//! rest of the set looks like, removing a backend mostly just hands its slots
+//! to whoever preferred them next; only a small number of other slots change
+//! owner because the turn sequence shifts (the paper's figure 12 quantifies
+//! this; the tests below measure it).
+//!
+//! `M` must be prime: `skip` is in `1..M`, so `skip` and `M` are coprime and
+//! the preference list really visits every slot. That is what guarantees a
+//! backend whose turn comes up always finds a free slot, and that the table
+//! ends up completely filled. `M` should also be much larger than the number
+//! of backends (the paper recommends `M > 100 * N`): the larger `M`, the
+//! fewer slots change owner on a membership change.
+//!
+//! # Agreement between load balancer nodes
+//!
+//! Several LB nodes must build *identical* tables from the same backend set,
+//! otherwise a flow whose packets are sprayed across nodes by ECMP would be
+//! split between backends. Therefore:
+//!
+//! * the hashes are SipHash-1-3 with fixed, compiled-in keys (see
+//!   [`OFFSET_HASH_KEYS`] and [`SKIP_HASH_KEYS`]), fed with the backend's raw
+//!   identity bytes (no length prefix), so they do not depend on the process,
+//!   platform or Rust version;
+//! * the input is sorted by identity before anything else happens, so the
+//!   order in which a caller lists backends (e.g. the order of a config file
+//!   or of a map iteration) cannot influence the result;
+//! * every tie is broken by that sorted position.
+//!
+//! # Weights
+//!
+//! The paper only notes that weights can be supported by changing how often a
+//! backend gets a turn. Done naively (e.g. "weight `w` = `w` turns per
+//! round"), shares are only approximately proportional and a backend with a
+//! large weight makes every round expensive. Instead, the build is split in
+//! two:
+//!
+//! 1. **How many slots**: the exact share `M * w / W` (`W` = sum of weights)
+//!    is apportioned with the largest-remainder (Hamilton) method. Every
+//!    backend gets its exact share rounded down or up, i.e. it is off by less
+//!    than one slot, whatever `M` and the weights are. Consequence: a backend
+//!    whose weight is tiny compared to the others (exact share below one
+//!    slot) may legitimately get no slot at all. A weight of 0 always means
+//!    no slot; such a backend is still a member of the set (it is validated
+//!    and its identity is reserved), it just takes no new flows (draining).
+//! 2. **When to take them**: a backend of weight `w` takes its turns at a
+//!    steady pace proportional to `w`, its `k`-th turn (1-based) at virtual
+//!    time `(k - 1/2) * W / w`, so that every backend runs out of turns at
+//!    about the same time, `M`. Turns are ordered by that time rounded
+//!    down, ties by sorted position. With equal weights all backends' `k`-th turns tie and
+//!    this is *exactly* the paper's round robin (a test checks it against
+//!    the paper's pseudocode), the `M mod N` extra slots going to the first
+//!    backends of the last round in both. With unequal weights it is the
+//!    "adjusted turn frequency" the paper suggests. Pacing matters for
+//!    disruption: if heavy backends took all their turns first, they would
+//!    grab the light backends' preferred slots, and a change to one heavy
+//!    backend would ripple through everybody else's slots.
+//!
+//! The apportionment is done in 128-bit arithmetic, so weights anywhere in
+//! the `u32` range are fine.
+//!
+//! # Cost
+//!
+//! Preference lists are never materialised: each backend keeps the position
+//! of its next preferred slot and advances it with one addition and a
+//! conditional subtraction. The turn order is produced by a counting sort
+//! over the `M` virtual times (no per-turn division), and the free slots are
+//! tracked in a bitset (`M / 8` bytes, so it stays in cache). The total work
+//! is `O(N log N + M log M)`, the `M log M` being the expected number of
+//! probes of already taken slots (the last free slots are hard to find, as in
+//! the coupon collector problem), independent of the weights.
+
+use std::fmt;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
+
+/// Slot value meaning "no backend can take new flows" (every weight is 0 or
+/// the set is empty).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Default table size: prime, and more than 100 times a few hundred backends.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+
+/// Smallest accepted table size (the smallest prime for which the skip range
+/// `1..M` has more than one value).
+pub const MIN_TABLE_SIZE: u32 = 3;
+
+/// Largest accepted table size: the largest prime below 2^24. A table of that
+/// size is 64 MiB of `u32` slots, which is already far more than an LB needs,
+/// and the bound keeps every intermediate value comfortably within `u32`.
+pub const MAX_TABLE_SIZE: u32 = 16_777_213;
+
+/// SipHash-1-3 keys for the `offset` hash (`h1` in the paper).
+///
+/// Changing these (or [`SKIP_HASH_KEYS`]) reshuffles every table of the
+/// fleet: during a rolling upgrade, nodes with old and new keys would send
+/// the same flow to different backends. Treat them as part of the wire
+/// format. They must differ from the skip keys so that `offset` and `skip`
+/// are independent.
+pub const OFFSET_HASH_KEYS: (u64, u64) = (0x6d61_676c_6576_2d6f, 0x6666_7365_742d_6b31); // "maglev-o", "ffset-k1"
+
+/// SipHash-1-3 keys for the `skip` hash (`h2` in the paper). See
+/// [`OFFSET_HASH_KEYS`] for why they must never change.
+pub const SKIP_HASH_KEYS: (u64, u64) = (0x6d61_676c_6576_2d73, 0x6b69_702d_6b65_7932); // "maglev-s", "kip-key2"
+
+/// A backend as Maglev sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaglevBackend {
+    /// Value written into the table's slots (the backend's index in the BPF
+    /// backend array).
+    pub id: u32,
+    /// Stable identity hashed for offset and skip (e.g. the backend's address
+    /// and port as bytes). Two LB nodes given the same identities build the
+    /// same table.
+    pub identity: Vec<u8>,
+    /// Relative weight. 0 = member of the set but gets no slots (draining).
+    pub weight: u32,
+}
+
+/// Why a table could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaglevError {
+    /// The table size is not a prime number.
+    TableSizeNotPrime(u32),
+    /// The table size is below [`MIN_TABLE_SIZE`] or not larger than the
+    /// number of backends; `min` is the smallest size that would be accepted
+    /// (sizes must also be prime).
+    TableSizeTooSmall { size: u32, min: u32 },
+    /// The table size is above [`MAX_TABLE_SIZE`].
+    TableSizeTooLarge { size: u32, max: u32 },
+    /// Two backends have the same identity (they would get the same
+    /// preference list).
+    DuplicateIdentity(Vec<u8>),
+    /// Two backends have the same id.
+    DuplicateId(u32),
+    /// A backend uses [`NO_BACKEND`] as its id, which the data plane would
+    /// read as "no backend".
+    ReservedId(u32),
+}
+
+impl fmt::Display for MaglevError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TableSizeNotPrime(size) => write!(
+                f,
+                "Maglev table size {size} is not prime (a prime size is needed for every \
+                 backend's permutation to visit every slot)"
+            ),
+            Self::TableSizeTooSmall { size, min } => write!(
+                f,
+                "Maglev table size {size} is too small: it must be a prime of at least {min} \
+                 (at least {MIN_TABLE_SIZE} and larger than the number of backends)"
+            ),
+            Self::TableSizeTooLarge { size, max } => write!(
+                f,
+                "Maglev table size {size} is too large: the maximum is {max}"
+            ),
+            Self::DuplicateIdentity(identity) => {
+                write!(f, "several Maglev backends have the identity 0x")?;
+                for byte in identity {
+                    write!(f, "{byte:02x}")?;
+                }
+                write!(f, " (identities must be unique)")
+            }
+            Self::DuplicateId(id) => write!(
+                f,
+                "several Maglev backends have the id {id} (ids must be unique)"
+            ),
+            Self::ReservedId(id) => write!(
+                f,
+                "Maglev backend id {id} is reserved: it is the NO_BACKEND marker"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MaglevError {}
+
+/// Whether `n` is a prime number. Deterministic trial division; at most
+/// about 22 000 divisions for any `u32`.
+pub fn is_prime(n: u32) -> bool {
+    if n < 4 {
+        return n >= 2;
+    }
+    if n % 2 == 0 || n % 3 == 0 {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d: u64 = 5;
+    while d * d <= n {
+        if n % d == 0 || n % (d + 2) == 0 {
+            return false;
+        }
+        d += 6;
+    }
+    true
+}
+
+/// Checks that `size` is usable as a table size, independently of the
+/// number of backends: prime, and within
+/// [`MIN_TABLE_SIZE`]`..=`[`MAX_TABLE_SIZE`].
+pub fn validate_table_size(size: u32) -> Result<(), MaglevError> {
+    if size > MAX_TABLE_SIZE {
+        return Err(MaglevError::TableSizeTooLarge {
+            size,
+            max: MAX_TABLE_SIZE,
+        });
+    }
+    if !is_prime(size) {
+        return Err(MaglevError::TableSizeNotPrime(size));
+    }
+    if size < MIN_TABLE_SIZE {
+        return Err(MaglevError::TableSizeTooSmall {
+            size,
+            min: MIN_TABLE_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// Builds the table: Vec of length `size`, each slot a backend `id`, or all
+/// [`NO_BACKEND`] when no backend has weight > 0.
+///
+/// The result depends only on the *set* of backends and on `size`, not on
+/// the order of `backends`. `size` must be prime, within
+/// [`MIN_TABLE_SIZE`]`..=`[`MAX_TABLE_SIZE`] and larger than
+/// `backends.len()` (weight-0 backends included); identities and ids must be
+/// unique and no id may be [`NO_BACKEND`].
+pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, MaglevError> {
+    validate_table_size(size)?;
+    if backends.len() >= size as usize {
+        return Err(MaglevError::TableSizeTooSmall {
+            size,
+            min: u32::try_from(backends.len()).map_or(u32::MAX, |n| n.saturating_add(1)),
+        });
+    }
+
+    let mut sorted: Vec<&MaglevBackend> = backends.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.identity.cmp(&b.identity));
+    if let Some(pair) = sorted
+        .windows(2)
+        .find(|pair| pair[0].identity == pair[1].identity)
+    {
+        return Err(MaglevError::DuplicateIdentity(pair[0].identity.clone()));
+    }
+    let mut ids: Vec<u32> = sorted.iter().map(|b| b.id).collect();
+    if ids.contains(&NO_BACKEND) {
+        return Err(MaglevError::ReservedId(NO_BACKEND));
+    }
+    ids.sort_unstable();
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(MaglevError::DuplicateId(pair[0]));
+    }
+
+    let active: Vec<&MaglevBackend> = sorted.into_iter().filter(|b| b.weight > 0).collect();
+    let Some(first) = active.first() else {
+        return Ok(vec![NO_BACKEND; size as usize]);
+    };
+
+    let cursors: Vec<Cursor> = active.iter().map(|b| Cursor::new(b, size)).collect();
+    if active.iter().all(|b| b.weight == first.weight) {
+        // Equal weights: the schedule is plain round robin (what
+        // `turn_order` would compute, without its cost).
+        let count = cursors.len() as u32;
+        Ok(fill(cursors, (0..count).cycle().take(size as usize), size))
+    } else {
+        let weights: Vec<u32> = active.iter().map(|b| b.weight).collect();
+        let quotas = apportion(&weights, size);
+        let order = turn_order(&weights, &quotas, size);
+        Ok(fill(cursors, order.into_iter(), size))
+    }
+}
+
+/// A backend's position in its permutation `(offset + j * skip) mod M`.
+#[derive(Clone, Copy)]
+struct Cursor {
+    /// Next slot to try (the permutation's `j`-th entry, `j` implicit).
+    next: u32,
+    skip: u32,
+    /// `M - skip`: from position `p >= back`, the next entry wraps around.
+    back: u32,
+    id: u32,
+}
+
+impl Cursor {
+    fn new(backend: &MaglevBackend, size: u32) -> Self {
+        let h1 = sip13(OFFSET_HASH_KEYS, &backend.identity);
+        let h2 = sip13(SKIP_HASH_KEYS, &backend.identity);
+        let size64 = u64::from(size);
+        // Both values are < size <= MAX_TABLE_SIZE, so the casts are lossless.
+        let skip = (h2 % (size64 - 1) + 1) as u32;
+        Cursor {
+            next: (h1 % size64) as u32,
+            skip,
+            back: size - skip,
+            id: backend.id,
+        }
+    }
+
+    /// Returns the current entry and moves to the next one:
+    /// `(next + skip) mod M` without a division. Written so that the
+    /// compiler emits a conditional move (the wrap is unpredictable) and the
+    /// loop-carried dependency is only two instructions long.
+    #[inline(always)]
+    fn step(&mut self) -> u32 {
+        let slot = self.next;
+        self.next = if slot >= self.back {
+            slot - self.back
+        } else {
+            slot + self.skip
+        };
+        slot
+    }
+}
+
+/// The table being filled, with a bitset of the slots already taken.
+struct Filler {
+    table: Vec<u32>,
+    taken: Vec<u64>,
+}
+
+impl Filler {
+    #[inline(always)]
+    fn is_free(&self, slot: u32) -> bool {
+        self.taken[(slot / 64) as usize] & (1 << (slot % 64)) == 0
+    }
+
+    #[inline(always)]
+    fn claim(&mut self, slot: u32, id: u32) {
+        self.taken[(slot / 64) as usize] |= 1 << (slot % 64);
+        self.table[slot as usize] = id;
+    }
+
+    /// One turn: the backend takes its next preferred free slot.
+    #[inline(always)]
+    fn take_turn(&mut self, cursor: &mut Cursor) -> u32 {
+        loop {
+            let slot = cursor.step();
+            if self.is_free(slot) {
+                self.claim(slot, cursor.id);
+                return slot;
+            }
+        }
+    }
+
+    /// Two consecutive turns of two different backends, `a` first, with the
+    /// same result as `take_turn(a); take_turn(b)`.
+    ///
+    /// Late in the build most probes hit taken slots and the cost is the
+    /// serial `step` chain of one backend; searching for both backends at
+    /// once overlaps two independent chains. Until one of them finds a
+    /// free slot both search the same state, which is exactly what `b` would
+    /// see after `a`'s turn except for the one slot `a` ends up claiming:
+    /// if that is `b`'s candidate, `b` simply searches on.
+    #[inline(always)]
+    fn take_two_turns(&mut self, a: &mut Cursor, b: &mut Cursor) {
+        let (mut slot_a, mut slot_b);
+        let (mut free_a, mut free_b);
+        loop {
+            slot_a = a.step();
+            slot_b = b.step();
+            free_a = self.is_free(slot_a);
+            free_b = self.is_free(slot_b);
+            if free_a | free_b {
+                break;
+            }
+        }
+        if free_a {
+            self.claim(slot_a, a.id);
+        } else {
+            // `b` found a candidate first, but `a` goes first and may still
+            // come across the same slot.
+            slot_a = self.take_turn(a);
+        }
+        if free_b && slot_b != slot_a {
+            self.claim(slot_b, b.id);
+        } else {
+            self.take_turn(b);
+        }
+    }
+}
+
+/// Plays `turns` (indices into `cursors`) in order: each turn claims the
+/// backend's next preferred free slot. `turns` must yield exactly `size`
+/// turns, so a free slot exists at every turn; as `size` is prime and skip is
+/// in `1..size`, a backend's permutation visits every slot, so every search
+/// ends.
+fn fill(mut cursors: Vec<Cursor>, turns: impl Iterator<Item = u32>, size: u32) -> Vec<u32> {
+    let mut filler = Filler {
+        // Every slot is overwritten: the initial value does not matter.
+        table: vec![0; size as usize],
+        taken: vec![0; (size as usize).div_ceil(64)],
+    };
+    let mut turns = turns.peekable();
+    while let Some(a) = turns.next() {
+        let mut cursor_a = cursors[a as usize];
+        match turns.next_if(|&b| b != a) {
+            Some(b) => {
+                let mut cursor_b = cursors[b as usize];
+                filler.take_two_turns(&mut cursor_a, &mut cursor_b);
+                cursors[b as usize] = cursor_b;
+            }
+            None => {
+                filler.take_turn(&mut cursor_a);
+            }
+        }
+        cursors[a as usize] = cursor_a;
+    }
+    filler.table
+}
+
+fn sip13(keys: (u64, u64), bytes: &[u8]) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(keys.0, keys.1);
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+/// Splits `size` slots proportionally to `weights` (largest remainder
+/// method): each result is `size * w / W` rounded down or up, the results sum
+/// to `size`, and leftover slots go to the largest remainders, ties to the
+/// lowest index. `weights` must not all be 0.
+fn apportion(weights: &[u32], size: u32) -> Vec<u32> {
+    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    let mut quotas = Vec::with_capacity(weights.len());
+    let mut remainders = Vec::with_capacity(weights.len());
+    let mut assigned: u64 = 0;
+    for (index, &weight) in weights.iter().enumerate() {
+        let exact = u128::from(size) * u128::from(weight);
+        // exact / total <= size because weight <= total: lossless cast.
+        let quota = (exact / total) as u32;
+        quotas.push(quota);
+        assigned += u64::from(quota);
+        remainders.push((exact % total, index));
+    }
+    // The remainders sum to a multiple of `total` below `len * total`, so
+    // fewer than `len` slots are left over.
+    let leftover = (u64::from(size) - assigned) as usize;
+    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, index) in &remainders[..leftover] {
+        quotas[index] += 1;
+    }
+    quotas
+}
+
+/// The rounds in which a backend takes its `quota` turns. Turn `k`
+/// (1-based) of a backend of weight `w` happens in round
+/// `floor((2k - 1) * max_weight / (2w))`: the middle of the `k`-th of its
+/// periods of `max_weight / w` rounds, so a heaviest backend acts in every
+/// round and no backend acts twice in a round. Rounds are clamped to
+/// `last_round`: only a turn granted by rounding the share up can fall
+/// beyond it, and it then simply comes last. Computed incrementally, without
+/// a division per turn.
+struct TurnRounds {
+    remaining: u32,
+    round: u64,
+    rem: u64,
+    step: u64,
+    step_rem: u64,
+    denominator: u64,
+    last_round: u64,
+}
+
+impl TurnRounds {
+    /// Requires `0 < weight <= max_weight`.
+    fn new(weight: u32, max_weight: u32, quota: u32, last_round: u32) -> Self {
+        let max_weight = u64::from(max_weight);
+        let denominator = 2 * u64::from(weight.max(1));
+        // The numerator starts at max_weight and grows by 2 * max_weight per
+        // turn; all values stay below 2^34 * quota < 2^58.
+        TurnRounds {
+            remaining: quota,
+            round: max_weight / denominator,
+            rem: max_weight % denominator,
+            step: (2 * max_weight) / denominator,
+            step_rem: (2 * max_weight) % denominator,
+            denominator,
+            last_round: u64::from(last_round),
+        }
+    }
+}
+
+impl Iterator for TurnRounds {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // Clamped to last_round, a u32: lossless cast.
+        let current = self.round.min(self.last_round) as u32;
+        self.round += self.step;
+        self.rem += self.step_rem;
+        if self.rem >= self.denominator {
+            self.rem -= self.denominator;
+            self.round += 1;
+        }
+        Some(current)
+    }
+}
+
+/// The sequence of turns: backend indices ordered by round, within a round
+/// by index (a stable counting sort over the rounds). Its length is the sum
+/// of `quotas`, i.e. `size`.
+fn turn_order(weights: &[u32], quotas: &[u32], size: u32) -> Vec<u32> {
+    let max_weight = weights.iter().copied().max().unwrap_or(1);
+    let total_weight: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    // A heaviest backend's quota is about size * max_weight / total_weight
+    // turns, one per round: the build lasts about that many rounds. It is
+    // at most `size`, so the cast is lossless.
+    let last_round = (u128::from(size) * u128::from(max_weight) / total_weight.max(1)) as u32;
+    let rounds =
+        |index: usize| TurnRounds::new(weights[index], max_weight, quotas[index], last_round);
+    let mut starts = vec![0u32; last_round as usize + 2];
+    for index in 0..quotas.len() {
+        for round in rounds(index) {
+            starts[round as usize + 1] += 1;
+        }
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut order = vec![0u32; size as usize];
+    for (backend, index) in (0u32..).zip(0..quotas.len()) {
+        for round in rounds(index) {
+            let start = &mut starts[round as usize];
+            order[*start as usize] = backend;
+            *start += 1;
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+    use std::collections::HashMap;
+
+    /// Deterministic proptest configuration: fixed seed, no regression files.
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            rng_seed: RngSeed::Fixed(0x6d61_676c_6576),
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Backend `n`: id `n`, identity 10.0.x.y:8080 as bytes.
+    fn backend(n: u32, weight: u32) -> MaglevBackend {
+        let mut identity = vec![10, 0, (n >> 8) as u8, n as u8];
+        identity.extend_from_slice(&8080u16.to_be_bytes());
+        MaglevBackend {
+            id: n,
+            identity,
+            weight,
+        }
+    }
+
+    fn equal_backends(n: u32) -> Vec<MaglevBackend> {
+        (0..n).map(|i| backend(i, 1)).collect()
+    }
+
+    fn slot_counts(table: &[u32]) -> HashMap<u32, usize> {
+        let mut counts = HashMap::new();
+        for &id in table {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Checks every backend's share against its weight share; returns the
+    /// worst relative deviation |actual - expected| / expected.
+    fn check_shares(backends: &[MaglevBackend], size: u32) -> f64 {
+        let table = build_table(backends, size).expect("valid input");
+        let counts = slot_counts(&table);
+        let total: f64 = backends.iter().map(|b| f64::from(b.weight)).sum();
+        let mut worst = 0.0f64;
+        for b in backends {
+            let expected = f64::from(size) * f64::from(b.weight) / total;
+            let actual = counts.get(&b.id).copied().unwrap_or(0) as f64;
+            let deviation = (actual - expected).abs();
+            assert!(
+                deviation <= 0.01 * expected,
+                "backend {} (weight {}): {actual} slots, expected {expected:.1}",
+                b.id,
+                b.weight
+            );
+            // Stronger property of the apportionment: off by less than a slot.
+            assert!(deviation < 1.0, "backend {}: {actual} vs {expected}", b.id);
+            worst = worst.max(deviation / expected);
+        }
+        worst
+    }
+
+    /// Slots that changed owner between `before` and `after` although they
+    /// did not belong to `removed` before.
+    fn collateral_moves(before: &[u32], after: &[u32], removed: u32) -> usize {
+        before
+            .iter()
+            .zip(after)
+            .filter(|&(&b, &a)| b != removed && b != a)
+            .count()
+    }
+
+    /// The paper's pseudocode (Listing 1), equal weights only: a reference to
+    /// compare the disruption figures with.
+    fn paper_reference(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let mut sorted: Vec<&MaglevBackend> = backends.iter().collect();
+        sorted.sort_by(|a, b| a.identity.cmp(&b.identity));
+        let mut cursors: Vec<Cursor> = sorted.iter().map(|b| Cursor::new(b, size)).collect();
+        let mut table = vec![NO_BACKEND; size as usize];
+        let mut filled = 0;
+        loop {
+            for cursor in &mut cursors {
+                loop {
+                    let slot = cursor.next;
+                    cursor.next = (cursor.next + cursor.skip) % size;
+                    if table[slot as usize] == NO_BACKEND {
+                        table[slot as usize] = cursor.id;
+                        break;
+                    }
+                }
+                filled += 1;
+                if filled == size {
+                    return table;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn primality() {
+        let sieve_limit = 10_000usize;
+        let mut composite = vec![false; sieve_limit];
+        for i in 2..sieve_limit {
+            if !composite[i] {
+                for j in (i * i..sieve_limit).step_by(i) {
+                    composite[j] = true;
+                }
+            }
+            assert_eq!(is_prime(i as u32), !composite[i], "{i}");
+        }
+        assert!(!is_prime(0));
+        assert!(!is_prime(1));
+        for p in [65537, 655_373, MAX_TABLE_SIZE, 2_147_483_647, 4_294_967_291] {
+            assert!(is_prime(p), "{p}");
+        }
+        for c in [65536, 65539 * 3, 4_294_967_295, 65521 * 65519] {
+            assert!(!is_prime(c), "{c}");
+        }
+        assert!(!is_prime(65521 * 65521));
+    }
+
+    #[test]
+    fn table_size_validation() {
+        assert_eq!(validate_table_size(65537), Ok(()));
+        assert_eq!(validate_table_size(655_373), Ok(()));
+        assert_eq!(validate_table_size(DEFAULT_TABLE_SIZE), Ok(()));
+        assert_eq!(validate_table_size(MAX_TABLE_SIZE), Ok(()));
+        assert_eq!(validate_table_size(3), Ok(()));
+        for size in [0, 1, 4, 65536, 655_372] {
+            assert_eq!(
+                validate_table_size(size),
+                Err(MaglevError::TableSizeNotPrime(size))
+            );
+        }
+        assert_eq!(
+            validate_table_size(2),
+            Err(MaglevError::TableSizeTooSmall { size: 2, min: 3 })
+        );
+        for size in [MAX_TABLE_SIZE + 1, 16_777_259, u32::MAX] {
+            assert_eq!(
+                validate_table_size(size),
+                Err(MaglevError::TableSizeTooLarge {
+                    size,
+                    max: MAX_TABLE_SIZE
+                })
+            );
+        }
+        // build_table applies the same checks.
+        assert_eq!(
+            build_table(&equal_backends(3), 65536),
+            Err(MaglevError::TableSizeNotPrime(65536))
+        );
+        assert_eq!(build_table(&[], 0), Err(MaglevError::TableSizeNotPrime(0)));
+        assert_eq!(
+            build_table(&equal_backends(3), 655_373).map(|t| t.len()),
+            Ok(655_373)
+        );
+    }
+
+    #[test]
+    fn size_must_exceed_backend_count() {
+        assert_eq!(
+            build_table(&equal_backends(7), 7),
+            Err(MaglevError::TableSizeTooSmall { size: 7, min: 8 })
+        );
+        assert_eq!(
+            build_table(&equal_backends(12), 11),
+            Err(MaglevError::TableSizeTooSmall { size: 11, min: 13 })
+        );
+        // Draining backends count too: they are still members of the set.
+        let mut backends = equal_backends(3);
+        backends.extend((3..7).map(|i| backend(i, 0)));
+        assert_eq!(
+            build_table(&backends, 7),
+            Err(MaglevError::TableSizeTooSmall { size: 7, min: 8 })
+        );
+        let table = build_table(&equal_backends(6), 7).expect("6 backends fit in 7 slots");
+        let counts = slot_counts(&table);
+        assert_eq!(counts.len(), 6);
+        assert!(counts.values().all(|&c| c == 1 || c == 2));
+    }
+
+    #[test]
+    fn duplicates_rejected() {
+        let mut backends = equal_backends(5);
+        backends[3].identity = backends[1].identity.clone();
+        assert_eq!(
+            build_table(&backends, 65537),
+            Err(MaglevError::DuplicateIdentity(backends[1].identity.clone()))
+        );
+
+        let mut backends = equal_backends(5);
+        backends[4].id = 2;
+        assert_eq!(
+            build_table(&backends, 65537),
+            Err(MaglevError::DuplicateId(2))
+        );
+
+        // Also among draining backends.
+        let mut backends = equal_backends(5);
+        backends.push(backend(9, 0));
+        backends.push(MaglevBackend {
+            weight: 0,
+            ..backend(9, 0)
+        });
+        assert_eq!(
+            build_table(&backends, 65537),
+            Err(MaglevError::DuplicateIdentity(backend(9, 0).identity))
+        );
+
+        let mut backends = equal_backends(5);
+        backends[0].id = NO_BACKEND;
+        assert_eq!(
+            build_table(&backends, 65537),
+            Err(MaglevError::ReservedId(NO_BACKEND))
+        );
+    }
+
+    #[test]
+    fn error_messages() {
+        let cases = [
+            (MaglevError::TableSizeNotPrime(65536), "65536 is not prime"),
+            (
+                MaglevError::TableSizeTooSmall { size: 7, min: 8 },
+                "size 7 is too small: it must be a prime of at least 8",
+            ),
+            (
+                MaglevError::TableSizeTooLarge {
+                    size: 20_000_000,
+                    max: MAX_TABLE_SIZE,
+                },
+                "20000000 is too large: the maximum is 16777213",
+            ),
+            (
+                MaglevError::DuplicateIdentity(vec![10, 0, 0, 1, 0x1f, 0x90]),
+                "identity 0x0a0000011f90",
+            ),
+            (MaglevError::DuplicateId(4), "the id 4"),
+            (
+                MaglevError::ReservedId(NO_BACKEND),
+                "id 4294967295 is reserved",
+            ),
+        ];
+        for (error, expected) in cases {
+            let message = error.to_string();
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+            let _: &dyn std::error::Error = &error;
+        }
+    }
+
+    #[test]
+    fn empty_or_all_draining_gives_no_backend() {
+        assert_eq!(build_table(&[], 65537), Ok(vec![NO_BACKEND; 65537]));
+        let draining: Vec<_> = (0..10).map(|i| backend(i, 0)).collect();
+        assert_eq!(build_table(&draining, 65537), Ok(vec![NO_BACKEND; 65537]));
+        assert_eq!(build_table(&draining, 11), Ok(vec![NO_BACKEND; 11]));
+    }
+
+    #[test]
+    fn single_backend_takes_everything() {
+        let table = build_table(&[backend(42, 7)], 65537).expect("valid");
+        assert!(table.iter().all(|&id| id == 42));
+        let table = build_table(&[backend(42, 1)], 3).expect("valid");
+        assert_eq!(table, vec![42; 3]);
+    }
+
+    #[test]
+    fn draining_backend_gets_no_slots() {
+        let mut backends = equal_backends(10);
+        backends[4].weight = 0;
+        let table = build_table(&backends, 65537).expect("valid");
+        assert!(table.iter().all(|&id| id != NO_BACKEND && id != 4));
+        let counts = slot_counts(&table);
+        assert_eq!(counts.len(), 9);
+        // The others share the table evenly.
+        for count in counts.values() {
+            assert!((7281..=7282).contains(count), "{count}");
+        }
+    }
+
+    #[test]
+    fn equal_weight_shares() {
+        let mut worst = 0.0f64;
+        for n in [1, 2, 3, 10, 100, 655] {
+            worst = worst.max(check_shares(&equal_backends(n), 65537));
+        }
+        worst = worst.max(check_shares(&equal_backends(1000), 655_373));
+        println!("equal weights: worst share deviation {:.4}%", worst * 100.0);
+    }
+
+    #[test]
+    fn weighted_shares() {
+        let one_to_ten = [backend(0, 1), backend(1, 10)];
+        let one_two_three = [backend(0, 1), backend(1, 2), backend(2, 3)];
+        let mut worst = 0.0f64;
+        for size in [65537, 655_373] {
+            worst = worst.max(check_shares(&one_to_ten, size));
+            worst = worst.max(check_shares(&one_two_three, size));
+        }
+        println!(
+            "1:10 and 1:2:3: worst share deviation {:.4}%",
+            worst * 100.0
+        );
+
+        let table = build_table(&one_to_ten, 65537).expect("valid");
+        let counts = slot_counts(&table);
+        assert_eq!((counts[&0], counts[&1]), (5958, 59579));
+    }
+
+    #[test]
+    fn huge_weights_do_not_overflow() {
+        let backends = [
+            backend(0, u32::MAX),
+            backend(1, u32::MAX),
+            backend(2, u32::MAX - 1),
+            backend(3, 1),
+        ];
+        let table = build_table(&backends, 65537).expect("valid");
+        let counts = slot_counts(&table);
+        // 65537 / 3 = 21845.67: two backends get 21846, one 21845, and the
+        // weight-1 backend's share (1.5e-5 slots) rounds to nothing.
+        let mut heavy = [counts[&0], counts[&1], counts[&2]];
+        heavy.sort_unstable();
+        assert_eq!(heavy, [21845, 21846, 21846]);
+        assert!(!counts.contains_key(&3));
+
+        let many: Vec<_> = (0..1000).map(|i| backend(i, u32::MAX - i)).collect();
+        check_shares(&many, 655_373);
+    }
+
+    #[test]
+    fn equal_weights_reproduce_the_paper_exactly() {
+        for (n, size) in [
+            (1, 3),
+            (2, 3),
+            (6, 7),
+            (2, 65537),
+            (10, 65537),
+            (37, 65537),
+            (100, 65537),
+        ] {
+            let backends = equal_backends(n);
+            assert_eq!(
+                build_table(&backends, size).expect("valid"),
+                paper_reference(&backends, size),
+                "N={n}, M={size}"
+            );
+            // The common weight does not matter.
+            let heavier: Vec<_> = (0..n).map(|i| backend(i, 1000)).collect();
+            assert_eq!(
+                build_table(&heavier, size).expect("valid"),
+                paper_reference(&backends, size),
+                "N={n}, M={size}, weight 1000"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_a_backend_moves_few_other_slots() {
+        const SIZE: u32 = 65537;
+        // Measured with the identities of `backend`: at most 394 slots (0.60%
+        // of the table), growing slowly with N (about 130 at N=10, 390 at
+        // N=100). Same figures as the paper's algorithm, which this
+        // reproduces for equal weights. Bound: 0.75% of the table.
+        let bound = SIZE as usize * 3 / 400;
+        let mut worst = (0, 0, 0);
+        let mut total = 0;
+        let mut cases = 0;
+        for n in 10..=100u32 {
+            let backends = equal_backends(n);
+            let before = build_table(&backends, SIZE).expect("valid");
+            // Remove the first, a middle and the last backend in turn.
+            let removed = [0, n / 2, n - 1][n as usize % 3];
+            let mut rest = backends.clone();
+            rest.remove(removed as usize);
+            let after = build_table(&rest, SIZE).expect("valid");
+            assert!(after.iter().all(|&id| id != removed && id != NO_BACKEND));
+            let moved = collateral_moves(&before, &after, removed);
+            assert!(
+                moved <= bound,
+                "N={n}, removed {removed}: {moved} other slots moved (bound {bound})"
+            );
+            total += moved;
+            cases += 1;
+            worst = worst.max((moved, n, removed));
+        }
+        println!(
+            "collateral moves on removal (N=10..=100, M={SIZE}): worst {} slots = {:.3}% of \
+             the table (N={}, removed #{}), mean {:.0} slots; bound {bound}",
+            worst.0,
+            worst.0 as f64 * 100.0 / f64::from(SIZE),
+            worst.1,
+            worst.2,
+            total as f64 / f64::from(cases)
+        );
+    }
+
+    #[test]
+    fn apportionment_edge_cases() {
+        assert_eq!(apportion(&[1, 1, 1], 7), vec![3, 2, 2]);
+        assert_eq!(apportion(&[5], 3), vec![3]);
+        assert_eq!(apportion(&[1, 0, 1], 3), vec![2, 0, 1]);
+        assert_eq!(apportion(&[u32::MAX, 1], 3), vec![3, 0]);
+    }
+
+    #[test]
+    fn turn_rounds_are_paced_by_weight_and_clamped() {
+        // (weight, max weight, quota, last round)
+        for (w, max, quota, last) in [
+            (1, 1, 3, 2),
+            (1, 1, 4, 2),
+            (1, 10, 5958, 5957),
+            (10, 10, 59579, 5957),
+            (3, 7, 1000, 3000),
+            (u32::MAX - 1, u32::MAX, 21846, 21845),
+            (1, u32::MAX, 1, 21845),
+        ] {
+            let rounds: Vec<u32> = TurnRounds::new(w, max, quota, last).collect();
+            assert_eq!(rounds.len(), quota as usize);
+            for (k, &r) in (1u128..).zip(&rounds) {
+                let exact = (2 * k - 1) * u128::from(max) / (2 * u128::from(w));
+                assert_eq!(
+                    u128::from(r),
+                    exact.min(u128::from(last)),
+                    "w={w} max={max} k={k}"
+                );
+            }
+        }
+        assert_eq!(TurnRounds::new(3, 7, 0, 7).count(), 0);
+    }
+
+    #[test]
+    fn general_schedule_is_round_robin_for_equal_weights() {
+        // `build_table` skips `turn_order` for equal weights; both must agree.
+        for (n, size) in [(1u32, 3u32), (3, 7), (10, 65537), (37, 65537)] {
+            for weight in [1, 5, u32::MAX] {
+                let weights = vec![weight; n as usize];
+                let order = turn_order(&weights, &apportion(&weights, size), size);
+                let round_robin: Vec<u32> = (0..n).cycle().take(size as usize).collect();
+                assert_eq!(order, round_robin, "N={n} M={size} weight={weight}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(16))]
+
+        #[test]
+        fn table_always_full_with_valid_ids(
+            weights in prop::collection::vec(0u32..=5, 0..60),
+            size in prop::sample::select(vec![61u32, 101, 1009, 65537]),
+        ) {
+            let backends: Vec<_> = (0u32..).zip(&weights).map(|(i, &w)| backend(i, w)).collect();
+            let table = build_table(&backends, size).expect("valid input");
+            prop_assert_eq!(table.len(), size as usize);
+            if weights.iter().all(|&w| w == 0) {
+                prop_assert!(table.iter().all(|&id| id == NO_BACKEND));
+            } else {
+                for &id in &table {
+                    prop_assert!(id != NO_BACKEND);
+                    prop_assert!(weights[id as usize] > 0, "slot owned by a draining backend");
+                }
+                // Off by less than one slot from the exact share.
+                let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+                let counts = slot_counts(&table);
+                for (i, &w) in (0u32..).zip(&weights) {
+                    let expected = f64::from(size) * f64::from(w) / total;
+                    let actual = counts.get(&i).copied().unwrap_or(0) as f64;
+                    prop_assert!((actual - expected).abs() < 1.0);
+                }
+            }
+        }
+
+        #[test]
+        fn random_weight_shares_within_one_percent(
+            weights in prop::collection::vec(1u32..=20, 1..=30),
+        ) {
+            // Every backend's expected share is >= 65537 / (30 * 20) > 100 slots.
+            let backends: Vec<_> = (0u32..).zip(&weights).map(|(i, &w)| backend(i, w)).collect();
+            let worst = check_shares(&backends, 65537);
+            println!("random weights {weights:?}: worst share deviation {:.4}%", worst * 100.0);
+        }
+
+        #[test]
+        fn input_order_does_not_matter(
+            (original, shuffled) in prop::collection::vec(0u32..=4, 1..=40)
+                .prop_flat_map(|weights| {
+                    let backends: Vec<_> =
+                        (0u32..).zip(&weights).map(|(i, &w)| backend(i * 7, w)).collect();
+                    (Just(backends.clone()), Just(backends).prop_shuffle())
+                }),
+        ) {
+            prop_assert_eq!(
+                build_table(&original, 65537).expect("valid"),
+                build_table(&shuffled, 65537).expect("valid")
+            );
+        }
+    }
+
+    /// Release-mode timings, not an assertion:
+    /// `cargo test --release -p lb-userspace --lib maglev::tests::timings -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn timings() {
+        for (n, size) in [(100, 65537), (1000, 65537), (1000, 655_373)] {
+            let backends = equal_backends(n);
+            let weighted: Vec<_> = (0..n).map(|i| backend(i, 1 + i % 10)).collect();
+            let skewed: Vec<_> = (0..n)
+                .map(|i| backend(i, if i == 0 { u32::MAX } else { 1 }))
+                .collect();
+            for (name, set) in [
+                ("equal", &backends),
+                ("1..10", &weighted),
+                ("skewed", &skewed),
+            ] {
+                let runs = 20;
+                let mut best = std::time::Duration::MAX;
+                for _ in 0..runs {
+                    let start = std::time::Instant::now();
+                    let table = build_table(set, size).expect("valid");
+                    best = best.min(start.elapsed());
+                    std::hint::black_box(table);
+                }
+                println!("N={n} M={size} {name}: best of {runs}: {best:?}");
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod tmpbench {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn components() {
+        let n = 1000u32;
+        let size = 65537u32;
+        let mk = |w: &dyn Fn(u32) -> u32| -> Vec<MaglevBackend> {
+            (0..n)
+                .map(|i| {
+                    let mut identity = vec![10, 0, (i >> 8) as u8, i as u8];
+                    identity.extend_from_slice(&8080u16.to_be_bytes());
+                    MaglevBackend {
+                        id: i,
+                        identity,
+                        weight: w(i),
+                    }
+                })
+                .collect()
+        };
+        for (name, set) in [("equal", mk(&|_| 1)), ("1..10", mk(&|i| 1 + i % 10))] {
+            let mut sorted: Vec<&MaglevBackend> = set.iter().collect();
+            sorted.sort_by(|a, b| a.identity.cmp(&b.identity));
+            let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
+            let cursors: Vec<Cursor> = sorted.iter().map(|b| Cursor::new(b, size)).collect();
+            let mut t_order = std::time::Duration::MAX;
+            let mut t_fill = t_order;
+            let mut t_rr = t_order;
+            for _ in 0..300 {
+                let s = std::time::Instant::now();
+                let q = apportion(&weights, size);
+                let order = turn_order(&weights, &q, size);
+                t_order = t_order.min(s.elapsed());
+                let s = std::time::Instant::now();
+                std::hint::black_box(fill(cursors.clone(), order.into_iter(), size));
+                t_fill = t_fill.min(s.elapsed());
+                let s = std::time::Instant::now();
+                std::hint::black_box(fill(
+                    cursors.clone(),
+                    (0..n).cycle().take(size as usize),
+                    size,
+                ));
+                t_rr = t_rr.min(s.elapsed());
+            }
+            println!("{name}: order {t_order:?} fill {t_fill:?} fill-rr {t_rr:?}");
+        }
+    }
+}

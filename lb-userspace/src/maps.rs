@@ -1,0 +1,216 @@
+//! Typed access to the balancer's BPF maps: the only place that knows map
+//! names and value types on the userspace side.
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    names, Backend, BackendStats, GlobalStats, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
+};
+
+/// The balancer's maps, taken out of a loaded [`Ebpf`].
+pub struct BalancerMaps {
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: HashMap<MapData, u32, u32>,
+    rings: RingPool,
+    backends: Array<MapData, Backend>,
+    vip_stats: PerCpuArray<MapData, VipStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
+    global_stats: PerCpuArray<MapData, GlobalStats>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("the balancer object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl BalancerMaps {
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            vips: take(ebpf, names::VIPS)?,
+            vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            rings: RingPool::take_from(ebpf)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            vip_stats: take(ebpf, names::VIP_STATS)?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            global_stats: take(ebpf, names::GLOBAL_STATS)?,
+        })
+    }
+
+    /// Number of slots in the ring pool.
+    pub fn ring_pool_slots(&self) -> u32 {
+        self.rings.slots.len() as u32
+    }
+
+    /// Copies `ring` into the pool at `offset`. Callers write regions no VIP
+    /// points at yet, then switch the VIP with [`Self::set_vip`]; the map
+    /// update syscall orders the copy before the switch.
+    pub fn write_ring(&mut self, offset: u32, ring: &[u32]) -> Result<()> {
+        let start = offset as usize;
+        let end = start
+            .checked_add(ring.len())
+            .filter(|&end| end <= self.rings.slots.len())
+            .ok_or_else(|| {
+                anyhow!(
+                    "ring of {} slots at {offset} is outside the pool",
+                    ring.len()
+                )
+            })?;
+        self.rings.slots_mut()[start..end].copy_from_slice(ring);
+        Ok(())
+    }
+
+    /// The backend id in one pool slot (what the data path reads).
+    pub fn ring_slot(&self, slot: u32) -> Option<u32> {
+        self.rings.slots.get(slot as usize).copied()
+    }
+
+    /// Inserts or replaces a VIP: one map update, so packets see either the
+    /// old metadata (and ring) or the new one.
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        self.vips
+            .insert(key, meta, 0)
+            .with_context(|| format!("writing VIP {key:?}"))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        self.vips
+            .remove(key)
+            .with_context(|| format!("removing VIP {key:?}"))
+    }
+
+    /// Records how many VIPs live on `addr` (0 removes the address).
+    pub fn set_vip_address_count(&mut self, addr: u32, count: u32) -> Result<()> {
+        if count == 0 {
+            self.vip_addrs.remove(&addr).context("removing VIP address")
+        } else {
+            self.vip_addrs
+                .insert(addr, count, 0)
+                .context("writing VIP address")
+        }
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backend {id}"))
+    }
+
+    pub fn global_stats(&self) -> Result<GlobalStats> {
+        let per_cpu = self.global_stats.get(&0, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(GlobalStats::default(), |acc, s| add_global(&acc, s)))
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        let per_cpu = self.vip_stats.get(&vip_id, 0)?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            new_flows: acc.new_flows + s.new_flows,
+        }))
+    }
+
+    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |acc, s| BackendStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            }))
+    }
+}
+
+/// The `RINGS` array mapped into our address space.
+struct RingPool {
+    _map: MapData,
+    slots: &'static [u32],
+    mapping: *mut libc::c_void,
+    mapping_len: usize,
+}
+
+// SAFETY: the mapping is owned by the pool and only mutated through &mut self.
+unsafe impl Send for RingPool {}
+unsafe impl Sync for RingPool {}
+
+impl RingPool {
+    fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(names::RINGS)
+            .ok_or_else(|| anyhow!("the balancer object has no map {}", names::RINGS))?;
+        let aya::maps::Map::Array(map) = map else {
+            return Err(anyhow!("map {} is not an array", names::RINGS));
+        };
+        let info = map.info().context("reading RINGS map info")?;
+        // Elements are exactly 8 bytes (two u32 slots), so the mapping is a
+        // dense array of slots.
+        let slots = info.max_entries() as usize * RING_SLOTS_PER_ENTRY as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mapping_len = (slots * 4).div_ceil(page) * page;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
+        // SAFETY: a shared mapping of an mmapable BPF array; the kernel
+        // checks the length against the map's size.
+        let mapping = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapping_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if mapping == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the RINGS array");
+        }
+        // SAFETY: the mapping holds `slots` u32s and lives as long as self.
+        let slots = unsafe { std::slice::from_raw_parts(mapping as *const u32, slots) };
+        Ok(Self {
+            _map: map,
+            slots,
+            mapping,
+            mapping_len,
+        })
+    }
+
+    fn slots_mut(&mut self) -> &mut [u32] {
+        // SAFETY: same mapping as `slots`, writable, borrowed mutably via self.
+        unsafe { std::slice::from_raw_parts_mut(self.mapping as *mut u32, self.slots.len()) }
+    }
+}
+
+impl Drop for RingPool {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what take_from mapped.
+        unsafe { libc::munmap(self.mapping, self.mapping_len) };
+    }
+}
+
+fn add_global(a: &GlobalStats, b: &GlobalStats) -> GlobalStats {
+    GlobalStats {
+        passed: a.passed + b.passed,
+        malformed: a.malformed + b.malformed,
+        flow_hits: a.flow_hits + b.flow_hits,
+        flow_misses: a.flow_misses + b.flow_misses,
+        flow_reselected: a.flow_reselected + b.flow_reselected,
+        flow_pin_errors: a.flow_pin_errors + b.flow_pin_errors,
+        drop_fragment: a.drop_fragment + b.drop_fragment,
+        drop_too_big: a.drop_too_big + b.drop_too_big,
+        drop_no_backend: a.drop_no_backend + b.drop_no_backend,
+        encap_errors: a.encap_errors + b.encap_errors,
+        fib_failures: a.fib_failures + b.fib_failures,
+        fib_no_neigh: a.fib_no_neigh + b.fib_no_neigh,
+        tx: a.tx + b.tx,
+        redirected: a.redirected + b.redirected,
+    }
+}

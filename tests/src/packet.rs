@@ -1,0 +1,259 @@
+//! A small packet builder for tests. It computes every checksum itself,
+//! independently of the data path's code, so a test that compares output
+//! bytes also checks the program's checksums.
+
+use std::net::Ipv4Addr;
+
+pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x42];
+
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_PSH: u8 = 0x08;
+
+/// RFC 1071 checksum over `data`.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Layer-4 part of a packet.
+#[derive(Debug, Clone)]
+pub enum L4 {
+    Tcp {
+        src: u16,
+        dst: u16,
+        flags: u8,
+    },
+    Udp {
+        src: u16,
+        dst: u16,
+    },
+    Icmp,
+    /// Raw bytes after the IPv4 header (e.g. an inner packet).
+    Raw(u8, Vec<u8>),
+}
+
+/// An IPv4 packet description; `bytes()` renders it.
+#[derive(Debug, Clone)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub tos: u8,
+    pub ttl: u8,
+    /// Flags and fragment offset field (host order).
+    pub frags: u16,
+    /// Bytes of IP options (a multiple of 4).
+    pub options: Vec<u8>,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+}
+
+impl Ipv4 {
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                src: sport,
+                dst: dport,
+                flags,
+            },
+        )
+    }
+
+    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Udp {
+                src: sport,
+                dst: dport,
+            },
+        )
+    }
+
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+        Self {
+            src,
+            dst,
+            tos: 0,
+            ttl: 63,
+            frags: 0x4000, // DF, as Linux sends TCP
+            options: Vec::new(),
+            l4,
+            payload: b"hello".to_vec(),
+        }
+    }
+
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    fn l4_bytes(&self) -> (u8, Vec<u8>) {
+        let pseudo = |proto: u8, seg: &[u8]| {
+            let mut p = Vec::new();
+            p.extend_from_slice(&self.src.octets());
+            p.extend_from_slice(&self.dst.octets());
+            p.push(0);
+            p.push(proto);
+            p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+            p.extend_from_slice(seg);
+            internet_checksum(&p)
+        };
+        match &self.l4 {
+            L4::Tcp { src, dst, flags } => {
+                let mut seg = Vec::new();
+                seg.extend_from_slice(&src.to_be_bytes());
+                seg.extend_from_slice(&dst.to_be_bytes());
+                seg.extend_from_slice(&1000u32.to_be_bytes()); // seq
+                seg.extend_from_slice(
+                    &(if flags & TCP_ACK != 0 { 2000u32 } else { 0 }).to_be_bytes(),
+                );
+                seg.push(5 << 4); // data offset
+                seg.push(*flags);
+                seg.extend_from_slice(&64240u16.to_be_bytes());
+                seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                seg.extend_from_slice(&self.payload);
+                let c = pseudo(6, &seg);
+                seg[16..18].copy_from_slice(&c.to_be_bytes());
+                (6, seg)
+            }
+            L4::Udp { src, dst } => {
+                let mut seg = Vec::new();
+                seg.extend_from_slice(&src.to_be_bytes());
+                seg.extend_from_slice(&dst.to_be_bytes());
+                seg.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                seg.extend_from_slice(&[0, 0]);
+                seg.extend_from_slice(&self.payload);
+                let c = pseudo(17, &seg);
+                seg[6..8].copy_from_slice(&c.to_be_bytes());
+                (17, seg)
+            }
+            L4::Icmp => {
+                let mut seg = vec![8, 0, 0, 0, 0, 1, 0, 1];
+                seg.extend_from_slice(&self.payload);
+                let c = internet_checksum(&seg);
+                seg[2..4].copy_from_slice(&c.to_be_bytes());
+                (1, seg)
+            }
+            L4::Raw(proto, bytes) => (*proto, bytes.clone()),
+        }
+    }
+
+    /// The packet from the IPv4 header on, checksums included.
+    pub fn bytes(&self) -> Vec<u8> {
+        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        let (proto, l4) = self.l4_bytes();
+        let ihl = 5 + self.options.len() / 4;
+        let total = ihl * 4 + l4.len();
+        let mut h = Vec::with_capacity(total);
+        h.push(0x40 | ihl as u8);
+        h.push(self.tos);
+        h.extend_from_slice(&(total as u16).to_be_bytes());
+        h.extend_from_slice(&0x1234u16.to_be_bytes());
+        h.extend_from_slice(&self.frags.to_be_bytes());
+        h.push(self.ttl);
+        h.push(proto);
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        let c = internet_checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(&l4);
+        h
+    }
+}
+
+/// Ethernet (and optional 802.1Q tag) in front of an L3 payload.
+pub fn ethernet(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<u16>,
+    ethertype: u16,
+    l3: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if let Some(tci) = vlan {
+        f.extend_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(l3);
+    f
+}
+
+/// A client frame as the LB receives it from the router.
+pub fn from_router(ip: &Ipv4) -> Vec<u8> {
+    ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV4, &ip.bytes())
+}
+
+/// The IP-in-IP packet the LB must send for `inner` (RFC 2003 outer
+/// header: TTL 64, protocol 4, TOS and DF inherited).
+pub fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
+    let inner_bytes = inner.bytes();
+    Ipv4 {
+        src: outer_src,
+        dst: outer_dst,
+        tos: inner.tos,
+        ttl: 64,
+        frags: inner.frags & 0x4000,
+        options: Vec::new(),
+        l4: L4::Raw(4, inner_bytes),
+        payload: Vec::new(),
+    }
+    .bytes_with_id(0)
+}
+
+impl Ipv4 {
+    /// Like `bytes` with a given IP id (the LB's outer header uses 0).
+    pub fn bytes_with_id(&self, id: u16) -> Vec<u8> {
+        let mut b = self.bytes();
+        b[4..6].copy_from_slice(&id.to_be_bytes());
+        b[10..12].copy_from_slice(&[0, 0]);
+        let ihl = (b[0] & 0x0f) as usize * 4;
+        let c = internet_checksum(&b[..ihl]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+        b
+    }
+}
+
+/// An ARP request frame.
+pub fn arp_request(sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    a.extend_from_slice(&ROUTER_MAC);
+    a.extend_from_slice(&sender.octets());
+    a.extend_from_slice(&[0; 6]);
+    a.extend_from_slice(&target.octets());
+    ethernet([0xff; 6], ROUTER_MAC, None, ETHERTYPE_ARP, &a)
+}
+
+/// A minimal IPv6 UDP frame (content irrelevant: it must pass untouched).
+pub fn ipv6_udp() -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 13, 17, 64];
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p.extend_from_slice(&[0x30, 0x39, 0, 80, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o']);
+    ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV6, &p)
+}

@@ -1,0 +1,160 @@
+//! Running the XDP programs through BPF_PROG_TEST_RUN.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use lb_common::{ipv4_to_wire, names, DataPathConfig, GlobalStats, NEXT_HOP_STATIC};
+use lb_userspace::{
+    dataplane::{DataPlane, VipSpec},
+    loader::{self, BalancerOptions},
+    maps::BalancerMaps,
+};
+
+use crate::packet::{LB_MAC, NEXT_HOP_MAC};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The LB's own address: outer source of encapsulated packets in tests.
+pub const LB_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+pub fn verdict_name(v: u32) -> &'static str {
+    match v {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown verdict",
+    }
+}
+
+/// Panics with a clear message unless the test can load BPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads BPF programs and must run as root (cargo xtask test does)"
+    );
+}
+
+/// Static next-hop configuration used by packet tests, so output bytes do
+/// not depend on the host's routes.
+pub fn static_config(mtu: u32) -> DataPathConfig {
+    DataPathConfig {
+        lb_source_addr: ipv4_to_wire(LB_SOURCE.octets()),
+        next_hop_mode: NEXT_HOP_STATIC,
+        static_src_mac: LB_MAC,
+        static_dst_mac: NEXT_HOP_MAC,
+        static_mtu: mtu,
+    }
+}
+
+/// Small maps: packet tests load a fresh program per case.
+pub fn test_options(config: DataPathConfig) -> BalancerOptions {
+    BalancerOptions {
+        config,
+        ring_pool_slots: 8 * 65537,
+        flow_table_entries: 4096,
+    }
+}
+
+/// A loaded (not attached) balancer with its data plane writer.
+pub struct Balancer {
+    pub ebpf: Ebpf,
+    pub dataplane: DataPlane,
+}
+
+impl Balancer {
+    pub fn load(options: &BalancerOptions, vips: &[VipSpec]) -> Self {
+        require_root();
+        let mut ebpf = loader::load_balancer(options).expect("loading balancer");
+        let maps = BalancerMaps::take_from(&mut ebpf).expect("taking the maps");
+        let mut dataplane = DataPlane::new(maps);
+        dataplane.apply(vips).expect("writing the VIPs");
+        Self { ebpf, dataplane }
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        run_program(&mut self.ebpf, names::BALANCER_PROGRAM, frame)
+    }
+
+    pub fn stats(&self) -> GlobalStats {
+        self.dataplane
+            .maps()
+            .global_stats()
+            .expect("reading GLOBAL_STATS")
+    }
+}
+
+/// Runs program `name` once on `frame`; returns the verdict and the frame
+/// as the program left it.
+pub fn run_program(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let program = loader::xdp_program(ebpf, name).expect("program");
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Names and values of every global counter, for exact comparisons.
+pub fn counters(s: &GlobalStats) -> Vec<(&'static str, u64)> {
+    vec![
+        ("passed", s.passed),
+        ("malformed", s.malformed),
+        ("flow_hits", s.flow_hits),
+        ("flow_misses", s.flow_misses),
+        ("flow_reselected", s.flow_reselected),
+        ("flow_pin_errors", s.flow_pin_errors),
+        ("drop_fragment", s.drop_fragment),
+        ("drop_too_big", s.drop_too_big),
+        ("drop_no_backend", s.drop_no_backend),
+        ("encap_errors", s.encap_errors),
+        ("fib_failures", s.fib_failures),
+        ("fib_no_neigh", s.fib_no_neigh),
+        ("tx", s.tx),
+        ("redirected", s.redirected),
+    ]
+}
+
+/// Asserts that the counters moved from `before` to `after` by exactly
+/// `expected` (every counter not named must not move).
+pub fn assert_counter_deltas(
+    case: &str,
+    before: &GlobalStats,
+    after: &GlobalStats,
+    expected: &[(&str, u64)],
+) {
+    for ((name, b), (_, a)) in counters(before).into_iter().zip(counters(after)) {
+        let want = expected
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or(0);
+        assert_eq!(
+            a - b,
+            want,
+            "{case}: counter {name} moved by {} (expected {want})",
+            a - b
+        );
+    }
+    for (name, _) in expected {
+        assert!(
+            counters(before).iter().any(|(n, _)| n == name),
+            "{case}: no counter named {name}"
+        );
+    }
+}

@@ -1,0 +1,685 @@
+//! Golden packet tests of the `balancer` XDP program through
+//! BPF_PROG_TEST_RUN: for each case, the configuration, the packets sent
+//! before it, the input frame, the expected verdict, the exact expected
+//! output bytes and the exact movement of every global counter.
+//!
+//! Every case loads a fresh program with a static next hop, so output bytes
+//! are deterministic. Expected outer headers (checksum included) are built
+//! by the test's own packet builder, never copied from the program.
+
+use std::net::Ipv4Addr;
+
+use lb_tests::{
+    packet::*,
+    xdp::{self, *},
+};
+use lb_userspace::dataplane::{BackendSpec, Protocol, VipAddr, VipSpec};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 8);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const NOT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+const B1: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const B2: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const B3: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
+const MTU: u32 = 1500;
+
+fn vip(port: u16, proto: Protocol, backends: &[(Ipv4Addr, u32)]) -> VipSpec {
+    VipSpec {
+        vip: VipAddr {
+            addr: VIP,
+            port,
+            proto,
+        },
+        table_size: 65537,
+        hash_source_only: false,
+        backends: backends
+            .iter()
+            .map(|&(addr, weight)| BackendSpec { addr, weight })
+            .collect(),
+    }
+}
+
+/// The usual configuration: TCP/80 with one backend, UDP/53 with another.
+fn one_backend_each() -> Vec<VipSpec> {
+    vec![
+        vip(80, Protocol::Tcp, &[(B1, 1)]),
+        vip(53, Protocol::Udp, &[(B2, 1)]),
+    ]
+}
+
+fn three_backends() -> Vec<VipSpec> {
+    vec![vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)])]
+}
+
+fn tcp(flags: u8) -> Ipv4 {
+    Ipv4::tcp(CLIENT, 40000, VIP, 80, flags)
+}
+
+fn udp() -> Ipv4 {
+    Ipv4::udp(CLIENT, 40000, VIP, 53)
+}
+
+/// What must come out.
+enum Expect {
+    /// XDP_PASS with the frame untouched.
+    Pass,
+    Drop,
+    /// XDP_TX of the input encapsulated towards this backend.
+    TxTo(Ipv4Addr),
+    /// XDP_TX towards whichever backend the userspace model computes for
+    /// the flow (checks that kernel and agent agree).
+    TxToRingChoice {
+        src: Ipv4Addr,
+        sport: u16,
+    },
+}
+
+enum Step {
+    Send(Vec<u8>),
+    Apply(Vec<VipSpec>),
+}
+
+struct Case {
+    name: &'static str,
+    vips: Vec<VipSpec>,
+    mtu: u32,
+    before: Vec<Step>,
+    input: Vec<u8>,
+    expect: Expect,
+    counters: &'static [(&'static str, u64)],
+}
+
+fn case(
+    name: &'static str,
+    vips: Vec<VipSpec>,
+    input: Vec<u8>,
+    expect: Expect,
+    counters: &'static [(&'static str, u64)],
+) -> Case {
+    Case {
+        name,
+        vips,
+        mtu: MTU,
+        before: Vec::new(),
+        input,
+        expect,
+        counters,
+    }
+}
+
+const TX_NEW: &[(&str, u64)] = &[("flow_misses", 1), ("tx", 1)];
+const TX_HIT: &[(&str, u64)] = &[("flow_hits", 1), ("tx", 1)];
+const PASSED: &[(&str, u64)] = &[("passed", 1)];
+const MALFORMED: &[(&str, u64)] = &[("malformed", 1)];
+
+/// The frame the LB must send for `input` towards `backend`, built from the
+/// input bytes with the test's own header code.
+fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
+    let ethertype = u16::from_be_bytes([input[12], input[13]]);
+    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
+        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
+    } else {
+        (None, 14)
+    };
+    let inner = &input[l3..];
+    let inner_len = u16::from_be_bytes([inner[2], inner[3]]) as usize;
+    let mut outer = vec![0x45, inner[1]];
+    outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
+    outer.extend_from_slice(&[0, 0, inner[6] & 0x40, 0, 64, 4, 0, 0]);
+    outer.extend_from_slice(&LB_SOURCE.octets());
+    outer.extend_from_slice(&backend.octets());
+    let c = internet_checksum(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    outer.extend_from_slice(inner);
+    ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
+}
+
+fn cases() -> Vec<Case> {
+    let tcp_vip = || one_backend_each();
+    let mut with_options = tcp(TCP_SYN);
+    with_options.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let mut max_options = tcp(TCP_ACK);
+    max_options.options = vec![1; 40];
+    let mut first_fragment = udp();
+    first_fragment.frags = 0x2000; // MF
+    let mut later_fragment = udp();
+    later_fragment.frags = 0x0010; // offset 128
+    let mut fragment_elsewhere = Ipv4::udp(CLIENT, 40000, NOT_VIP, 53);
+    fragment_elsewhere.frags = 0x2000;
+    let mut tos_no_df = udp();
+    tos_no_df.tos = 0xb8;
+    tos_no_df.frags = 0;
+
+    // 1500-byte MTU: the inner packet may be at most 1480 bytes.
+    let fits = tcp(TCP_ACK).payload(&vec![0xab; 1480 - 40]);
+    let too_big = tcp(TCP_ACK).payload(&vec![0xab; 1481 - 40]);
+
+    let syn = from_router(&tcp(TCP_SYN));
+    let ack = from_router(&tcp(TCP_ACK | TCP_PSH));
+
+    // Truncations: cut a valid frame at each layer.
+    let full = from_router(&tcp(TCP_ACK));
+    let udp_full = from_router(&udp());
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    let mut options_cut = from_router(&max_options);
+    options_cut.truncate(14 + 40);
+    let mut len_too_long = full.clone();
+    len_too_long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    let mut len_too_short_for_tcp = full.clone();
+    len_too_short_for_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+
+    // A short UDP packet padded to Ethernet's 60-byte minimum.
+    let mut padded = from_router(&udp().payload(b""));
+    padded.resize(60, 0);
+
+    let mut source_affinity = vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)]);
+    source_affinity.hash_source_only = true;
+
+    vec![
+        case(
+            "TCP SYN to a VIP: new flow, encapsulated to the backend",
+            tcp_vip(),
+            syn.clone(),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "TCP ACK of an unknown flow: selected from the ring",
+            tcp_vip(),
+            ack.clone(),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        Case {
+            before: vec![Step::Send(syn.clone())],
+            ..case(
+                "TCP established: connection-table hit",
+                tcp_vip(),
+                ack.clone(),
+                Expect::TxTo(B1),
+                TX_HIT,
+            )
+        },
+        Case {
+            before: vec![Step::Send(syn.clone())],
+            ..case(
+                "TCP SYN of a pinned flow goes by the ring again",
+                tcp_vip(),
+                syn.clone(),
+                Expect::TxTo(B1),
+                TX_NEW,
+            )
+        },
+        case(
+            "UDP to a VIP: new flow",
+            tcp_vip(),
+            udp_full.clone(),
+            Expect::TxTo(B2),
+            TX_NEW,
+        ),
+        Case {
+            before: vec![Step::Send(udp_full.clone())],
+            ..case(
+                "UDP second datagram: connection-table hit",
+                tcp_vip(),
+                udp_full.clone(),
+                Expect::TxTo(B2),
+                TX_HIT,
+            )
+        },
+        case(
+            "three backends: kernel and agent pick the same one",
+            three_backends(),
+            syn.clone(),
+            Expect::TxToRingChoice {
+                src: CLIENT,
+                sport: 40000,
+            },
+            TX_NEW,
+        ),
+        case(
+            "three backends, another client",
+            three_backends(),
+            from_router(&Ipv4::tcp(OTHER_CLIENT, 51234, VIP, 80, TCP_SYN)),
+            Expect::TxToRingChoice {
+                src: OTHER_CLIENT,
+                sport: 51234,
+            },
+            TX_NEW,
+        ),
+        case(
+            "source-IP affinity VIP: hashed without the source port",
+            vec![source_affinity],
+            from_router(&Ipv4::tcp(CLIENT, 61000, VIP, 80, TCP_SYN)),
+            Expect::TxToRingChoice {
+                src: CLIENT,
+                sport: 1,
+            },
+            TX_NEW,
+        ),
+        case(
+            "IPv4 with options: options kept inside",
+            tcp_vip(),
+            from_router(&with_options),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "IPv4 with 40 bytes of options",
+            tcp_vip(),
+            from_router(&max_options),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "VLAN-tagged TCP to a VIP: tag kept",
+            tcp_vip(),
+            ethernet(
+                LB_MAC,
+                ROUTER_MAC,
+                Some(0x0064),
+                ETHERTYPE_IPV4,
+                &tcp(TCP_SYN).bytes(),
+            ),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "TOS inherited, DF not set when the client did not set it",
+            tcp_vip(),
+            from_router(&tos_no_df),
+            Expect::TxTo(B2),
+            TX_NEW,
+        ),
+        case(
+            "Ethernet padding stays outside the IP packets",
+            tcp_vip(),
+            padded,
+            Expect::TxTo(B2),
+            TX_NEW,
+        ),
+        case(
+            "inner packet exactly fits the MTU once encapsulated",
+            tcp_vip(),
+            from_router(&fits),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "oversized once encapsulated: dropped",
+            tcp_vip(),
+            from_router(&too_big),
+            Expect::Drop,
+            &[("flow_misses", 1), ("drop_too_big", 1)],
+        ),
+        case(
+            "non-VIP address passes",
+            tcp_vip(),
+            from_router(&Ipv4::tcp(CLIENT, 40000, NOT_VIP, 80, TCP_SYN)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "VIP address on another port passes",
+            tcp_vip(),
+            from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 8080, TCP_SYN)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "VIP port with the other protocol passes",
+            tcp_vip(),
+            from_router(&Ipv4::udp(CLIENT, 40000, VIP, 80)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ICMP echo to a VIP address passes",
+            tcp_vip(),
+            from_router(&Ipv4::new(CLIENT, VIP, L4::Icmp)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ARP passes",
+            tcp_vip(),
+            arp_request(CLIENT, VIP),
+            Expect::Pass,
+            PASSED,
+        ),
+        case("IPv6 passes", tcp_vip(), ipv6_udp(), Expect::Pass, PASSED),
+        case(
+            "VLAN-tagged non-VIP passes",
+            tcp_vip(),
+            ethernet(
+                LB_MAC,
+                ROUTER_MAC,
+                Some(7),
+                ETHERTYPE_IPV4,
+                &Ipv4::tcp(CLIENT, 1, NOT_VIP, 80, TCP_SYN).bytes(),
+            ),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "first fragment to a VIP address: dropped",
+            tcp_vip(),
+            from_router(&first_fragment),
+            Expect::Drop,
+            &[("drop_fragment", 1)],
+        ),
+        case(
+            "later fragment to a VIP address: dropped",
+            tcp_vip(),
+            from_router(&later_fragment),
+            Expect::Drop,
+            &[("drop_fragment", 1)],
+        ),
+        case(
+            "fragment to another address passes",
+            tcp_vip(),
+            from_router(&fragment_elsewhere),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "truncated 802.1Q tag",
+            tcp_vip(),
+            full[..12]
+                .iter()
+                .chain(&[0x81, 0x00, 0x00])
+                .copied()
+                .collect(),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "truncated IPv4 header",
+            tcp_vip(),
+            full[..14 + 19].to_vec(),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "IPv4 header length below 20 bytes",
+            tcp_vip(),
+            bad_ihl,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "IPv4 options cut short",
+            tcp_vip(),
+            options_cut,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "IPv4 total length beyond the frame",
+            tcp_vip(),
+            len_too_long,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "IPv4 total length too short for TCP",
+            tcp_vip(),
+            len_too_short_for_tcp,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "truncated TCP header",
+            tcp_vip(),
+            full[..14 + 20 + 12].to_vec(),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "truncated UDP header",
+            tcp_vip(),
+            udp_full[..14 + 20 + 6].to_vec(),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "VIP without backends: dropped",
+            vec![vip(80, Protocol::Tcp, &[])],
+            syn.clone(),
+            Expect::Drop,
+            &[("flow_misses", 1), ("drop_no_backend", 1)],
+        ),
+        case(
+            "VIP whose only backend drains: no new flows",
+            vec![vip(80, Protocol::Tcp, &[(B1, 0)])],
+            syn.clone(),
+            Expect::Drop,
+            &[("flow_misses", 1), ("drop_no_backend", 1)],
+        ),
+        Case {
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B1, 0), (B2, 1)])]),
+            ],
+            ..case(
+                "draining backend keeps its established flow",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                ack.clone(),
+                Expect::TxTo(B1),
+                TX_HIT,
+            )
+        },
+        Case {
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B1, 0), (B2, 1)])]),
+            ],
+            ..case(
+                "draining backend gets no new flow",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                syn.clone(),
+                Expect::TxTo(B2),
+                TX_NEW,
+            )
+        },
+        Case {
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B2, 1)])]),
+            ],
+            ..case(
+                "backend removed mid-flow: the flow is re-selected",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                ack.clone(),
+                Expect::TxTo(B2),
+                &[("flow_reselected", 1), ("flow_misses", 1), ("tx", 1)],
+            )
+        },
+        Case {
+            // B1 leaves, then B3 arrives and takes B1's free backend id:
+            // the slot is active again, only the generation tells the
+            // pinned flow apart.
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[])]),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B3, 1)])]),
+            ],
+            ..case(
+                "backend replaced in its slot: generation mismatch re-selects",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                ack.clone(),
+                Expect::TxTo(B3),
+                &[("flow_reselected", 1), ("flow_misses", 1), ("tx", 1)],
+            )
+        },
+        Case {
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)])]),
+            ],
+            ..case(
+                "backend added: the established flow stays",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                ack.clone(),
+                Expect::TxTo(B1),
+                TX_HIT,
+            )
+        },
+        Case {
+            before: vec![Step::Apply(vec![])],
+            ..case(
+                "VIP removed: its traffic passes",
+                tcp_vip(),
+                syn.clone(),
+                Expect::Pass,
+                PASSED,
+            )
+        },
+        Case {
+            mtu: 1400,
+            ..case(
+                "a smaller static MTU is honoured",
+                tcp_vip(),
+                from_router(&fits),
+                Expect::Drop,
+                &[("flow_misses", 1), ("drop_too_big", 1)],
+            )
+        },
+    ]
+}
+
+#[test]
+fn balancer_fixtures() {
+    let cases = cases();
+    assert!(
+        cases.len() >= 30,
+        "the fixture table must keep at least 30 cases"
+    );
+    for case in cases {
+        let name = case.name;
+        let mut lb = Balancer::load(&test_options(static_config(case.mtu)), &case.vips);
+        for step in &case.before {
+            match step {
+                Step::Send(frame) => {
+                    let (verdict, _) = lb.run(frame);
+                    assert_eq!(verdict, XDP_TX, "{name}: a setup packet was not forwarded");
+                }
+                Step::Apply(vips) => {
+                    lb.dataplane
+                        .apply(vips)
+                        .unwrap_or_else(|e| panic!("{name}: applying a change: {e:#}"));
+                }
+            }
+        }
+        let before = lb.stats();
+        let (verdict, output) = lb.run(&case.input);
+        let after = lb.stats();
+
+        let (want_verdict, want_output) = match case.expect {
+            Expect::Pass => (XDP_PASS, Some(case.input.clone())),
+            Expect::Drop => (XDP_DROP, None),
+            Expect::TxTo(backend) => (XDP_TX, Some(encapsulated(&case.input, backend))),
+            Expect::TxToRingChoice { src, sport } => {
+                let vip = case.vips[0].vip;
+                let backend = lb
+                    .dataplane
+                    .ring_choice(&vip, src, sport)
+                    .expect("the VIP has a backend");
+                (XDP_TX, Some(encapsulated(&case.input, backend)))
+            }
+        };
+        assert_eq!(
+            verdict,
+            want_verdict,
+            "{name}: verdict {} instead of {}",
+            verdict_name(verdict),
+            verdict_name(want_verdict)
+        );
+        if let Some(want) = want_output {
+            assert_eq!(hex(&output), hex(&want), "{name}: output bytes differ");
+        }
+        xdp::assert_counter_deltas(name, &before, &after, case.counters);
+        println!("ok: {name}");
+    }
+}
+
+/// Per-VIP and per-backend counters follow the packets.
+#[test]
+fn vip_and_backend_counters() {
+    let vips = three_backends();
+    let mut lb = Balancer::load(&test_options(static_config(MTU)), &vips);
+    let vip = vips[0].vip;
+    let mut frames = 0u64;
+    let mut bytes = 0u64;
+    for sport in 1000..1100u16 {
+        for flags in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH] {
+            let frame = from_router(&Ipv4::tcp(CLIENT, sport, VIP, 80, flags));
+            let (verdict, _) = lb.run(&frame);
+            assert_eq!(verdict, XDP_TX);
+            frames += 1;
+            bytes += frame.len() as u64;
+        }
+    }
+    let maps = lb.dataplane.maps();
+    let vip_stats = maps
+        .vip_stats(lb.dataplane.vip_id(&vip).expect("VIP id"))
+        .expect("VIP stats");
+    assert_eq!(
+        (vip_stats.packets, vip_stats.bytes, vip_stats.new_flows),
+        (frames, bytes, 100)
+    );
+    let mut per_backend = Vec::new();
+    for b in [B1, B2, B3] {
+        let id = lb.dataplane.backend_id(&vip, b).expect("backend id");
+        let expected_flows = (1000..1100u16)
+            .filter(|&p| lb.dataplane.ring_choice(&vip, CLIENT, p) == Some(b))
+            .count() as u64;
+        let s = maps.backend_stats(id).expect("backend stats");
+        assert_eq!(s.packets, expected_flows * 3, "backend {b}: packets");
+        per_backend.push(s.packets);
+    }
+    assert_eq!(per_backend.iter().sum::<u64>(), frames);
+    assert!(
+        per_backend.iter().all(|&p| p > 0),
+        "100 flows reach all three backends: {per_backend:?}"
+    );
+}
+
+/// The agent's model of the ring answers exactly what the kernel does, for
+/// many flows (the basis of "which backend gets this flow").
+#[test]
+fn kernel_and_agent_agree_on_many_flows() {
+    let vips = vec![vip(80, Protocol::Tcp, &[(B1, 1), (B2, 2), (B3, 3)])];
+    let mut lb = Balancer::load(&test_options(static_config(MTU)), &vips);
+    for i in 0..500u16 {
+        let src = Ipv4Addr::new(198, 18, 200 + (i % 7) as u8, (i % 251) as u8);
+        let sport = 1024 + i * 61;
+        let frame = from_router(&Ipv4::tcp(src, sport, VIP, 80, TCP_SYN));
+        let (verdict, out) = lb.run(&frame);
+        assert_eq!(verdict, XDP_TX);
+        let expected = lb
+            .dataplane
+            .ring_choice(&vips[0].vip, src, sport)
+            .expect("backend");
+        assert_eq!(
+            &out[30..34],
+            &expected.octets(),
+            "flow {src}:{sport}: kernel and agent disagree"
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
