@@ -58,6 +58,19 @@ fn strip(ctx: &XdpContext) -> Outcome {
     let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return Outcome::NotOurs;
     };
+    // Copy the L2 header now, while the verifier knows the bounds of the
+    // pointers it came through; it is written back after the adjust.
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Outcome::NotOurs;
+    };
+    let eth = unsafe { *eth };
+    let vlan = match l2 {
+        L2::Plain => None,
+        L2::Vlan => match ptr_at::<VlanHdr>(ctx, ETH_LEN) {
+            Some(v) => Some(unsafe { *v }),
+            None => return Outcome::NotOurs,
+        },
+    };
     let outer = unsafe { &*outer };
     if outer.proto != IPPROTO_IPIP
         || DECAP_ADDRS
@@ -82,17 +95,6 @@ fn strip(ctx: &XdpContext) -> Outcome {
     // Drop the outer header from the front of the packet and write the L2
     // header (and VLAN tag) back in front of the inner packet. The inner
     // packet is IPv4 like the outer one, so the ethertype stays.
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Outcome::Malformed;
-    };
-    let eth = unsafe { *eth };
-    let vlan = match l2 {
-        L2::Plain => None,
-        L2::Vlan => match ptr_at::<VlanHdr>(ctx, ETH_LEN) {
-            Some(v) => Some(unsafe { *v }),
-            None => return Outcome::Malformed,
-        },
-    };
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return Outcome::Malformed;
     }

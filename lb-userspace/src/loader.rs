@@ -35,6 +35,12 @@ impl BalancerOptions {
 /// Loads `balancer` (verified, not attached). Its maps are then taken with
 /// [`crate::maps::BalancerMaps::take_from`].
 pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
+    load_balancer_object(objects::BALANCER, options, &[names::BALANCER_PROGRAM])
+}
+
+/// Loads `programs` of an object built on the balancer's maps (the balancer
+/// itself, or the benchmark wrappers around it).
+pub fn load_balancer_object(object: &[u8], options: &BalancerOptions, programs: &[&str]) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &options.config, true)
         .map_max_entries(
@@ -42,9 +48,11 @@ pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
             options.ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY),
         )
         .map_max_entries(names::FLOWS, options.flow_table_entries)
-        .load(objects::BALANCER)
+        .load(object)
         .context("loading the balancer object")?;
-    load_xdp(&mut ebpf, names::BALANCER_PROGRAM)?;
+    for program in programs {
+        load_xdp(&mut ebpf, program)?;
+    }
     Ok(ebpf)
 }
 

@@ -278,21 +278,21 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
     }
 
     let active: Vec<&MaglevBackend> = sorted.into_iter().filter(|b| b.weight > 0).collect();
-    let Some(first) = active.first() else {
+    if active.is_empty() {
         return Ok(vec![NO_BACKEND; size as usize]);
-    };
+    }
 
     let cursors: Vec<Cursor> = active.iter().map(|b| Cursor::new(b, size)).collect();
-    if active.iter().all(|b| b.weight == first.weight) {
+    let endgame = endgame_turns(size);
+    if active.iter().all(|b| b.weight == active[0].weight) {
         // Equal weights: the schedule is plain round robin (what
-        // `turn_order` would compute, without its cost).
+        // `Schedule::turns` would compute, without its cost).
         let count = cursors.len() as u32;
-        Ok(fill(cursors, (0..count).cycle().take(size as usize), size))
+        let turns = (0..count).cycle().take(size as usize);
+        Ok(fill(cursors, turns, size, endgame))
     } else {
-        let weights: Vec<u32> = active.iter().map(|b| b.weight).collect();
-        let quotas = apportion(&weights, size);
-        let order = turn_order(&weights, &quotas, size);
-        Ok(fill(cursors, order.into_iter(), size))
+        let schedule = Schedule::new(active.iter().map(|b| b.weight).collect(), size);
+        Ok(fill(cursors, schedule.turns(size).into_iter(), size, endgame))
     }
 }
 
@@ -338,106 +338,197 @@ impl Cursor {
     }
 }
 
-/// The table being filled, with a bitset of the slots already taken.
-struct Filler {
-    table: Vec<u32>,
-    taken: Vec<u64>,
-}
-
-impl Filler {
-    #[inline(always)]
-    fn is_free(&self, slot: u32) -> bool {
-        self.taken[(slot / 64) as usize] & (1 << (slot % 64)) == 0
-    }
-
-    #[inline(always)]
-    fn claim(&mut self, slot: u32, id: u32) {
-        self.taken[(slot / 64) as usize] |= 1 << (slot % 64);
-        self.table[slot as usize] = id;
-    }
-
-    /// One turn: the backend takes its next preferred free slot.
-    #[inline(always)]
-    fn take_turn(&mut self, cursor: &mut Cursor) -> u32 {
-        loop {
-            let slot = cursor.step();
-            if self.is_free(slot) {
-                self.claim(slot, cursor.id);
-                return slot;
-            }
-        }
-    }
-
-    /// Two consecutive turns of two different backends, `a` first, with the
-    /// same result as `take_turn(a); take_turn(b)`.
-    ///
-    /// Late in the build most probes hit taken slots and the cost is the
-    /// serial `step` chain of one backend; searching for both backends at
-    /// once overlaps two independent chains. Until one of them finds a
-    /// free slot both search the same state, which is exactly what `b` would
-    /// see after `a`'s turn except for the one slot `a` ends up claiming:
-    /// if that is `b`'s candidate, `b` simply searches on.
-    #[inline(always)]
-    fn take_two_turns(&mut self, a: &mut Cursor, b: &mut Cursor) {
-        let (mut slot_a, mut slot_b);
-        let (mut free_a, mut free_b);
-        loop {
-            slot_a = a.step();
-            slot_b = b.step();
-            free_a = self.is_free(slot_a);
-            free_b = self.is_free(slot_b);
-            if free_a | free_b {
-                break;
-            }
-        }
-        if free_a {
-            self.claim(slot_a, a.id);
-        } else {
-            // `b` found a candidate first, but `a` goes first and may still
-            // come across the same slot.
-            slot_a = self.take_turn(a);
-        }
-        if free_b && slot_b != slot_a {
-            self.claim(slot_b, b.id);
-        } else {
-            self.take_turn(b);
-        }
-    }
+/// SipHash-1-3 of the raw bytes (no length prefix, unlike `Hash for [u8]`).
+fn sip13(keys: (u64, u64), bytes: &[u8]) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(keys.0, keys.1);
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 /// Plays `turns` (indices into `cursors`) in order: each turn claims the
 /// backend's next preferred free slot. `turns` must yield exactly `size`
 /// turns, so a free slot exists at every turn; as `size` is prime and skip is
 /// in `1..size`, a backend's permutation visits every slot, so every search
-/// ends.
-fn fill(mut cursors: Vec<Cursor>, turns: impl Iterator<Item = u32>, size: u32) -> Vec<u32> {
-    let mut filler = Filler {
-        // Every slot is overwritten: the initial value does not matter.
-        table: vec![0; size as usize],
-        taken: vec![0; (size as usize).div_ceil(64)],
-    };
-    let mut turns = turns.peekable();
-    while let Some(a) = turns.next() {
-        let mut cursor_a = cursors[a as usize];
-        match turns.next_if(|&b| b != a) {
-            Some(b) => {
-                let mut cursor_b = cursors[b as usize];
-                filler.take_two_turns(&mut cursor_a, &mut cursor_b);
-                cursors[b as usize] = cursor_b;
-            }
-            None => {
-                filler.take_turn(&mut cursor_a);
+/// ends. The last `endgame` turns are played by `Endgame` (same result,
+/// lower cost).
+fn fill(
+    mut cursors: Vec<Cursor>,
+    turns: impl Iterator<Item = u32>,
+    size: u32,
+    endgame: u32,
+) -> Vec<u32> {
+    // Every slot is overwritten: the initial value does not matter.
+    let mut table = vec![0u32; size as usize];
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    let mut turns = turns.take(size as usize);
+    for turn in turns.by_ref().take((size - endgame.min(size)) as usize) {
+        // A local copy lets the position stay in a register while probing.
+        let mut cursor = cursors[turn as usize];
+        loop {
+            let slot = cursor.step();
+            let word = &mut taken[(slot / 64) as usize];
+            let bit = 1u64 << (slot % 64);
+            if *word & bit == 0 {
+                *word |= bit;
+                table[slot as usize] = cursor.id;
+                break;
             }
         }
-        cursors[a as usize] = cursor_a;
+        cursors[turn as usize] = cursor;
     }
-    filler.table
+    let mut endgame = Endgame::new(&taken, size);
+    for turn in turns {
+        let cursor = &mut cursors[turn as usize];
+        if let Some(slot) = endgame.take_turn(cursor, size) {
+            table[slot as usize] = cursor.id;
+        }
+    }
+    table
 }
 
-fn sip13(keys: (u64, u64), bytes: &[u8]) -> u64 {
-    let mut hasher = SipHasher13::new_with_keys(keys.0, keys.1);
-    hasher.write(bytes);
-    hasher.finish()
+/// Number of final turns played by `Endgame` for a table of `size` slots.
+///
+/// With `F` free slots left, probing costs about `size / F` probes per turn
+/// (for `size` = 65537, filling the last 1% of the slots takes about 70% of
+/// all probes), while `Endgame` costs `F` multiplications and divisions,
+/// measured about 3 times as expensive as a probe: the break-even point is
+/// `F = sqrt(size / 3)`. Timings are flat around it.
+fn endgame_turns(size: u32) -> u32 {
+    (size / 3).isqrt()
+}
+
+/// The end of the build, when few slots are free: instead of walking a
+/// backend's permutation until it hits one of them, compute for every free
+/// slot how many steps away it is in the permutation and take the nearest.
+/// Slots the backend already walked past are all taken (slots are never
+/// freed), so the nearest free slot is exactly the one probing would find.
+struct Endgame {
+    free: Vec<u32>,
+}
+
+impl Endgame {
+    fn new(taken: &[u64], size: u32) -> Self {
+        let mut free = Vec::new();
+        for (base, &word) in (0u32..).step_by(64).zip(taken) {
+            let mut free_bits = !word;
+            while free_bits != 0 {
+                let slot = base + free_bits.trailing_zeros();
+                if slot < size {
+                    free.push(slot);
+                }
+                free_bits &= free_bits - 1;
+            }
+        }
+        Endgame { free }
+    }
+
+    /// Takes the free slot that `cursor`'s permutation reaches first,
+    /// advances the cursor past it and returns it (`None` only if no slot is
+    /// free, which `fill`'s turn count rules out).
+    fn take_turn(&mut self, cursor: &mut Cursor, size: u32) -> Option<u32> {
+        let size64 = u64::from(size);
+        // Steps from `cursor.next` to `slot`: (slot - next) / skip mod size.
+        let inverse = u64::from(inverse_mod(cursor.skip, size));
+        let mut nearest: Option<(u64, usize)> = None;
+        for (index, &slot) in self.free.iter().enumerate() {
+            let distance = if slot >= cursor.next {
+                slot - cursor.next
+            } else {
+                slot + (size - cursor.next)
+            };
+            let steps = u64::from(distance) * inverse % size64;
+            if nearest.is_none_or(|(best, _)| steps < best) {
+                nearest = Some((steps, index));
+            }
+        }
+        let (_, index) = nearest?;
+        let slot = self.free.swap_remove(index);
+        cursor.next = slot;
+        cursor.step();
+        Some(slot)
+    }
+}
+
+/// The inverse of `value` modulo the prime `size` (`0 < value < size`), by
+/// the extended Euclidean algorithm.
+fn inverse_mod(value: u32, size: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(size), i64::from(value));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    // |t0| < size, so the result is in 0..size: lossless cast.
+    t0.rem_euclid(i64::from(size)) as u32
+}
+
+/// The turn schedule: how many turns each backend gets and in which rounds.
+///
+/// Turn `k` (1-based) of a backend of weight `w` happens in round
+/// `floor((2k - 1) * max_weight / (2w))`: the middle of the `k`-th of its
+/// periods of `max_weight / w` rounds. A heaviest backend acts in every
+/// round, no backend acts twice in a round, and within a round backends act
+/// in index (sorted identity) order. With equal weights every backend acts in
+/// every round: the paper's round robin.
+struct Schedule {
+    weights: Vec<u32>,
+    quotas: Vec<u32>,
+    max_weight: u32,
+    /// The round of any turn that would come later (only a turn granted by
+    /// rounding a share up can, see `new`). Rounds run from 0 to it.
+    overflow_round: u32,
+}
+
+impl Schedule {
+    /// `weights` must be non-empty and all > 0.
+    fn new(weights: Vec<u32>, size: u32) -> Self {
+        let quotas = apportion(&weights, size);
+        let max_weight = weights.iter().copied().max().unwrap_or(1);
+        let total_weight: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+        // Turn k <= size * w / W (not a rounded-up one) is in a round
+        // <= (size * w / W - 1/2) * max_weight / w < size * max_weight / W,
+        // which is at most `size`: the cast is lossless.
+        let last_round = (u128::from(size) * u128::from(max_weight) / total_weight.max(1)) as u32;
+        Schedule {
+            weights,
+            quotas,
+            max_weight,
+            overflow_round: last_round + 1,
+        }
+    }
+
+    fn rounds_of(&self, index: usize) -> TurnRounds {
+        TurnRounds::new(
+            self.weights[index],
+            self.max_weight,
+            self.quotas[index],
+            self.overflow_round,
+        )
+    }
+
+    /// The turns in order (backend indices): a stable counting sort on the
+    /// round. Its length is the sum of the quotas, i.e. `size`.
+    fn turns(&self, size: u32) -> Vec<u32> {
+        let mut starts = vec![0u32; self.overflow_round as usize + 2];
+        for index in 0..self.weights.len() {
+            for round in self.rounds_of(index) {
+                starts[round as usize + 1] += 1;
+            }
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut order = vec![0u32; size as usize];
+        for (backend, index) in (0u32..).zip(0..self.weights.len()) {
+            for round in self.rounds_of(index) {
+                let start = &mut starts[round as usize];
+                order[*start as usize] = backend;
+                *start += 1;
+            }
+        }
+        order
+    }
 }
 
 /// Splits `size` slots proportionally to `weights` (largest remainder
@@ -467,14 +558,8 @@ fn apportion(weights: &[u32], size: u32) -> Vec<u32> {
     quotas
 }
 
-/// The rounds in which a backend takes its `quota` turns. Turn `k`
-/// (1-based) of a backend of weight `w` happens in round
-/// `floor((2k - 1) * max_weight / (2w))`: the middle of the `k`-th of its
-/// periods of `max_weight / w` rounds, so a heaviest backend acts in every
-/// round and no backend acts twice in a round. Rounds are clamped to
-/// `last_round`: only a turn granted by rounding the share up can fall
-/// beyond it, and it then simply comes last. Computed incrementally, without
-/// a division per turn.
+/// The rounds of a backend's `quota` turns (see `Schedule`), clamped to
+/// `overflow_round`. Computed incrementally, without a division per turn.
 struct TurnRounds {
     remaining: u32,
     round: u64,
@@ -482,16 +567,16 @@ struct TurnRounds {
     step: u64,
     step_rem: u64,
     denominator: u64,
-    last_round: u64,
+    overflow_round: u64,
 }
 
 impl TurnRounds {
     /// Requires `0 < weight <= max_weight`.
-    fn new(weight: u32, max_weight: u32, quota: u32, last_round: u32) -> Self {
+    fn new(weight: u32, max_weight: u32, quota: u32, overflow_round: u32) -> Self {
         let max_weight = u64::from(max_weight);
         let denominator = 2 * u64::from(weight.max(1));
         // The numerator starts at max_weight and grows by 2 * max_weight per
-        // turn; all values stay below 2^34 * quota < 2^58.
+        // turn; rounds stay below 2^32 * quota < 2^57.
         TurnRounds {
             remaining: quota,
             round: max_weight / denominator,
@@ -499,7 +584,7 @@ impl TurnRounds {
             step: (2 * max_weight) / denominator,
             step_rem: (2 * max_weight) % denominator,
             denominator,
-            last_round: u64::from(last_round),
+            overflow_round: u64::from(overflow_round),
         }
     }
 }
@@ -507,53 +592,20 @@ impl TurnRounds {
 impl Iterator for TurnRounds {
     type Item = u32;
 
+    #[inline]
     fn next(&mut self) -> Option<u32> {
         if self.remaining == 0 {
             return None;
         }
         self.remaining -= 1;
-        // Clamped to last_round, a u32: lossless cast.
-        let current = self.round.min(self.last_round) as u32;
-        self.round += self.step;
+        // Clamped to overflow_round, a u32: lossless cast.
+        let current = self.round.min(self.overflow_round) as u32;
         self.rem += self.step_rem;
-        if self.rem >= self.denominator {
-            self.rem -= self.denominator;
-            self.round += 1;
-        }
+        let carry = self.rem >= self.denominator;
+        self.rem -= if carry { self.denominator } else { 0 };
+        self.round += self.step + u64::from(carry);
         Some(current)
     }
-}
-
-/// The sequence of turns: backend indices ordered by round, within a round
-/// by index (a stable counting sort over the rounds). Its length is the sum
-/// of `quotas`, i.e. `size`.
-fn turn_order(weights: &[u32], quotas: &[u32], size: u32) -> Vec<u32> {
-    let max_weight = weights.iter().copied().max().unwrap_or(1);
-    let total_weight: u128 = weights.iter().map(|&w| u128::from(w)).sum();
-    // A heaviest backend's quota is about size * max_weight / total_weight
-    // turns, one per round: the build lasts about that many rounds. It is
-    // at most `size`, so the cast is lossless.
-    let last_round = (u128::from(size) * u128::from(max_weight) / total_weight.max(1)) as u32;
-    let rounds =
-        |index: usize| TurnRounds::new(weights[index], max_weight, quotas[index], last_round);
-    let mut starts = vec![0u32; last_round as usize + 2];
-    for index in 0..quotas.len() {
-        for round in rounds(index) {
-            starts[round as usize + 1] += 1;
-        }
-    }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut order = vec![0u32; size as usize];
-    for (backend, index) in (0u32..).zip(0..quotas.len()) {
-        for round in rounds(index) {
-            let start = &mut starts[round as usize];
-            order[*start as usize] = backend;
-            *start += 1;
-        }
-    }
-    order
 }
 
 #[cfg(test)]
@@ -990,14 +1042,24 @@ mod tests {
     }
 
     #[test]
-    fn general_schedule_is_round_robin_for_equal_weights() {
-        // `build_table` skips `turn_order` for equal weights; both must agree.
+    fn schedule_is_round_robin_for_equal_weights() {
+        // `build_table` skips `Schedule` for equal weights; both must agree.
         for (n, size) in [(1u32, 3u32), (3, 7), (10, 65537), (37, 65537)] {
             for weight in [1, 5, u32::MAX] {
-                let weights = vec![weight; n as usize];
-                let order = turn_order(&weights, &apportion(&weights, size), size);
+                let schedule = Schedule::new(vec![weight; n as usize], size);
                 let round_robin: Vec<u32> = (0..n).cycle().take(size as usize).collect();
-                assert_eq!(order, round_robin, "N={n} M={size} weight={weight}");
+                assert_eq!(schedule.turns(size), round_robin, "N={n} M={size} w={weight}");
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_mod_inverts() {
+        for size in [3u32, 7, 65537, 655_373, MAX_TABLE_SIZE] {
+            for value in [1, 2, size / 2, size - 2, size - 1] {
+                let inverse = inverse_mod(value, size);
+                assert!(inverse < size);
+                assert_eq!(u64::from(value) * u64::from(inverse) % u64::from(size), 1);
             }
         }
     }
@@ -1042,6 +1104,49 @@ mod tests {
         }
 
         #[test]
+        fn schedule_gives_each_backend_its_quota_at_most_once_per_round(
+            weights in prop::collection::vec(
+                prop_oneof![1u32..=10, 1u32..=1000, Just(u32::MAX), 1u32..=u32::MAX],
+                1..=50,
+            ),
+            size in prop::sample::select(vec![53u32, 1009, 65537]),
+        ) {
+            let schedule = Schedule::new(weights.clone(), size);
+            let turns = schedule.turns(size);
+            prop_assert_eq!(turns.len(), size as usize);
+            let mut counts = vec![0u32; weights.len()];
+            for &turn in &turns {
+                counts[turn as usize] += 1;
+            }
+            prop_assert_eq!(&counts, &apportion(&weights, size));
+            // Replaying the rounds gives the same order: by round, then index.
+            let mut by_round: Vec<(u32, u32)> = (0..weights.len())
+                .flat_map(|i| schedule.rounds_of(i).map(move |r| (r, i as u32)))
+                .collect();
+            by_round.sort_unstable();
+            let windows_ok = by_round.windows(2).all(|w| w[0] != w[1]);
+            prop_assert!(windows_ok, "a backend acts twice in a round");
+            prop_assert_eq!(by_round.into_iter().map(|(_, i)| i).collect::<Vec<_>>(), turns);
+        }
+
+        #[test]
+        fn endgame_gives_the_same_table_as_probing(
+            weights in prop::collection::vec(0u32..=5, 1..=40),
+            size in prop::sample::select(vec![41u32, 1009, 65537]),
+            endgame in prop::sample::select(vec![1u32, 2, 17, 150, 1009]),
+        ) {
+            let backends: Vec<_> = (0u32..).zip(&weights).map(|(i, &w)| backend(i, w)).collect();
+            let active: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
+            prop_assume!(!active.is_empty());
+            let cursors: Vec<Cursor> = active.iter().map(|b| Cursor::new(b, size)).collect();
+            let schedule = Schedule::new(active.iter().map(|b| b.weight).collect(), size);
+            let turns = schedule.turns(size);
+            let probing = fill(cursors.clone(), turns.iter().copied(), size, 0);
+            let mixed = fill(cursors, turns.into_iter(), size, endgame.min(size));
+            prop_assert_eq!(probing, mixed);
+        }
+
+        #[test]
         fn input_order_does_not_matter(
             (original, shuffled) in prop::collection::vec(0u32..=4, 1..=40)
                 .prop_flat_map(|weights| {
@@ -1083,55 +1188,6 @@ mod tests {
                 }
                 println!("N={n} M={size} {name}: best of {runs}: {best:?}");
             }
-        }
-    }
-}
-#[cfg(test)]
-mod tmpbench {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn components() {
-        let n = 1000u32;
-        let size = 65537u32;
-        let mk = |w: &dyn Fn(u32) -> u32| -> Vec<MaglevBackend> {
-            (0..n)
-                .map(|i| {
-                    let mut identity = vec![10, 0, (i >> 8) as u8, i as u8];
-                    identity.extend_from_slice(&8080u16.to_be_bytes());
-                    MaglevBackend {
-                        id: i,
-                        identity,
-                        weight: w(i),
-                    }
-                })
-                .collect()
-        };
-        for (name, set) in [("equal", mk(&|_| 1)), ("1..10", mk(&|i| 1 + i % 10))] {
-            let mut sorted: Vec<&MaglevBackend> = set.iter().collect();
-            sorted.sort_by(|a, b| a.identity.cmp(&b.identity));
-            let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
-            let cursors: Vec<Cursor> = sorted.iter().map(|b| Cursor::new(b, size)).collect();
-            let mut t_order = std::time::Duration::MAX;
-            let mut t_fill = t_order;
-            let mut t_rr = t_order;
-            for _ in 0..300 {
-                let s = std::time::Instant::now();
-                let q = apportion(&weights, size);
-                let order = turn_order(&weights, &q, size);
-                t_order = t_order.min(s.elapsed());
-                let s = std::time::Instant::now();
-                std::hint::black_box(fill(cursors.clone(), order.into_iter(), size));
-                t_fill = t_fill.min(s.elapsed());
-                let s = std::time::Instant::now();
-                std::hint::black_box(fill(
-                    cursors.clone(),
-                    (0..n).cycle().take(size as usize),
-                    size,
-                ));
-                t_rr = t_rr.min(s.elapsed());
-            }
-            println!("{name}: order {t_order:?} fill {t_fill:?} fill-rr {t_rr:?}");
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Shared test code: a packet builder and BPF_PROG_TEST_RUN helpers for the
-//! packet tests and the benchmark.
+//! packet tests and the benchmark; the network-namespace test bed shared by
+//! the integration tests and the demo.
 
 pub mod packet;
 pub mod xdp;
+pub mod netns;
+pub mod topology;

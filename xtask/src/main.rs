@@ -1,1 +1,213 @@
-fn main() {}
+//! `cargo xtask <command>`: setup, build, test, bench, demo.
+//!
+//! xtask depends on nothing that needs bpf-linker or system libraries, so it
+//! runs on a machine that has only the Rust toolchains and installs the rest.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test, benchmark and demo the load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (idempotent, fast when done).
+    Setup,
+    /// Build the eBPF objects and the userspace binaries (release).
+    Build,
+    /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and integration.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks; writes target/bench/results.json.
+    Bench,
+    /// Run the demo: a built-in topology with real traffic.
+    Demo,
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// Debian packages the project uses at run time (tests, demo).
+const RUNTIME_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+/// Debian packages needed only to build bpf-linker.
+const LINKER_BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    setup()?;
+    match cli.command {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+        Cmd::Bench => bench(),
+        Cmd::Demo => demo(),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status: ExitStatus = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn has_command(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    say(&format!("installing Debian packages: {}", packages.join(" ")));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    let missing: Vec<&str> = RUNTIME_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !has_command(bin) && !Path::new("/usr/sbin").join(bin).is_file() && !Path::new("/sbin").join(bin).is_file())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+
+    // rust-src for the nightly toolchain (build-std=core for bpfel).
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .context("running rustc +nightly: the nightly toolchain must be installed")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        say("adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !linker_ok {
+        let missing: Vec<&str> = LINKER_BUILD_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
+        if !missing.is_empty() {
+            apt_install(&missing)?;
+        }
+        say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
+        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTFLAGS"))?;
+    }
+    let elapsed = started.elapsed();
+    if elapsed.as_millis() > 1000 {
+        say(&format!("setup done in {:.1} s", elapsed.as_secs_f64()));
+    }
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn build() -> Result<()> {
+    say("building the eBPF objects and the userspace binaries (release)");
+    run(cargo().args(["build", "--release", "--workspace"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    say("running every test (unit, packet, integration); the packet and integration tests need root");
+    run(cargo().args(["test", "--workspace", "--release"]).args(args))?;
+    leftover_check()
+}
+
+/// Fails if a test left a network namespace, veth or pinned object of ours
+/// behind (they are all named with the `lbt` prefix).
+fn leftover_check() -> Result<()> {
+    let mut leftovers = Vec::new();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("lbt") {
+                leftovers.push(format!("network namespace {line}"));
+            }
+        }
+    }
+    if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(name) = line.split(':').nth(1).map(str::trim) {
+                if name.starts_with("lbt") {
+                    leftovers.push(format!("link {name}"));
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("lbt") {
+                leftovers.push(format!("pinned object /sys/fs/bpf/{name}"));
+            }
+        }
+    }
+    if !leftovers.is_empty() {
+        bail!("tests left these behind:\n  {}", leftovers.join("\n  "));
+    }
+    say("no namespace, link or pinned object left behind");
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    say("running the benchmarks (release build)");
+    run(cargo().args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]).arg(root().join("target/bench/results.json")))
+}
+
+fn demo() -> Result<()> {
+    say("building the demo (release)");
+    run(cargo().args(["build", "--release", "-p", "lb-tests", "--bin", "lb-demo", "-p", "lb-userspace"]))?;
+    run(Command::new(root().join("target/release/lb-demo")).arg("--agent").arg(root().join("target/release/lb-agent")))
+}

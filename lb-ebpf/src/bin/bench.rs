@@ -1,13 +1,108 @@
-//! Benchmark-only programs (never loaded by the agent).
+//! Benchmark-only programs (never loaded by the agent), timed by
+//! `cargo xtask bench` through BPF_PROG_TEST_RUN.
+//!
+//! With `repeat`, the kernel runs a program again on the buffer the previous
+//! run left, so a program that encapsulates would see its own output from
+//! the second run on. The wrappers therefore undo the encapsulation after
+//! timing it: they save the Ethernet header, run the balancer, and on
+//! XDP_TX move the head back and restore the header. `bench_wrapper_floor`
+//! is the same wrapper around a trivial 20-byte "encapsulation", to know the
+//! wrapper's own cost.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_ebpf as _;
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp,
+    maps::PerCpuArray, programs::XdpContext,
+};
+use lb_common::IPIP_OVERHEAD;
+use lb_ebpf::{balancer::balance, parse::ptr_at};
+use network_types::eth::EthHdr;
 
-/// The floor: swap MACs, XDP_TX.
+/// Per-CPU sequence number that makes every `bench_new_flow` run a new flow.
+#[map]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The floor: swap the MACs and send the frame back.
 #[xdp]
 pub fn bench_floor(ctx: XdpContext) -> u32 {
-    let _ = ctx;
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    unsafe {
+        let src = (*eth).src_addr;
+        (*eth).src_addr = (*eth).dst_addr;
+        (*eth).dst_addr = src;
+    }
     xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn wrapped(ctx: &XdpContext, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let saved = unsafe { *eth };
+    let action = run(ctx);
+    if action == xdp_action::XDP_TX {
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPIP_OVERHEAD as i32) } != 0 {
+            return xdp_action::XDP_DROP;
+        }
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return xdp_action::XDP_DROP;
+        };
+        unsafe { *eth = saved };
+    }
+    action
+}
+
+/// The balancer on an unchanged packet: an established flow once pinned.
+#[xdp]
+pub fn bench_established(ctx: XdpContext) -> u32 {
+    wrapped(&ctx, balance)
+}
+
+/// The balancer on a new TCP SYN every run: the source port and the low
+/// half of the source address carry a sequence number.
+#[xdp]
+pub fn bench_new_flow(ctx: XdpContext) -> u32 {
+    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    // Plain Ethernet + 20-byte IPv4 + TCP, as the benchmark sends.
+    let Some(src_addr_low) = ptr_at::<[u8; 2]>(&ctx, 14 + 14) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(src_port) = ptr_at::<[u8; 2]>(&ctx, 14 + 20) else {
+        return xdp_action::XDP_PASS;
+    };
+    unsafe {
+        *src_addr_low = ((n >> 16) as u16).to_be_bytes();
+        *src_port = (n as u16).to_be_bytes();
+    }
+    wrapped(&ctx, balance)
+}
+
+/// The wrapper around a trivial encapsulation: grow by 20 bytes, write the
+/// Ethernet header, XDP_TX.
+#[xdp]
+pub fn bench_wrapper_floor(ctx: XdpContext) -> u32 {
+    wrapped(&ctx, |ctx| {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return xdp_action::XDP_PASS;
+        };
+        let saved = unsafe { *eth };
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
+            return xdp_action::XDP_DROP;
+        }
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return xdp_action::XDP_DROP;
+        };
+        unsafe { *eth = saved };
+        xdp_action::XDP_TX
+    })
 }

@@ -1,0 +1,222 @@
+//! `cargo xtask bench`: data-path cost per packet (BPF_PROG_TEST_RUN),
+//! Maglev build time and ring write time. Prints a table and writes the
+//! JSON given as the first argument.
+//!
+//! Every XDP figure is checked against the program's own counters: if not
+//! every iteration took the path being timed, the benchmark fails instead of
+//! reporting a number for the wrong path.
+
+use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use lb_common::{GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES};
+use lb_tests::{
+    packet::{from_router, Ipv4, TCP_ACK, TCP_SYN},
+    xdp::{require_root, static_config, XDP_PASS, XDP_TX},
+};
+use lb_userspace::{
+    dataplane::{BackendSpec, DataPlane, Protocol, VipAddr, VipSpec},
+    loader::{self, BalancerOptions},
+    maglev::{self, MaglevBackend},
+    maps::BalancerMaps,
+    objects,
+};
+use serde_json::json;
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+
+const PROGRAMS: &[&str] = &["bench_floor", "bench_established", "bench_new_flow", "bench_wrapper_floor"];
+
+struct Stat {
+    min: f64,
+    median: f64,
+}
+
+fn summarize(mut samples: Vec<f64>) -> Stat {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Stat { min: samples[0], median: samples[samples.len() / 2] }
+}
+
+fn time_program(ebpf: &mut Ebpf, name: &str, frame: &[u8], want: u32) -> Result<f64> {
+    let program = loader::xdp_program(ebpf, name)?;
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: REPEAT, ..TestRunOptions::new() })
+        .with_context(|| format!("test run of {name}"))?;
+    ensure!(result.return_value == want, "{name} returned {} instead of {want}", result.return_value);
+    Ok(result.duration.as_nanos() as f64)
+}
+
+/// Runs `rounds` timed batches and checks that counters moved by `repeat`
+/// for each of the named fields per batch.
+fn measure(
+    ebpf: &mut Ebpf,
+    dataplane: &DataPlane,
+    name: &str,
+    frame: &[u8],
+    want: u32,
+    check: &[(&str, fn(&GlobalStats) -> u64)],
+) -> Result<Stat> {
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = dataplane.maps().global_stats()?;
+        samples.push(time_program(ebpf, name, frame, want)?);
+        let after = dataplane.maps().global_stats()?;
+        for (counter, get) in check {
+            let moved = get(&after) - get(&before);
+            if moved != REPEAT as u64 {
+                bail!("{name}: counter {counter} moved by {moved}, not {REPEAT}: not every run took the timed path");
+            }
+        }
+    }
+    Ok(summarize(samples))
+}
+
+fn xdp_benchmarks() -> Result<serde_json::Value> {
+    require_root();
+    let options = BalancerOptions {
+        config: static_config(1500),
+        ring_pool_slots: 4 * 65537,
+        flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
+    };
+    let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS)?;
+    let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
+    let backends = (1..=10).map(|i| BackendSpec { addr: Ipv4Addr::new(198, 19, 0, i), weight: 1 }).collect();
+    dataplane.apply(&[VipSpec {
+        vip: VipAddr { addr: VIP, port: 80, proto: Protocol::Tcp },
+        table_size: 65537,
+        hash_source_only: false,
+        backends,
+    }])?;
+
+    let established = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).payload(&[0; 64]));
+    let syn = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).payload(&[0; 64]));
+    let non_vip = from_router(&Ipv4::tcp(CLIENT, 40000, Ipv4Addr::new(198, 18, 0, 99), 80, TCP_ACK).payload(&[0; 64]));
+
+    // Pin the established flow once.
+    let program = loader::xdp_program(&mut ebpf, "bench_established")?;
+    let mut out = vec![0u8; established.len() + 64];
+    program.test_run(TestRunOptions { data_in: Some(&established), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+
+    let floor = measure(&mut ebpf, &dataplane, "bench_floor", &established, XDP_TX, &[])?;
+    let wrapper = measure(&mut ebpf, &dataplane, "bench_wrapper_floor", &established, XDP_TX, &[])?;
+    // The real `balancer` program: a non-VIP packet is not modified, so
+    // repeat needs no wrapper.
+    let pass = {
+        let small = BalancerOptions { flow_table_entries: 1024, ..options };
+        let mut plain = loader::load_balancer(&small)?;
+        let plain_dataplane = DataPlane::new(BalancerMaps::take_from(&mut plain)?);
+        measure(&mut plain, &plain_dataplane, "balancer", &non_vip, XDP_PASS, &[("passed", |s| s.passed)])?
+    };
+    let est = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_established",
+        &established,
+        XDP_TX,
+        &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
+    )?;
+    let new_flow = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_new_flow",
+        &syn,
+        XDP_TX,
+        &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)],
+    )?;
+
+    println!("XDP, ns per packet over {ROUNDS} rounds of {REPEAT} runs (static next hop, 1M-entry flow table):");
+    println!("  {:<34} {:>8} {:>8}", "path", "min", "median");
+    for (label, s) in [
+        ("floor (swap MACs, XDP_TX)", &floor),
+        ("wrapper around a trivial encap", &wrapper),
+        ("non-VIP pass", &pass),
+        ("VIP established flow (hit)", &est),
+        ("VIP new flow (SYN, table insert)", &new_flow),
+    ] {
+        println!("  {label:<34} {:>8.1} {:>8.1}", s.min, s.median);
+    }
+    println!(
+        "  established / floor = {:.2} (target <= 2.0); established minus wrapper overhead = {:.1} ns",
+        est.median / floor.median,
+        est.median - (wrapper.median - floor.median)
+    );
+    Ok(json!({
+        "floor": floor.median,
+        "pass_non_vip": pass.median,
+        "vip_new_flow": new_flow.median,
+        "vip_established": est.median,
+        "wrapper_floor": wrapper.median,
+        "min": {
+            "floor": floor.min,
+            "pass_non_vip": pass.min,
+            "vip_new_flow": new_flow.min,
+            "vip_established": est.min,
+            "wrapper_floor": wrapper.min,
+        },
+    }))
+}
+
+fn maglev_backends(n: u32) -> Vec<MaglevBackend> {
+    (0..n)
+        .map(|i| MaglevBackend { id: i, identity: format!("198.19.{}.{}", i / 256, i % 256).into_bytes(), weight: 1 })
+        .collect()
+}
+
+fn time_ms(rounds: usize, mut f: impl FnMut()) -> Stat {
+    let samples = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    summarize(samples)
+}
+
+fn maglev_benchmarks() -> Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    println!("Maglev table build, ms (one core):");
+    println!("  {:<34} {:>8} {:>8}", "case", "min", "median");
+    for (key, n, m) in [("n100_m65537", 100, 65537), ("n1000_m65537", 1000, 65537), ("n1000_m655373", 1000, 655373)] {
+        let backends = maglev_backends(n);
+        let s = time_ms(21, || {
+            std::hint::black_box(maglev::build_table(&backends, m).expect("build"));
+        });
+        println!("  {key:<34} {:>8.3} {:>8.3}", s.min, s.median);
+        out.insert(key.into(), json!(s.median));
+    }
+    println!("  (target: n1000_m65537 under the Maglev paper's 1.8 ms)");
+    Ok(serde_json::Value::Object(out))
+}
+
+fn ring_benchmarks() -> Result<serde_json::Value> {
+    let options = BalancerOptions { config: static_config(1500), ring_pool_slots: 4 * 65537, flow_table_entries: 1024 };
+    let mut ebpf = loader::load_balancer(&options)?;
+    let mut maps = BalancerMaps::take_from(&mut ebpf)?;
+    let ring = maglev::build_table(&maglev_backends(1000), 65537)?;
+    let s = time_ms(21, || maps.write_ring(65537, &ring).expect("write"));
+    println!("Ring write into the BPF map (65537 slots): min {:.3} ms, median {:.3} ms", s.min, s.median);
+    Ok(json!({ "m65537": s.median }))
+}
+
+fn main() -> Result<()> {
+    let path = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "target/bench/results.json".into()));
+    let xdp = xdp_benchmarks()?;
+    let maglev = maglev_benchmarks()?;
+    let ring = ring_benchmarks()?;
+    let results = json!({ "xdp_ns": xdp, "maglev_build_ms": maglev, "ring_write_ms": ring });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Golden packet tests of the backends' `decap` XDP program, and the round
+//! trip balancer → decap.
+
+use std::net::Ipv4Addr;
+
+use aya::{maps::PerCpuArray, Ebpf};
+use lb_common::{names, DecapStats};
+use lb_tests::{packet::*, xdp::*};
+use lb_userspace::{
+    dataplane::{BackendSpec, Protocol, VipAddr, VipSpec},
+    loader,
+};
+
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 9);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
+fn load_decap() -> Ebpf {
+    require_root();
+    loader::load_decap(&[BACKEND]).expect("loading decap")
+}
+
+fn decap_stats(ebpf: &Ebpf) -> DecapStats {
+    let map: PerCpuArray<_, DecapStats> =
+        PerCpuArray::try_from(ebpf.map(names::DECAP_STATS).expect("DECAP_STATS")).expect("type");
+    let values = map.get(&0, 0).expect("read");
+    values.iter().fold(DecapStats::default(), |a, s| DecapStats {
+        decapsulated: a.decapsulated + s.decapsulated,
+        passed: a.passed + s.passed,
+        malformed: a.malformed + s.malformed,
+    })
+}
+
+fn ipip_frame(vlan: Option<u16>, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
+    ethernet(LB_MAC, NEXT_HOP_MAC, vlan, ETHERTYPE_IPV4, &ipip(Ipv4Addr::new(198, 18, 1, 1), outer_dst, inner))
+}
+
+enum Expect {
+    /// Passed untouched.
+    Untouched,
+    /// Passed with the outer header removed: this exact frame.
+    Stripped(Vec<u8>),
+}
+
+#[test]
+fn decap_fixtures() {
+    let inner = Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN);
+    let udp_inner = Ipv4::udp(CLIENT, 40000, VIP, 53);
+    let mut outer_with_options = Ipv4::new(
+        Ipv4Addr::new(198, 18, 1, 1),
+        BACKEND,
+        L4::Raw(4, inner.bytes()),
+    );
+    outer_with_options.options = vec![1, 1, 1, 1];
+    let mut truncated_inner = ipip_frame(None, BACKEND, &inner);
+    truncated_inner.truncate(14 + 20 + 12);
+    let mut fragmented = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
+    fragmented[6] |= 0x20; // MF
+    let mut not_ipv4_inside = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
+    not_ipv4_inside[20] = 0x60;
+
+    type Case = (&'static str, Vec<u8>, Expect, DecapStats);
+    let stripped = DecapStats { decapsulated: 1, ..Default::default() };
+    let passed = DecapStats { passed: 1, ..Default::default() };
+    let malformed = DecapStats { malformed: 1, ..Default::default() };
+    let cases: Vec<Case> = vec![
+        (
+            "IP-in-IP TCP to this host: stripped",
+            ipip_frame(None, BACKEND, &inner),
+            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &inner.bytes())),
+            stripped,
+        ),
+        (
+            "IP-in-IP UDP to this host: stripped",
+            ipip_frame(None, BACKEND, &udp_inner),
+            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &udp_inner.bytes())),
+            stripped,
+        ),
+        (
+            "VLAN-tagged IP-in-IP: stripped, tag kept",
+            ipip_frame(Some(0x0064), BACKEND, &inner),
+            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, Some(0x0064), ETHERTYPE_IPV4, &inner.bytes())),
+            stripped,
+        ),
+        (
+            "outer header with options: stripped whole",
+            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &outer_with_options.bytes()),
+            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &inner.bytes())),
+            stripped,
+        ),
+        ("IP-in-IP to another host: untouched", ipip_frame(None, OTHER_HOST, &inner), Expect::Untouched, passed),
+        ("plain TCP: untouched", from_router(&inner), Expect::Untouched, passed),
+        ("ARP: untouched", arp_request(CLIENT, BACKEND), Expect::Untouched, passed),
+        ("IPv6: untouched", ipv6_udp(), Expect::Untouched, passed),
+        ("inner header truncated: untouched", truncated_inner, Expect::Untouched, malformed),
+        (
+            "fragmented outer packet: untouched",
+            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &fragmented),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "inner packet not IPv4: untouched",
+            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &not_ipv4_inside),
+            Expect::Untouched,
+            malformed,
+        ),
+    ];
+    for (name, input, expect, counters) in cases {
+        let mut ebpf = load_decap();
+        let (verdict, output) = run_program(&mut ebpf, names::DECAP_PROGRAM, &input);
+        assert_eq!(verdict, XDP_PASS, "{name}: decap must always pass, got {}", verdict_name(verdict));
+        let want = match expect {
+            Expect::Untouched => input.clone(),
+            Expect::Stripped(frame) => frame,
+        };
+        assert_eq!(output, want, "{name}: output bytes differ");
+        assert_eq!(decap_stats(&ebpf), counters, "{name}: counters");
+        println!("ok: {name}");
+    }
+}
+
+/// What the balancer sends, decap turns back into exactly what the client
+/// sent (with the next hop's MACs).
+#[test]
+fn balancer_then_decap_round_trip() {
+    let vips = vec![VipSpec {
+        vip: VipAddr { addr: VIP, port: 80, proto: Protocol::Tcp },
+        table_size: 65537,
+        hash_source_only: false,
+        backends: vec![BackendSpec { addr: BACKEND, weight: 1 }],
+    }];
+    let mut lb = Balancer::load(&test_options(static_config(1500)), &vips);
+    let mut decap = load_decap();
+    for (i, ip) in [
+        Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN),
+        Ipv4::tcp(CLIENT, 40001, VIP, 80, TCP_ACK).payload(&[7; 1000]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (verdict, encapsulated) = lb.run(&from_router(ip));
+        assert_eq!(verdict, XDP_TX, "packet {i}");
+        let (verdict, stripped) = run_program(&mut decap, names::DECAP_PROGRAM, &encapsulated);
+        assert_eq!(verdict, XDP_PASS, "packet {i}");
+        assert_eq!(stripped, ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &ip.bytes()), "packet {i}");
+    }
+}
