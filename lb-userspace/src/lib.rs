@@ -2,11 +2,15 @@
 //! besides wiring (that is `bin/lb-agent.rs`).
 //!
 //! - [`maglev`]: lookup-table construction.
+//! - [`config`]: the agent's configuration file.
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
+//! - [`host`]: interface facts and sysctls.
 //! - [`maps`]: typed access to the BPF maps.
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod config;
 pub mod dataplane;
+pub mod host;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

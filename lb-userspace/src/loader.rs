@@ -3,13 +3,17 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use aya::{maps::HashMap, programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    maps::HashMap,
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
 use lb_common::{
     ipv4_to_wire, names, DataPathConfig, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS,
     RING_SLOTS_PER_ENTRY,
 };
 
-use crate::objects;
+use crate::{config::XdpModeSetting, objects};
 
 /// Everything fixed when `balancer` is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +44,11 @@ pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
 
 /// Loads `programs` of an object built on the balancer's maps (the balancer
 /// itself, or the benchmark wrappers around it).
-pub fn load_balancer_object(object: &[u8], options: &BalancerOptions, programs: &[&str]) -> Result<Ebpf> {
+pub fn load_balancer_object(
+    object: &[u8],
+    options: &BalancerOptions,
+    programs: &[&str],
+) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &options.config, true)
         .map_max_entries(
@@ -90,4 +98,42 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .program_mut(name)
         .with_context(|| format!("the object has no program {name}"))?
         .try_into()?)
+}
+
+/// Attaches `program` to `interface` in the configured mode; `Auto` tries
+/// native (driver) mode first and falls back to generic mode with a warning.
+/// Returns the mode in use. The attachment lasts as long as the [`Ebpf`].
+pub fn attach(
+    ebpf: &mut Ebpf,
+    program: &str,
+    interface: &str,
+    mode: XdpModeSetting,
+) -> Result<XdpModeSetting> {
+    let xdp = xdp_program(ebpf, program)?;
+    match mode {
+        XdpModeSetting::Native => {
+            xdp_attach(xdp, interface, XdpMode::Driver)?;
+            Ok(XdpModeSetting::Native)
+        }
+        XdpModeSetting::Generic => {
+            xdp_attach(xdp, interface, XdpMode::Skb)?;
+            Ok(XdpModeSetting::Generic)
+        }
+        XdpModeSetting::Auto => match xdp_attach(xdp, interface, XdpMode::Driver) {
+            Ok(()) => Ok(XdpModeSetting::Native),
+            Err(e) => {
+                log::warn!(
+                    "native XDP on {interface} failed ({e:#}); falling back to generic mode"
+                );
+                xdp_attach(xdp, interface, XdpMode::Skb)?;
+                Ok(XdpModeSetting::Generic)
+            }
+        },
+    }
+}
+
+fn xdp_attach(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<()> {
+    xdp.attach(interface, mode)
+        .map(|_| ())
+        .with_context(|| format!("attaching XDP to {interface} in {mode:?} mode"))
 }

@@ -2,7 +2,7 @@
 //! packet tests and the benchmark; the network-namespace test bed shared by
 //! the integration tests and the demo.
 
-pub mod packet;
-pub mod xdp;
 pub mod netns;
+pub mod packet;
 pub mod topology;
+pub mod xdp;

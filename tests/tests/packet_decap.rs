@@ -25,15 +25,23 @@ fn decap_stats(ebpf: &Ebpf) -> DecapStats {
     let map: PerCpuArray<_, DecapStats> =
         PerCpuArray::try_from(ebpf.map(names::DECAP_STATS).expect("DECAP_STATS")).expect("type");
     let values = map.get(&0, 0).expect("read");
-    values.iter().fold(DecapStats::default(), |a, s| DecapStats {
-        decapsulated: a.decapsulated + s.decapsulated,
-        passed: a.passed + s.passed,
-        malformed: a.malformed + s.malformed,
-    })
+    values
+        .iter()
+        .fold(DecapStats::default(), |a, s| DecapStats {
+            decapsulated: a.decapsulated + s.decapsulated,
+            passed: a.passed + s.passed,
+            malformed: a.malformed + s.malformed,
+        })
 }
 
 fn ipip_frame(vlan: Option<u16>, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
-    ethernet(LB_MAC, NEXT_HOP_MAC, vlan, ETHERTYPE_IPV4, &ipip(Ipv4Addr::new(198, 18, 1, 1), outer_dst, inner))
+    ethernet(
+        LB_MAC,
+        NEXT_HOP_MAC,
+        vlan,
+        ETHERTYPE_IPV4,
+        &ipip(Ipv4Addr::new(198, 18, 1, 1), outer_dst, inner),
+    )
 }
 
 enum Expect {
@@ -61,39 +69,98 @@ fn decap_fixtures() {
     not_ipv4_inside[20] = 0x60;
 
     type Case = (&'static str, Vec<u8>, Expect, DecapStats);
-    let stripped = DecapStats { decapsulated: 1, ..Default::default() };
-    let passed = DecapStats { passed: 1, ..Default::default() };
-    let malformed = DecapStats { malformed: 1, ..Default::default() };
+    let stripped = DecapStats {
+        decapsulated: 1,
+        ..Default::default()
+    };
+    let passed = DecapStats {
+        passed: 1,
+        ..Default::default()
+    };
+    let malformed = DecapStats {
+        malformed: 1,
+        ..Default::default()
+    };
     let cases: Vec<Case> = vec![
         (
             "IP-in-IP TCP to this host: stripped",
             ipip_frame(None, BACKEND, &inner),
-            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &inner.bytes())),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &inner.bytes(),
+            )),
             stripped,
         ),
         (
             "IP-in-IP UDP to this host: stripped",
             ipip_frame(None, BACKEND, &udp_inner),
-            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &udp_inner.bytes())),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &udp_inner.bytes(),
+            )),
             stripped,
         ),
         (
             "VLAN-tagged IP-in-IP: stripped, tag kept",
             ipip_frame(Some(0x0064), BACKEND, &inner),
-            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, Some(0x0064), ETHERTYPE_IPV4, &inner.bytes())),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                Some(0x0064),
+                ETHERTYPE_IPV4,
+                &inner.bytes(),
+            )),
             stripped,
         ),
         (
             "outer header with options: stripped whole",
-            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &outer_with_options.bytes()),
-            Expect::Stripped(ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &inner.bytes())),
+            ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &outer_with_options.bytes(),
+            ),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &inner.bytes(),
+            )),
             stripped,
         ),
-        ("IP-in-IP to another host: untouched", ipip_frame(None, OTHER_HOST, &inner), Expect::Untouched, passed),
-        ("plain TCP: untouched", from_router(&inner), Expect::Untouched, passed),
-        ("ARP: untouched", arp_request(CLIENT, BACKEND), Expect::Untouched, passed),
+        (
+            "IP-in-IP to another host: untouched",
+            ipip_frame(None, OTHER_HOST, &inner),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "plain TCP: untouched",
+            from_router(&inner),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "ARP: untouched",
+            arp_request(CLIENT, BACKEND),
+            Expect::Untouched,
+            passed,
+        ),
         ("IPv6: untouched", ipv6_udp(), Expect::Untouched, passed),
-        ("inner header truncated: untouched", truncated_inner, Expect::Untouched, malformed),
+        (
+            "inner header truncated: untouched",
+            truncated_inner,
+            Expect::Untouched,
+            malformed,
+        ),
         (
             "fragmented outer packet: untouched",
             ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &fragmented),
@@ -110,7 +177,12 @@ fn decap_fixtures() {
     for (name, input, expect, counters) in cases {
         let mut ebpf = load_decap();
         let (verdict, output) = run_program(&mut ebpf, names::DECAP_PROGRAM, &input);
-        assert_eq!(verdict, XDP_PASS, "{name}: decap must always pass, got {}", verdict_name(verdict));
+        assert_eq!(
+            verdict,
+            XDP_PASS,
+            "{name}: decap must always pass, got {}",
+            verdict_name(verdict)
+        );
         let want = match expect {
             Expect::Untouched => input.clone(),
             Expect::Stripped(frame) => frame,
@@ -126,10 +198,17 @@ fn decap_fixtures() {
 #[test]
 fn balancer_then_decap_round_trip() {
     let vips = vec![VipSpec {
-        vip: VipAddr { addr: VIP, port: 80, proto: Protocol::Tcp },
+        vip: VipAddr {
+            addr: VIP,
+            port: 80,
+            proto: Protocol::Tcp,
+        },
         table_size: 65537,
         hash_source_only: false,
-        backends: vec![BackendSpec { addr: BACKEND, weight: 1 }],
+        backends: vec![BackendSpec {
+            addr: BACKEND,
+            weight: 1,
+        }],
     }];
     let mut lb = Balancer::load(&test_options(static_config(1500)), &vips);
     let mut decap = load_decap();
@@ -144,6 +223,10 @@ fn balancer_then_decap_round_trip() {
         assert_eq!(verdict, XDP_TX, "packet {i}");
         let (verdict, stripped) = run_program(&mut decap, names::DECAP_PROGRAM, &encapsulated);
         assert_eq!(verdict, XDP_PASS, "packet {i}");
-        assert_eq!(stripped, ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &ip.bytes()), "packet {i}");
+        assert_eq!(
+            stripped,
+            ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &ip.bytes()),
+            "packet {i}"
+        );
     }
 }

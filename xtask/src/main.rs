@@ -42,7 +42,12 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages the project uses at run time (tests, demo).
 const RUNTIME_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
 /// Debian packages needed only to build bpf-linker.
-const LINKER_BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const LINKER_BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -57,7 +62,10 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 fn say(msg: &str) {
@@ -79,7 +87,10 @@ fn has_command(name: &str) -> bool {
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
-    say(&format!("installing Debian packages: {}", packages.join(" ")));
+    say(&format!(
+        "installing Debian packages: {}",
+        packages.join(" ")
+    ));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -91,7 +102,11 @@ fn setup() -> Result<()> {
     let started = Instant::now();
     let missing: Vec<&str> = RUNTIME_PACKAGES
         .iter()
-        .filter(|(bin, _)| !has_command(bin) && !Path::new("/usr/sbin").join(bin).is_file() && !Path::new("/sbin").join(bin).is_file())
+        .filter(|(bin, _)| {
+            !has_command(bin)
+                && !Path::new("/usr/sbin").join(bin).is_file()
+                && !Path::new("/sbin").join(bin).is_file()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
@@ -107,7 +122,13 @@ fn setup() -> Result<()> {
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         say("adding rust-src to the nightly toolchain");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     let linker_ok = Command::new("bpf-linker")
@@ -124,10 +145,23 @@ fn setup() -> Result<()> {
         if !missing.is_empty() {
             apt_install(&missing)?;
         }
-        say(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        say(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        ));
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("PATH", path)
             .env_remove("RUSTUP_TOOLCHAIN")
@@ -162,7 +196,9 @@ fn build() -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     say("running every test (unit, packet, integration); the packet and integration tests need root");
-    run(cargo().args(["test", "--workspace", "--release"]).args(args))?;
+    run(cargo()
+        .args(["test", "--workspace", "--release"])
+        .args(args))?;
     leftover_check()
 }
 
@@ -203,11 +239,32 @@ fn leftover_check() -> Result<()> {
 
 fn bench() -> Result<()> {
     say("running the benchmarks (release build)");
-    run(cargo().args(["run", "--release", "-p", "lb-tests", "--bin", "lb-bench", "--"]).arg(root().join("target/bench/results.json")))
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "lb-tests",
+            "--bin",
+            "lb-bench",
+            "--",
+        ])
+        .arg(root().join("target/bench/results.json")))
 }
 
 fn demo() -> Result<()> {
     say("building the demo (release)");
-    run(cargo().args(["build", "--release", "-p", "lb-tests", "--bin", "lb-demo", "-p", "lb-userspace"]))?;
-    run(Command::new(root().join("target/release/lb-demo")).arg("--agent").arg(root().join("target/release/lb-agent")))
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-demo",
+        "-p",
+        "lb-userspace",
+    ]))?;
+    run(Command::new(root().join("target/release/lb-demo"))
+        .arg("--agent")
+        .arg(root().join("target/release/lb-agent")))
 }

@@ -32,7 +32,12 @@ const ROUNDS: usize = 5;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 
-const PROGRAMS: &[&str] = &["bench_floor", "bench_established", "bench_new_flow", "bench_wrapper_floor"];
+const PROGRAMS: &[&str] = &[
+    "bench_floor",
+    "bench_established",
+    "bench_new_flow",
+    "bench_wrapper_floor",
+];
 
 struct Stat {
     min: f64,
@@ -41,16 +46,28 @@ struct Stat {
 
 fn summarize(mut samples: Vec<f64>) -> Stat {
     samples.sort_by(|a, b| a.total_cmp(b));
-    Stat { min: samples[0], median: samples[samples.len() / 2] }
+    Stat {
+        min: samples[0],
+        median: samples[samples.len() / 2],
+    }
 }
 
 fn time_program(ebpf: &mut Ebpf, name: &str, frame: &[u8], want: u32) -> Result<f64> {
     let program = loader::xdp_program(ebpf, name)?;
     let mut out = vec![0u8; frame.len() + 256];
     let result = program
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: REPEAT, ..TestRunOptions::new() })
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: REPEAT,
+            ..TestRunOptions::new()
+        })
         .with_context(|| format!("test run of {name}"))?;
-    ensure!(result.return_value == want, "{name} returned {} instead of {want}", result.return_value);
+    ensure!(
+        result.return_value == want,
+        "{name} returned {} instead of {want}",
+        result.return_value
+    );
     Ok(result.duration.as_nanos() as f64)
 }
 
@@ -88,9 +105,18 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     };
     let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS)?;
     let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
-    let backends = (1..=10).map(|i| BackendSpec { addr: Ipv4Addr::new(198, 19, 0, i), weight: 1 }).collect();
+    let backends = (1..=10)
+        .map(|i| BackendSpec {
+            addr: Ipv4Addr::new(198, 19, 0, i),
+            weight: 1,
+        })
+        .collect();
     dataplane.apply(&[VipSpec {
-        vip: VipAddr { addr: VIP, port: 80, proto: Protocol::Tcp },
+        vip: VipAddr {
+            addr: VIP,
+            port: 80,
+            proto: Protocol::Tcp,
+        },
         table_size: 65537,
         hash_source_only: false,
         backends,
@@ -98,22 +124,52 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
 
     let established = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).payload(&[0; 64]));
     let syn = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).payload(&[0; 64]));
-    let non_vip = from_router(&Ipv4::tcp(CLIENT, 40000, Ipv4Addr::new(198, 18, 0, 99), 80, TCP_ACK).payload(&[0; 64]));
+    let non_vip = from_router(
+        &Ipv4::tcp(CLIENT, 40000, Ipv4Addr::new(198, 18, 0, 99), 80, TCP_ACK).payload(&[0; 64]),
+    );
 
     // Pin the established flow once.
     let program = loader::xdp_program(&mut ebpf, "bench_established")?;
     let mut out = vec![0u8; established.len() + 64];
-    program.test_run(TestRunOptions { data_in: Some(&established), data_out: Some(&mut out), ..TestRunOptions::new() })?;
+    program.test_run(TestRunOptions {
+        data_in: Some(&established),
+        data_out: Some(&mut out),
+        ..TestRunOptions::new()
+    })?;
 
-    let floor = measure(&mut ebpf, &dataplane, "bench_floor", &established, XDP_TX, &[])?;
-    let wrapper = measure(&mut ebpf, &dataplane, "bench_wrapper_floor", &established, XDP_TX, &[])?;
+    let floor = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_floor",
+        &established,
+        XDP_TX,
+        &[],
+    )?;
+    let wrapper = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_wrapper_floor",
+        &established,
+        XDP_TX,
+        &[],
+    )?;
     // The real `balancer` program: a non-VIP packet is not modified, so
     // repeat needs no wrapper.
     let pass = {
-        let small = BalancerOptions { flow_table_entries: 1024, ..options };
+        let small = BalancerOptions {
+            flow_table_entries: 1024,
+            ..options
+        };
         let mut plain = loader::load_balancer(&small)?;
         let plain_dataplane = DataPlane::new(BalancerMaps::take_from(&mut plain)?);
-        measure(&mut plain, &plain_dataplane, "balancer", &non_vip, XDP_PASS, &[("passed", |s| s.passed)])?
+        measure(
+            &mut plain,
+            &plain_dataplane,
+            "balancer",
+            &non_vip,
+            XDP_PASS,
+            &[("passed", |s| s.passed)],
+        )?
     };
     let est = measure(
         &mut ebpf,
@@ -166,7 +222,11 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
 
 fn maglev_backends(n: u32) -> Vec<MaglevBackend> {
     (0..n)
-        .map(|i| MaglevBackend { id: i, identity: format!("198.19.{}.{}", i / 256, i % 256).into_bytes(), weight: 1 })
+        .map(|i| MaglevBackend {
+            id: i,
+            identity: format!("198.19.{}.{}", i / 256, i % 256).into_bytes(),
+            weight: 1,
+        })
         .collect()
 }
 
@@ -185,7 +245,11 @@ fn maglev_benchmarks() -> Result<serde_json::Value> {
     let mut out = serde_json::Map::new();
     println!("Maglev table build, ms (one core):");
     println!("  {:<34} {:>8} {:>8}", "case", "min", "median");
-    for (key, n, m) in [("n100_m65537", 100, 65537), ("n1000_m65537", 1000, 65537), ("n1000_m655373", 1000, 655373)] {
+    for (key, n, m) in [
+        ("n100_m65537", 100, 65537),
+        ("n1000_m65537", 1000, 65537),
+        ("n1000_m655373", 1000, 655373),
+    ] {
         let backends = maglev_backends(n);
         let s = time_ms(21, || {
             std::hint::black_box(maglev::build_table(&backends, m).expect("build"));
@@ -198,17 +262,28 @@ fn maglev_benchmarks() -> Result<serde_json::Value> {
 }
 
 fn ring_benchmarks() -> Result<serde_json::Value> {
-    let options = BalancerOptions { config: static_config(1500), ring_pool_slots: 4 * 65537, flow_table_entries: 1024 };
+    let options = BalancerOptions {
+        config: static_config(1500),
+        ring_pool_slots: 4 * 65537,
+        flow_table_entries: 1024,
+    };
     let mut ebpf = loader::load_balancer(&options)?;
     let mut maps = BalancerMaps::take_from(&mut ebpf)?;
     let ring = maglev::build_table(&maglev_backends(1000), 65537)?;
     let s = time_ms(21, || maps.write_ring(65537, &ring).expect("write"));
-    println!("Ring write into the BPF map (65537 slots): min {:.3} ms, median {:.3} ms", s.min, s.median);
+    println!(
+        "Ring write into the BPF map (65537 slots): min {:.3} ms, median {:.3} ms",
+        s.min, s.median
+    );
     Ok(json!({ "m65537": s.median }))
 }
 
 fn main() -> Result<()> {
-    let path = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "target/bench/results.json".into()));
+    let path = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "target/bench/results.json".into()),
+    );
     let xdp = xdp_benchmarks()?;
     let maglev = maglev_benchmarks()?;
     let ring = ring_benchmarks()?;

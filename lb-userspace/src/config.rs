@@ -1,0 +1,356 @@
+//! The agent's configuration file: JSON with `//` comments, every field
+//! checked before anything is loaded or attached. Errors name the field
+//! (`vips[0].backends[2].address: invalid IPv4 address syntax`).
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lb_common::{ipv4_to_wire, DataPathConfig, NEXT_HOP_FIB, NEXT_HOP_STATIC};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::{self, BackendSpec, Protocol, VipAddr, VipSpec},
+    loader::BalancerOptions,
+    maglev::DEFAULT_TABLE_SIZE,
+};
+
+/// Largest accepted backend weight: weights are relative, and a bound keeps
+/// a typo (an extra zero or three) from starving every other backend.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver (native) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum NextHop {
+    /// `bpf_fib_lookup` on the backend's address (needs IPv4 forwarding on
+    /// the interface; the agent turns it on).
+    Fib,
+    /// Every encapsulated packet goes out of the interface to this MAC.
+    Static { mac: String, mtu: u32 },
+}
+
+impl Default for NextHop {
+    fn default() -> Self {
+        NextHop::Fib
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The interface the balancer is attached to.
+    pub interface: String,
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+    /// Outer source address of encapsulated packets (an address of this host).
+    pub source_address: Ipv4Addr,
+    #[serde(default)]
+    pub next_hop: NextHop,
+    /// Size of the ring pool in slots (default: room for 64 VIPs at 65537).
+    #[serde(default)]
+    pub ring_pool_slots: Option<u32>,
+    /// Capacity of the connection table (default 1048576).
+    #[serde(default)]
+    pub flow_table_entries: Option<u32>,
+    #[serde(default)]
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    /// Hash on the client's address only: all its connections reach one backend.
+    #[serde(default)]
+    pub hash_source_only: bool,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_table_size() -> u32 {
+    DEFAULT_TABLE_SIZE
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and validates (everything but the interface's existence).
+    pub fn parse(text: &str) -> Result<Self> {
+        let json = strip_comments(text);
+        let de = &mut serde_json::Deserializer::from_str(&json);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                anyhow!("{inner}")
+            } else {
+                anyhow!("{path}: {inner}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
+            bail!(
+                "interface: {:?} is not a valid interface name",
+                self.interface
+            );
+        }
+        if self.source_address.is_unspecified()
+            || self.source_address.is_multicast()
+            || self.source_address.is_broadcast()
+        {
+            bail!(
+                "source_address: {} is not a unicast address",
+                self.source_address
+            );
+        }
+        if let NextHop::Static { mac, mtu } = &self.next_hop {
+            parse_mac(mac).context("next_hop.static.mac")?;
+            if !(68..=65535).contains(mtu) {
+                bail!("next_hop.static.mtu: {mtu} is outside 68..=65535");
+            }
+        }
+        if let Some(slots) = self.ring_pool_slots {
+            if slots == 0 {
+                bail!("ring_pool_slots: must be positive");
+            }
+        }
+        if let Some(entries) = self.flow_table_entries {
+            if entries == 0 {
+                bail!("flow_table_entries: must be positive");
+            }
+        }
+        for (i, vip) in self.vips.iter().enumerate() {
+            if vip.address.is_unspecified()
+                || vip.address.is_multicast()
+                || vip.address.is_broadcast()
+            {
+                bail!(
+                    "vips[{i}].address: {} is not a unicast address",
+                    vip.address
+                );
+            }
+            if vip.port == 0 {
+                bail!("vips[{i}].port: 0 is not a service port");
+            }
+            for (j, b) in vip.backends.iter().enumerate() {
+                if b.weight > MAX_WEIGHT {
+                    bail!(
+                        "vips[{i}].backends[{j}].weight: {} is above the maximum {MAX_WEIGHT}",
+                        b.weight
+                    );
+                }
+            }
+        }
+        dataplane::validate(&self.vip_specs()).context("vips")?;
+        let slots_needed: u64 = self.vips.iter().map(|v| v.table_size as u64).sum();
+        let pool = self
+            .balancer_options(DataPathConfig::default())
+            .ring_pool_slots as u64;
+        if slots_needed > pool {
+            bail!("vips: the tables need {slots_needed} ring slots but ring_pool_slots is {pool}");
+        }
+        Ok(())
+    }
+
+    pub fn vip_specs(&self) -> Vec<VipSpec> {
+        self.vips
+            .iter()
+            .map(|v| VipSpec {
+                vip: VipAddr {
+                    addr: v.address,
+                    port: v.port,
+                    proto: v.protocol,
+                },
+                table_size: v.table_size,
+                hash_source_only: v.hash_source_only,
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendSpec {
+                        addr: b.address,
+                        weight: b.weight,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The data path's load-time settings; `interface_mac` is the source
+    /// MAC for the static next hop.
+    pub fn data_path_config(&self, interface_mac: [u8; 6]) -> Result<DataPathConfig> {
+        let mut config = DataPathConfig {
+            lb_source_addr: ipv4_to_wire(self.source_address.octets()),
+            next_hop_mode: NEXT_HOP_FIB,
+            static_src_mac: [0; 6],
+            static_dst_mac: [0; 6],
+            static_mtu: 0,
+        };
+        if let NextHop::Static { mac, mtu } = &self.next_hop {
+            config.next_hop_mode = NEXT_HOP_STATIC;
+            config.static_src_mac = interface_mac;
+            config.static_dst_mac = parse_mac(mac)?;
+            config.static_mtu = *mtu;
+        }
+        Ok(config)
+    }
+
+    pub fn balancer_options(&self, config: DataPathConfig) -> BalancerOptions {
+        let mut options = BalancerOptions::new(config);
+        if let Some(slots) = self.ring_pool_slots {
+            options.ring_pool_slots = slots;
+        }
+        if let Some(entries) = self.flow_table_entries {
+            options.flow_table_entries = entries;
+        }
+        options
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        bail!("{text:?} is not a MAC address (six hex bytes separated by ':')");
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            bail!("{text:?} is not a MAC address");
+        }
+        *byte =
+            u8::from_str_radix(part, 16).map_err(|_| anyhow!("{text:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+/// Removes `//` comments outside strings, keeping line structure so error
+/// positions still match the file.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut cut = line.len();
+        let bytes = line.as_bytes();
+        for (i, &c) in bytes.iter().enumerate() {
+            if in_string {
+                match c {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+            } else if c == b'"' {
+                in_string = true;
+            } else if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+                cut = i;
+                break;
+            }
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        // the interface
+        "interface": "eth0",
+        "source_address": "198.18.1.2", // ours
+        "vips": [{"address": "198.18.0.10", "port": 80, "protocol": "tcp",
+                  "backends": [{"address": "198.19.1.2"}, {"address": "198.19.2.2", "weight": 3}]}]
+    }"#;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).expect_err("must be rejected"))
+    }
+
+    #[test]
+    fn parses_with_comments_and_defaults() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.xdp_mode, XdpModeSetting::Auto);
+        assert_eq!(c.next_hop, NextHop::Fib);
+        assert_eq!(c.vips[0].table_size, 65537);
+        assert_eq!(c.vips[0].backends[0].weight, 1);
+        assert_eq!(c.vips[0].backends[1].weight, 3);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../examples/lb.jsonc");
+        Config::parse(text).expect("examples/lb.jsonc must parse");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&GOOD.replace("198.19.2.2", "198.19.2.300"))
+            .contains("vips[0].backends[1].address"));
+        assert!(err(&GOOD.replace("\"port\"", "\"prot\"")).contains("unknown field `prot`"));
+        assert!(err(&GOOD.replace("\"tcp\"", "\"sctp\"")).contains("vips[0].protocol"));
+        assert!(err(&GOOD.replace("\"weight\": 3", "\"weight\": 30000"))
+            .contains("vips[0].backends[1].weight"));
+        assert!(
+            err(&GOOD.replace("\"port\": 80,", "\"port\": 80, \"table_size\": 65536,"))
+                .contains("65536")
+        );
+        assert!(err("{").contains("EOF"));
+        assert!(err("{\"interface\": \"eth0\"}").contains("source_address"));
+        let dup = GOOD.replace(
+            "\"vips\": [{",
+            "\"vips\": [{\"address\": \"198.18.0.10\", \"port\": 80, \"protocol\": \"tcp\"}, {",
+        );
+        assert!(err(&dup).contains("configured twice"), "{}", err(&dup));
+    }
+
+    #[test]
+    fn mac_addresses() {
+        assert_eq!(
+            parse_mac("02:00:00:00:00:0a").expect("valid"),
+            [2, 0, 0, 0, 0, 10]
+        );
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("zz:00:00:00:00:00").is_err());
+    }
+
+    #[test]
+    fn comments_inside_strings_are_kept() {
+        assert_eq!(strip_comments("\"a//b\" // c"), "\"a//b\" \n");
+    }
+}
