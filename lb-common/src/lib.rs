@@ -137,7 +137,8 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// Value of the connection table: the backend a flow is pinned to.

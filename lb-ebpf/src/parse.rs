@@ -125,7 +125,8 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         src_port: 0,
         dst_port: 0,
         proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let mut tcp_syn = false;
     if proto == IPPROTO_TCP {

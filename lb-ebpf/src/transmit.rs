@@ -31,6 +31,20 @@ pub enum NextHop {
     Unreachable,
 }
 
+/// Zeroes lookup parameters with eight 8-byte stores: LLVM turns
+/// `mem::zeroed()` of this struct into a call to a byte-by-byte memset,
+/// and volatile stores are the way to keep it from doing so.
+#[inline(always)]
+fn zero_fib_params(params: *mut bpf_fib_lookup) {
+    let words = params as *mut u64;
+    let mut i = 0;
+    while i < size_of::<bpf_fib_lookup>() / 8 {
+        // SAFETY: inside `params` (64 bytes, 8-byte multiple).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+}
+
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
@@ -52,8 +66,10 @@ pub fn next_hop(
     }
 
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: plain-data C struct; all-zero is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero_fib_params(raw.as_mut_ptr());
+    // SAFETY: every byte was just written; all-zero is a valid value.
+    let params = unsafe { &mut *raw.as_mut_ptr() };
     params.family = AF_INET;
     params.ifindex = ingress;
     // Non-zero tot_len makes the kernel check it against the route's MTU.
@@ -64,7 +80,7 @@ pub fn next_hop(
     let ret = unsafe {
         fib_lookup(
             ctx.ctx as *mut _,
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )

@@ -28,20 +28,15 @@ pub enum XdpModeSetting {
     Generic,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum NextHop {
     /// `bpf_fib_lookup` on the backend's address (needs IPv4 forwarding on
     /// the interface; the agent turns it on).
+    #[default]
     Fib,
     /// Every encapsulated packet goes out of the interface to this MAC.
     Static { mac: String, mtu: u32 },
-}
-
-impl Default for NextHop {
-    fn default() -> Self {
-        NextHop::Fib
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -274,7 +274,8 @@ impl DataPlane {
             },
             dst_port: key.port,
             proto: key.proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         };
         let hash = flow_hash(
             flow.src_addr,

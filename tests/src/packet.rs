@@ -161,7 +161,7 @@ impl Ipv4 {
 
     /// The packet from the IPv4 header on, checksums included.
     pub fn bytes(&self) -> Vec<u8> {
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         let (proto, l4) = self.l4_bytes();
         let ihl = 5 + self.options.len() / 4;
         let total = ihl * 4 + l4.len();
