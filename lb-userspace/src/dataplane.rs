@@ -20,8 +20,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lb_common::{
-    flow_hash, ipv4_to_wire, port_to_wire, Backend, FlowKey, VipKey, VipMeta, BACKEND_F_ACTIVE,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_HASH_NO_SRC_PORT,
+    flow_hash, ipv4_to_wire, port_to_wire, Backend, VipKey, VipMeta, BACKEND_F_ACTIVE, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_HASH_NO_SRC_PORT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -263,31 +263,9 @@ impl DataPlane {
         src_port: u16,
     ) -> Option<Ipv4Addr> {
         let state = self.vips.get(vip)?;
-        let key = vip.key();
-        let flow = FlowKey {
-            src_addr: ipv4_to_wire(src_addr.octets()),
-            dst_addr: key.addr,
-            src_port: if state.spec.hash_source_only {
-                0
-            } else {
-                port_to_wire(src_port)
-            },
-            dst_port: key.port,
-            proto: key.proto,
-            _pad: 0,
-            _pad2: 0,
-        };
-        let hash = flow_hash(
-            flow.src_addr,
-            flow.dst_addr,
-            flow.src_port,
-            flow.dst_port,
-            flow.proto,
-        );
-        let id = *state.ring.get((hash % state.spec.table_size) as usize)?;
-        if id == NO_BACKEND {
-            return None;
-        }
+        let id = *state
+            .ring
+            .get(ring_slot(&state.spec, src_addr, src_port) as usize)?;
         state
             .backend_ids
             .iter()
@@ -510,6 +488,59 @@ impl DataPlane {
                 flags: 0,
             },
         )
+    }
+}
+
+/// Slot of a VIP's ring that a new flow from `src_addr:src_port` hashes to.
+pub fn ring_slot(spec: &VipSpec, src_addr: Ipv4Addr, src_port: u16) -> u32 {
+    let key = spec.vip.key();
+    let src_port = if spec.hash_source_only {
+        0
+    } else {
+        port_to_wire(src_port)
+    };
+    flow_hash(
+        ipv4_to_wire(src_addr.octets()),
+        key.addr,
+        src_port,
+        key.port,
+        key.proto,
+    ) % spec.table_size
+}
+
+/// A VIP's table computed without any map: what every LB node given the same
+/// spec sends each new flow to.
+pub struct RingModel {
+    spec: VipSpec,
+    table: Vec<u32>,
+}
+
+impl RingModel {
+    pub fn new(spec: &VipSpec) -> Result<Self> {
+        validate(std::slice::from_ref(spec))?;
+        let backends: Vec<MaglevBackend> = spec
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| MaglevBackend {
+                id: i as u32,
+                identity: b.addr.octets().to_vec(),
+                weight: b.weight,
+            })
+            .collect();
+        let table = maglev::build_table(&backends, spec.table_size)?;
+        Ok(Self {
+            spec: spec.clone(),
+            table,
+        })
+    }
+
+    /// The backend a new flow from `src_addr:src_port` gets.
+    pub fn choose(&self, src_addr: Ipv4Addr, src_port: u16) -> Option<Ipv4Addr> {
+        let index = *self
+            .table
+            .get(ring_slot(&self.spec, src_addr, src_port) as usize)?;
+        self.spec.backends.get(index as usize).map(|b| b.addr)
     }
 }
 

@@ -158,8 +158,8 @@ impl Netns {
         let name = self.name.as_str();
         thread::scope(|s| {
             let handle = s.spawn(move || -> Result<T> {
-                let file = File::open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
+                let file =
+                    File::open(&path).with_context(|| format!("opening {}", path.display()))?;
                 // SAFETY: plain syscall on a valid descriptor; it only
                 // changes the network namespace of this thread.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -203,7 +203,11 @@ impl Netns {
     pub fn link_stats(&self, ifname: &str) -> Result<(u64, u64)> {
         check_ifname(ifname)?;
         let base = format!("/sys/class/net/{ifname}/statistics");
-        let out = self.exec(&["cat", &format!("{base}/rx_packets"), &format!("{base}/tx_packets")])?;
+        let out = self.exec(&[
+            "cat",
+            &format!("{base}/rx_packets"),
+            &format!("{base}/tx_packets"),
+        ])?;
         let mut values = out.split_whitespace().map(|v| {
             v.parse::<u64>()
                 .with_context(|| format!("{}: bad counter {v:?} for {ifname}", self.name))
@@ -288,7 +292,10 @@ pub fn reap_orphans() -> Result<Vec<String>> {
         }
     }
     if !errors.is_empty() {
-        bail!("could not remove orphaned namespaces: {}", errors.join("; "));
+        bail!(
+            "could not remove orphaned namespaces: {}",
+            errors.join("; ")
+        );
     }
     Ok(reaped)
 }

@@ -1,1 +1,720 @@
-//! (being written)
+//! The network-namespace test bed: clients, a router, one LB node and
+//! backends, each in its own namespace, wired with veth pairs.
+//!
+//! ```text
+//!  client i (eth0 198.18.(10+i).2) ── lbt-c<i> 198.18.(10+i).1 ┐
+//!                                                              │ router
+//!  lb (eth0 198.18.1.2, MTU 1600) ─── lbt-lb 198.18.1.1 ───────┤ (VIP/32 via 198.18.1.2)
+//!                                                              │
+//!  backend j "b<j+1>" (eth0 198.19.(j+1).2, MTU 1600) ── lbt-b<j+1> 198.19.(j+1).1
+//! ```
+//!
+//! Backends carry every VIP on `lo`, run `lb-backend-server` on the spec's
+//! ports (TCP and UDP) and the project's `decap` XDP program on `eth0`
+//! (this kernel has no ipip module). The LB namespace gets no XDP program:
+//! the caller attaches the balancer to [`Topology::lb_if`] inside
+//! [`Topology::lb_ns`].
+//!
+//! Only 198.18.0.0/15 addresses are used, and nothing is linked to the root
+//! namespace. Everything is removed on drop (also while unwinding from a
+//! panic); namespaces left by a killed test run are removed by the next
+//! [`Topology::build`] (see [`reap_orphans`]).
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use aya::{programs::XdpMode, Ebpf};
+use lb_common::names;
+use lb_userspace::loader;
+
+pub use crate::netns::{reap_orphans, veth, Netns};
+
+/// File name of the backend server binary.
+pub const SERVER_BIN: &str = "lb-backend-server";
+/// Environment variable that overrides where the server binary is looked for.
+pub const SERVER_BIN_ENV: &str = "LB_BACKEND_SERVER";
+
+/// Interface name inside the client, LB and backend namespaces.
+pub const HOST_IF: &str = "eth0";
+/// MTU of the LB and backend links (room for the encapsulation header).
+pub const INNER_MTU: u32 = 1600;
+/// The LB's address and its router-side gateway.
+pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const LB_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The router's interface towards the LB.
+pub const LB_PEER_IF: &str = "lbt-lb";
+
+/// How long `build` waits for the backend servers to listen.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Address of client `i` (0-based): 198.18.(10+i).2.
+pub fn client_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 10 + i as u8, 2)
+}
+
+/// The router's address on client `i`'s link: 198.18.(10+i).1.
+pub fn client_gateway(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 10 + i as u8, 1)
+}
+
+/// Address of backend `j` (0-based): 198.19.(j+1).2.
+pub fn backend_addr(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, j as u8 + 1, 2)
+}
+
+/// The router's address on backend `j`'s link: 198.19.(j+1).1.
+pub fn backend_gateway(j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, j as u8 + 1, 1)
+}
+
+/// Name of backend `j` (0-based): "b1", "b2", ...
+pub fn backend_name(j: usize) -> String {
+    format!("b{}", j + 1)
+}
+
+/// Name of client `i` (0-based): "c0", "c1", ...
+pub fn client_name(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologySpec {
+    /// Number of client namespaces (at least 2, at most 245).
+    pub clients: usize,
+    /// Number of backend namespaces (at least 1, at most 254).
+    pub backends: usize,
+    /// VIPs: routed by the router to the LB, and on every backend's `lo`.
+    /// Must lie in 198.18.0.0/15 outside the links' subnets (e.g. 198.18.0.x).
+    pub vips: Vec<Ipv4Addr>,
+    /// Ports the backend servers listen on, TCP and UDP each (may be empty:
+    /// then no server runs).
+    pub ports: Vec<u16>,
+}
+
+impl Default for TopologySpec {
+    fn default() -> Self {
+        Self {
+            clients: 2,
+            backends: 2,
+            vips: vec![Ipv4Addr::new(198, 18, 0, 10)],
+            ports: vec![8080],
+        }
+    }
+}
+
+/// One end host (client, LB or backend) attached to the router.
+#[derive(Debug)]
+pub struct Host {
+    /// "c0", "lb", "b1", ...
+    pub name: String,
+    pub ns: Netns,
+    /// Its interface towards the router ("eth0").
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+    /// The router's address on this link (the host's default gateway).
+    pub gateway: Ipv4Addr,
+    /// The router's interface on this link (in the router namespace).
+    pub router_if: String,
+}
+
+/// A built test bed. Dropping it kills the servers, detaches the decap
+/// programs and deletes every namespace (and with them every veth).
+#[derive(Debug)]
+pub struct Topology {
+    pub spec: TopologySpec,
+    pub router: Netns,
+    pub lb: Host,
+    /// The LB's interface inside [`Topology::lb_ns`] ("eth0").
+    pub lb_if: String,
+    pub clients: Vec<Host>,
+    pub backends: Vec<Host>,
+    /// Attach mode of each backend's decap program (`Driver`, or `Skb` when
+    /// native mode was refused).
+    pub decap_modes: Vec<XdpMode>,
+    decap: Vec<Option<Ebpf>>,
+    servers: Vec<Option<Child>>,
+    server_bin: Option<PathBuf>,
+}
+
+impl Topology {
+    /// Removes orphaned namespaces of killed test runs, then builds the
+    /// topology, attaches decap on the backends and starts their servers
+    /// (returning once they accept connections).
+    pub fn build(spec: TopologySpec) -> Result<Topology> {
+        if let Err(e) = reap_orphans() {
+            log::warn!("{e:#}");
+        }
+        validate(&spec)?;
+        let server_bin = if spec.ports.is_empty() {
+            None
+        } else {
+            Some(locate_server_bin()?)
+        };
+
+        let router = Netns::new("router")?;
+        let lb = Host {
+            name: "lb".into(),
+            ns: Netns::new("lb")?,
+            ifname: HOST_IF.into(),
+            addr: LB_ADDR,
+            gateway: LB_GATEWAY,
+            router_if: LB_PEER_IF.into(),
+        };
+        let clients = (0..spec.clients)
+            .map(|i| {
+                Ok(Host {
+                    name: client_name(i),
+                    ns: Netns::new(&client_name(i))?,
+                    ifname: HOST_IF.into(),
+                    addr: client_addr(i),
+                    gateway: client_gateway(i),
+                    router_if: format!("lbt-{}", client_name(i)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let backends = (0..spec.backends)
+            .map(|j| {
+                Ok(Host {
+                    name: backend_name(j),
+                    ns: Netns::new(&backend_name(j))?,
+                    ifname: HOST_IF.into(),
+                    addr: backend_addr(j),
+                    gateway: backend_gateway(j),
+                    router_if: format!("lbt-{}", backend_name(j)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = spec.backends;
+        let mut topo = Topology {
+            spec,
+            router,
+            lb,
+            lb_if: HOST_IF.into(),
+            clients,
+            backends,
+            decap_modes: Vec::with_capacity(n),
+            decap: Vec::with_capacity(n),
+            servers: (0..n).map(|_| None).collect(),
+            server_bin,
+        };
+        // On error `topo` is dropped, which removes what was built so far.
+        topo.wire()?;
+        topo.attach_decap()?;
+        for j in 0..n {
+            topo.start_server(j)?;
+        }
+        topo.wait_servers_ready()?;
+        log::info!(
+            "test bed up: {} clients, {} backends, namespaces {:?}",
+            topo.clients.len(),
+            topo.backends.len(),
+            topo.namespace_names()
+        );
+        Ok(topo)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let off = "0";
+        // Namespace-wide settings first: `default` applies to the
+        // interfaces created afterwards.
+        self.router.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", off),
+            ("net.ipv4.conf.default.rp_filter", off),
+        ])?;
+        self.lb.ns.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", off),
+            ("net.ipv4.conf.default.rp_filter", off),
+            ("net.ipv4.conf.all.accept_local", "1"),
+        ])?;
+        for b in &self.backends {
+            b.ns.sysctls(&[
+                ("net.ipv4.conf.all.rp_filter", off),
+                ("net.ipv4.conf.default.rp_filter", off),
+                ("net.ipv4.conf.lo.rp_filter", off),
+            ])?;
+        }
+
+        let mut router_cmds = Vec::new();
+        // Clients.
+        for c in &self.clients {
+            veth(&c.ns, &c.ifname, &self.router, &c.router_if)?;
+            c.ns.ip_batch(&[
+                format!("addr add {}/24 dev {}", c.addr, c.ifname),
+                format!("route add default via {}", c.gateway),
+            ])?;
+            router_cmds.push(format!("addr add {}/24 dev {}", c.gateway, c.router_if));
+            c.ns.exec(&["ethtool", "-K", &c.ifname, "tx", "off"])?;
+        }
+        // LB.
+        let lb = &self.lb;
+        veth(&lb.ns, &lb.ifname, &self.router, &lb.router_if)?;
+        lb.ns.ip_batch(&[
+            format!("link set {} mtu {INNER_MTU}", lb.ifname),
+            format!("addr add {}/24 dev {}", lb.addr, lb.ifname),
+            format!("route add default via {}", lb.gateway),
+        ])?;
+        lb.ns.sysctls(&[
+            (&format!("net.ipv4.conf.{}.accept_local", lb.ifname), "1"),
+            (&format!("net.ipv4.conf.{}.rp_filter", lb.ifname), off),
+        ])?;
+        // The LB itself may originate traffic (health checks).
+        lb.ns.exec(&["ethtool", "-K", &lb.ifname, "tx", "off"])?;
+        router_cmds.push(format!("link set {} mtu {INNER_MTU}", lb.router_if));
+        router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
+        // XDP_TX from native XDP on the LB's eth0 is only delivered when the
+        // peer veth has NAPI (GRO on).
+        self.router
+            .exec(&["ethtool", "-K", &lb.router_if, "gro", "on"])?;
+        // Backends.
+        for b in &self.backends {
+            veth(&b.ns, &b.ifname, &self.router, &b.router_if)?;
+            let mut cmds = vec![
+                format!("link set {} mtu {INNER_MTU}", b.ifname),
+                format!("addr add {}/24 dev {}", b.addr, b.ifname),
+                format!("route add default via {}", b.gateway),
+            ];
+            for vip in &self.spec.vips {
+                cmds.push(format!("addr add {vip}/32 dev lo"));
+            }
+            b.ns.ip_batch(&cmds)?;
+            b.ns.sysctls(&[
+                (&format!("net.ipv4.conf.{}.rp_filter", b.ifname), off),
+                (&format!("net.ipv4.conf.{}.arp_ignore", b.ifname), "1"),
+                (&format!("net.ipv4.conf.{}.arp_announce", b.ifname), "2"),
+            ])?;
+            b.ns.exec(&["ethtool", "-K", &b.ifname, "tx", "off"])?;
+            router_cmds.push(format!("link set {} mtu {INNER_MTU}", b.router_if));
+            router_cmds.push(format!("addr add {}/24 dev {}", b.gateway, b.router_if));
+        }
+        // Router: VIPs via the LB.
+        for vip in &self.spec.vips {
+            router_cmds.push(format!("route add {vip}/32 via {}", lb.addr));
+        }
+        self.router.ip_batch(&router_cmds)?;
+        Ok(())
+    }
+
+    fn attach_decap(&mut self) -> Result<()> {
+        for b in &self.backends {
+            let mut ebpf = loader::load_decap(&[b.addr])
+                .with_context(|| format!("loading decap for backend {}", b.name))?;
+            let ifname = b.ifname.as_str();
+            let mode = b.ns.run(|| -> Result<XdpMode> {
+                let program = loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?;
+                match program.attach(ifname, XdpMode::Driver) {
+                    Ok(_) => Ok(XdpMode::Driver),
+                    Err(native) => {
+                        program.attach(ifname, XdpMode::Skb).with_context(|| {
+                            format!(
+                                "attaching decap to {ifname} (native mode failed too: {native})"
+                            )
+                        })?;
+                        log::warn!(
+                            "decap: native XDP refused on {ifname} ({native}); using SKB mode"
+                        );
+                        Ok(XdpMode::Skb)
+                    }
+                }
+            });
+            // Keep the handle even if attaching failed: Drop releases it
+            // inside the namespace.
+            self.decap.push(Some(ebpf));
+            let mode = mode.with_context(|| format!("backend {}", b.name))?;
+            log::info!("decap attached to {}:{ifname} in {mode:?} mode", b.name);
+            self.decap_modes.push(mode);
+        }
+        Ok(())
+    }
+
+    /// Starts backend `j`'s server (if the spec has ports and it is not
+    /// running). Does not wait for it to listen; see [`Topology::wait_server_ready`].
+    pub fn start_server(&mut self, j: usize) -> Result<()> {
+        ensure!(j < self.backends.len(), "no backend {j}");
+        let Some(bin) = self.server_bin.as_ref() else {
+            return Ok(());
+        };
+        if self.servers[j].is_some() {
+            return Ok(());
+        }
+        let b = &self.backends[j];
+        let bin = bin.to_str().context("server binary path is not UTF-8")?;
+        let mut args = vec!["--name".to_string(), b.name.clone()];
+        for port in &self.spec.ports {
+            args.push("--port".into());
+            args.push(port.to_string());
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", b.ns.name(), bin])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {bin} in {}", b.ns.name()))?;
+        self.servers[j] = Some(child);
+        Ok(())
+    }
+
+    /// Stops backend `j`'s server (SIGKILL) and reaps it.
+    pub fn stop_server(&mut self, j: usize) -> Result<()> {
+        ensure!(j < self.backends.len(), "no backend {j}");
+        if let Some(mut child) = self.servers[j].take() {
+            let _ = child.kill();
+            child
+                .wait()
+                .with_context(|| format!("waiting for the server of {}", self.backends[j].name))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until backend `j`'s server answers on every port with its name.
+    pub fn wait_server_ready(&mut self, j: usize, timeout: Duration) -> Result<()> {
+        ensure!(j < self.backends.len(), "no backend {j}");
+        if self.server_bin.is_none() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let b = &self.backends[j];
+        for port in &self.spec.ports {
+            let target = SocketAddr::from((b.addr, *port));
+            loop {
+                let attempt = b.ns.run(|| -> Result<String> {
+                    let (name, _) = connect_and_read_name(target, Duration::from_millis(500))?;
+                    Ok(name)
+                });
+                match attempt {
+                    Ok(name) if name == b.name => break,
+                    Ok(name) => bail!("server at {target} in {} calls itself {name:?}", b.name),
+                    Err(e) => {
+                        if let Some(child) = self.servers[j].as_mut() {
+                            if let Some(status) = child.try_wait()? {
+                                self.servers[j] = None;
+                                bail!(
+                                    "the server of {} exited ({status}) before listening",
+                                    b.name
+                                );
+                            }
+                        } else {
+                            bail!("the server of {} is not running", b.name);
+                        }
+                        if Instant::now() > deadline {
+                            return Err(e.context(format!(
+                                "the server of {} does not answer on {target}",
+                                b.name
+                            )));
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_servers_ready(&mut self) -> Result<()> {
+        for j in 0..self.backends.len() {
+            self.wait_server_ready(j, SERVER_READY_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    // ---- accessors ----
+
+    pub fn router_ns(&self) -> &Netns {
+        &self.router
+    }
+
+    pub fn lb_ns(&self) -> &Netns {
+        &self.lb.ns
+    }
+
+    pub fn lb_addr(&self) -> Ipv4Addr {
+        self.lb.addr
+    }
+
+    /// The router's interface towards the LB (in [`Topology::router_ns`]).
+    pub fn lb_peer_if(&self) -> &str {
+        &self.lb.router_if
+    }
+
+    /// The router's address on the LB link (the LB's next hop).
+    pub fn lb_peer_addr(&self) -> Ipv4Addr {
+        self.lb.gateway
+    }
+
+    pub fn client_ns(&self, i: usize) -> &Netns {
+        &self.clients[i].ns
+    }
+
+    pub fn client_addr(&self, i: usize) -> Ipv4Addr {
+        self.clients[i].addr
+    }
+
+    pub fn backend_ns(&self, j: usize) -> &Netns {
+        &self.backends[j].ns
+    }
+
+    pub fn backend_addr(&self, j: usize) -> Ipv4Addr {
+        self.backends[j].addr
+    }
+
+    pub fn backend_name(&self, j: usize) -> &str {
+        &self.backends[j].name
+    }
+
+    pub fn backend_names(&self) -> Vec<String> {
+        self.backends.iter().map(|b| b.name.clone()).collect()
+    }
+
+    /// Backend index of a name returned by the servers ("b2" → 1).
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+
+    /// The loaded decap object of backend `j` (e.g. to read `DECAP_STATS`).
+    pub fn decap_ebpf(&self, j: usize) -> Option<&Ebpf> {
+        self.decap.get(j).and_then(Option::as_ref)
+    }
+
+    /// Whether backend `j`'s server process is running.
+    pub fn server_running(&mut self, j: usize) -> bool {
+        match self.servers.get_mut(j).and_then(Option::as_mut) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Every namespace of the topology.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut all = vec![&self.router, &self.lb.ns];
+        all.extend(self.clients.iter().map(|h| &h.ns));
+        all.extend(self.backends.iter().map(|h| &h.ns));
+        all
+    }
+
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces()
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect()
+    }
+
+    // ---- traffic helpers ----
+
+    /// Connects over TCP from client `client` to `addr:port` and reads the
+    /// server's first line (its name). The stream keeps `timeout` as its
+    /// read and write timeout.
+    pub fn tcp_connect(
+        &self,
+        client: usize,
+        addr: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(String, TcpStream)> {
+        let c = self.clients.get(client).context("no such client")?;
+        let target = SocketAddr::from((addr, port));
+        c.ns.run(|| connect_and_read_name(target, timeout))
+            .with_context(|| format!("TCP from {} to {target}", c.name))
+    }
+
+    /// Sends one UDP datagram from client `client` (source port `src_port`,
+    /// 0 = any) to `addr:port` and returns the name in the reply
+    /// (`NAME payload`). Fails unless the reply echoes `payload`.
+    pub fn udp_ask(
+        &self,
+        client: usize,
+        src_port: u16,
+        addr: Ipv4Addr,
+        port: u16,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<String> {
+        let c = self.clients.get(client).context("no such client")?;
+        let target = SocketAddrV4::new(addr, port);
+        c.ns.run(|| -> Result<String> {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, src_port))
+                .with_context(|| format!("binding UDP port {src_port}"))?;
+            // Connected: only replies from `target` are accepted.
+            socket.connect(target).context("connecting")?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send(payload).context("sending")?;
+            let mut buf = vec![0u8; 65536];
+            let n = socket.recv(&mut buf).map_err(|e| match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                    anyhow::anyhow!("no reply within {timeout:?}")
+                }
+                _ => anyhow::Error::new(e).context("receiving"),
+            })?;
+            let reply = &buf[..n];
+            let Some(space) = reply.iter().position(|b| *b == b' ') else {
+                bail!("malformed reply {:?}", String::from_utf8_lossy(reply));
+            };
+            if &reply[space + 1..] != payload {
+                bail!(
+                    "reply does not echo the payload: {:?}",
+                    String::from_utf8_lossy(reply)
+                );
+            }
+            Ok(String::from_utf8_lossy(&reply[..space]).into_owned())
+        })
+        .with_context(|| format!("UDP from {} to {target}", c.name))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for j in 0..self.servers.len() {
+            if let Err(e) = self.stop_server(j) {
+                log::warn!("{e:#}");
+            }
+        }
+        // Release the decap programs inside their namespaces: a link attached
+        // through the netlink fallback is detached by interface index, which
+        // must be resolved in the backend's namespace, not in ours.
+        for (j, slot) in self.decap.iter_mut().enumerate() {
+            let Some(ebpf) = slot.take() else {
+                continue;
+            };
+            let Some(b) = self.backends.get(j) else {
+                std::mem::forget(ebpf);
+                continue;
+            };
+            let cell = Mutex::new(Some(ebpf));
+            let dropped = b.ns.try_run(|| {
+                if let Ok(mut guard) = cell.lock() {
+                    drop(guard.take());
+                }
+            });
+            if let Err(e) = dropped {
+                log::warn!("releasing decap of {}: {e:#}", b.name);
+            }
+            if let Ok(mut guard) = cell.lock() {
+                // Never entered the namespace: leak rather than detach from
+                // an interface of the same index in the wrong namespace. The
+                // namespace's deletion detaches it.
+                if let Some(ebpf) = guard.take() {
+                    std::mem::forget(ebpf);
+                }
+            };
+        }
+        // The namespaces (fields) are deleted next, in Netns::drop.
+    }
+}
+
+/// Connects to `target` (in the calling thread's namespace) and reads the
+/// server's first line.
+fn connect_and_read_name(target: SocketAddr, timeout: Duration) -> Result<(String, TcpStream)> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("connecting to {target}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    // Byte by byte: nothing after the newline may be consumed.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => bail!("{target} closed before sending its name"),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                ensure!(line.len() <= 256, "{target} sent no name line");
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading the name from {target}")),
+        }
+    }
+    Ok((String::from_utf8_lossy(&line).into_owned(), stream))
+}
+
+/// Sends `data` on `stream` and reads the same number of bytes back.
+pub fn echo_roundtrip(stream: &mut TcpStream, data: &[u8]) -> Result<Vec<u8>> {
+    stream.write_all(data).context("sending")?;
+    let mut back = vec![0u8; data.len()];
+    stream.read_exact(&mut back).context("reading the echo")?;
+    Ok(back)
+}
+
+/// `(rx_packets, tx_packets)` of interface `ifname` inside `ns`.
+pub fn link_stats(ns: &Netns, ifname: &str) -> Result<(u64, u64)> {
+    ns.link_stats(ifname)
+}
+
+fn validate(spec: &TopologySpec) -> Result<()> {
+    ensure!(
+        (2..=245).contains(&spec.clients),
+        "TopologySpec.clients must be 2..=245, not {}",
+        spec.clients
+    );
+    ensure!(
+        (1..=254).contains(&spec.backends),
+        "TopologySpec.backends must be 1..=254, not {}",
+        spec.backends
+    );
+    ensure!(
+        !spec.ports.contains(&0),
+        "TopologySpec.ports may not contain 0"
+    );
+    for (k, vip) in spec.vips.iter().enumerate() {
+        let [a, b, c, _] = vip.octets();
+        ensure!(
+            a == 198 && (b == 18 || b == 19),
+            "VIP {vip} is outside 198.18.0.0/15"
+        );
+        let c = c as usize;
+        let in_link = if b == 18 {
+            c == 1 || (10..10 + spec.clients).contains(&c)
+        } else {
+            (1..=spec.backends).contains(&c)
+        };
+        ensure!(
+            !in_link,
+            "VIP {vip} lies inside one of the test bed's link subnets"
+        );
+        ensure!(!spec.vips[..k].contains(vip), "VIP {vip} is listed twice");
+    }
+    Ok(())
+}
+
+/// Finds `lb-backend-server`: `$LB_BACKEND_SERVER` if set, else next to the
+/// current executable or in its parent directory (integration tests run
+/// from `target/<profile>/deps`, binaries sit in `target/<profile>`).
+pub fn locate_server_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "{SERVER_BIN_ENV}={} is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut tried = Vec::new();
+    let mut dir: Option<&Path> = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(SERVER_BIN);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        tried.push(candidate.display().to_string());
+        dir = d.parent();
+    }
+    bail!(
+        "{SERVER_BIN} not found (tried {}); build it with `cargo build -p lb-tests --bin {SERVER_BIN}` \
+         (integration tests of lb-tests build it automatically) or set {SERVER_BIN_ENV}",
+        tried.join(", ")
+    )
+}

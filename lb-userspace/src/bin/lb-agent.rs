@@ -17,7 +17,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// The load balancer's agent: attaches the XDP balancer to an interface,
 /// builds the Maglev tables of the configured VIPs and writes them into the
-/// data path. Runs until SIGINT or SIGTERM, then detaches.
+/// data path. SIGHUP re-reads the configuration and applies VIP and backend
+/// changes without disturbing established flows. Runs until SIGINT or
+/// SIGTERM, then detaches.
 #[derive(Parser)]
 #[command(
     version,
@@ -41,6 +43,39 @@ fn main() -> ExitCode {
             eprintln!("lb-agent: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Applies the VIPs of the (re-read) configuration file to the running
+/// data path: the connection table and unchanged rings stay as they are.
+/// A bad file changes nothing.
+fn reload(path: &std::path::Path, running: &Config, dataplane: &mut DataPlane) {
+    let new = match Config::from_file(path) {
+        Ok(new) => new,
+        Err(e) => {
+            warn!("reload refused, nothing changed: {e:#}");
+            return;
+        }
+    };
+    if new.interface != running.interface
+        || new.source_address != running.source_address
+        || new.next_hop != running.next_hop
+        || new.xdp_mode != running.xdp_mode
+        || new.ring_pool_slots != running.ring_pool_slots
+        || new.flow_table_entries != running.flow_table_entries
+    {
+        warn!("reload: only the VIPs change at run time; interface, address, next hop, XDP mode and sizes need a restart");
+    }
+    match dataplane.apply(&new.vip_specs()) {
+        Ok(r) => info!(
+            "reloaded: {} VIP(s) added, {} removed, {} ring(s) rewritten, {} backend(s) added, {} removed",
+            r.vips_added.len(),
+            r.vips_removed.len(),
+            r.rings_written.len(),
+            r.backends_added,
+            r.backends_removed
+        ),
+        Err(e) => warn!("reload refused, nothing changed: {e:#}"),
     }
 }
 
@@ -113,9 +148,20 @@ fn run(args: Args) -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        info!(
+            "ready; SIGHUP reloads {}, SIGINT or SIGTERM stops",
+            args.config.display()
+        );
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    r.context("waiting for SIGINT")?;
+                    break;
+                }
+                _ = term.recv() => break,
+                _ = hup.recv() => reload(&args.config, &config, &mut dataplane),
+            }
         }
         anyhow::Ok(())
     })?;

@@ -1,1 +1,317 @@
-fn main() {}
+//! The test bed's backend server.
+//!
+//! `lb-backend-server --name NAME --port P [--port P2 ...] [--bind ADDR]`
+//!
+//! On every port, over TCP and UDP:
+//! - TCP: on accept, writes `NAME\n`, then echoes every byte it receives
+//!   until EOF (one thread per connection);
+//! - UDP: answers each datagram with `NAME ` followed by its payload, from
+//!   the address the datagram was sent to (IP_PKTINFO), so that replies to a
+//!   VIP configured on `lo` come from the VIP (direct server return).
+//!
+//! All sockets are bound before the first connection is accepted, so once a
+//! TCP connection to every port succeeds, the UDP sockets are ready too.
+//! SIGTERM ends the process (default disposition).
+
+use std::{
+    io::{Read, Write},
+    mem::{size_of, zeroed},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    process::ExitCode,
+    sync::Arc,
+    thread,
+};
+
+const USAGE: &str =
+    "usage: lb-backend-server --name NAME --port PORT [--port PORT ...] [--bind IPV4]";
+const CONNECTION_STACK: usize = 64 * 1024;
+
+struct Args {
+    name: String,
+    ports: Vec<u16>,
+    bind: Ipv4Addr,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut name = None;
+    let mut ports = Vec::new();
+    let mut bind = Ipv4Addr::UNSPECIFIED;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |what: &str| args.next().ok_or_else(|| format!("{what} needs a value"));
+        match arg.as_str() {
+            "--name" => name = Some(value("--name")?),
+            "--port" => {
+                let v = value("--port")?;
+                let port: u16 = v.parse().map_err(|_| format!("bad port {v:?}"))?;
+                if port == 0 {
+                    return Err("port 0 is not allowed".into());
+                }
+                ports.push(port);
+            }
+            "--bind" => {
+                let v = value("--bind")?;
+                bind = v.parse().map_err(|_| format!("bad IPv4 address {v:?}"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let name = name.ok_or("--name is required")?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(format!("bad name {name:?}: no blanks allowed"));
+    }
+    if ports.is_empty() {
+        return Err("at least one --port is required".into());
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(Args { name, ports, bind })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("lb-backend-server: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let name: Arc<str> = Arc::from(args.name.as_str());
+
+    // Bind everything first: UDP before TCP, so a successful TCP connection
+    // proves the whole server is ready.
+    let mut udp = Vec::new();
+    for port in &args.ports {
+        match UdpSocket::bind((args.bind, *port)).and_then(|s| enable_pktinfo(&s).map(|()| s)) {
+            Ok(s) => udp.push(s),
+            Err(e) => {
+                eprintln!("lb-backend-server {name}: UDP {}:{port}: {e}", args.bind);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut tcp = Vec::new();
+    for port in &args.ports {
+        match TcpListener::bind((args.bind, *port)) {
+            Ok(l) => tcp.push(l),
+            Err(e) => {
+                eprintln!("lb-backend-server {name}: TCP {}:{port}: {e}", args.bind);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let mut workers = Vec::new();
+    for socket in udp {
+        let name = name.clone();
+        workers.push(thread::spawn(move || serve_udp(&socket, &name)));
+    }
+    for listener in tcp {
+        let name = name.clone();
+        workers.push(thread::spawn(move || serve_tcp(&listener, &name)));
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    ExitCode::FAILURE
+}
+
+fn serve_tcp(listener: &TcpListener, name: &Arc<str>) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let conn_name = name.clone();
+                let spawned =
+                    thread::Builder::new()
+                        .stack_size(CONNECTION_STACK)
+                        .spawn(move || {
+                            if let Err(e) = echo(stream, &conn_name) {
+                                if !is_disconnect(&e) {
+                                    eprintln!("lb-backend-server {conn_name}: TCP {peer}: {e}");
+                                }
+                            }
+                        });
+                if let Err(e) = spawned {
+                    eprintln!("lb-backend-server {name}: no thread for {peer}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("lb-backend-server {name}: accept: {e}");
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn echo(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.write_all(format!("{name}\n").as_bytes())?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n])?;
+    }
+}
+
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+    )
+}
+
+fn enable_pktinfo(socket: &UdpSocket) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: valid socket and option buffer of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Control buffer for one `in_pktinfo`, suitably aligned.
+#[repr(C, align(8))]
+struct ControlBuf([u8; 64]);
+
+fn serve_udp(socket: &UdpSocket, name: &str) {
+    let mut buf = vec![0u8; 65536];
+    let mut reply = Vec::with_capacity(65536 + name.len() + 1);
+    loop {
+        let (len, peer, local) = match recv_with_dst(socket, &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    eprintln!("lb-backend-server {name}: UDP receive: {e}");
+                    thread::sleep(std::time::Duration::from_millis(10));
+                }
+                continue;
+            }
+        };
+        reply.clear();
+        reply.extend_from_slice(name.as_bytes());
+        reply.push(b' ');
+        reply.extend_from_slice(&buf[..len]);
+        if let Err(e) = send_from(socket, &reply, peer, local) {
+            eprintln!("lb-backend-server {name}: UDP reply to {peer}: {e}");
+        }
+    }
+}
+
+/// Receives one datagram: (length, sender, local address it was sent to).
+fn recv_with_dst(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<libc::in_addr>)> {
+    // SAFETY: all-zero is a valid sockaddr_in / msghdr.
+    let mut src: libc::sockaddr_in = unsafe { zeroed() };
+    let mut control = ControlBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut src as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    // SAFETY: every pointer in msg refers to live buffers of the given sizes.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut local = None;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled in,
+    // bounded by msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let addr = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                // Broadcast or multicast destinations cannot be a source.
+                if !addr.is_broadcast() && !addr.is_multicast() {
+                    local = Some(info.ipi_addr);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let peer = SocketAddr::from((
+        Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
+        u16::from_be(src.sin_port),
+    ));
+    Ok((n as usize, peer, local))
+}
+
+/// Sends `data` to `peer` with source address `local` (when known).
+fn send_from(
+    socket: &UdpSocket,
+    data: &[u8],
+    peer: SocketAddr,
+    local: Option<libc::in_addr>,
+) -> std::io::Result<()> {
+    let SocketAddr::V4(peer4) = peer else {
+        return Err(std::io::Error::other("IPv6 peer on an IPv4 socket"));
+    };
+    let Some(local) = local else {
+        return socket.send_to(data, peer).map(|_| ());
+    };
+    // SAFETY: all-zero is a valid sockaddr_in / msghdr / in_pktinfo.
+    let mut dst: libc::sockaddr_in = unsafe { zeroed() };
+    dst.sin_family = libc::AF_INET as libc::sa_family_t;
+    dst.sin_port = peer4.port().to_be();
+    dst.sin_addr.s_addr = u32::from(*peer4.ip()).to_be();
+    let mut info: libc::in_pktinfo = unsafe { zeroed() };
+    info.ipi_spec_dst = local;
+    let mut control = ControlBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as usize;
+    assert!(space <= control.0.len(), "control buffer too small");
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one in_pktinfo message (space checked
+    // above); the pointers refer to live buffers.
+    let n = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+        libc::sendmsg(socket.as_raw_fd(), &msg, 0)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -71,6 +71,9 @@ fn time_program(ebpf: &mut Ebpf, name: &str, frame: &[u8], want: u32) -> Result<
     Ok(result.duration.as_nanos() as f64)
 }
 
+/// A named counter of `GlobalStats` that must move by `REPEAT` per batch.
+type CounterCheck<'a> = (&'a str, fn(&GlobalStats) -> u64);
+
 /// Runs `rounds` timed batches and checks that counters moved by `repeat`
 /// for each of the named fields per batch.
 fn measure(
@@ -79,7 +82,7 @@ fn measure(
     name: &str,
     frame: &[u8],
     want: u32,
-    check: &[(&str, fn(&GlobalStats) -> u64)],
+    check: &[CounterCheck],
 ) -> Result<Stat> {
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
