@@ -2,6 +2,7 @@
 //! packet tests and the benchmark; the network-namespace test bed shared by
 //! the integration tests and the demo.
 
+pub mod agent;
 pub mod netns;
 pub mod packet;
 pub mod topology;

@@ -141,6 +141,9 @@ pub struct Topology {
     /// native mode was refused).
     pub decap_modes: Vec<XdpMode>,
     decap: Vec<Option<Ebpf>>,
+    /// Pass-through XDP program on the router's LB-facing veth (see
+    /// `attach_router_xdp`).
+    router_xdp: Option<Ebpf>,
     servers: Vec<Option<Child>>,
     server_bin: Option<PathBuf>,
 }
@@ -203,12 +206,14 @@ impl Topology {
             backends,
             decap_modes: Vec::with_capacity(n),
             decap: Vec::with_capacity(n),
+            router_xdp: None,
             servers: (0..n).map(|_| None).collect(),
             server_bin,
         };
         // On error `topo` is dropped, which removes what was built so far.
         topo.wire()?;
         topo.attach_decap()?;
+        topo.attach_router_xdp()?;
         for j in 0..n {
             topo.start_server(j)?;
         }
@@ -272,8 +277,10 @@ impl Topology {
         lb.ns.exec(&["ethtool", "-K", &lb.ifname, "tx", "off"])?;
         router_cmds.push(format!("link set {} mtu {INNER_MTU}", lb.router_if));
         router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
-        // XDP_TX from native XDP on the LB's eth0 is only delivered when the
-        // peer veth has NAPI (GRO on).
+        // XDP_TX from native XDP on the LB's eth0 needs NAPI on the peer veth:
+        // GRO turns it on, and `attach_router_xdp` adds an XDP program,
+        // without which frames were seen stuck in the peer's queue for
+        // seconds on this kernel.
         self.router
             .exec(&["ethtool", "-K", &lb.router_if, "gro", "on"])?;
         // Backends.
@@ -303,6 +310,24 @@ impl Topology {
         }
         self.router.ip_batch(&router_cmds)?;
         Ok(())
+    }
+
+    /// Attaches `decap` with an empty address set (so it passes every
+    /// packet untouched) to the router's LB-facing veth, in native mode: a
+    /// veth delivers frames XDP_TX'd into it by its peer promptly only when
+    /// it runs an XDP program itself.
+    fn attach_router_xdp(&mut self) -> Result<()> {
+        let mut ebpf =
+            loader::load_decap(&[]).context("loading the router's pass-through XDP program")?;
+        let ifname = self.lb.router_if.clone();
+        let attached = self.router.run(|| -> Result<()> {
+            loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?
+                .attach(&ifname, XdpMode::Driver)
+                .with_context(|| format!("attaching pass-through XDP to the router's {ifname}"))?;
+            Ok(())
+        });
+        self.router_xdp = Some(ebpf);
+        attached
     }
 
     fn attach_decap(&mut self) -> Result<()> {
@@ -579,6 +604,16 @@ impl Drop for Topology {
                 log::warn!("{e:#}");
             }
         }
+        if let Some(ebpf) = self.router_xdp.take() {
+            let cell = Mutex::new(Some(ebpf));
+            if let Err(e) = self.router.try_run(|| {
+                if let Ok(mut guard) = cell.lock() {
+                    drop(guard.take());
+                }
+            }) {
+                log::warn!("releasing the router's XDP program: {e:#}");
+            }
+        }
         // Release the decap programs inside their namespaces: a link attached
         // through the netlink fallback is detached by interface index, which
         // must be resolved in the backend's namespace, not in ours.
@@ -691,13 +726,16 @@ fn validate(spec: &TopologySpec) -> Result<()> {
 /// current executable or in its parent directory (integration tests run
 /// from `target/<profile>/deps`, binaries sit in `target/<profile>`).
 pub fn locate_server_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(SERVER_BIN_ENV) {
+    locate_bin(SERVER_BIN, SERVER_BIN_ENV)
+}
+
+/// Finds one of the workspace's binaries: `$env` if set, else next to the
+/// current executable or one directory up (tests run from
+/// `target/<profile>/deps`, binaries sit in `target/<profile>`).
+pub fn locate_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "{SERVER_BIN_ENV}={} is not a file",
-            path.display()
-        );
+        ensure!(path.is_file(), "{env}={} is not a file", path.display());
         return Ok(path);
     }
     let exe = std::env::current_exe().context("locating the current executable")?;
@@ -705,7 +743,7 @@ pub fn locate_server_bin() -> Result<PathBuf> {
     let mut dir: Option<&Path> = exe.parent();
     for _ in 0..2 {
         let Some(d) = dir else { break };
-        let candidate = d.join(SERVER_BIN);
+        let candidate = d.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
@@ -713,8 +751,8 @@ pub fn locate_server_bin() -> Result<PathBuf> {
         dir = d.parent();
     }
     bail!(
-        "{SERVER_BIN} not found (tried {}); build it with `cargo build -p lb-tests --bin {SERVER_BIN}` \
-         (integration tests of lb-tests build it automatically) or set {SERVER_BIN_ENV}",
+        "{name} not found (tried {}); build it with `cargo build --workspace --bins` \
+         (cargo xtask test does) or set {env}",
         tried.join(", ")
     )
 }
