@@ -144,3 +144,82 @@ impl Drop for Agent {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A test bed with the agent attached: one TCP+UDP service per port on
+/// [`TEST_VIP`], the given backend weights (backend `j` = `b{j+1}`).
+pub struct Bed {
+    pub topo: Topology,
+    pub agent: Agent,
+    pub xdp_mode: &'static str,
+    pub port: u16,
+}
+
+pub const TEST_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 10);
+
+impl Bed {
+    /// `backends` backends, of which those with `Some(weight)` are in the VIP.
+    pub fn start(backends: usize, weights: &[Option<u32>], xdp_mode: &'static str) -> Bed {
+        crate::xdp::require_root();
+        let port = 8080;
+        let topo = Topology::build(crate::topology::TopologySpec {
+            clients: 2,
+            backends,
+            vips: vec![TEST_VIP],
+            ports: vec![port],
+        })
+        .expect("building the test bed");
+        let config = Self::config_for(&topo, xdp_mode, port, weights);
+        let agent = Agent::start(&topo, &config).expect("starting lb-agent");
+        Bed {
+            topo,
+            agent,
+            xdp_mode,
+            port,
+        }
+    }
+
+    fn config_for(topo: &Topology, xdp_mode: &str, port: u16, weights: &[Option<u32>]) -> Value {
+        let backends: Vec<(std::net::Ipv4Addr, u32)> = weights
+            .iter()
+            .enumerate()
+            .filter_map(|(j, w)| w.map(|w| (topo.backend_addr(j), w)))
+            .collect();
+        agent_config(
+            topo,
+            xdp_mode,
+            vec![
+                vip_config(TEST_VIP, port, "tcp", &backends),
+                vip_config(TEST_VIP, port, "udp", &backends),
+            ],
+        )
+    }
+
+    /// Applies new weights through a config reload (SIGHUP).
+    pub fn set_weights(&mut self, weights: &[Option<u32>]) {
+        let config = Self::config_for(&self.topo, self.xdp_mode, self.port, weights);
+        self.agent.reload(&config).expect("reloading the agent");
+    }
+
+    /// Opens `n` TCP connections to the VIP from alternating clients and
+    /// keeps them open: (backend name, stream).
+    pub fn open(&self, n: usize) -> Vec<(String, std::net::TcpStream)> {
+        (0..n)
+            .map(|i| {
+                self.topo
+                    .tcp_connect(i % 2, TEST_VIP, self.port, Duration::from_secs(5))
+                    .unwrap_or_else(|e| {
+                        panic!("connection {i}: {e:#}\nagent log:\n{}", self.agent.log())
+                    })
+            })
+            .collect()
+    }
+
+    /// Opens and closes `n` connections; returns how many each backend took.
+    pub fn count_new(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (name, _) in self.open(n) {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    }
+}

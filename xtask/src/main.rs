@@ -40,7 +40,11 @@ enum Cmd {
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages the project uses at run time (tests, demo).
-const RUNTIME_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+const RUNTIME_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("ping", "iputils-ping"),
+];
 /// Debian packages needed only to build bpf-linker.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
