@@ -160,6 +160,14 @@ impl Bed {
     /// `backends` backends, of which those with `Some(weight)` are in the VIP.
     pub fn start(backends: usize, weights: &[Option<u32>], xdp_mode: &'static str) -> Bed {
         crate::xdp::require_root();
+        Self::try_start(backends, weights, xdp_mode).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn try_start(
+        backends: usize,
+        weights: &[Option<u32>],
+        xdp_mode: &'static str,
+    ) -> Result<Bed> {
         let port = 8080;
         let topo = Topology::build(crate::topology::TopologySpec {
             clients: 2,
@@ -167,18 +175,24 @@ impl Bed {
             vips: vec![TEST_VIP],
             ports: vec![port],
         })
-        .expect("building the test bed");
+        .context("building the test bed")?;
         let config = Self::config_for(&topo, xdp_mode, port, weights);
-        let agent = Agent::start(&topo, &config).expect("starting lb-agent");
-        Bed {
+        let agent = Agent::start(&topo, &config).context("starting lb-agent")?;
+        Ok(Bed {
             topo,
             agent,
             xdp_mode,
             port,
-        }
+        })
     }
 
-    fn config_for(topo: &Topology, xdp_mode: &str, port: u16, weights: &[Option<u32>]) -> Value {
+    /// The agent config for these weights.
+    pub fn config_for(
+        topo: &Topology,
+        xdp_mode: &str,
+        port: u16,
+        weights: &[Option<u32>],
+    ) -> Value {
         let backends: Vec<(std::net::Ipv4Addr, u32)> = weights
             .iter()
             .enumerate()
