@@ -1,7 +1,14 @@
 //! The `balancer` program, top to bottom:
 //! parse → classify → select backend → next hop → encapsulate → verdict.
+//!
+//! Drops are logged with aya-log at debug level only: the agent compiles
+//! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
+//! a flood of drops costs nothing extra by default.
+
+use core::net::Ipv4Addr;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::debug;
 use lb_common::{GlobalStats, IPIP_OVERHEAD};
 
 use crate::{
@@ -40,6 +47,7 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
 
     let Some(selected) = select::select_backend(&pkt.flow, pkt.tcp_syn, &vip, stats) else {
+        debug!(ctx, "VIP {}: no backend takes new flows, dropped", vip.vip_id);
         return drop(&mut stats.drop_no_backend);
     };
     stats::count_vip(vip.vip_id, frame_len, selected.new_flow);
@@ -62,12 +70,19 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             dst_mac,
         } => (action, Some((src_mac, dst_mac))),
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
-        NextHop::TooBig => return drop(&mut stats.drop_too_big),
-        NextHop::Unreachable => return drop(&mut stats.fib_failures),
+        NextHop::TooBig => {
+            debug!(ctx, "{} bytes to {:i}: over the MTU once encapsulated, dropped", outer_len, wire_ip(outer_dst));
+            return drop(&mut stats.drop_too_big);
+        }
+        NextHop::Unreachable => {
+            debug!(ctx, "no route to backend {:i}, dropped", wire_ip(outer_dst));
+            return drop(&mut stats.fib_failures);
+        }
     };
 
     let outer = encap::outer_ipv4_header(&pkt, config.lb_source_addr, outer_dst);
     if encap::encapsulate(ctx, pkt.l2, &outer).is_err() {
+        debug!(ctx, "encapsulation towards {:i} failed, dropped", wire_ip(outer_dst));
         return drop(&mut stats.encap_errors);
     }
     stats::count_backend(selected.backend_id, frame_len);
@@ -87,6 +102,12 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
     }
     action
+}
+
+/// A wire-order address as an `Ipv4Addr` for the log.
+#[inline(always)]
+fn wire_ip(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
 }
 
 #[inline(always)]

@@ -49,8 +49,12 @@ pub fn load_balancer_object(
     options: &BalancerOptions,
     programs: &[&str],
 ) -> Result<Ebpf> {
+    // The data path's log statements at levels the agent does not log are
+    // compiled out by the verifier (the level is a read-only global).
+    let log_level = log::max_level() as u8;
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &options.config, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
         .map_max_entries(
             names::RINGS,
             options.ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY),

@@ -51,6 +51,11 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent in the LB namespace and waits until it is attached.
     pub fn start(topo: &Topology, config: &Value) -> Result<Agent> {
+        Self::start_with_log_level(topo, config, "info")
+    }
+
+    /// Like [`Agent::start`] with `RUST_LOG=level`.
+    pub fn start_with_log_level(topo: &Topology, config: &Value, level: &str) -> Result<Agent> {
         let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
         let dir = std::env::temp_dir().join(format!("lbt-agent-{}", topo.lb_ns().name()));
         std::fs::create_dir_all(&dir)?;
@@ -63,7 +68,7 @@ impl Agent {
             .arg(&bin)
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -683,3 +683,77 @@ fn hex(bytes: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// No input, however malformed, makes the program abort or write outside
+/// the packet: thousands of mutated and truncated frames (deterministic
+/// pseudo-random), each with a sane verdict and output size.
+#[test]
+fn mutated_frames_never_abort() {
+    let vips = vec![
+        vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1)]),
+        vip(53, Protocol::Udp, &[(B3, 1)]),
+    ];
+    let mut lb = Balancer::load(&test_options(static_config(MTU)), &vips);
+    let mut with_options = tcp(TCP_SYN);
+    with_options.options = vec![1; 12];
+    let seeds = [
+        from_router(&tcp(TCP_SYN)),
+        from_router(&udp()),
+        from_router(&with_options),
+        ethernet(
+            LB_MAC,
+            ROUTER_MAC,
+            Some(5),
+            ETHERTYPE_IPV4,
+            &tcp(TCP_ACK).bytes(),
+        ),
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut verdicts = [0u32; 5];
+    for i in 0..4000 {
+        let mut frame = seeds[i % seeds.len()].clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % frame.len() as u64) as usize;
+            match next() % 3 {
+                0 => frame[at] = next() as u8,
+                1 => frame[at] ^= 1 << (next() % 8),
+                _ => frame.truncate(at.max(14)),
+            }
+        }
+        let (verdict, out) = lb.run(&frame);
+        assert!(
+            matches!(verdict, XDP_PASS | XDP_DROP | XDP_TX),
+            "frame {i} ({}) got {}",
+            hex(&frame),
+            verdict_name(verdict)
+        );
+        if verdict == XDP_TX {
+            assert_eq!(
+                out.len(),
+                frame.len() + 20,
+                "frame {i}: encapsulation adds exactly 20 bytes"
+            );
+        } else if verdict == XDP_PASS {
+            assert_eq!(
+                out.len(),
+                frame.len(),
+                "frame {i}: a passed frame keeps its size"
+            );
+        }
+        verdicts[verdict as usize] += 1;
+    }
+    println!(
+        "verdicts over 4000 mutated frames: pass {}, drop {}, tx {}",
+        verdicts[2], verdicts[1], verdicts[3]
+    );
+    assert!(
+        verdicts[2] > 0 && verdicts[3] > 0,
+        "the mutations exercise both passing and forwarding"
+    );
+}

@@ -146,6 +146,28 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // The data path's own log (aya-log), at the agent's log level.
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => {
+            let _guard = runtime.enter();
+            // SAFETY: the logger owns the ring buffer's fd and keeps it open
+            // for as long as the AsyncFd owns the logger.
+            let mut logger = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
+            }
+            .context("watching the data path's log")?;
+            runtime.spawn(async move {
+                while let Ok(mut guard) = logger.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!("the data path's log is unavailable: {e}"),
+    }
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

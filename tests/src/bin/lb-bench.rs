@@ -281,7 +281,21 @@ fn ring_benchmarks() -> Result<serde_json::Value> {
     Ok(json!({ "m65537": s.median }))
 }
 
+/// Runs the benchmark on one CPU: per-CPU maps and caches then behave the
+/// same in every round.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("warning: could not pin the benchmark to CPU {cpu}");
+        }
+    }
+}
+
 fn main() -> Result<()> {
+    pin_to_cpu(1);
     let path = PathBuf::from(
         std::env::args()
             .nth(1)
