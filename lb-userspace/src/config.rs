@@ -81,6 +81,21 @@ pub struct BackendConfig {
     pub address: Ipv4Addr,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Draining: no new flows, established ones continue. The weight is
+    /// kept for when it is undrained.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
+}
+
+impl BackendConfig {
+    /// The weight the data path uses.
+    pub fn effective_weight(&self) -> u32 {
+        if self.drained {
+            0
+        } else {
+            self.weight
+        }
+    }
 }
 
 fn default_table_size() -> u32 {
@@ -231,6 +246,67 @@ impl Config {
             options.flow_table_entries = entries;
         }
         options
+    }
+}
+
+/// Checks a set of VIPs as a whole (field errors name the field by its
+/// position, `vips[i].backends[j]...`): the rules for the config file and
+/// for every change made through the control socket.
+pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
+    for (i, vip) in vips.iter().enumerate() {
+        if vip.address.is_unspecified() || vip.address.is_multicast() || vip.address.is_broadcast()
+        {
+            bail!(
+                "vips[{i}].address: {} is not a unicast address",
+                vip.address
+            );
+        }
+        if vip.port == 0 {
+            bail!("vips[{i}].port: 0 is not a service port");
+        }
+        for (j, b) in vip.backends.iter().enumerate() {
+            if b.weight > MAX_WEIGHT {
+                bail!(
+                    "vips[{i}].backends[{j}].weight: {} is above the maximum {MAX_WEIGHT}",
+                    b.weight
+                );
+            }
+        }
+    }
+    dataplane::validate(&vip_specs(vips)).context("vips")?;
+    let slots_needed: u64 = vips.iter().map(|v| v.table_size as u64).sum();
+    if slots_needed > ring_pool_slots as u64 {
+        bail!("vips: the tables need {slots_needed} ring slots but ring_pool_slots is {ring_pool_slots}");
+    }
+    Ok(())
+}
+
+/// What the data path serves for these VIPs (drained backends at weight 0).
+pub fn vip_specs(vips: &[VipConfig]) -> Vec<VipSpec> {
+    vips.iter()
+        .map(|v| VipSpec {
+            vip: v.vip(),
+            table_size: v.table_size,
+            hash_source_only: v.hash_source_only,
+            backends: v
+                .backends
+                .iter()
+                .map(|b| BackendSpec {
+                    addr: b.address,
+                    weight: b.effective_weight(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl VipConfig {
+    pub fn vip(&self) -> VipAddr {
+        VipAddr {
+            addr: self.address,
+            port: self.port,
+            proto: self.protocol,
+        }
     }
 }
 

@@ -55,11 +55,15 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A virtual service: address, port, protocol.
+/// A virtual service: address, port, protocol. In JSON:
+/// `{"address": "198.18.0.10", "port": 80, "protocol": "tcp"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VipAddr {
+    #[serde(rename = "address")]
     pub addr: Ipv4Addr,
     pub port: u16,
+    #[serde(rename = "protocol")]
     pub proto: Protocol,
 }
 
@@ -101,7 +105,7 @@ pub struct BackendSpec {
 }
 
 /// What `apply` changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyReport {
     pub vips_added: Vec<VipAddr>,
     pub vips_removed: Vec<VipAddr>,

@@ -2,6 +2,7 @@
 //! besides wiring (that is `bin/lb-agent.rs`).
 //!
 //! - [`maglev`]: lookup-table construction.
+//! - [`control`]: the control socket (protocol and server).
 //! - [`config`]: the agent's configuration file.
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`host`]: interface facts and sysctls.
@@ -9,6 +10,7 @@
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod host;
 pub mod loader;

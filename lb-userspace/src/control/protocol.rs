@@ -1,0 +1,467 @@
+//! The control protocol, shared by `lb-agent` (server) and `lbctl`
+//! (client): one JSON object per line in each direction. Documented for
+//! operators in `docs/control-api.md`.
+//!
+//! A request is `{"op": "<operation>", ...fields}`, optionally with
+//! `"v": 1` (the protocol version; other versions are refused). A response
+//! is `{"ok": true, ...}` or `{"ok": false, "error": {"code", "message"}}`.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{BackendConfig, Config, VipConfig},
+    dataplane::{ApplyReport, Protocol, VipAddr},
+};
+
+/// Version of this protocol. Requests may carry it as `"v"`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line accepted, in bytes (newline excluded).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
+
+/// A VIP named in a request.
+pub type VipRef = VipAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    // Field-less operations are written `Op {}`: serde ignores extra fields
+    // on unit variants even with deny_unknown_fields.
+    /// Agent and protocol versions.
+    Version {},
+    /// Every VIP with its backends.
+    ListVips {},
+    AddVip {
+        vip: VipRef,
+        /// Maglev table size (a prime); default 65537.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table_size: Option<u32>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hash_source_only: bool,
+    },
+    RemoveVip {
+        vip: VipRef,
+    },
+    ListBackends {
+        vip: VipRef,
+    },
+    AddBackend {
+        vip: VipRef,
+        backend: Ipv4Addr,
+        /// Default 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u32>,
+    },
+    RemoveBackend {
+        vip: VipRef,
+        backend: Ipv4Addr,
+    },
+    SetWeight {
+        vip: VipRef,
+        backend: Ipv4Addr,
+        weight: u32,
+    },
+    /// No new flows for the backend; established flows continue.
+    Drain {
+        vip: VipRef,
+        backend: Ipv4Addr,
+    },
+    Undrain {
+        vip: VipRef,
+        backend: Ipv4Addr,
+    },
+    /// The running configuration (config file settings plus every change).
+    ShowConfig {},
+    /// Counters per VIP, per backend and global, summed over CPUs.
+    Stats {},
+    /// Which backend a flow reaches: the ring's choice (same hash and table
+    /// as the kernel) and the connection table's pin, if any.
+    LookupFlow {
+        vip: VipRef,
+        source: Ipv4Addr,
+        source_port: u16,
+    },
+    /// Number of connection-table entries of a VIP, per backend.
+    FlowSummary {
+        vip: VipRef,
+    },
+    /// Deletes a VIP's connection-table entries (its flows are re-selected
+    /// from the ring on their next packet).
+    FlushFlows {
+        vip: VipRef,
+    },
+}
+
+impl Request {
+    /// Whether the request changes the service state.
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Request::AddVip { .. }
+                | Request::RemoveVip { .. }
+                | Request::AddBackend { .. }
+                | Request::RemoveBackend { .. }
+                | Request::SetWeight { .. }
+                | Request::Drain { .. }
+                | Request::Undrain { .. }
+                | Request::FlushFlows { .. }
+        )
+    }
+}
+
+/// Machine-readable error codes (`error.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not JSON.
+    BadJson,
+    /// JSON, but not a valid request: not an object, missing or extra
+    /// fields, wrong types.
+    BadRequest,
+    /// `op` names no operation.
+    UnknownOp,
+    /// `v` is not a supported protocol version.
+    UnsupportedVersion,
+    /// A field that must hold an IPv4 address does not.
+    InvalidAddress,
+    /// A value out of range (weight, table size, port).
+    InvalidValue,
+    DuplicateVip,
+    DuplicateBackend,
+    UnknownVip,
+    UnknownBackend,
+    /// More VIPs, backends or ring slots than the data path holds.
+    Capacity,
+    /// The request line exceeds `MAX_REQUEST_BYTES`.
+    RequestTooLarge,
+    /// The agent failed to carry out a valid request (see the message).
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = serde_json::to_value(self.code).ok();
+        let code = code.as_ref().and_then(|v| v.as_str()).unwrap_or("error");
+        write!(f, "{code}: {}", self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A response line. Exactly one of `error` (when `ok` is false) or `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<ResponseData>,
+}
+
+impl Response {
+    pub fn success(data: ResponseData) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            data: Some(data),
+        }
+    }
+    pub fn failure(error: ApiError) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            data: None,
+        }
+    }
+}
+
+/// The payload of a successful response; each variant has its own key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ResponseData {
+    Version {
+        version: VersionInfo,
+    },
+    Vips {
+        vips: Vec<VipInfo>,
+    },
+    Backends {
+        backends: Vec<BackendInfo>,
+    },
+    Config {
+        config: Config,
+    },
+    Stats {
+        stats: StatsReport,
+    },
+    Flow {
+        flow: FlowLookup,
+    },
+    FlowSummary {
+        flows: FlowSummary,
+    },
+    /// What a mutating request changed.
+    Changed {
+        changed: ChangeReport,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub agent: String,
+    pub protocol: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipInfo {
+    pub vip: VipAddr,
+    pub table_size: u32,
+    pub hash_source_only: bool,
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub address: Ipv4Addr,
+    pub weight: u32,
+    pub drained: bool,
+    /// Share of the VIP's ring slots (new flows), 0.0 to 1.0.
+    pub ring_share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub global: GlobalCounters,
+    pub vips: Vec<VipCounters>,
+}
+
+/// `lb_common::GlobalStats` summed over CPUs, with names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalCounters {
+    pub passed: u64,
+    pub malformed: u64,
+    pub flow_hits: u64,
+    pub flow_misses: u64,
+    pub flow_reselected: u64,
+    pub flow_pin_errors: u64,
+    pub drop_fragment: u64,
+    pub drop_too_big: u64,
+    pub drop_no_backend: u64,
+    pub encap_errors: u64,
+    pub fib_failures: u64,
+    pub fib_no_neigh: u64,
+    pub tx: u64,
+    pub redirected: u64,
+}
+
+impl From<lb_common::GlobalStats> for GlobalCounters {
+    fn from(s: lb_common::GlobalStats) -> Self {
+        Self {
+            passed: s.passed,
+            malformed: s.malformed,
+            flow_hits: s.flow_hits,
+            flow_misses: s.flow_misses,
+            flow_reselected: s.flow_reselected,
+            flow_pin_errors: s.flow_pin_errors,
+            drop_fragment: s.drop_fragment,
+            drop_too_big: s.drop_too_big,
+            drop_no_backend: s.drop_no_backend,
+            encap_errors: s.encap_errors,
+            fib_failures: s.fib_failures,
+            fib_no_neigh: s.fib_no_neigh,
+            tx: s.tx,
+            redirected: s.redirected,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipCounters {
+    pub vip: VipAddr,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendCounters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    pub address: Ipv4Addr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowLookup {
+    pub vip: VipAddr,
+    pub source: Ipv4Addr,
+    pub source_port: u16,
+    /// What the ring gives a new flow (none: no backend takes new flows).
+    pub ring_backend: Option<Ipv4Addr>,
+    /// Where the connection table pins the flow now, if it does (and the
+    /// pin is still valid).
+    pub pinned_backend: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowSummary {
+    pub vip: VipAddr,
+    pub total: u64,
+    /// Entries per backend of the VIP.
+    pub per_backend: Vec<BackendFlows>,
+    /// Entries pinned to backends no longer in the VIP (re-selected on
+    /// their next packet, or evicted).
+    pub stale: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFlows {
+    pub address: Ipv4Addr,
+    pub flows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    #[serde(flatten)]
+    pub applied: ApplyReport,
+    /// Connection-table entries deleted (`flush_flows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_flushed: Option<u64>,
+}
+
+/// Helpers shared by both sides for building VIP and backend entries.
+pub fn backend_entry(address: Ipv4Addr, weight: u32) -> BackendConfig {
+    BackendConfig {
+        address,
+        weight,
+        drained: false,
+    }
+}
+
+pub fn vip_entry(vip: VipAddr, table_size: u32, hash_source_only: bool) -> VipConfig {
+    VipConfig {
+        address: vip.addr,
+        port: vip.port,
+        protocol: vip.proto,
+        table_size,
+        hash_source_only,
+        backends: Vec::new(),
+    }
+}
+
+/// Parses a `address:port/protocol` VIP as written on `lbctl`'s command line.
+pub fn parse_vip(text: &str) -> Result<VipAddr, String> {
+    let (addr_port, proto) = text
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{text:?}: expected ADDRESS:PORT/PROTOCOL"))?;
+    let (addr, port) = addr_port
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?}: expected ADDRESS:PORT/PROTOCOL"))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    let proto = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(format!("{other:?} is not a protocol (tcp or udp)")),
+    };
+    Ok(VipAddr { addr, port, proto })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_documented() {
+        let line = r#"{"op":"add_backend","vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"},"backend":"198.19.1.2","weight":3}"#;
+        let req: Request = serde_json::from_str(line).expect("parses");
+        assert_eq!(
+            req,
+            Request::AddBackend {
+                vip: VipAddr {
+                    addr: Ipv4Addr::new(198, 18, 0, 10),
+                    port: 80,
+                    proto: Protocol::Tcp
+                },
+                backend: Ipv4Addr::new(198, 19, 1, 2),
+                weight: Some(3),
+            }
+        );
+        assert_eq!(serde_json::to_string(&req).expect("serializes"), line);
+        let version: Request = serde_json::from_str(r#"{"op":"version"}"#).expect("parses");
+        assert_eq!(version, Request::Version {});
+    }
+
+    #[test]
+    fn unknown_fields_and_ops_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"version","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"remove_vip"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok = Response::success(ResponseData::Version {
+            version: VersionInfo {
+                agent: "0.1.0".into(),
+                protocol: PROTOCOL_VERSION,
+            },
+        });
+        let text = serde_json::to_string(&ok).expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"ok":true,"version":{"agent":"0.1.0","protocol":1}}"#
+        );
+        assert_eq!(serde_json::from_str::<Response>(&text).expect("parses"), ok);
+        let err = Response::failure(ApiError::new(
+            ErrorCode::UnknownVip,
+            "no VIP 198.18.0.10:80/tcp",
+        ));
+        let text = serde_json::to_string(&err).expect("serializes");
+        assert_eq!(
+            text,
+            r#"{"ok":false,"error":{"code":"unknown_vip","message":"no VIP 198.18.0.10:80/tcp"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(&text).expect("parses"),
+            err
+        );
+    }
+
+    #[test]
+    fn vips_on_the_command_line() {
+        assert_eq!(
+            parse_vip("198.18.0.10:80/tcp").expect("valid"),
+            VipAddr {
+                addr: Ipv4Addr::new(198, 18, 0, 10),
+                port: 80,
+                proto: Protocol::Tcp
+            }
+        );
+        assert!(parse_vip("198.18.0.10:80").is_err());
+        assert!(parse_vip("198.18.0.10:http/tcp").is_err());
+        assert!(parse_vip("2001:db8::1:80/tcp").is_err());
+    }
+}
