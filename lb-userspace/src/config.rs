@@ -56,8 +56,27 @@ pub struct Config {
     /// Capacity of the connection table (default 1048576).
     #[serde(default)]
     pub flow_table_entries: Option<u32>,
+    /// The control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Where the VIPs are saved after every change (default
+    /// `/var/lib/lb/state.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub vips: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Socket path (default `/run/lb/lb.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<std::path::PathBuf>,
+    /// Operators' group: the socket becomes mode 0660 owned by it (default:
+    /// root only, 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -277,6 +277,42 @@ impl DataPlane {
             .map(|(addr, _)| *addr)
     }
 
+    /// The backend a connection-table pin still leads to: its id is in use
+    /// by `vip` with the pin's generation. `None` for stale pins.
+    pub fn pinned_backend(&self, vip: &VipAddr, pin: &lb_common::FlowPin) -> Option<Ipv4Addr> {
+        let state = self.vips.get(vip)?;
+        let (addr, _) = state
+            .backend_ids
+            .iter()
+            .find(|(_, &id)| id == pin.backend_id)?;
+        (self.generations.get(pin.backend_id as usize) == Some(&pin.generation)).then_some(*addr)
+    }
+
+    /// Share of the VIP's ring slots held by each backend address.
+    pub fn ring_shares(&self, vip: &VipAddr) -> BTreeMap<Ipv4Addr, f64> {
+        let Some(state) = self.vips.get(vip) else {
+            return BTreeMap::new();
+        };
+        let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
+        for &id in &state.ring {
+            *counts.entry(id).or_default() += 1;
+        }
+        state
+            .backend_ids
+            .iter()
+            .map(|(addr, id)| {
+                (
+                    *addr,
+                    counts.get(id).copied().unwrap_or(0) as f64 / state.ring.len().max(1) as f64,
+                )
+            })
+            .collect()
+    }
+
+    pub fn maps_mut(&mut self) -> &mut BalancerMaps {
+        &mut self.maps
+    }
+
     /// Makes the data plane serve exactly `desired`. Validates and plans
     /// everything first; on error nothing was written.
     pub fn apply(&mut self, desired: &[VipSpec]) -> Result<ApplyReport> {

@@ -7,7 +7,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    names, Backend, BackendStats, GlobalStats, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
+    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, VipKey, VipMeta, VipStats,
+    RING_SLOTS_PER_ENTRY,
 };
 
 /// The balancer's maps, taken out of a loaded [`Ebpf`].
@@ -16,6 +17,7 @@ pub struct BalancerMaps {
     vip_addrs: HashMap<MapData, u32, u32>,
     rings: RingPool,
     backends: Array<MapData, Backend>,
+    flows: HashMap<MapData, FlowKey, FlowPin>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -38,6 +40,7 @@ impl BalancerMaps {
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             rings: RingPool::take_from(ebpf)?,
             backends: take(ebpf, names::BACKENDS)?,
+            flows: take(ebpf, names::FLOWS)?,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
             global_stats: take(ebpf, names::GLOBAL_STATS)?,
@@ -101,6 +104,38 @@ impl BalancerMaps {
         self.backends
             .set(id, backend, 0)
             .with_context(|| format!("writing backend {id}"))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        Ok(self.backends.get(&id, 0)?)
+    }
+
+    /// The connection table's pin for a flow, if any.
+    pub fn flow_pin(&self, key: &FlowKey) -> Result<Option<FlowPin>> {
+        match self.flows.get(key, 0) {
+            Ok(pin) => Ok(Some(pin)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the connection table"),
+        }
+    }
+
+    /// Every entry of the connection table whose key matches `filter`.
+    /// Walks the whole table (two syscalls per entry): for operator
+    /// commands, not for anything periodic.
+    pub fn flows_matching(&self, filter: impl Fn(&FlowKey) -> bool) -> Vec<(FlowKey, FlowPin)> {
+        self.flows
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(key, _)| filter(key))
+            .collect()
+    }
+
+    /// Deletes connection-table entries; returns how many were deleted
+    /// (entries evicted meanwhile are not counted).
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> u64 {
+        keys.iter()
+            .filter(|key| self.flows.remove(key).is_ok())
+            .count() as u64
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {

@@ -15,6 +15,10 @@ fn agent_with(config: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
         .arg("--config")
         .arg(&path)
+        .arg("--state-file")
+        .arg(dir.join("state.json"))
+        .arg("--socket")
+        .arg(dir.join("lb.sock"))
         .output()
         .expect("running lb-agent");
     let _ = std::fs::remove_dir_all(&dir);

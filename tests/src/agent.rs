@@ -68,6 +68,10 @@ impl Agent {
             .arg(&bin)
             .arg("--config")
             .arg(&config_path)
+            .arg("--socket")
+            .arg(dir.join("lb.sock"))
+            .arg("--state-file")
+            .arg(dir.join("state.json"))
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -77,6 +81,16 @@ impl Agent {
         let mut agent = Agent { child, dir, log };
         agent.wait_for_log("ready;", 1, Duration::from_secs(20))?;
         Ok(agent)
+    }
+
+    /// The agent's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("lb.sock")
+    }
+
+    /// The agent's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
     }
 
     pub fn log(&self) -> String {

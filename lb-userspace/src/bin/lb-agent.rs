@@ -1,29 +1,37 @@
-//! `lb-agent`: loads the balancer, writes its tables and keeps them until
-//! stopped. This file only wires the modules of `lb_userspace`.
+//! `lb-agent`: loads the balancer, writes its tables, serves the control
+//! socket and keeps everything until stopped. This file only wires the
+//! modules of `lb_userspace`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use lb_common::names;
 use lb_userspace::{
-    config::{Config, NextHop},
+    config::{self, Config, NextHop},
+    control::{protocol::DEFAULT_SOCKET, server, service::Service},
     dataplane::DataPlane,
     host, loader,
     maps::BalancerMaps,
+    state::{StateFile, DEFAULT_STATE_FILE},
 };
 use log::{info, warn};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
 
 /// The load balancer's agent: attaches the XDP balancer to an interface,
-/// builds the Maglev tables of the configured VIPs and writes them into the
-/// data path. SIGHUP re-reads the configuration and applies VIP and backend
-/// changes without disturbing established flows. Runs until SIGINT or
-/// SIGTERM, then detaches.
+/// builds the Maglev tables of the VIPs and writes them into the data path,
+/// and serves the control socket (see `lbctl`). Every change is saved to
+/// the state file. SIGHUP re-reads the configuration file and applies its
+/// VIPs without disturbing established flows. Runs until SIGINT or SIGTERM,
+/// then detaches.
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Example configuration: examples/lb.jsonc. Logging: RUST_LOG=debug."
+    after_help = "Example configuration: examples/lb.jsonc. Control protocol: docs/control-api.md. \
+                  Logging: RUST_LOG=debug (also enables the data path's own log)."
 )]
 struct Args {
     /// Configuration file (JSON with // comments).
@@ -32,6 +40,15 @@ struct Args {
     /// Check the configuration and exit without touching the host.
     #[arg(long)]
     check: bool,
+    /// Control socket (overrides `control.socket`; default /run/lb/lb.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// State file (overrides `state_file`; default /var/lib/lb/state.json).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Start from the config file's VIPs, replacing the saved state.
+    #[arg(long)]
+    reset_state: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,10 +63,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Applies the VIPs of the (re-read) configuration file to the running
-/// data path: the connection table and unchanged rings stay as they are.
-/// A bad file changes nothing.
-fn reload(path: &std::path::Path, running: &Config, dataplane: &mut DataPlane) {
+/// Applies the VIPs of the re-read configuration file to the running data
+/// path (connection table and unchanged rings stay) and saves them. A bad
+/// file changes nothing.
+fn reload(path: &std::path::Path, service: &mut Service) {
     let new = match Config::from_file(path) {
         Ok(new) => new,
         Err(e) => {
@@ -57,6 +74,7 @@ fn reload(path: &std::path::Path, running: &Config, dataplane: &mut DataPlane) {
             return;
         }
     };
+    let running = &service.config;
     if new.interface != running.interface
         || new.source_address != running.source_address
         || new.next_hop != running.next_hop
@@ -66,7 +84,7 @@ fn reload(path: &std::path::Path, running: &Config, dataplane: &mut DataPlane) {
     {
         warn!("reload: only the VIPs change at run time; interface, address, next hop, XDP mode and sizes need a restart");
     }
-    match dataplane.apply(&new.vip_specs()) {
+    match service.replace_vips(new.vips) {
         Ok(r) => info!(
             "reloaded: {} VIP(s) added, {} removed, {} ring(s) rewritten, {} backend(s) added, {} removed",
             r.vips_added.len(),
@@ -75,13 +93,46 @@ fn reload(path: &std::path::Path, running: &Config, dataplane: &mut DataPlane) {
             r.backends_added,
             r.backends_removed
         ),
-        Err(e) => warn!("reload refused, nothing changed: {e:#}"),
+        Err(e) => warn!("reload refused, nothing changed: {e}"),
     }
 }
 
 fn run(args: Args) -> Result<()> {
-    let config = Config::from_file(&args.config)?;
+    let mut config = Config::from_file(&args.config)?;
     let if_index = host::interface_index(&config.interface)?;
+    let state = StateFile::new(
+        args.state_file
+            .clone()
+            .or_else(|| config.state_file.clone())
+            .unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
+    );
+    let socket = args
+        .socket
+        .clone()
+        .or_else(|| config.control.socket.clone())
+        .unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let options =
+        config.balancer_options(config.data_path_config(host::interface_mac(&config.interface)?)?);
+
+    // Which VIPs to serve: the saved state, unless there is none yet or
+    // the operator resets it (see lb_userspace::state).
+    match state.load()? {
+        Some(saved) if !args.reset_state => {
+            config::validate_vips(&saved, options.ring_pool_slots)
+                .with_context(|| format!("state file {}", state.path().display()))?;
+            info!(
+                "serving the {} VIP(s) saved in {}",
+                saved.len(),
+                state.path().display()
+            );
+            config.vips = saved;
+        }
+        _ => info!(
+            "serving the {} VIP(s) of {}",
+            config.vips.len(),
+            args.config.display()
+        ),
+    }
     if args.check {
         println!(
             "configuration OK: {} VIP(s) on {}",
@@ -90,8 +141,6 @@ fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let mac = host::interface_mac(&config.interface)?;
-    let options = config.balancer_options(config.data_path_config(mac)?);
 
     let mut ebpf = loader::load_balancer(&options)?;
     info!(
@@ -100,12 +149,11 @@ fn run(args: Args) -> Result<()> {
     );
     let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
     let report = dataplane.apply(&config.vip_specs())?;
+    state.save(&config.vips)?;
     for vip in &config.vips {
         info!(
-            "VIP {}:{}/{}: {} backend(s), table size {}",
-            vip.address,
-            vip.port,
-            vip.protocol,
+            "VIP {}: {} backend(s), table size {}",
+            vip.vip(),
             vip.backends.len(),
             vip.table_size
         );
@@ -131,25 +179,14 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
-    let mode = loader::attach(
-        &mut ebpf,
-        names::BALANCER_PROGRAM,
-        &config.interface,
-        config.xdp_mode,
-    )?;
-    info!(
-        "attached to {} (ifindex {if_index}) in {mode:?} mode",
-        config.interface
-    );
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let _runtime_context = runtime.enter();
     // The data path's own log (aya-log), at the agent's log level.
     match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => {
-            let _guard = runtime.enter();
             // SAFETY: the logger owns the ring buffer's fd and keeps it open
             // for as long as the AsyncFd owns the logger.
             let mut logger = unsafe {
@@ -168,6 +205,29 @@ fn run(args: Args) -> Result<()> {
         }
         Err(e) => warn!("the data path's log is unavailable: {e}"),
     }
+
+    let mode = loader::attach(
+        &mut ebpf,
+        names::BALANCER_PROGRAM,
+        &config.interface,
+        config.xdp_mode,
+    )?;
+    info!(
+        "attached to {} (ifindex {if_index}) in {mode:?} mode",
+        config.interface
+    );
+
+    let listener = server::bind(&socket, config.control.group.as_deref())?;
+    info!("control socket {}", socket.display());
+    let ring_pool_slots = options.ring_pool_slots;
+    let service = Arc::new(Mutex::new(Service {
+        dataplane,
+        config,
+        state,
+        ring_pool_slots,
+    }));
+    runtime.spawn(server::serve(listener, Arc::clone(&service)));
+
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -182,12 +242,14 @@ fn run(args: Args) -> Result<()> {
                     break;
                 }
                 _ = term.recv() => break,
-                _ = hup.recv() => reload(&args.config, &config, &mut dataplane),
+                _ = hup.recv() => reload(&args.config, &mut *service.lock().await),
             }
         }
         anyhow::Ok(())
     })?;
-    match dataplane.maps().global_stats() {
+    server::unlink(&socket);
+    let service = runtime.block_on(service.lock());
+    match service.dataplane.maps().global_stats() {
         Ok(s) => info!(
             "stopping: {} packets sent to backends, {} passed, {} dropped",
             s.tx + s.redirected + s.fib_no_neigh,
@@ -196,7 +258,8 @@ fn run(args: Args) -> Result<()> {
         ),
         Err(e) => warn!("stopping (counters unreadable: {e:#})"),
     }
+    drop(service);
     drop(ebpf);
-    info!("detached from {}", config.interface);
+    info!("detached");
     Ok(())
 }

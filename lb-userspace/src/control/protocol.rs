@@ -22,6 +22,25 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Where the agent listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 
+/// Every operation name (`op`), as the server reports them for unknown ones.
+pub const OPERATIONS: &[&str] = &[
+    "version",
+    "list_vips",
+    "add_vip",
+    "remove_vip",
+    "list_backends",
+    "add_backend",
+    "remove_backend",
+    "set_weight",
+    "drain",
+    "undrain",
+    "show_config",
+    "stats",
+    "lookup_flow",
+    "flow_summary",
+    "flush_flows",
+];
+
 /// A VIP named in a request.
 pub type VipRef = VipAddr;
 

@@ -1,0 +1,160 @@
+//! The state file: every VIP, backend, weight and drain state the agent
+//! serves, rewritten atomically after each accepted change, so a restarted
+//! agent comes back with exactly what it had.
+//!
+//! Reconciliation with the config file: the config file gives the host
+//! settings (interface, addresses, sizes) and the *initial* VIPs. Once a
+//! state file exists it holds the VIPs, including every change made through
+//! the control socket, and the config file's VIPs are not used at start-up.
+//! Two things replace the state file's VIPs with the config file's: a
+//! reload (SIGHUP), which is an operator asking for the file's contents, and
+//! `lb-agent --reset-state`.
+
+use std::{
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::VipConfig;
+
+/// Format version of the state file.
+pub const STATE_VERSION: u32 = 1;
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateDoc {
+    version: u32,
+    vips: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved VIPs, or `None` if there is no state file yet.
+    pub fn load(&self) -> Result<Option<Vec<VipConfig>>> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading state file {}", self.path.display()))
+            }
+        };
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let doc: StateDoc = serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
+            .with_context(|| {
+                format!(
+                    "state file {} is damaged (move it away to start from the config file)",
+                    self.path.display()
+                )
+            })?;
+        if doc.version != STATE_VERSION {
+            bail!(
+                "state file {} has version {}, this agent reads version {STATE_VERSION}",
+                self.path.display(),
+                doc.version
+            );
+        }
+        Ok(Some(doc.vips))
+    }
+
+    /// Writes the VIPs: temporary file, fsync, rename over the old file,
+    /// fsync of the directory. A crash leaves the old or the new file,
+    /// never a mix.
+    pub fn save(&self, vips: &[VipConfig]) -> Result<()> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let doc = StateDoc {
+            version: STATE_VERSION,
+            vips: vips.to_vec(),
+        };
+        let text = serde_json::to_string_pretty(&doc)? + "\n";
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{file_name}.tmp"));
+        {
+            let mut f =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            f.sync_all()
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+        }
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::BackendConfig, dataplane::Protocol};
+
+    fn vips() -> Vec<VipConfig> {
+        vec![VipConfig {
+            address: "198.18.0.10".parse().expect("address"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            table_size: 65537,
+            hash_source_only: false,
+            backends: vec![BackendConfig {
+                address: "198.19.1.2".parse().expect("address"),
+                weight: 3,
+                drained: true,
+            }],
+        }]
+    }
+
+    #[test]
+    fn saves_and_loads_atomically() {
+        let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
+        let state = StateFile::new(dir.join("sub").join("state.json"));
+        assert_eq!(state.load().expect("no file is fine"), None);
+        state.save(&vips()).expect("save");
+        assert_eq!(state.load().expect("load"), Some(vips()));
+        state.save(&[]).expect("save again");
+        assert_eq!(state.load().expect("load"), Some(vec![]));
+        let leftovers: Vec<_> = fs::read_dir(dir.join("sub"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+        fs::write(
+            state.path(),
+            "{\"version\": 1, \"vips\": [{\"address\": 1}]}",
+        )
+        .expect("write");
+        let err = format!("{:#}", state.load().expect_err("damaged"));
+        assert!(err.contains("damaged") && err.contains("vips[0]"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
