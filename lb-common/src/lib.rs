@@ -126,6 +126,10 @@ pub struct Backend {
     pub generation: u32,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
+    /// The VIP this backend id serves. Not read by the data path: it makes
+    /// the pinned maps self-describing, so a restarted agent can rebuild
+    /// its id assignments from them.
+    pub vip_id: u32,
 }
 
 /// Key of the connection table: the 5-tuple as it appears in the packet.

@@ -63,6 +63,9 @@ pub struct Config {
     /// `/var/lib/lb/state.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<std::path::PathBuf>,
+    /// Where the data path is pinned (default `/sys/fs/bpf/lb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_root: Option<std::path::PathBuf>,
     #[serde(default)]
     pub vips: Vec<VipConfig>,
 }

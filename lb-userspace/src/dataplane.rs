@@ -182,6 +182,25 @@ impl RingAllocator {
         self.free.insert(start, len);
     }
 
+    /// Marks `[start, start + len)` as used; false if any of it is not free.
+    pub fn take(&mut self, start: u32, len: u32) -> bool {
+        let Some((&free_start, &free_len)) = self.free.range(..=start).next_back() else {
+            return false;
+        };
+        if start + len > free_start + free_len {
+            return false;
+        }
+        self.free.remove(&free_start);
+        if start > free_start {
+            self.free.insert(free_start, start - free_start);
+        }
+        if free_start + free_len > start + len {
+            self.free
+                .insert(start + len, free_start + free_len - start - len);
+        }
+        true
+    }
+
     pub fn free_slots(&self) -> u64 {
         self.free.values().map(|&l| l as u64).sum()
     }
@@ -204,6 +223,10 @@ impl IdAllocator {
     }
     fn release(&mut self, id: u32) {
         self.free.insert(id);
+    }
+    /// Marks `id` as used; false if it was not free.
+    fn take(&mut self, id: u32) -> bool {
+        self.free.remove(&id)
     }
 }
 
@@ -237,6 +260,79 @@ impl DataPlane {
             generations: vec![0; MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
         }
+    }
+
+    /// Takes over maps a previous agent filled (pinned maps): VIP ids,
+    /// backend ids, generations and ring regions are read back from them,
+    /// so a following [`DataPlane::apply`] of the saved state rewrites only
+    /// what differs (nothing, when maps and state agree) and the connection
+    /// table stays valid.
+    pub fn adopt(maps: BalancerMaps) -> Result<Self> {
+        let mut dp = Self::new(maps);
+        let vips = dp.maps.vip_entries()?;
+        let backends = dp.maps.backend_entries()?;
+        for (id, b) in &backends {
+            if let Some(g) = dp.generations.get_mut(*id as usize) {
+                *g = b.generation;
+            }
+        }
+        let mut stray = Vec::new();
+        for (key, meta) in &vips {
+            let vip = VipAddr {
+                addr: Ipv4Addr::from(lb_common::ipv4_from_wire(key.addr)),
+                port: lb_common::port_from_wire(key.port),
+                proto: match key.proto {
+                    IPPROTO_TCP => Protocol::Tcp,
+                    IPPROTO_UDP => Protocol::Udp,
+                    other => bail!("the pinned VIP map holds protocol {other}"),
+                },
+            };
+            let ring = dp
+                .maps
+                .ring_region(meta.ring_offset, meta.ring_size)
+                .with_context(|| format!("VIP {vip}: ring region outside the pool"))?
+                .to_vec();
+            if !dp.pool.take(meta.ring_offset, meta.ring_size) || !dp.vip_ids.take(meta.vip_id) {
+                bail!("VIP {vip}: the pinned maps overlap (ring region or VIP id used twice)");
+            }
+            let mut backend_ids = BTreeMap::new();
+            for (id, b) in backends
+                .iter()
+                .filter(|(_, b)| b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.vip_id)
+            {
+                backend_ids.insert(Ipv4Addr::from(lb_common::ipv4_from_wire(b.addr)), *id);
+                dp.backend_ids.take(*id);
+            }
+            let spec = VipSpec {
+                vip,
+                table_size: meta.ring_size,
+                hash_source_only: meta.flags & VIP_F_HASH_NO_SRC_PORT != 0,
+                backends: backend_ids
+                    .keys()
+                    .map(|&addr| BackendSpec { addr, weight: 0 })
+                    .collect(),
+            };
+            dp.vips.insert(
+                vip,
+                VipState {
+                    spec,
+                    vip_id: meta.vip_id,
+                    ring_offset: meta.ring_offset,
+                    ring,
+                    backend_ids,
+                },
+            );
+        }
+        // Active backends of no VIP: left over by an interrupted change.
+        for (id, b) in &backends {
+            if b.flags & BACKEND_F_ACTIVE != 0 && !vips.iter().any(|(_, m)| m.vip_id == b.vip_id) {
+                stray.push(*id);
+            }
+        }
+        for id in stray {
+            dp.deactivate_backend(id)?;
+        }
+        Ok(dp)
     }
 
     pub fn maps(&self) -> &BalancerMaps {
@@ -466,7 +562,7 @@ impl DataPlane {
             }
 
             for &(id, addr) in &added {
-                self.activate_backend(id, addr)?;
+                self.activate_backend(id, addr, vip_id)?;
             }
             let state = VipState {
                 spec: (*spec).clone(),
@@ -506,7 +602,7 @@ impl DataPlane {
             .set_vip_address_count(ipv4_to_wire(addr.octets()), count)
     }
 
-    fn activate_backend(&mut self, id: u32, addr: Ipv4Addr) -> Result<()> {
+    fn activate_backend(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32) -> Result<()> {
         let generation = &mut self.generations[id as usize];
         *generation = generation.wrapping_add(1);
         self.maps.set_backend(
@@ -515,6 +611,7 @@ impl DataPlane {
                 addr: ipv4_to_wire(addr.octets()),
                 generation: *generation,
                 flags: BACKEND_F_ACTIVE,
+                vip_id,
             },
         )
     }
@@ -526,6 +623,7 @@ impl DataPlane {
                 addr: 0,
                 generation: self.generations[id as usize],
                 flags: 0,
+                vip_id: 0,
             },
         )
     }

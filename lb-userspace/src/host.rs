@@ -35,3 +35,54 @@ pub fn ensure_sysctl(key: &str, value: &str) -> Result<bool> {
     std::fs::write(&path, value).with_context(|| format!("setting {key} = {value}"))?;
     Ok(true)
 }
+
+/// Magic number of the bpf filesystem (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MOUNT: &str = "/sys/fs/bpf";
+
+/// Makes sure `root` can hold pins. Under /sys/fs/bpf, bpffs is mounted
+/// there when missing (as on a fresh host); any other root must already be
+/// a bpffs mount (`mount -t bpf bpf ROOT`).
+pub fn ensure_bpffs(root: &std::path::Path) -> Result<()> {
+    if !root.starts_with(BPF_FS_MOUNT) {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        if !is_bpffs(&root.to_string_lossy())? {
+            bail!(
+                "pin root {} is not on a bpf filesystem (mount -t bpf bpf {0})",
+                root.display()
+            );
+        }
+        return Ok(());
+    }
+    if is_bpffs(BPF_FS_MOUNT)? {
+        return Ok(());
+    }
+    let target = CString::new(BPF_FS_MOUNT).map_err(|_| anyhow!("mount point contains NUL"))?;
+    let fstype = CString::new("bpf").map_err(|_| anyhow!("fs type contains NUL"))?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs on /sys/fs/bpf");
+    }
+    log::info!("mounted bpffs on {BPF_FS_MOUNT}");
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> Result<bool> {
+    let c_path = CString::new(path).map_err(|_| anyhow!("path contains NUL"))?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {path}"));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}

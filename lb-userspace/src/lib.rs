@@ -7,6 +7,7 @@
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`host`]: interface facts and sysctls.
 //! - [`maps`]: typed access to the BPF maps.
+//! - [`pins`]: the data path pinned in bpffs (hitless restarts).
 //! - [`state`]: the state file (persistent VIPs and backends).
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
@@ -18,4 +19,5 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod objects;
+pub mod pins;
 pub mod state;

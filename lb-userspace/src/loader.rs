@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::{
     maps::HashMap,
-    programs::{Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -13,7 +13,9 @@ use lb_common::{
     RING_SLOTS_PER_ENTRY,
 };
 
-use crate::{config::XdpModeSetting, objects};
+use std::path::PathBuf;
+
+use crate::{config::XdpModeSetting, objects, pins::Pins};
 
 /// Everything fixed when `balancer` is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -39,20 +41,38 @@ impl BalancerOptions {
 /// Loads `balancer` (verified, not attached). Its maps are then taken with
 /// [`crate::maps::BalancerMaps::take_from`].
 pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
-    load_balancer_object(objects::BALANCER, options, &[names::BALANCER_PROGRAM])
+    load_balancer_object(objects::BALANCER, options, &[names::BALANCER_PROGRAM], &[])
+}
+
+/// Loads `balancer` on the maps pinned in `pins` (created and pinned if
+/// there are none yet).
+pub fn load_balancer_pinned(options: &BalancerOptions, pins: &Pins) -> Result<Ebpf> {
+    let paths = pins.map_paths();
+    load_balancer_object(
+        objects::BALANCER,
+        options,
+        &[names::BALANCER_PROGRAM],
+        &paths,
+    )
 }
 
 /// Loads `programs` of an object built on the balancer's maps (the balancer
-/// itself, or the benchmark wrappers around it).
+/// itself, or the benchmark wrappers around it). Maps named in
+/// `pinned_maps` are reused from, or pinned at, their path.
 pub fn load_balancer_object(
     object: &[u8],
     options: &BalancerOptions,
     programs: &[&str],
+    pinned_maps: &[(&'static str, PathBuf)],
 ) -> Result<Ebpf> {
     // The data path's log statements at levels the agent does not log are
     // compiled out by the verifier (the level is a read-only global).
     let log_level = log::max_level() as u8;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned_maps {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .override_global(names::CONFIG, &options.config, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .map_max_entries(
@@ -104,40 +124,39 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .try_into()?)
 }
 
-/// Attaches `program` to `interface` in the configured mode; `Auto` tries
-/// native (driver) mode first and falls back to generic mode with a warning.
-/// Returns the mode in use. The attachment lasts as long as the [`Ebpf`].
-pub fn attach(
-    ebpf: &mut Ebpf,
-    program: &str,
+/// Attaches an XDP program to `interface` in the configured mode; `Auto`
+/// tries native (driver) mode first and falls back to generic mode with a
+/// warning. Returns the mode in use and the link.
+pub fn attach_xdp(
+    xdp: &mut Xdp,
     interface: &str,
     mode: XdpModeSetting,
-) -> Result<XdpModeSetting> {
-    let xdp = xdp_program(ebpf, program)?;
+) -> Result<(XdpModeSetting, XdpLinkId)> {
     match mode {
-        XdpModeSetting::Native => {
-            xdp_attach(xdp, interface, XdpMode::Driver)?;
-            Ok(XdpModeSetting::Native)
-        }
-        XdpModeSetting::Generic => {
-            xdp_attach(xdp, interface, XdpMode::Skb)?;
-            Ok(XdpModeSetting::Generic)
-        }
+        XdpModeSetting::Native => Ok((
+            XdpModeSetting::Native,
+            xdp_attach(xdp, interface, XdpMode::Driver)?,
+        )),
+        XdpModeSetting::Generic => Ok((
+            XdpModeSetting::Generic,
+            xdp_attach(xdp, interface, XdpMode::Skb)?,
+        )),
         XdpModeSetting::Auto => match xdp_attach(xdp, interface, XdpMode::Driver) {
-            Ok(()) => Ok(XdpModeSetting::Native),
+            Ok(id) => Ok((XdpModeSetting::Native, id)),
             Err(e) => {
                 log::warn!(
                     "native XDP on {interface} failed ({e:#}); falling back to generic mode"
                 );
-                xdp_attach(xdp, interface, XdpMode::Skb)?;
-                Ok(XdpModeSetting::Generic)
+                Ok((
+                    XdpModeSetting::Generic,
+                    xdp_attach(xdp, interface, XdpMode::Skb)?,
+                ))
             }
         },
     }
 }
 
-fn xdp_attach(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<()> {
+fn xdp_attach(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<XdpLinkId> {
     xdp.attach(interface, mode)
-        .map(|_| ())
         .with_context(|| format!("attaching XDP to {interface} in {mode:?} mode"))
 }

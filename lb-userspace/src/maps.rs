@@ -70,6 +70,35 @@ impl BalancerMaps {
         Ok(())
     }
 
+    /// A region of the ring pool as the data path sees it.
+    pub fn ring_region(&self, offset: u32, len: u32) -> Option<&[u32]> {
+        self.rings
+            .slots
+            .get(offset as usize..offset as usize + len as usize)
+    }
+
+    /// Every VIP in the map (adopting pinned maps).
+    pub fn vip_entries(&self) -> Result<Vec<(VipKey, VipMeta)>> {
+        self.vips
+            .iter()
+            .map(|e| e.context("reading the VIP map"))
+            .collect()
+    }
+
+    /// Every backend slot, used or not (adopting pinned maps).
+    pub fn backend_entries(&self) -> Result<Vec<(u32, Backend)>> {
+        (0..self.backends.len())
+            .map(|id| {
+                Ok((
+                    id,
+                    self.backends
+                        .get(&id, 0)
+                        .with_context(|| format!("reading backend {id}"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// The backend id in one pool slot (what the data path reads).
     pub fn ring_slot(&self, slot: u32) -> Option<u32> {
         self.rings.slots.get(slot as usize).copied()

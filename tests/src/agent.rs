@@ -44,8 +44,13 @@ pub fn agent_config(topo: &Topology, xdp_mode: &str, vips: Vec<Value>) -> Value 
 
 pub struct Agent {
     child: Child,
+    /// Holds the config, socket, state file and logs of this agent.
     dir: PathBuf,
-    log: PathBuf,
+    /// bpffs directory of the pinned data path (removed on drop).
+    pin_root: PathBuf,
+    lb_ns: String,
+    log_level: String,
+    launches: usize,
 }
 
 impl Agent {
@@ -56,31 +61,66 @@ impl Agent {
 
     /// Like [`Agent::start`] with `RUST_LOG=level`.
     pub fn start_with_log_level(topo: &Topology, config: &Value, level: &str) -> Result<Agent> {
-        let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
-        let dir = std::env::temp_dir().join(format!("lbt-agent-{}", topo.lb_ns().name()));
+        let name = topo.lb_ns().name();
+        let dir = std::env::temp_dir().join(format!("lbt-agent-{name}"));
         std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join("lb.json");
-        std::fs::write(&config_path, serde_json::to_string_pretty(config)?)?;
-        let log = dir.join("agent.log");
-        let log_file = File::create(&log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", topo.lb_ns().name()])
+        std::fs::write(dir.join("lb.json"), serde_json::to_string_pretty(config)?)?;
+        // A bpffs of the test's own in the root mount namespace: `ip netns
+        // exec` gives the agent a fresh /sys (without /sys/fs/bpf) in a
+        // mount namespace that dies with it, but sees mounts under /run.
+        let pin_root = pin_root_for(name);
+        mount_bpffs(&pin_root)?;
+        let child = Self::spawn(&dir, name, level, 1)?;
+        let mut agent = Agent {
+            child,
+            dir,
+            pin_root,
+            lb_ns: name.to_string(),
+            log_level: level.to_string(),
+            launches: 1,
+        };
+        agent.wait_for_log("ready;", 1, Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    fn spawn(dir: &std::path::Path, lb_ns: &str, level: &str, launch: usize) -> Result<Child> {
+        let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
+        let log_file = File::create(dir.join(format!("agent.{launch}.log")))?;
+        Command::new("ip")
+            .args(["netns", "exec", lb_ns])
             .arg(&bin)
             .arg("--config")
-            .arg(&config_path)
+            .arg(dir.join("lb.json"))
             .arg("--socket")
             .arg(dir.join("lb.sock"))
             .arg("--state-file")
             .arg(dir.join("state.json"))
+            .arg("--pin-root")
+            .arg(pin_root_for(lb_ns))
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
-            .context("starting lb-agent")?;
-        let mut agent = Agent { child, dir, log };
-        agent.wait_for_log("ready;", 1, Duration::from_secs(20))?;
-        Ok(agent)
+            .context("starting lb-agent")
+    }
+
+    /// Starts a new agent process after this one stopped (or was killed):
+    /// it finds the pinned data path and the state file of the last one.
+    pub fn relaunch(&mut self) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            bail!("the agent is still running");
+        }
+        self.launches += 1;
+        self.child = Self::spawn(&self.dir, &self.lb_ns, &self.log_level, self.launches)?;
+        self.wait_for_log("ready;", 1, Duration::from_secs(20))
+    }
+
+    /// SIGKILL, as in a crash: nothing is cleaned up.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.signal(libc::SIGKILL);
+        self.child.wait()?;
+        Ok(())
     }
 
     /// The agent's control socket.
@@ -93,8 +133,10 @@ impl Agent {
         self.dir.join("state.json")
     }
 
+    /// The log of the current launch.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(format!("agent.{}.log", self.launches)))
+            .unwrap_or_default()
     }
 
     /// Waits until `needle` occurs at least `count` times in the log.
@@ -137,8 +179,8 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// SIGTERM, then waits for a clean exit.
-    pub fn stop(mut self) -> Result<String> {
+    /// SIGTERM, then waits for a clean exit. The data path stays attached.
+    pub fn stop(&mut self) -> Result<String> {
         self.signal(libc::SIGTERM);
         let status = self.child.wait()?;
         let log = self.log();
@@ -147,6 +189,43 @@ impl Agent {
         }
         Ok(log)
     }
+
+    /// `lb-agent --detach`: removes the pinned data path.
+    pub fn detach(&self) -> Result<String> {
+        let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.lb_ns])
+            .arg(&bin)
+            .arg("--detach")
+            .arg("--config")
+            .arg(self.dir.join("lb.json"))
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .output()
+            .context("running lb-agent --detach")?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("lb-agent --detach failed: {text}");
+        }
+        Ok(text)
+    }
+}
+
+/// Where a test's agent pins its data path.
+pub fn pin_root_for(lb_ns: &str) -> PathBuf {
+    PathBuf::from(format!("/run/{lb_ns}-bpf"))
+}
+
+fn mount_bpffs(path: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(path)?;
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(path)
+        .status()?;
+    if !status.success() {
+        bail!("mounting bpffs on {}", path.display());
+    }
+    Ok(())
 }
 
 impl Drop for Agent {
@@ -160,6 +239,11 @@ impl Drop for Agent {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if let Err(e) = self.detach() {
+            log::warn!("{e:#}");
+        }
+        let _ = Command::new("umount").arg(&self.pin_root).status();
+        let _ = std::fs::remove_dir(&self.pin_root);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -50,7 +50,7 @@ fn data_path_drops_are_logged_at_debug_level() {
 
 #[test]
 fn data_path_debug_log_is_off_at_info_level() {
-    let (_topo, agent) = drained_vip_bed("info");
+    let (_topo, mut agent) = drained_vip_bed("info");
     std::thread::sleep(Duration::from_millis(500));
     let log = agent.stop().expect("agent stops");
     assert!(!log.contains("no backend takes new flows"), "{log}");

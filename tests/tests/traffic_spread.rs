@@ -29,7 +29,7 @@ fn spread(weights: &[u32], xdp_mode: &str) {
         .enumerate()
         .map(|(j, &w)| (topo.backend_addr(j), w))
         .collect();
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         &topo,
         &agent_config(
             &topo,

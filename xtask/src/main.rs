@@ -226,11 +226,13 @@ fn leftover_check() -> Result<()> {
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with("lbt") {
-                leftovers.push(format!("pinned object /sys/fs/bpf/{name}"));
+    for dir in ["/sys/fs/bpf", "/run"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("lbt") {
+                    leftovers.push(format!("pinned objects or bpffs mount {dir}/{name}"));
+                }
             }
         }
     }

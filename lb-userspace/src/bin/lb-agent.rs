@@ -13,6 +13,7 @@ use lb_userspace::{
     dataplane::DataPlane,
     host, loader,
     maps::BalancerMaps,
+    pins::{Pins, DEFAULT_PIN_ROOT},
     state::{StateFile, DEFAULT_STATE_FILE},
 };
 use log::{info, warn};
@@ -25,8 +26,10 @@ use tokio::{
 /// builds the Maglev tables of the VIPs and writes them into the data path,
 /// and serves the control socket (see `lbctl`). Every change is saved to
 /// the state file. SIGHUP re-reads the configuration file and applies its
-/// VIPs without disturbing established flows. Runs until SIGINT or SIGTERM,
-/// then detaches.
+/// VIPs without disturbing established flows. The data path is pinned in
+/// bpffs: when the agent stops (SIGINT, SIGTERM, a crash, an upgrade) it
+/// keeps forwarding, and the next agent takes it over without resetting
+/// the connection table. `lb-agent --detach` removes it.
 #[derive(Parser)]
 #[command(
     version,
@@ -49,6 +52,14 @@ struct Args {
     /// Start from the config file's VIPs, replacing the saved state.
     #[arg(long)]
     reset_state: bool,
+    /// Where the data path is pinned (overrides `pin_root`; default
+    /// /sys/fs/bpf/lb); one directory per interface.
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Remove the pinned data path of the configured interface (detaching
+    /// the XDP program) and exit: a real shutdown.
+    #[arg(long)]
+    detach: bool,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +110,28 @@ fn reload(path: &std::path::Path, service: &mut Service) {
 
 fn run(args: Args) -> Result<()> {
     let mut config = Config::from_file(&args.config)?;
+    let pins = Pins::new(
+        &args
+            .pin_root
+            .clone()
+            .or_else(|| config.pin_root.clone())
+            .unwrap_or_else(|| DEFAULT_PIN_ROOT.into()),
+        &config.interface,
+    );
+    if args.detach {
+        let was_attached = pins.attached();
+        pins.remove()?;
+        info!(
+            "removed the pinned data path in {}{}",
+            pins.dir().display(),
+            if was_attached {
+                " (program detached)"
+            } else {
+                " (nothing was attached)"
+            }
+        );
+        return Ok(());
+    }
     let if_index = host::interface_index(&config.interface)?;
     let state = StateFile::new(
         args.state_file
@@ -142,13 +175,31 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let mut ebpf = loader::load_balancer(&options)?;
+    pins.prepare()?;
+    let adopting = pins.attached();
+    if adopting {
+        pins.check_compatible(options.ring_pool_slots, options.flow_table_entries)?;
+    }
+    let mut ebpf = loader::load_balancer_pinned(&options, &pins)?;
     info!(
         "loaded the balancer: ring pool {} slots, connection table {} entries",
         options.ring_pool_slots, options.flow_table_entries
     );
-    let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
+    let maps = BalancerMaps::take_from(&mut ebpf)?;
+    let mut dataplane = if adopting {
+        DataPlane::adopt(maps)?
+    } else {
+        DataPlane::new(maps)
+    };
     let report = dataplane.apply(&config.vip_specs())?;
+    if adopting {
+        info!(
+            "adopted the data path pinned in {}: {} ring(s) differed from the state and were rewritten, \
+             the connection table is kept",
+            pins.dir().display(),
+            report.rings_written.len()
+        );
+    }
     state.save(&config.vips)?;
     for vip in &config.vips {
         info!(
@@ -206,16 +257,21 @@ fn run(args: Args) -> Result<()> {
         Err(e) => warn!("the data path's log is unavailable: {e}"),
     }
 
-    let mode = loader::attach(
+    match pins.attach(
         &mut ebpf,
         names::BALANCER_PROGRAM,
         &config.interface,
         config.xdp_mode,
-    )?;
-    info!(
-        "attached to {} (ifindex {if_index}) in {mode:?} mode",
-        config.interface
-    );
+    )? {
+        Some(mode) => info!(
+            "attached to {} (ifindex {if_index}) in {mode:?} mode",
+            config.interface
+        ),
+        None => info!(
+            "swapped the new program into the pinned link on {} (ifindex {if_index})",
+            config.interface
+        ),
+    }
 
     let listener = server::bind(&socket, config.control.group.as_deref())?;
     info!("control socket {}", socket.display());
@@ -260,6 +316,6 @@ fn run(args: Args) -> Result<()> {
     }
     drop(service);
     drop(ebpf);
-    info!("detached");
+    info!("stopped; the data path keeps forwarding (lb-agent --detach removes it)");
     Ok(())
 }

@@ -106,7 +106,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         ring_pool_slots: 4 * 65537,
         flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
     };
-    let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS)?;
+    let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS, &[])?;
     let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
     let backends = (1..=10)
         .map(|i| BackendSpec {

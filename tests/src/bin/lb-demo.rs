@@ -164,15 +164,28 @@ fn main() -> Result<()> {
     }
     println!("    total time {:.0} s", started.elapsed().as_secs_f64());
 
-    say("stopping lb-agent (it detaches the XDP program)");
-    let Bed { topo, agent, .. } = bed;
+    say("stopping lb-agent (the pinned data path keeps forwarding without it)");
+    let Bed {
+        topo, mut agent, ..
+    } = bed;
     let log = agent.stop()?;
-    if let Some(line) = log.lines().find(|l| l.contains("stopping:")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("stopping:") || l.contains("stopped;"))
+    {
         println!(
             "    agent | {}",
             line.split_once("] ").map(|(_, m)| m).unwrap_or(line)
         );
     }
+    say("lb-agent --detach: removing the pinned data path");
+    for line in agent.detach()?.lines() {
+        println!(
+            "    agent | {}",
+            line.split_once("] ").map(|(_, m)| m).unwrap_or(line)
+        );
+    }
+    drop(agent);
     say("removing the namespaces");
     drop(topo);
     say("done");

@@ -1,0 +1,176 @@
+//! Pinning the data path in bpffs, so it outlives the agent.
+//!
+//! The XDP link and the data maps are pinned under
+//! `<pin root>/<interface>/`. An agent that stops (upgrade, crash,
+//! `kill -9`) leaves the program attached and forwarding with the last
+//! tables. The next agent loads its program onto the *same* maps (the
+//! connection table included) and swaps it into the pinned link with one
+//! `bpf_link_update`: no packet meets a detached interface or an empty
+//! table. `lb-agent --detach` removes the pins, which detaches the program.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::MapInfo,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+    Ebpf,
+};
+use lb_common::{
+    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, RingEntry, VipKey, VipMeta,
+    VipStats, RING_SLOTS_PER_ENTRY,
+};
+
+use crate::{config::XdpModeSetting, loader};
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
+
+/// The maps that outlive the agent, with their key and value sizes. (Not
+/// the log ring or the read-only globals: those belong to one program.)
+const PINNED_MAPS: &[(&str, usize, usize)] = &[
+    (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
+    (names::VIP_ADDRS, size_of::<u32>(), size_of::<u32>()),
+    (names::RINGS, size_of::<u32>(), size_of::<RingEntry>()),
+    (names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
+    (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowPin>()),
+    (names::VIP_STATS, size_of::<u32>(), size_of::<VipStats>()),
+    (
+        names::BACKEND_STATS,
+        size_of::<u32>(),
+        size_of::<BackendStats>(),
+    ),
+    (
+        names::GLOBAL_STATS,
+        size_of::<u32>(),
+        size_of::<GlobalStats>(),
+    ),
+];
+
+const LINK: &str = "link";
+
+/// The pin directory of one interface.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: &Path, interface: &str) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            dir: root.join(interface),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a previous agent left the data path attached here.
+    pub fn attached(&self) -> bool {
+        self.dir.join(LINK).exists()
+    }
+
+    /// Prepares the directory: mounts bpffs if needed, and removes maps
+    /// left without a link (nothing uses them; starting over is right).
+    pub fn prepare(&self) -> Result<()> {
+        crate::host::ensure_bpffs(&self.root)?;
+        if !self.attached() && self.dir.exists() {
+            log::info!(
+                "removing stale pinned maps in {} (no program attached)",
+                self.dir.display()
+            );
+            self.remove()?;
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))
+    }
+
+    /// Refuses pinned maps whose shape differs from what this agent would
+    /// create (another version's layout, or other sizes in the config).
+    pub fn check_compatible(&self, ring_pool_slots: u32, flow_table_entries: u32) -> Result<()> {
+        for &(name, key, value) in PINNED_MAPS {
+            let path = self.dir.join(name);
+            let info = MapInfo::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            let max_entries = match name {
+                names::RINGS => Some(ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY)),
+                names::FLOWS => Some(flow_table_entries),
+                _ => None,
+            };
+            if info.key_size() as usize != key
+                || info.value_size() as usize != value
+                || max_entries.is_some_and(|m| m != info.max_entries())
+            {
+                bail!(
+                    "pinned map {} does not match this agent (key {} / value {} / {} entries); \
+                     run `lb-agent --detach` to remove the old data path and start over",
+                    path.display(),
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Pin paths for the loader: existing maps are reused, new ones pinned.
+    pub fn map_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        PINNED_MAPS
+            .iter()
+            .map(|&(name, _, _)| (name, self.dir.join(name)))
+            .collect()
+    }
+
+    /// Attaches `program`: into the pinned link if there is one (an atomic
+    /// program swap), else afresh, pinning the new link. Returns the mode
+    /// (`None` when the pinned link was reused).
+    pub fn attach(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        interface: &str,
+        mode: XdpModeSetting,
+    ) -> Result<Option<XdpModeSetting>> {
+        let link_path = self.dir.join(LINK);
+        let xdp = loader::xdp_program(ebpf, program)?;
+        if self.attached() {
+            let pinned = PinnedLink::from_pin(&link_path)
+                .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .context("the pinned link is not an XDP link")?;
+            xdp.attach_to_link(link)
+                .context("swapping the new program into the pinned link")?;
+            return Ok(None);
+        }
+        let (mode, link_id) = loader::attach_xdp(xdp, interface, mode)?;
+        let link = xdp.take_link(link_id)?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                fd_link.pin(&link_path).with_context(|| format!("pinning the link at {}", link_path.display()))?;
+            }
+            Err(e) => log::warn!(
+                "the kernel attached XDP without a bpf_link ({e}); the data path will stop with the agent"
+            ),
+        }
+        Ok(Some(mode))
+    }
+
+    /// Removes every pin: the link (detaching the program, once no process
+    /// holds it) and the maps.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.dir.display())),
+        }
+    }
+}
