@@ -51,10 +51,10 @@ pub struct Config {
     #[serde(default)]
     pub next_hop: NextHop,
     /// Size of the ring pool in slots (default: room for 64 VIPs at 65537).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_pool_slots: Option<u32>,
     /// Capacity of the connection table (default 1048576).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_table_entries: Option<u32>,
     /// The control socket.
     #[serde(default)]

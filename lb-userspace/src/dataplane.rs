@@ -414,8 +414,11 @@ impl DataPlane {
     pub fn apply(&mut self, desired: &[VipSpec]) -> Result<ApplyReport> {
         validate(desired)?;
         let desired: BTreeMap<VipAddr, &VipSpec> = desired.iter().map(|s| (s.vip, s)).collect();
+        // Tables only for VIPs whose spec changed: an unchanged VIP keeps
+        // its ring (and its backend ids), so one change costs one build.
         let tables = desired
             .iter()
+            .filter(|(vip, spec)| self.vips.get(vip).is_none_or(|old| old.spec != ***spec))
             .map(|(vip, spec)| Ok((*vip, self.table_for(spec)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
         // Dry run on copies of the allocators: fails before any write if
@@ -519,16 +522,20 @@ impl DataPlane {
                         .collect()
                 })
                 .unwrap_or_default();
-            let ring: Vec<u32> = tables[vip]
-                .iter()
-                .map(|&i| {
-                    if i == NO_BACKEND {
-                        NO_BACKEND
-                    } else {
-                        backend_ids[&spec.backends[i as usize].addr]
-                    }
-                })
-                .collect();
+            let ring: Vec<u32> = match (tables.get(vip), &old) {
+                (Some(table), _) => table
+                    .iter()
+                    .map(|&i| {
+                        if i == NO_BACKEND {
+                            NO_BACKEND
+                        } else {
+                            backend_ids[&spec.backends[i as usize].addr]
+                        }
+                    })
+                    .collect(),
+                (None, Some(old)) => old.ring.clone(),
+                (None, None) => bail!("VIP {vip}: no table was built"),
+            };
             let ring_changed = old.as_ref().is_none_or(|o| o.ring != ring);
             let flags_changed = old
                 .as_ref()
