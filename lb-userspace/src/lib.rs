@@ -5,6 +5,7 @@
 //! - [`control`]: the control socket (protocol and server).
 //! - [`config`]: the agent's configuration file.
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
+//! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
 //! - [`maps`]: typed access to the BPF maps.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod health;
 pub mod host;
 pub mod loader;
 pub mod maglev;
