@@ -494,12 +494,21 @@ impl DataPlane {
         }
 
         for (vip, spec) in desired {
-            let old = self.vips.get(vip).cloned();
+            let old = self.vips.get(vip);
+            // (vip id, ring offset, table size, hash flag) of the VIP as written.
+            let old_facts = old.map(|o| {
+                (
+                    o.vip_id,
+                    o.ring_offset,
+                    o.spec.table_size,
+                    o.spec.hash_source_only,
+                )
+            });
             // Backend ids: keep those of backends still present.
             let mut backend_ids = BTreeMap::new();
             let mut added = Vec::new();
             for b in &spec.backends {
-                match old.as_ref().and_then(|o| o.backend_ids.get(&b.addr)) {
+                match old.and_then(|o| o.backend_ids.get(&b.addr)) {
                     Some(&id) => {
                         backend_ids.insert(b.addr, id);
                     }
@@ -513,7 +522,6 @@ impl DataPlane {
                 }
             }
             let gone: Vec<u32> = old
-                .as_ref()
                 .map(|o| {
                     o.backend_ids
                         .iter()
@@ -522,26 +530,31 @@ impl DataPlane {
                         .collect()
                 })
                 .unwrap_or_default();
-            let ring: Vec<u32> = match (tables.get(vip), &old) {
-                (Some(table), _) => table
-                    .iter()
-                    .map(|&i| {
-                        if i == NO_BACKEND {
-                            NO_BACKEND
-                        } else {
-                            backend_ids[&spec.backends[i as usize].addr]
-                        }
-                    })
-                    .collect(),
+            let ring: Vec<u32> = match (tables.get(vip), old) {
+                (Some(table), _) => {
+                    // Slot values are indexes into the spec's backend list.
+                    let ids: Vec<u32> =
+                        spec.backends.iter().map(|b| backend_ids[&b.addr]).collect();
+                    table
+                        .iter()
+                        .map(|&i| {
+                            if i == NO_BACKEND {
+                                NO_BACKEND
+                            } else {
+                                ids[i as usize]
+                            }
+                        })
+                        .collect()
+                }
                 (None, Some(old)) => old.ring.clone(),
                 (None, None) => bail!("VIP {vip}: no table was built"),
             };
-            let ring_changed = old.as_ref().is_none_or(|o| o.ring != ring);
-            let flags_changed = old
-                .as_ref()
-                .is_none_or(|o| o.spec.hash_source_only != spec.hash_source_only);
-            let vip_id = match &old {
-                Some(o) => o.vip_id,
+            let ring_changed = old.is_none_or(|o| o.ring != ring);
+            let flags_changed =
+                old_facts.is_none_or(|(_, _, _, hash)| hash != spec.hash_source_only);
+            let old = old_facts;
+            let vip_id = match old {
+                Some((vip_id, ..)) => vip_id,
                 None => plan.vip_ids.alloc().with_context(|| {
                     format!("no room for VIP {vip}: the map holds {MAX_VIPS} VIPs")
                 })?,
@@ -554,12 +567,12 @@ impl DataPlane {
                         plan.pool.free_slots()
                     )
                 })?;
-                if let Some(o) = &old {
-                    plan.pool.release(o.ring_offset, o.spec.table_size);
+                if let Some((_, old_offset, old_size, _)) = old {
+                    plan.pool.release(old_offset, old_size);
                 }
                 offset
             } else {
-                old.as_ref().map(|o| o.ring_offset).unwrap_or_default()
+                old.map(|(_, offset, ..)| offset).unwrap_or_default()
             };
             for &id in &gone {
                 plan.backend_ids.release(id);
