@@ -46,6 +46,9 @@ pub const SERVER_BIN_ENV: &str = "LB_BACKEND_SERVER";
 pub const HOST_IF: &str = "eth0";
 /// MTU of the LB and backend links (room for the encapsulation header).
 pub const INNER_MTU: u32 = 1600;
+/// Port of every backend server's HTTP health endpoint (`GET` any path: 200,
+/// or 503 while [`Topology::set_http_health`] says sick).
+pub const HEALTH_PORT: u16 = 9000;
 /// The LB's address and its router-side gateway.
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const LB_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
@@ -379,6 +382,10 @@ impl Topology {
             args.push("--port".into());
             args.push(port.to_string());
         }
+        args.push("--health-port".into());
+        args.push(HEALTH_PORT.to_string());
+        args.push("--health-file".into());
+        args.push(self.sick_file(j).display().to_string());
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", b.ns.name(), bin])
             .args(&args)
@@ -389,6 +396,27 @@ impl Topology {
             .with_context(|| format!("starting {bin} in {}", b.ns.name()))?;
         self.servers[j] = Some(child);
         Ok(())
+    }
+
+    /// The file whose existence makes backend `j`'s health endpoint answer 503.
+    pub fn sick_file(&self, j: usize) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-sick", self.backends[j].ns.name()))
+    }
+
+    /// Makes backend `j`'s HTTP health endpoint ([`HEALTH_PORT`]) answer 200
+    /// (`healthy`) or 503; its service ports are not affected.
+    pub fn set_http_health(&self, j: usize, healthy: bool) -> Result<()> {
+        let file = self.sick_file(j);
+        if healthy {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).context("removing the sick file")
+                }
+                _ => Ok(()),
+            }
+        } else {
+            std::fs::write(&file, b"sick").context("writing the sick file")
+        }
     }
 
     /// Stops backend `j`'s server (SIGKILL) and reaps it.
@@ -599,6 +627,9 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        for j in 0..self.backends.len() {
+            let _ = std::fs::remove_file(self.sick_file(j));
+        }
         for j in 0..self.servers.len() {
             if let Err(e) = self.stop_server(j) {
                 log::warn!("{e:#}");

@@ -1,6 +1,7 @@
 //! The test bed's backend server.
 //!
-//! `lb-backend-server --name NAME --port P [--port P2 ...] [--bind ADDR]`
+//! `lb-backend-server --name NAME --port P [--port P2 ...] [--bind ADDR]
+//!  [--health-port P --health-file PATH]`
 //!
 //! On every port, over TCP and UDP:
 //! - TCP: on accept, writes `NAME\n`, then echoes every byte it receives
@@ -8,6 +9,11 @@
 //! - UDP: answers each datagram with `NAME ` followed by its payload, from
 //!   the address the datagram was sent to (IP_PKTINFO), so that replies to a
 //!   VIP configured on `lo` come from the VIP (direct server return).
+//!
+//! With `--health-port`, an HTTP endpoint on that port answers every request
+//! with `200 OK` and body `ok NAME`, or `503 Service Unavailable` and body
+//! `down NAME` while the file `--health-file` exists: tests make a backend
+//! sick at the application level while its service port stays open.
 //!
 //! All sockets are bound before the first connection is accepted, so once a
 //! TCP connection to every port succeeds, the UDP sockets are ready too.
@@ -24,19 +30,23 @@ use std::{
 };
 
 const USAGE: &str =
-    "usage: lb-backend-server --name NAME --port PORT [--port PORT ...] [--bind IPV4]";
+    "usage: lb-backend-server --name NAME --port PORT [--port PORT ...] [--bind IPV4] \
+                     [--health-port PORT --health-file PATH]";
 const CONNECTION_STACK: usize = 64 * 1024;
 
 struct Args {
     name: String,
     ports: Vec<u16>,
     bind: Ipv4Addr,
+    health: Option<(u16, std::path::PathBuf)>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut name = None;
     let mut ports = Vec::new();
     let mut bind = Ipv4Addr::UNSPECIFIED;
+    let mut health_port = None;
+    let mut health_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |what: &str| args.next().ok_or_else(|| format!("{what} needs a value"));
@@ -54,6 +64,13 @@ fn parse_args() -> Result<Args, String> {
                 let v = value("--bind")?;
                 bind = v.parse().map_err(|_| format!("bad IPv4 address {v:?}"))?;
             }
+            "--health-port" => {
+                let v = value("--health-port")?;
+                health_port = Some(v.parse::<u16>().map_err(|_| format!("bad port {v:?}"))?);
+            }
+            "--health-file" => {
+                health_file = Some(std::path::PathBuf::from(value("--health-file")?))
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -67,7 +84,17 @@ fn parse_args() -> Result<Args, String> {
     }
     ports.sort_unstable();
     ports.dedup();
-    Ok(Args { name, ports, bind })
+    let health = match (health_port, health_file) {
+        (Some(port), Some(file)) => Some((port, file)),
+        (None, None) => None,
+        _ => return Err("--health-port and --health-file go together".into()),
+    };
+    Ok(Args {
+        name,
+        ports,
+        bind,
+        health,
+    })
 }
 
 fn main() -> ExitCode {
@@ -107,6 +134,18 @@ fn main() -> ExitCode {
     }
 
     let mut workers = Vec::new();
+    if let Some((port, file)) = args.health.clone() {
+        match TcpListener::bind((args.bind, port)) {
+            Ok(listener) => {
+                let name = name.clone();
+                workers.push(thread::spawn(move || serve_health(&listener, &name, &file)));
+            }
+            Err(e) => {
+                eprintln!("lb-backend-server {name}: health {}:{port}: {e}", args.bind);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     for socket in udp {
         let name = name.clone();
         workers.push(thread::spawn(move || serve_udp(&socket, &name)));
@@ -119,6 +158,33 @@ fn main() -> ExitCode {
         let _ = worker.join();
     }
     ExitCode::FAILURE
+}
+
+/// The HTTP health endpoint: one short-lived connection per probe.
+fn serve_health(listener: &TcpListener, name: &Arc<str>, sick_file: &std::path::Path) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let name = name.clone();
+        let sick = sick_file.exists();
+        let _ = thread::Builder::new().stack_size(CONNECTION_STACK).spawn(move || {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            // Read the request head (up to the blank line, or 8 KiB).
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let (status, body) = if sick { ("503 Service Unavailable", format!("down {name}")) } else { ("200 OK", format!("ok {name}")) };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        });
+    }
 }
 
 fn serve_tcp(listener: &TcpListener, name: &Arc<str>) {
