@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::{self, BackendSpec, Protocol, VipAddr, VipSpec},
+    health::{self, CheckKind, CheckSpec},
     loader::BalancerOptions,
     maglev::DEFAULT_TABLE_SIZE,
 };
@@ -93,8 +94,139 @@ pub struct VipConfig {
     /// Hash on the client's address only: all its connections reach one backend.
     #[serde(default)]
     pub hash_source_only: bool,
+    /// Health check of the VIP's backends (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// When every enabled backend is unhealthy, keep them all in the table
+    /// (fail open) rather than drop the VIP's new flows. Default true.
+    #[serde(default = "default_true")]
+    pub fail_open: bool,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The operator's say on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new flows (when healthy).
+    #[default]
+    Enabled,
+    /// No new flows; established flows continue (while healthy).
+    Draining,
+    /// Out of the data path: its established flows are re-selected.
+    Disabled,
+}
+
+/// `type` of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    None,
+    Tcp,
+    Http,
+}
+
+/// Health-check settings as written in the config file or sent to the
+/// control socket. Every field is optional: a backend's settings override
+/// its VIP's field by field, and what neither sets takes the default
+/// (port: the VIP's port; interval 2000 ms, timeout 1000 ms, rise 2,
+/// fall 3; HTTP path `/`, expected status 200).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CheckType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<Vec<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+}
+
+impl HealthCheckConfig {
+    /// `self` with every field `over` sets replaced by it. When `over`
+    /// changes the check's type, the HTTP fields come from `over` alone.
+    pub fn overlay(&self, over: &HealthCheckConfig) -> HealthCheckConfig {
+        let same_type = over.kind.is_none() || over.kind == self.kind;
+        let http = |o: &Option<String>, s: &Option<String>| {
+            if same_type {
+                o.clone().or_else(|| s.clone())
+            } else {
+                o.clone()
+            }
+        };
+        HealthCheckConfig {
+            kind: over.kind.or(self.kind),
+            port: over.port.or(self.port),
+            interval_ms: over.interval_ms.or(self.interval_ms),
+            timeout_ms: over.timeout_ms.or(self.timeout_ms),
+            rise: over.rise.or(self.rise),
+            fall: over.fall.or(self.fall),
+            path: http(&over.path, &self.path),
+            expect_status: if same_type {
+                over.expect_status
+                    .clone()
+                    .or_else(|| self.expect_status.clone())
+            } else {
+                over.expect_status.clone()
+            },
+            host: http(&over.host, &self.host),
+            body_contains: http(&over.body_contains, &self.body_contains),
+        }
+    }
+
+    /// The complete, validated check for a service on `service_port`.
+    pub fn resolve(&self, service_port: u16) -> Result<CheckSpec, String> {
+        let kind = match self.kind.unwrap_or(CheckType::Tcp) {
+            CheckType::None => CheckKind::None,
+            CheckType::Tcp => CheckKind::Tcp,
+            CheckType::Http => CheckKind::Http {
+                path: self.path.clone().unwrap_or_else(|| "/".into()),
+                expect_status: self.expect_status.clone().unwrap_or_else(|| vec![200]),
+                host: self.host.clone(),
+                body_contains: self.body_contains.clone(),
+            },
+        };
+        let http_only = [
+            ("path", self.path.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("host", self.host.is_some()),
+            ("body_contains", self.body_contains.is_some()),
+        ];
+        if !matches!(kind, CheckKind::Http { .. }) {
+            if let Some((field, _)) = http_only.iter().find(|(_, set)| *set) {
+                return Err(format!("{field}: only for \"type\": \"http\""));
+            }
+        }
+        let spec = CheckSpec {
+            kind,
+            port: self.port.unwrap_or(service_port),
+            interval_ms: self.interval_ms.unwrap_or(health::DEFAULT_INTERVAL_MS),
+            timeout_ms: self.timeout_ms.unwrap_or(health::DEFAULT_TIMEOUT_MS),
+            rise: self.rise.unwrap_or(health::DEFAULT_RISE),
+            fall: self.fall.unwrap_or(health::DEFAULT_FALL),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,20 +235,28 @@ pub struct BackendConfig {
     pub address: Ipv4Addr,
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Draining: no new flows, established ones continue. The weight is
-    /// kept for when it is undrained.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub drained: bool,
+    /// Enabled, draining or disabled. The weight is kept meanwhile.
+    #[serde(default, skip_serializing_if = "is_enabled")]
+    pub admin: AdminState,
+    /// Overrides the VIP's health-check settings field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
-impl BackendConfig {
-    /// The weight the data path uses.
-    pub fn effective_weight(&self) -> u32 {
-        if self.drained {
-            0
-        } else {
-            self.weight
-        }
+fn is_enabled(state: &AdminState) -> bool {
+    *state == AdminState::Enabled
+}
+
+impl VipConfig {
+    /// The resolved check of one of this VIP's backends (`None`: no check).
+    pub fn check_for(&self, backend: &BackendConfig) -> Result<Option<CheckSpec>, String> {
+        let merged = match (&self.health_check, &backend.health_check) {
+            (None, None) => return Ok(None),
+            (Some(v), None) => v.clone(),
+            (None, Some(b)) => b.clone(),
+            (Some(v), Some(b)) => v.overlay(b),
+        };
+        merged.resolve(self.port).map(Some)
     }
 }
 
@@ -303,23 +443,55 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
     Ok(())
 }
 
-/// What the data path serves for these VIPs (drained backends at weight 0).
+/// What the data path serves for these VIPs if every backend is healthy
+/// (draining backends at weight 0, disabled ones left out).
 pub fn vip_specs(vips: &[VipConfig]) -> Vec<VipSpec> {
-    vips.iter()
-        .map(|v| VipSpec {
-            vip: v.vip(),
-            table_size: v.table_size,
-            hash_source_only: v.hash_source_only,
-            backends: v
+    effective_specs(vips, |_, _| true).0
+}
+
+/// What the data path serves given each backend's health, and which VIPs
+/// fail open. A backend takes part unless it is disabled or unhealthy; a
+/// draining one keeps its established flows (weight 0). When every enabled
+/// backend of a VIP is unhealthy and the VIP fails open, all its enabled
+/// and draining backends take part regardless of health.
+pub fn effective_specs(
+    vips: &[VipConfig],
+    healthy: impl Fn(&VipConfig, &BackendConfig) -> bool,
+) -> (Vec<VipSpec>, Vec<VipAddr>) {
+    let mut failing_open = Vec::new();
+    let specs = vips
+        .iter()
+        .map(|v| {
+            let enabled: Vec<&BackendConfig> = v
                 .backends
                 .iter()
-                .map(|b| BackendSpec {
-                    addr: b.address,
-                    weight: b.effective_weight(),
-                })
-                .collect(),
+                .filter(|b| b.admin == AdminState::Enabled)
+                .collect();
+            let open = v.fail_open && !enabled.is_empty() && enabled.iter().all(|b| !healthy(v, b));
+            if open {
+                failing_open.push(v.vip());
+            }
+            VipSpec {
+                vip: v.vip(),
+                table_size: v.table_size,
+                hash_source_only: v.hash_source_only,
+                backends: v
+                    .backends
+                    .iter()
+                    .filter(|b| b.admin != AdminState::Disabled && (open || healthy(v, b)))
+                    .map(|b| BackendSpec {
+                        addr: b.address,
+                        weight: if b.admin == AdminState::Draining {
+                            0
+                        } else {
+                            b.weight
+                        },
+                    })
+                    .collect(),
+            }
         })
-        .collect()
+        .collect();
+    (specs, failing_open)
 }
 
 impl VipConfig {

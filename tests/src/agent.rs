@@ -271,6 +271,27 @@ impl Bed {
         weights: &[Option<u32>],
         xdp_mode: &'static str,
     ) -> Result<Bed> {
+        Self::try_start_with(backends, xdp_mode, |topo| {
+            Self::config_for(topo, xdp_mode, 8080, weights)
+        })
+    }
+
+    /// A bed whose agent config is built by `config` (VIP [`TEST_VIP`],
+    /// service port 8080 on every backend).
+    pub fn start_with(
+        backends: usize,
+        xdp_mode: &'static str,
+        config: impl Fn(&Topology) -> Value,
+    ) -> Bed {
+        crate::xdp::require_root();
+        Self::try_start_with(backends, xdp_mode, config).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn try_start_with(
+        backends: usize,
+        xdp_mode: &'static str,
+        config: impl Fn(&Topology) -> Value,
+    ) -> Result<Bed> {
         let port = 8080;
         let topo = Topology::build(crate::topology::TopologySpec {
             clients: 2,
@@ -279,8 +300,7 @@ impl Bed {
             ports: vec![port],
         })
         .context("building the test bed")?;
-        let config = Self::config_for(&topo, xdp_mode, port, weights);
-        let agent = Agent::start(&topo, &config).context("starting lb-agent")?;
+        let agent = Agent::start(&topo, &config(&topo)).context("starting lb-agent")?;
         Ok(Bed {
             topo,
             agent,

@@ -11,6 +11,7 @@ use lb_userspace::{
     config::{self, Config, NextHop},
     control::{protocol::DEFAULT_SOCKET, server, service::Service},
     dataplane::DataPlane,
+    health::HealthChecker,
     host, loader,
     maps::BalancerMaps,
     pins::{Pins, DEFAULT_PIN_ROOT},
@@ -276,13 +277,26 @@ fn run(args: Args) -> Result<()> {
     let listener = server::bind(&socket, config.control.group.as_deref())?;
     info!("control socket {}", socket.display());
     let ring_pool_slots = options.ring_pool_slots;
-    let service = Arc::new(Mutex::new(Service {
+    let (transitions, mut transition_rx) = tokio::sync::mpsc::unbounded_channel();
+    let checker = HealthChecker::new(transitions);
+    let service = Arc::new(Mutex::new(Service::new(
         dataplane,
         config,
         state,
         ring_pool_slots,
-    }));
+        checker,
+    )));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
+    // Health transitions: everything that arrives within a short window is
+    // one batch, and a batch is one table rebuild.
+    let health_service = Arc::clone(&service);
+    runtime.spawn(async move {
+        while transition_rx.recv().await.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            while transition_rx.try_recv().is_ok() {}
+            health_service.lock().await.refresh_health();
+        }
+    });
 
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

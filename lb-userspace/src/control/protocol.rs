@@ -11,8 +11,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{BackendConfig, Config, VipConfig},
+    config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
     dataplane::{ApplyReport, Protocol, VipAddr},
+    health::{CheckSpec, Health, ProbeResult},
 };
 
 /// Version of this protocol. Requests may carry it as `"v"`.
@@ -34,6 +35,10 @@ pub const OPERATIONS: &[&str] = &[
     "set_weight",
     "drain",
     "undrain",
+    "disable",
+    "enable",
+    "set_health_check",
+    "set_fail_open",
     "show_config",
     "stats",
     "lookup_flow",
@@ -92,6 +97,29 @@ pub enum Request {
         vip: VipRef,
         backend: Ipv4Addr,
     },
+    /// Out of the data path: its established flows are re-selected.
+    Disable {
+        vip: VipRef,
+        backend: Ipv4Addr,
+    },
+    /// Back to enabled (from draining or disabled).
+    Enable {
+        vip: VipRef,
+        backend: Ipv4Addr,
+    },
+    /// Replaces the health-check settings of a VIP, or with `backend` of
+    /// one backend (overriding the VIP's field by field); null removes them.
+    SetHealthCheck {
+        vip: VipRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<Ipv4Addr>,
+        health_check: Option<HealthCheckConfig>,
+    },
+    /// Whether the VIP keeps its enabled backends when all are unhealthy.
+    SetFailOpen {
+        vip: VipRef,
+        fail_open: bool,
+    },
     /// The running configuration (config file settings plus every change).
     ShowConfig {},
     /// Counters per VIP, per backend and global, summed over CPUs.
@@ -126,6 +154,10 @@ impl Request {
                 | Request::SetWeight { .. }
                 | Request::Drain { .. }
                 | Request::Undrain { .. }
+                | Request::Disable { .. }
+                | Request::Enable { .. }
+                | Request::SetHealthCheck { .. }
+                | Request::SetFailOpen { .. }
                 | Request::FlushFlows { .. }
         )
     }
@@ -254,6 +286,12 @@ pub struct VipInfo {
     pub vip: VipAddr,
     pub table_size: u32,
     pub hash_source_only: bool,
+    /// The VIP's health-check settings as configured (null: no check).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Setting: keep all enabled backends when all are unhealthy.
+    pub fail_open: bool,
+    /// Whether the VIP is failing open right now.
+    pub failing_open: bool,
     pub backends: Vec<BackendInfo>,
 }
 
@@ -261,7 +299,18 @@ pub struct VipInfo {
 pub struct BackendInfo {
     pub address: Ipv4Addr,
     pub weight: u32,
-    pub drained: bool,
+    /// The operator's state: enabled, draining or disabled.
+    pub admin: AdminState,
+    /// From the probes: unknown (counted as healthy), healthy, unhealthy.
+    pub health: Health,
+    /// The resolved check (null: not checked).
+    pub check: Option<CheckSpec>,
+    /// The latest probe, its consecutive successes and failures, and when
+    /// the health state last changed.
+    pub last_probe: Option<ProbeResult>,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+    pub last_transition_unix_ms: Option<u64>,
     /// Share of the VIP's ring slots (new flows), 0.0 to 1.0.
     pub ring_share: f64,
 }
@@ -371,7 +420,8 @@ pub fn backend_entry(address: Ipv4Addr, weight: u32) -> BackendConfig {
     BackendConfig {
         address,
         weight,
-        drained: false,
+        admin: AdminState::Enabled,
+        health_check: None,
     }
 }
 
@@ -382,6 +432,8 @@ pub fn vip_entry(vip: VipAddr, table_size: u32, hash_source_only: bool) -> VipCo
         protocol: vip.proto,
         table_size,
         hash_source_only,
+        health_check: None,
+        fail_open: true,
         backends: Vec::new(),
     }
 }

@@ -2,26 +2,30 @@
 //! copy of the service state, applied to the data path as one change,
 //! then saved to the state file; if any step fails nothing changes.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use lb_common::{ipv4_to_wire, port_to_wire, FlowKey, MAX_BACKENDS, MAX_VIPS};
 
 use super::protocol::*;
 use crate::{
-    config::{self, Config, VipConfig, MAX_WEIGHT},
+    config::{self, AdminState, BackendConfig, Config, VipConfig, MAX_WEIGHT},
     dataplane::{DataPlane, VipAddr},
+    health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
     state::StateFile,
 };
 
-/// The agent's service state: the data path, the VIPs it serves and where
-/// they are saved.
+/// The agent's service state: the data path, the VIPs it serves, where
+/// they are saved, and the health checks of their backends.
 pub struct Service {
     pub dataplane: DataPlane,
     /// The running configuration; `config.vips` is the service state.
     pub config: Config,
     pub state: StateFile,
     pub ring_pool_slots: u32,
+    pub health: HealthChecker,
+    /// VIPs whose enabled backends are all unhealthy and that fail open.
+    failing_open: BTreeSet<VipAddr>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -29,6 +33,106 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 impl Service {
+    /// Takes over a data path that serves `config.vips` (every backend
+    /// counted healthy) and starts probing their backends.
+    pub fn new(
+        dataplane: DataPlane,
+        config: Config,
+        state: StateFile,
+        ring_pool_slots: u32,
+        health: HealthChecker,
+    ) -> Self {
+        let service = Self {
+            dataplane,
+            config,
+            state,
+            ring_pool_slots,
+            health,
+            failing_open: BTreeSet::new(),
+        };
+        service.health.set_targets(&service.health_targets());
+        service
+    }
+
+    /// Every (backend, check) to probe; backends used by several VIPs with
+    /// the same check are probed once.
+    fn health_targets(&self) -> Vec<Target> {
+        let mut targets = BTreeSet::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                if let Ok(Some(check)) = v.check_for(b) {
+                    targets.insert(Target {
+                        addr: b.address,
+                        check,
+                    });
+                }
+            }
+        }
+        targets.into_iter().collect()
+    }
+
+    /// A backend's health status under its VIP's check (`None`: no check).
+    fn backend_health(
+        &self,
+        v: &VipConfig,
+        b: &BackendConfig,
+    ) -> (Option<CheckSpec>, Option<TargetStatus>) {
+        match v.check_for(b) {
+            Ok(Some(check)) => {
+                let status = self.health.status_of(&Target {
+                    addr: b.address,
+                    check: check.clone(),
+                });
+                (Some(check), status)
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// Unknown (not yet probed) counts as healthy: a starting agent does not
+    /// take every backend out while its first probes run.
+    fn is_healthy(&self, v: &VipConfig, b: &BackendConfig) -> bool {
+        !matches!(
+            self.backend_health(v, b).1,
+            Some(TargetStatus {
+                health: Health::Unhealthy,
+                ..
+            })
+        )
+    }
+
+    /// The data path's view of `vips` under the current health, and the
+    /// VIPs that fail open.
+    fn effective(&self, vips: &[VipConfig]) -> (Vec<crate::dataplane::VipSpec>, Vec<VipAddr>) {
+        config::effective_specs(vips, |v, b| self.is_healthy(v, b))
+    }
+
+    /// Rewrites the tables after health transitions (one rebuild for all
+    /// transitions of the same instant; only changed VIPs are rewritten).
+    pub fn refresh_health(&mut self) {
+        let (specs, open) = self.effective(&self.config.vips);
+        let open: BTreeSet<VipAddr> = open.into_iter().collect();
+        for vip in open.difference(&self.failing_open) {
+            log::warn!("health: every enabled backend of VIP {vip} is unhealthy: failing open (all stay in the table)");
+        }
+        for vip in self.failing_open.difference(&open) {
+            log::info!("health: VIP {vip} no longer fails open");
+        }
+        self.failing_open = open;
+        match self.dataplane.apply(&specs) {
+            Ok(r) if !r.rings_written.is_empty() || r.backends_added + r.backends_removed > 0 => {
+                log::info!(
+                    "health: tables rewritten for {} VIP(s) ({} backend(s) in, {} out)",
+                    r.rings_written.len(),
+                    r.backends_added,
+                    r.backends_removed
+                )
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("health: rewriting the tables failed: {e:#}"),
+        }
+    }
+
     pub fn handle(&mut self, request: Request) -> Response {
         match self.dispatch(request) {
             Ok(data) => Response::success(data),
@@ -99,14 +203,38 @@ impl Service {
             vip: v.vip(),
             table_size: v.table_size,
             hash_source_only: v.hash_source_only,
+            health_check: v.health_check.clone(),
+            fail_open: v.fail_open,
+            failing_open: self.failing_open.contains(&v.vip()),
             backends: v
                 .backends
                 .iter()
-                .map(|b| BackendInfo {
-                    address: b.address,
-                    weight: b.weight,
-                    drained: b.drained,
-                    ring_share: shares.get(&b.address).copied().unwrap_or(0.0),
+                .map(|b| {
+                    let (check, status) = self.backend_health(v, b);
+                    let status = status.unwrap_or(TargetStatus {
+                        health: if check.is_none() {
+                            Health::Healthy
+                        } else {
+                            Health::Unknown
+                        },
+                        last: None,
+                        consecutive_ok: 0,
+                        consecutive_fail: 0,
+                        last_transition_unix_ms: None,
+                        probes: 0,
+                    });
+                    BackendInfo {
+                        address: b.address,
+                        weight: b.weight,
+                        admin: b.admin,
+                        health: status.health,
+                        check,
+                        last_probe: status.last,
+                        consecutive_ok: status.consecutive_ok,
+                        consecutive_fail: status.consecutive_fail,
+                        last_transition_unix_ms: status.last_transition_unix_ms,
+                        ring_share: shares.get(&b.address).copied().unwrap_or(0.0),
+                    }
                 })
                 .collect(),
         }
@@ -128,23 +256,34 @@ impl Service {
     }
 
     /// Makes `vips` the service state: validated, written to the data path,
-    /// saved. On failure the data path and the state are as before.
+    /// saved, probed. On failure the data path and the state are as before.
     pub fn replace_vips(
         &mut self,
         vips: Vec<VipConfig>,
     ) -> Result<crate::dataplane::ApplyReport, ApiError> {
         config::validate_vips(&vips, self.ring_pool_slots)
             .map_err(|e| err(classify(&e), format!("{e:#}")))?;
-        let applied = self
-            .dataplane
-            .apply(&config::vip_specs(&vips))
-            .map_err(|e| err(classify(&e), format!("{e:#}")))?;
-        if let Err(e) = self.state.save(&vips) {
-            // Put the data path back as it was: the change is not durable.
-            let restored = self.dataplane.apply(&config::vip_specs(&self.config.vips));
-            if let Err(r) = restored {
-                log::error!("control: could not restore the data path after a failed save: {r:#}");
+        let (specs, _) = self.effective(&vips);
+        let applied = match self.dataplane.apply(&specs) {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Planning refuses before any write (capacity); a failed map
+                // write may leave part of the change: put the old state back.
+                let capacity = classify(&e) == ErrorCode::Capacity;
+                if !capacity {
+                    self.restore();
+                }
+                let code = if capacity {
+                    ErrorCode::Capacity
+                } else {
+                    ErrorCode::Internal
+                };
+                return Err(err(code, format!("{e:#}")));
             }
+        };
+        if let Err(e) = self.state.save(&vips) {
+            // The change is not durable: put the data path back as it was.
+            self.restore();
             return Err(err(
                 ErrorCode::Internal,
                 format!(
@@ -154,7 +293,19 @@ impl Service {
             ));
         }
         self.config.vips = vips;
+        self.health.set_targets(&self.health_targets());
+        // New checks may already know their targets (shared with another
+        // VIP), and fail-open depends on the new backend sets.
+        self.refresh_health();
         Ok(applied)
+    }
+
+    /// Rewrites the data path from the (unchanged) service state.
+    fn restore(&mut self) {
+        let (specs, _) = self.effective(&self.config.vips);
+        if let Err(r) = self.dataplane.apply(&specs) {
+            log::error!("control: could not restore the data path after a failed change: {r:#}");
+        }
     }
 
     fn stats(&self) -> Result<ResponseData, ApiError> {
@@ -399,15 +550,55 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
                 "set the weight of backend {backend} of VIP {vip} to {weight}"
             ))
         }
-        Request::Drain { vip, backend } | Request::Undrain { vip, backend } => {
-            let drained = matches!(request, Request::Drain { .. });
+        Request::Drain { vip, backend }
+        | Request::Undrain { vip, backend }
+        | Request::Disable { vip, backend }
+        | Request::Enable { vip, backend } => {
+            let state = match request {
+                Request::Drain { .. } => AdminState::Draining,
+                Request::Disable { .. } => AdminState::Disabled,
+                _ => AdminState::Enabled,
+            };
             let i = find(vips, vip)?;
             let j = backend_index(&vips[i], *backend)?;
-            vips[i].backends[j].drained = drained;
-            Ok(format!(
-                "{} backend {backend} of VIP {vip}",
-                if drained { "drained" } else { "undrained" }
-            ))
+            vips[i].backends[j].admin = state;
+            Ok(format!("backend {backend} of VIP {vip} is now {state:?}"))
+        }
+        Request::SetHealthCheck {
+            vip,
+            backend,
+            health_check,
+        } => {
+            let i = find(vips, vip)?;
+            match backend {
+                None => vips[i].health_check = health_check.clone(),
+                Some(addr) => {
+                    let j = backend_index(&vips[i], *addr)?;
+                    vips[i].backends[j].health_check = health_check.clone();
+                }
+            }
+            // Check the result now, for a precise code and message.
+            let v = &vips[i];
+            if let Some(check) = &v.health_check {
+                check
+                    .resolve(v.port)
+                    .map_err(|e| err(ErrorCode::InvalidValue, format!("health_check.{e}")))?;
+            }
+            for b in &v.backends {
+                v.check_for(b)
+                    .map_err(|e| err(ErrorCode::InvalidValue, format!("health_check.{e}")))?;
+            }
+            Ok(match backend {
+                None => format!("health check of VIP {vip} set to {health_check:?}"),
+                Some(addr) => {
+                    format!("health check of backend {addr} of VIP {vip} set to {health_check:?}")
+                }
+            })
+        }
+        Request::SetFailOpen { vip, fail_open } => {
+            let i = find(vips, vip)?;
+            vips[i].fail_open = *fail_open;
+            Ok(format!("VIP {vip} fail-open set to {fail_open}"))
         }
         other => Err(err(
             ErrorCode::Internal,
