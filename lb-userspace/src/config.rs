@@ -324,36 +324,10 @@ impl Config {
                 bail!("flow_table_entries: must be positive");
             }
         }
-        for (i, vip) in self.vips.iter().enumerate() {
-            if vip.address.is_unspecified()
-                || vip.address.is_multicast()
-                || vip.address.is_broadcast()
-            {
-                bail!(
-                    "vips[{i}].address: {} is not a unicast address",
-                    vip.address
-                );
-            }
-            if vip.port == 0 {
-                bail!("vips[{i}].port: 0 is not a service port");
-            }
-            for (j, b) in vip.backends.iter().enumerate() {
-                if b.weight > MAX_WEIGHT {
-                    bail!(
-                        "vips[{i}].backends[{j}].weight: {} is above the maximum {MAX_WEIGHT}",
-                        b.weight
-                    );
-                }
-            }
-        }
-        dataplane::validate(&self.vip_specs()).context("vips")?;
-        let slots_needed: u64 = self.vips.iter().map(|v| v.table_size as u64).sum();
         let pool = self
             .balancer_options(DataPathConfig::default())
-            .ring_pool_slots as u64;
-        if slots_needed > pool {
-            bail!("vips: the tables need {slots_needed} ring slots but ring_pool_slots is {pool}");
-        }
+            .ring_pool_slots;
+        validate_vips(&self.vips, pool)?;
         Ok(())
     }
 
@@ -426,12 +400,20 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
         if vip.port == 0 {
             bail!("vips[{i}].port: 0 is not a service port");
         }
+        if let Some(check) = &vip.health_check {
+            if let Err(e) = check.resolve(vip.port) {
+                bail!("vips[{i}].health_check.{e}");
+            }
+        }
         for (j, b) in vip.backends.iter().enumerate() {
             if b.weight > MAX_WEIGHT {
                 bail!(
                     "vips[{i}].backends[{j}].weight: {} is above the maximum {MAX_WEIGHT}",
                     b.weight
                 );
+            }
+            if let Err(e) = vip.check_for(b) {
+                bail!("vips[{i}].backends[{j}].health_check.{e}");
             }
         }
     }
@@ -612,6 +594,77 @@ mod tests {
         );
         assert!(parse_mac("02:00:00:00:00").is_err());
         assert!(parse_mac("zz:00:00:00:00:00").is_err());
+    }
+
+    #[test]
+    fn health_settings_resolve_with_defaults_and_overrides() {
+        let vip: HealthCheckConfig =
+            serde_json::from_str(r#"{"type": "http", "path": "/health", "rise": 5}"#)
+                .expect("parses");
+        let spec = vip.resolve(8080).expect("valid");
+        assert_eq!(spec.port, 8080, "the VIP's port by default");
+        assert_eq!(
+            (spec.interval_ms, spec.timeout_ms, spec.rise, spec.fall),
+            (2000, 1000, 5, 3)
+        );
+        assert!(
+            matches!(spec.kind, CheckKind::Http { ref path, ref expect_status, .. } if path == "/health" && expect_status == &[200])
+        );
+        let over: HealthCheckConfig = serde_json::from_str(r#"{"port": 9000}"#).expect("parses");
+        let merged = vip.overlay(&over).resolve(8080).expect("valid");
+        assert_eq!((merged.port, merged.rise), (9000, 5), "field by field");
+        let tcp: HealthCheckConfig = serde_json::from_str(r#"{"type": "tcp"}"#).expect("parses");
+        assert_eq!(
+            vip.overlay(&tcp).resolve(80).expect("valid").kind,
+            CheckKind::Tcp,
+            "a new type drops the HTTP fields"
+        );
+        let bad: HealthCheckConfig =
+            serde_json::from_str(r#"{"type": "tcp", "path": "/x"}"#).expect("parses");
+        assert!(bad
+            .resolve(80)
+            .expect_err("path without http")
+            .starts_with("path"));
+        let slow: HealthCheckConfig =
+            serde_json::from_str(r#"{"timeout_ms": 5000}"#).expect("parses");
+        assert!(slow
+            .resolve(80)
+            .expect_err("timeout > interval")
+            .starts_with("timeout_ms"));
+        assert!(err(&GOOD.replace(
+            "\"port\": 80,",
+            "\"port\": 80, \"health_check\": {\"rise\": 0},"
+        ))
+        .contains("vips[0].health_check.rise"));
+    }
+
+    #[test]
+    fn fail_open_keeps_every_enabled_backend_when_all_are_unhealthy() {
+        let mut c = Config::parse(GOOD).expect("valid");
+        c.vips[0].backends.push(BackendConfig {
+            address: "198.19.3.2".parse().expect("address"),
+            weight: 1,
+            admin: AdminState::Disabled,
+            health_check: None,
+        });
+        let sick = |_: &VipConfig, b: &BackendConfig| b.address.octets()[2] != 1;
+        let (specs, open) = effective_specs(&c.vips, sick);
+        assert!(open.is_empty());
+        assert_eq!(
+            specs[0].backends.len(),
+            1,
+            "only the healthy one: {specs:?}"
+        );
+        let (specs, open) = effective_specs(&c.vips, |_, _| false);
+        assert_eq!(open, vec![c.vips[0].vip()]);
+        assert_eq!(
+            specs[0].backends.len(),
+            2,
+            "both enabled ones, never the disabled one: {specs:?}"
+        );
+        c.vips[0].fail_open = false;
+        let (specs, open) = effective_specs(&c.vips, |_, _| false);
+        assert!(open.is_empty() && specs[0].backends.is_empty());
     }
 
     #[test]

@@ -125,10 +125,17 @@ mod tests {
             protocol: Protocol::Tcp,
             table_size: 65537,
             hash_source_only: false,
+            health_check: Some(crate::config::HealthCheckConfig {
+                kind: Some(crate::config::CheckType::Http),
+                path: Some("/health".into()),
+                ..Default::default()
+            }),
+            fail_open: false,
             backends: vec![BackendConfig {
                 address: "198.19.1.2".parse().expect("address"),
                 weight: 3,
-                drained: true,
+                admin: crate::config::AdminState::Draining,
+                health_check: None,
             }],
         }]
     }
