@@ -305,6 +305,28 @@ fn swap_benchmark() -> Result<serde_json::Value> {
     Ok(json!({ "n1000_m65537": s.median }))
 }
 
+/// 1000 TCP health targets at a 1 s interval on the agent's kind of
+/// runtime (current-thread): worst scheduling lag and CPU share.
+fn health_benchmark() -> Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(lb_userspace::health::bench_scale(
+        1000,
+        1000,
+        std::time::Duration::from_secs(10),
+    ))?;
+    println!(
+        "Health probes: {} backends every {} ms: {} probes, worst scheduling lag {:.1} ms, CPU share {:.1}% of one core",
+        report.backends,
+        report.interval_ms,
+        report.probes,
+        report.worst_lag_ms,
+        report.cpu_share * 100.0
+    );
+    Ok(serde_json::to_value(&report)?)
+}
+
 fn ring_benchmarks() -> Result<serde_json::Value> {
     let options = BalancerOptions {
         config: static_config(1500),
@@ -346,8 +368,14 @@ fn main() -> Result<()> {
     let maglev = maglev_benchmarks()?;
     let ring = ring_benchmarks()?;
     let swap = swap_benchmark()?;
-    let results =
-        json!({ "xdp_ns": xdp, "maglev_build_ms": maglev, "ring_write_ms": ring, "swap_ms": swap });
+    let health = health_benchmark()?;
+    let results = json!({
+        "xdp_ns": xdp,
+        "maglev_build_ms": maglev,
+        "ring_write_ms": ring,
+        "swap_ms": swap,
+        "health": health,
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
