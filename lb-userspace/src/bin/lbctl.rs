@@ -12,11 +12,15 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use clap::{Parser, Subcommand};
+use clap::{
+    builder::{PossibleValuesParser, TypedValueParser},
+    Args, Parser, Subcommand,
+};
 use lb_userspace::{
+    config::{AdminState, CheckType, HealthCheckConfig},
     control::{
         client,
         protocol::{
@@ -25,6 +29,7 @@ use lb_userspace::{
         },
     },
     dataplane::VipAddr,
+    health::{CheckKind, CheckSpec, Health},
 };
 
 const AFTER_HELP: &str = "\
@@ -78,18 +83,33 @@ enum Command {
     Version,
     /// List the VIPs
     Vips,
-    /// Add or remove a VIP
+    /// Add or remove a VIP, or set whether it fails open
     #[command(subcommand)]
     Vip(VipCommand),
-    /// List a VIP's backends with their weight, state and share of new flows
+    /// List a VIP's backends: weight, admin state, health, share of new flows
     Backends {
         /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
     },
-    /// Add, remove, reweight, drain or undrain a backend
+    /// Add, remove, reweight, drain, disable or enable a backend
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// Show a VIP's health checks and probe results (`health VIP`), or set
+    /// or clear a health check
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        subcommand_value_name = "ACTION",
+        subcommand_help_heading = "Actions"
+    )]
+    Health {
+        /// The VIP whose backends to show: ADDRESS:PORT/PROTOCOL
+        #[arg(value_parser = protocol::parse_vip, required = true)]
+        vip: Option<VipAddr>,
+        #[command(subcommand)]
+        action: Option<HealthCommand>,
+    },
     /// Show the running configuration (the config file's format)
     Config,
     /// Show the counters: global, per VIP and per backend
@@ -123,6 +143,20 @@ enum VipCommand {
         /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
+    },
+    /// Set whether the VIP keeps all its enabled backends when every one is
+    /// unhealthy (on, the default) or drops its new flows (off)
+    FailOpen {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        /// on or off
+        #[arg(
+            value_name = "on|off",
+            action = clap::ArgAction::Set,
+            value_parser = PossibleValuesParser::new(["on", "off"]).map(|s| s == "on")
+        )]
+        fail_open: bool,
     },
 }
 
@@ -165,7 +199,7 @@ enum BackendCommand {
         /// The backend's IPv4 address
         address: Ipv4Addr,
     },
-    /// Undrain a backend: new flows again, at its weight
+    /// Undrain a backend: new flows again, at its weight (same as enable)
     Undrain {
         /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
@@ -173,6 +207,118 @@ enum BackendCommand {
         /// The backend's IPv4 address
         address: Ipv4Addr,
     },
+    /// Disable a backend: out of the data path, its established flows are
+    /// re-selected
+    Disable {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        /// The backend's IPv4 address
+        address: Ipv4Addr,
+    },
+    /// Enable a backend (draining or disabled): new flows again, at its weight
+    Enable {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        /// The backend's IPv4 address
+        address: Ipv4Addr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HealthCommand {
+    /// Set the health check of a VIP, or with --backend one backend's
+    /// settings (overriding the VIP's field by field); only the options
+    /// given are set, the agent's defaults apply to the others
+    Set {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        /// Set this backend's settings instead of the VIP's
+        #[arg(long, value_name = "ADDRESS")]
+        backend: Option<Ipv4Addr>,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// Remove the health check of a VIP, or with --backend one backend's
+    /// settings (it then follows the VIP's)
+    Clear {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        /// Clear this backend's settings instead of the VIP's
+        #[arg(long, value_name = "ADDRESS")]
+        backend: Option<Ipv4Addr>,
+    },
+}
+
+/// The fields of a `HealthCheckConfig`, each optional.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Check settings (only those given are set)")]
+struct CheckArgs {
+    /// Probe: none (always healthy), tcp (connect) or http (GET) [agent's
+    /// default: tcp]
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        value_parser = PossibleValuesParser::new(["none", "tcp", "http"]).map(|s| parse_check_type(&s))
+    )]
+    kind: Option<CheckType>,
+    /// Port probed on the backend [agent's default: the VIP's port]
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Milliseconds between probes [agent's default: 2000]
+    #[arg(long, value_name = "N")]
+    interval_ms: Option<u64>,
+    /// Milliseconds a probe may take [agent's default: 1000]
+    #[arg(long, value_name = "N")]
+    timeout_ms: Option<u64>,
+    /// Consecutive successes that make a backend healthy [agent's default: 2]
+    #[arg(long, value_name = "N")]
+    rise: Option<u32>,
+    /// Consecutive failures that make a backend unhealthy [agent's default: 3]
+    #[arg(long, value_name = "N")]
+    fall: Option<u32>,
+    /// HTTP: the path requested [agent's default: /]
+    #[arg(long, value_name = "P")]
+    path: Option<String>,
+    /// HTTP: a healthy status; repeat or separate with commas for several
+    /// [agent's default: 200]
+    #[arg(long, value_name = "CODE", value_delimiter = ',')]
+    expect_status: Vec<u16>,
+    /// HTTP: the Host header [agent's default: the backend's address]
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// HTTP: text the response body must contain
+    #[arg(long, value_name = "S")]
+    body_contains: Option<String>,
+}
+
+fn parse_check_type(text: &str) -> CheckType {
+    match text {
+        "none" => CheckType::None,
+        "http" => CheckType::Http,
+        _ => CheckType::Tcp,
+    }
+}
+
+impl CheckArgs {
+    /// The settings with exactly the options given.
+    fn config(&self) -> HealthCheckConfig {
+        HealthCheckConfig {
+            kind: self.kind,
+            port: self.port,
+            interval_ms: self.interval_ms,
+            timeout_ms: self.timeout_ms,
+            rise: self.rise,
+            fall: self.fall,
+            path: self.path.clone(),
+            expect_status: (!self.expect_status.is_empty()).then(|| self.expect_status.clone()),
+            host: self.host.clone(),
+            body_contains: self.body_contains.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,7 +349,7 @@ enum FlowCommand {
 
 impl Command {
     fn request(&self) -> Request {
-        match *self {
+        match self {
             Command::Version => Request::Version {},
             Command::Vips => Request::ListVips {},
             Command::Vip(VipCommand::Add {
@@ -211,42 +357,84 @@ impl Command {
                 table_size,
                 hash_source_only,
             }) => Request::AddVip {
-                vip,
-                table_size,
-                hash_source_only,
+                vip: *vip,
+                table_size: *table_size,
+                hash_source_only: *hash_source_only,
             },
-            Command::Vip(VipCommand::Remove { vip }) => Request::RemoveVip { vip },
-            Command::Backends { vip } => Request::ListBackends { vip },
+            Command::Vip(VipCommand::Remove { vip }) => Request::RemoveVip { vip: *vip },
+            Command::Vip(VipCommand::FailOpen { vip, fail_open }) => Request::SetFailOpen {
+                vip: *vip,
+                fail_open: *fail_open,
+            },
+            Command::Backends { vip } => Request::ListBackends { vip: *vip },
             Command::Backend(BackendCommand::Add {
                 vip,
                 address,
                 weight,
             }) => Request::AddBackend {
-                vip,
-                backend: address,
-                weight,
+                vip: *vip,
+                backend: *address,
+                weight: *weight,
             },
             Command::Backend(BackendCommand::Remove { vip, address }) => Request::RemoveBackend {
-                vip,
-                backend: address,
+                vip: *vip,
+                backend: *address,
             },
             Command::Backend(BackendCommand::Weight {
                 vip,
                 address,
                 weight,
             }) => Request::SetWeight {
-                vip,
-                backend: address,
-                weight,
+                vip: *vip,
+                backend: *address,
+                weight: *weight,
             },
             Command::Backend(BackendCommand::Drain { vip, address }) => Request::Drain {
-                vip,
-                backend: address,
+                vip: *vip,
+                backend: *address,
             },
             Command::Backend(BackendCommand::Undrain { vip, address }) => Request::Undrain {
-                vip,
-                backend: address,
+                vip: *vip,
+                backend: *address,
             },
+            Command::Backend(BackendCommand::Disable { vip, address }) => Request::Disable {
+                vip: *vip,
+                backend: *address,
+            },
+            Command::Backend(BackendCommand::Enable { vip, address }) => Request::Enable {
+                vip: *vip,
+                backend: *address,
+            },
+            Command::Health {
+                action:
+                    Some(HealthCommand::Set {
+                        vip,
+                        backend,
+                        check,
+                    }),
+                ..
+            } => Request::SetHealthCheck {
+                vip: *vip,
+                backend: *backend,
+                health_check: Some(check.config()),
+            },
+            Command::Health {
+                action: Some(HealthCommand::Clear { vip, backend }),
+                ..
+            } => Request::SetHealthCheck {
+                vip: *vip,
+                backend: *backend,
+                health_check: None,
+            },
+            Command::Health {
+                vip: Some(vip),
+                action: None,
+            } => Request::ListBackends { vip: *vip },
+            // clap requires the VIP when there is no action.
+            Command::Health {
+                vip: None,
+                action: None,
+            } => unreachable!("`lbctl health` without a VIP or an action"),
             Command::Config => Request::ShowConfig {},
             Command::Stats { .. } => Request::Stats {},
             Command::Flow(FlowCommand::Lookup {
@@ -254,13 +442,25 @@ impl Command {
                 source,
                 source_port,
             }) => Request::LookupFlow {
-                vip,
-                source,
-                source_port,
+                vip: *vip,
+                source: *source,
+                source_port: *source_port,
             },
-            Command::Flow(FlowCommand::Summary { vip }) => Request::FlowSummary { vip },
-            Command::Flow(FlowCommand::Flush { vip }) => Request::FlushFlows { vip },
+            Command::Flow(FlowCommand::Summary { vip }) => Request::FlowSummary { vip: *vip },
+            Command::Flow(FlowCommand::Flush { vip }) => Request::FlushFlows { vip: *vip },
         }
+    }
+
+    /// Whether the command changes settings whose effect on the tables
+    /// may come later, or never (health checks, fail-open).
+    fn changes_settings(&self) -> bool {
+        matches!(
+            self,
+            Command::Health {
+                action: Some(_),
+                ..
+            } | Command::Vip(VipCommand::FailOpen { .. })
+        )
     }
 }
 
@@ -358,7 +558,7 @@ fn run(cli: &Cli, socket: &Path) -> Outcome {
         (false, None) => return Outcome::failure(Exit::Unreachable, "refused without a reason"),
         (true, _) => {}
     }
-    match render(&cli.command, response) {
+    match render(&cli.command, response, unix_now_ms()) {
         Ok(text) => Outcome::success(text),
         Err(reason) => Outcome::failure(
             Exit::Unreachable,
@@ -370,9 +570,16 @@ fn run(cli: &Cli, socket: &Path) -> Outcome {
     }
 }
 
+/// Milliseconds since the Unix epoch: "now" for the SINCE columns.
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The human-readable output of a successful response, or why the response
-/// does not fit the request.
-fn render(command: &Command, response: Response) -> Result<String, String> {
+/// does not fit the request. `now_unix_ms` dates the health transitions.
+fn render(command: &Command, response: Response, now_unix_ms: u64) -> Result<String, String> {
     let Some(data) = response.data else {
         return Err("a success without data".into());
     };
@@ -381,7 +588,10 @@ fn render(command: &Command, response: Response) -> Result<String, String> {
         (Command::Version, ResponseData::Version { version }) => Ok(render_version(&version)),
         (Command::Vips, ResponseData::Vips { vips }) => Ok(render_vips(&vips)),
         (Command::Backends { .. }, ResponseData::Backends { backends }) => {
-            Ok(render_backends(&backends))
+            Ok(render_backends(&backends, now_unix_ms))
+        }
+        (Command::Health { action: None, .. }, ResponseData::Backends { backends }) => {
+            Ok(render_health(&backends, now_unix_ms))
         }
         (Command::Config, ResponseData::Config { config }) => serde_json::to_string_pretty(&config)
             .map(|text| text + "\n")
@@ -393,7 +603,9 @@ fn render(command: &Command, response: Response) -> Result<String, String> {
         (Command::Flow(FlowCommand::Summary { .. }), ResponseData::FlowSummary { flows }) => {
             Ok(render_summary(&flows))
         }
-        (_, ResponseData::Changed { changed }) if mutation => Ok(summarize_change(&changed) + "\n"),
+        (_, ResponseData::Changed { changed }) if mutation => {
+            Ok(summarize_change(&changed, command.changes_settings()) + "\n")
+        }
         (command, _) => Err(format!(
             "the answer to {} does not carry {}",
             op_name(&command.request()),
@@ -415,7 +627,7 @@ fn expected_key(command: &Command) -> &'static str {
     match command {
         Command::Version => "\"version\"",
         Command::Vips => "\"vips\"",
-        Command::Backends { .. } => "\"backends\"",
+        Command::Backends { .. } | Command::Health { action: None, .. } => "\"backends\"",
         Command::Config => "\"config\"",
         Command::Stats { .. } => "\"stats\"",
         Command::Flow(FlowCommand::Lookup { .. }) => "\"flow\"",
@@ -450,14 +662,36 @@ fn render_vips(vips: &[VipInfo]) -> String {
         ("VIP", Align::Left),
         ("TABLE-SIZE", Align::Right),
         ("HASH", Align::Left),
+        ("CHECK", Align::Left),
+        ("FAIL-OPEN", Align::Left),
         ("BACKENDS", Align::Left),
     ]);
     for vip in vips {
-        let drained = vip.backends.iter().filter(|b| b.drained).count();
-        let backends = if drained > 0 {
-            format!("{} ({drained} draining)", vip.backends.len())
-        } else {
+        let count = |f: &dyn Fn(&BackendInfo) -> bool| vip.backends.iter().filter(|b| f(b)).count();
+        let notes: Vec<String> = [
+            (count(&|b| b.admin == AdminState::Draining), "draining"),
+            (count(&|b| b.admin == AdminState::Disabled), "disabled"),
+            (
+                count(&|b| b.check.is_some() && b.health == Health::Unhealthy),
+                "unhealthy",
+            ),
+        ]
+        .into_iter()
+        .filter(|&(n, _)| n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        let backends = if notes.is_empty() {
             vip.backends.len().to_string()
+        } else {
+            format!("{} ({})", vip.backends.len(), notes.join(", "))
+        };
+        // The VIP's own setting, resolved as the agent resolves it for a
+        // backend without settings of its own.
+        let check = match &vip.health_check {
+            None => "-".to_string(),
+            Some(config) => config
+                .resolve(vip.vip.port)
+                .map_or_else(|_| "invalid".to_string(), |spec| spec.kind.to_string()),
         };
         table.row([
             vip.vip.to_string(),
@@ -467,31 +701,185 @@ fn render_vips(vips: &[VipInfo]) -> String {
             } else {
                 "5-tuple".to_string()
             },
+            check,
+            if vip.failing_open {
+                "ACTIVE"
+            } else if vip.fail_open {
+                "on"
+            } else {
+                "off"
+            }
+            .to_string(),
             backends,
         ]);
     }
     table.render()
 }
 
-fn render_backends(backends: &[BackendInfo]) -> String {
+fn admin_name(admin: AdminState) -> &'static str {
+    match admin {
+        AdminState::Enabled => "enabled",
+        AdminState::Draining => "draining",
+        AdminState::Disabled => "disabled",
+    }
+}
+
+/// The health columns shared by `backends` and `health`: HEALTH,
+/// LAST-PROBE, LATENCY, OK/FAIL, SINCE.
+const HEALTH_COLUMNS: [(&str, Align); 5] = [
+    ("HEALTH", Align::Left),
+    ("LAST-PROBE", Align::Left),
+    ("LATENCY", Align::Right),
+    ("OK/FAIL", Align::Right),
+    ("SINCE", Align::Right),
+];
+
+fn health_cells(b: &BackendInfo, now_unix_ms: u64) -> [String; 5] {
+    let dash = || "-".to_string();
+    let Some(check) = &b.check else {
+        // Not checked: the agent counts it healthy, there is nothing to show.
+        return [dash(), dash(), dash(), dash(), dash()];
+    };
+    let probe = b.last_probe.as_ref();
+    [
+        b.health.to_string(),
+        probe.map_or_else(dash, |p| p.reason.clone()),
+        probe.map_or_else(dash, |p| format!("{:.1}ms", p.latency_ms)),
+        if check.kind == CheckKind::None {
+            // Never probed.
+            dash()
+        } else {
+            format!("{}/{}", b.consecutive_ok, b.consecutive_fail)
+        },
+        b.last_transition_unix_ms
+            .map_or_else(dash, |at| format_age(now_unix_ms.saturating_sub(at))),
+    ]
+}
+
+/// A duration for people: `12s`, `3m04s`, `2h05m`, `3d04h`.
+fn format_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn render_backends(backends: &[BackendInfo], now_unix_ms: u64) -> String {
     if backends.is_empty() {
         return "no backends\n".into();
     }
-    let mut table = Table::new(&[
+    let mut columns = vec![
         ("ADDRESS", Align::Left),
         ("WEIGHT", Align::Right),
-        ("STATE", Align::Left),
-        ("RING-SHARE", Align::Right),
-    ]);
+        ("ADMIN", Align::Left),
+    ];
+    columns.extend(HEALTH_COLUMNS);
+    columns.push(("RING-SHARE", Align::Right));
+    let mut table = Table::new(&columns);
     for b in backends {
-        table.row([
+        let mut row = vec![
             b.address.to_string(),
             b.weight.to_string(),
-            if b.drained { "draining" } else { "active" }.to_string(),
-            format!("{:.2}%", b.ring_share * 100.0),
-        ]);
+            admin_name(b.admin).to_string(),
+        ];
+        row.extend(health_cells(b, now_unix_ms));
+        row.push(format!("{:.2}%", b.ring_share * 100.0));
+        table.rows.push(row);
     }
     table.render()
+}
+
+/// CHECK, PORT, INTERVAL, TIMEOUT, RISE/FALL of a resolved check.
+fn check_cells(check: Option<&CheckSpec>) -> [String; 5] {
+    let dash = || "-".to_string();
+    match check {
+        None => [dash(), dash(), dash(), dash(), dash()],
+        Some(c) if c.kind == CheckKind::None => ["none".into(), dash(), dash(), dash(), dash()],
+        Some(c) => [
+            c.kind.to_string(),
+            c.port.to_string(),
+            format!("{}ms", c.interval_ms),
+            format!("{}ms", c.timeout_ms),
+            format!("{}/{}", c.rise, c.fall),
+        ],
+    }
+}
+
+/// The HTTP settings beyond the path: `expect 200,204 host app.example
+/// body "ready"`; empty for other checks.
+fn http_details(check: Option<&CheckSpec>) -> String {
+    let Some(CheckSpec {
+        kind:
+            CheckKind::Http {
+                expect_status,
+                host,
+                body_contains,
+                ..
+            },
+        ..
+    }) = check
+    else {
+        return String::new();
+    };
+    let codes: Vec<String> = expect_status.iter().map(u16::to_string).collect();
+    let mut text = format!("expect {}", codes.join(","));
+    if let Some(host) = host {
+        text.push_str(&format!(" host {host}"));
+    }
+    if let Some(needle) = body_contains {
+        text.push_str(&format!(" body {needle:?}"));
+    }
+    text
+}
+
+/// `lbctl health VIP`: each backend's resolved check and its probes.
+fn render_health(backends: &[BackendInfo], now_unix_ms: u64) -> String {
+    if backends.is_empty() {
+        return "no backends\n".into();
+    }
+    let http = backends.iter().any(|b| {
+        matches!(
+            b.check,
+            Some(CheckSpec {
+                kind: CheckKind::Http { .. },
+                ..
+            })
+        )
+    });
+    let mut columns = vec![
+        ("ADDRESS", Align::Left),
+        ("ADMIN", Align::Left),
+        ("CHECK", Align::Left),
+        ("PORT", Align::Right),
+        ("INTERVAL", Align::Right),
+        ("TIMEOUT", Align::Right),
+        ("RISE/FALL", Align::Right),
+    ];
+    columns.extend(HEALTH_COLUMNS);
+    if http {
+        columns.push(("HTTP", Align::Left));
+    }
+    let mut table = Table::new(&columns);
+    for b in backends {
+        let mut row = vec![b.address.to_string(), admin_name(b.admin).to_string()];
+        row.extend(check_cells(b.check.as_ref()));
+        row.extend(health_cells(b, now_unix_ms));
+        if http {
+            row.push(http_details(b.check.as_ref()));
+        }
+        table.rows.push(row);
+    }
+    let mut out = table.render();
+    if backends
+        .iter()
+        .any(|b| b.check.is_some() && b.health == Health::Unknown)
+    {
+        out.push_str("(unknown: not yet decided by the probes; counted as healthy)\n");
+    }
+    out
 }
 
 /// The global counters by name, in the protocol's order.
@@ -619,8 +1007,10 @@ fn render_summary(flows: &FlowSummary) -> String {
     out
 }
 
-/// One line: `ok: 1 ring rewritten, 1 backend added`.
-fn summarize_change(change: &ChangeReport) -> String {
+/// One line: `ok: 1 ring rewritten, 1 backend added`. `settings`: the
+/// request changed a setting (health check, fail-open) that need not
+/// rewrite any table, so an empty report still means something was saved.
+fn summarize_change(change: &ChangeReport, settings: bool) -> String {
     fn count(n: usize, one: &str, many: &str) -> Option<String> {
         match n {
             0 => None,
@@ -646,7 +1036,9 @@ fn summarize_change(change: &ChangeReport) -> String {
             n => format!("{n} flows flushed"),
         });
     }
-    if parts.is_empty() {
+    if parts.is_empty() && settings {
+        "ok: saved (no table rewritten)".to_string()
+    } else if parts.is_empty() {
         "ok: nothing changed".to_string()
     } else {
         format!("ok: {}", parts.join(", "))
@@ -741,6 +1133,7 @@ mod tests {
     use lb_userspace::{
         control::protocol::{BackendCounters, BackendFlows, VipCounters},
         dataplane::{ApplyReport, Protocol},
+        health::ProbeResult,
     };
 
     use super::*;
@@ -774,6 +1167,12 @@ mod tests {
                 e
             }
         }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     // --- the table formatter
@@ -872,6 +1271,167 @@ mod tests {
     }
 
     #[test]
+    fn vip_fail_open() {
+        let v = "198.18.0.10:80/tcp";
+        assert_eq!(
+            req(&["vip", "fail-open", v, "on"]),
+            Request::SetFailOpen {
+                vip: vip(),
+                fail_open: true
+            }
+        );
+        assert_eq!(
+            req(&["vip", "fail-open", v, "off"]),
+            Request::SetFailOpen {
+                vip: vip(),
+                fail_open: false
+            }
+        );
+        for bad in ["true", "ON", "1", ""] {
+            let e = usage_error(&["vip", "fail-open", v, bad]);
+            assert!(e.to_string().contains("possible values: on, off"), "{e}");
+        }
+        usage_error(&["vip", "fail-open", v]);
+        usage_error(&["vip", "fail-open", "on"]);
+    }
+
+    #[test]
+    fn health_show_set_and_clear() {
+        let v = "198.18.0.10:80/tcp";
+        // `health VIP` shows; it is list_backends.
+        assert_eq!(req(&["health", v]), Request::ListBackends { vip: vip() });
+        // Only the options given are set: an empty object is a TCP check
+        // with every default.
+        assert_eq!(
+            req(&["health", "set", v]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: None,
+                health_check: Some(HealthCheckConfig::default())
+            }
+        );
+        assert_eq!(
+            req(&[
+                "health",
+                "set",
+                v,
+                "--type",
+                "http",
+                "--port",
+                "8080",
+                "--interval-ms",
+                "500",
+                "--timeout-ms",
+                "250",
+                "--rise",
+                "1",
+                "--fall",
+                "2",
+                "--path",
+                "/health",
+                "--expect-status",
+                "200",
+                "--expect-status",
+                "204,301",
+                "--host",
+                "app.example",
+                "--body-contains",
+                "ready ok",
+            ]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: None,
+                health_check: Some(HealthCheckConfig {
+                    kind: Some(CheckType::Http),
+                    port: Some(8080),
+                    interval_ms: Some(500),
+                    timeout_ms: Some(250),
+                    rise: Some(1),
+                    fall: Some(2),
+                    path: Some("/health".into()),
+                    expect_status: Some(vec![200, 204, 301]),
+                    host: Some("app.example".into()),
+                    body_contains: Some("ready ok".into()),
+                })
+            }
+        );
+        assert_eq!(
+            req(&[
+                "health",
+                "set",
+                v,
+                "--backend",
+                "198.19.1.2",
+                "--type",
+                "none"
+            ]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: Some(B1),
+                health_check: Some(HealthCheckConfig {
+                    kind: Some(CheckType::None),
+                    ..HealthCheckConfig::default()
+                })
+            }
+        );
+        assert_eq!(
+            req(&["health", "set", v, "--type", "tcp", "--port", "9000"]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: None,
+                health_check: Some(HealthCheckConfig {
+                    kind: Some(CheckType::Tcp),
+                    port: Some(9000),
+                    ..HealthCheckConfig::default()
+                })
+            }
+        );
+        assert_eq!(
+            req(&["health", "clear", v]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: None,
+                health_check: None
+            }
+        );
+        assert_eq!(
+            req(&["health", "clear", v, "--backend", "198.19.1.2"]),
+            Request::SetHealthCheck {
+                vip: vip(),
+                backend: Some(B1),
+                health_check: None
+            }
+        );
+        // What goes on the wire: fields not given are absent, clear is null.
+        let wire = |args: &[&str]| serde_json::to_string(&req(args)).expect("serializes");
+        assert_eq!(
+            wire(&["health", "set", v, "--type", "http", "--path", "/health"]),
+            r#"{"op":"set_health_check","vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"},"health_check":{"type":"http","path":"/health"}}"#
+        );
+        assert_eq!(
+            wire(&["health", "clear", v, "--backend", "198.19.1.2"]),
+            r#"{"op":"set_health_check","vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"},"backend":"198.19.1.2","health_check":null}"#
+        );
+        let e = usage_error(&["health", "set", v, "--type", "udp"]);
+        assert!(
+            e.to_string().contains("possible values: none, tcp, http"),
+            "{e}"
+        );
+        usage_error(&["health"]);
+        usage_error(&["health", "198.18.0.10:80"]);
+        usage_error(&["health", v, "extra"]);
+        usage_error(&["health", "set"]);
+        usage_error(&["health", "set", v, "--port", "70000"]);
+        usage_error(&["health", "set", v, "--rise", "-1"]);
+        usage_error(&["health", "set", v, "--expect-status", "ok"]);
+        usage_error(&["health", "set", v, "--backend", "198.19.1"]);
+        usage_error(&["health", "set", v, "--weight", "3"]);
+        usage_error(&["health", "clear"]);
+        usage_error(&["health", "clear", v, "--type", "tcp"]);
+        usage_error(&["health", "remove", v]);
+    }
+
+    #[test]
     fn backend_commands() {
         let v = "198.18.0.10:80/tcp";
         assert_eq!(
@@ -919,6 +1479,22 @@ mod tests {
                 backend: B1
             }
         );
+        assert_eq!(
+            req(&["backend", "disable", v, "198.19.1.2"]),
+            Request::Disable {
+                vip: vip(),
+                backend: B1
+            }
+        );
+        assert_eq!(
+            req(&["backend", "enable", v, "198.19.1.2"]),
+            Request::Enable {
+                vip: vip(),
+                backend: B1
+            }
+        );
+        usage_error(&["backend", "disable", v]);
+        usage_error(&["backend", "enable", v, "198.19.1.2", "extra"]);
         usage_error(&["backend", "add", v, "198.19.1.300"]);
         usage_error(&["backend", "add", v, "backend.example"]);
         usage_error(&["backend", "weight", v, "198.19.1.2"]);
@@ -1016,36 +1592,126 @@ mod tests {
 
     // --- output
 
-    fn backend(address: Ipv4Addr, weight: u32, drained: bool, ring_share: f64) -> BackendInfo {
+    /// A backend without health check.
+    fn backend(address: Ipv4Addr, weight: u32, admin: AdminState, ring_share: f64) -> BackendInfo {
         BackendInfo {
             address,
             weight,
-            drained,
+            admin,
+            // What the agent reports for a backend without check.
+            health: Health::Healthy,
+            check: None,
+            last_probe: None,
+            consecutive_ok: 0,
+            consecutive_fail: 0,
+            last_transition_unix_ms: None,
             ring_share,
         }
     }
 
+    /// "Now" in the rendering tests.
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn probe(ok: bool, reason: &str, latency_ms: f64) -> Option<ProbeResult> {
+        Some(ProbeResult {
+            ok,
+            reason: reason.into(),
+            latency_ms,
+            at_unix_ms: NOW - 500,
+        })
+    }
+
+    fn http_check() -> CheckSpec {
+        CheckSpec {
+            kind: CheckKind::Http {
+                path: "/health".into(),
+                expect_status: vec![200, 204],
+                host: Some("app.example".into()),
+                body_contains: Some("ready ok".into()),
+            },
+            port: 8080,
+            interval_ms: 500,
+            timeout_ms: 250,
+            rise: 1,
+            fall: 2,
+        }
+    }
+
+    /// One backend of each kind: healthy (tcp), unhealthy (http), not
+    /// checked and draining, unknown and disabled, check type none.
+    fn mixed_backends() -> Vec<BackendInfo> {
+        let tcp = CheckSpec::new(CheckKind::Tcp, 80);
+        vec![
+            BackendInfo {
+                check: Some(tcp.clone()),
+                last_probe: probe(true, "ok", 0.42),
+                consecutive_ok: 5,
+                last_transition_unix_ms: Some(NOW - 12_000),
+                ..backend(B1, 1, AdminState::Enabled, 1.0)
+            },
+            BackendInfo {
+                health: Health::Unhealthy,
+                check: Some(http_check()),
+                last_probe: probe(false, "status 503", 3.27),
+                consecutive_fail: 4,
+                last_transition_unix_ms: Some(NOW - 184_000),
+                ..backend(Ipv4Addr::new(198, 19, 2, 2), 3, AdminState::Enabled, 0.0)
+            },
+            backend(Ipv4Addr::new(198, 19, 3, 2), 10, AdminState::Draining, 0.0),
+            BackendInfo {
+                health: Health::Unknown,
+                check: Some(tcp),
+                ..backend(Ipv4Addr::new(198, 19, 4, 2), 1, AdminState::Disabled, 0.0)
+            },
+            BackendInfo {
+                check: Some(CheckSpec::new(CheckKind::None, 80)),
+                ..backend(Ipv4Addr::new(198, 19, 5, 2), 2, AdminState::Enabled, 0.0)
+            },
+        ]
+    }
+
     #[test]
-    fn vips_and_backends_as_tables() {
+    fn backends_show_admin_state_and_health() {
         let backends = vec![
-            backend(B1, 1, false, 0.25),
-            backend(Ipv4Addr::new(198, 19, 2, 2), 3, false, 0.75),
-            backend(Ipv4Addr::new(198, 19, 3, 2), 10, true, 0.0),
+            backend(B1, 1, AdminState::Enabled, 0.25),
+            backend(Ipv4Addr::new(198, 19, 2, 2), 3, AdminState::Enabled, 0.75),
+            backend(Ipv4Addr::new(198, 19, 3, 2), 10, AdminState::Draining, 0.0),
         ];
+        // Without checks every health column is "-".
         assert_eq!(
-            render_backends(&backends),
-            "ADDRESS     WEIGHT  STATE     RING-SHARE\n\
-             198.19.1.2       1  active        25.00%\n\
-             198.19.2.2       3  active        75.00%\n\
-             198.19.3.2      10  draining       0.00%\n"
+            render_backends(&backends, NOW),
+            "ADDRESS     WEIGHT  ADMIN     HEALTH  LAST-PROBE  LATENCY  OK/FAIL  SINCE  RING-SHARE\n\
+             198.19.1.2       1  enabled   -       -                 -        -      -      25.00%\n\
+             198.19.2.2       3  enabled   -       -                 -        -      -      75.00%\n\
+             198.19.3.2      10  draining  -       -                 -        -      -       0.00%\n"
         );
-        assert_eq!(render_backends(&[]), "no backends\n");
+        assert_eq!(
+            render_backends(&mixed_backends(), NOW),
+            "ADDRESS     WEIGHT  ADMIN     HEALTH     LAST-PROBE  LATENCY  OK/FAIL  SINCE  RING-SHARE\n\
+             198.19.1.2       1  enabled   healthy    ok            0.4ms      5/0    12s     100.00%\n\
+             198.19.2.2       3  enabled   unhealthy  status 503    3.3ms      0/4  3m04s       0.00%\n\
+             198.19.3.2      10  draining  -          -                 -        -      -       0.00%\n\
+             198.19.4.2       1  disabled  unknown    -                 -      0/0      -       0.00%\n\
+             198.19.5.2       2  enabled   healthy    -                 -        -      -       0.00%\n"
+        );
+        assert_eq!(render_backends(&[], NOW), "no backends\n");
+    }
+
+    #[test]
+    fn vips_show_check_fail_open_and_backend_states() {
         let vips = vec![
             VipInfo {
                 vip: vip(),
                 table_size: 65537,
                 hash_source_only: false,
-                backends,
+                health_check: Some(HealthCheckConfig {
+                    kind: Some(CheckType::Http),
+                    path: Some("/health".into()),
+                    ..HealthCheckConfig::default()
+                }),
+                fail_open: true,
+                failing_open: false,
+                backends: mixed_backends(),
             },
             VipInfo {
                 vip: VipAddr {
@@ -1055,16 +1721,84 @@ mod tests {
                 },
                 table_size: 7,
                 hash_source_only: true,
+                health_check: None,
+                fail_open: false,
+                failing_open: false,
                 backends: vec![],
+            },
+            VipInfo {
+                vip: VipAddr { port: 443, ..vip() },
+                table_size: 65537,
+                hash_source_only: false,
+                // An empty object: tcp on the VIP's port.
+                health_check: Some(HealthCheckConfig::default()),
+                fail_open: true,
+                failing_open: true,
+                backends: vec![backend(B1, 1, AdminState::Enabled, 1.0)],
             },
         ];
         assert_eq!(
             render_vips(&vips),
-            "VIP                 TABLE-SIZE  HASH     BACKENDS\n\
-             198.18.0.10:80/tcp       65537  5-tuple  3 (1 draining)\n\
-             198.18.0.10:53/udp           7  source   0\n"
+            "VIP                  TABLE-SIZE  HASH     CHECK         FAIL-OPEN  BACKENDS\n\
+             198.18.0.10:80/tcp        65537  5-tuple  http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
+             198.18.0.10:53/udp            7  source   -             off        0\n\
+             198.18.0.10:443/tcp       65537  5-tuple  tcp           ACTIVE     1\n"
         );
         assert_eq!(render_vips(&[]), "no VIPs\n");
+    }
+
+    #[test]
+    fn health_shows_the_resolved_check_of_each_backend() {
+        assert_eq!(
+            render_health(&mixed_backends(), NOW),
+            "ADDRESS     ADMIN     CHECK         PORT  INTERVAL  TIMEOUT  RISE/FALL  HEALTH     LAST-PROBE  LATENCY  OK/FAIL  SINCE  HTTP\n\
+             198.19.1.2  enabled   tcp             80    2000ms   1000ms        2/3  healthy    ok            0.4ms      5/0    12s\n\
+             198.19.2.2  enabled   http /health  8080     500ms    250ms        1/2  unhealthy  status 503    3.3ms      0/4  3m04s  expect 200,204 host app.example body \"ready ok\"\n\
+             198.19.3.2  draining  -                -         -        -          -  -          -                 -        -      -\n\
+             198.19.4.2  disabled  tcp             80    2000ms   1000ms        2/3  unknown    -                 -      0/0      -\n\
+             198.19.5.2  enabled   none             -         -        -          -  healthy    -                 -        -      -\n\
+             (unknown: not yet decided by the probes; counted as healthy)\n"
+        );
+        // No HTTP check: no HTTP column; no unknown backend: no note.
+        let tcp_only: Vec<BackendInfo> = mixed_backends()
+            .into_iter()
+            .filter(|b| b.health != Health::Unknown && b.address != Ipv4Addr::new(198, 19, 2, 2))
+            .collect();
+        let text = render_health(&tcp_only, NOW);
+        assert!(
+            text.starts_with("ADDRESS     ADMIN     CHECK  PORT"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("HTTP") && !text.contains("unknown"),
+            "{text}"
+        );
+        assert_eq!(render_health(&[], NOW), "no backends\n");
+    }
+
+    #[test]
+    fn ages_are_short_and_readable() {
+        for (ms, text) in [
+            (0, "0s"),
+            (12_999, "12s"),
+            (59_999, "59s"),
+            (60_000, "1m00s"),
+            (184_000, "3m04s"),
+            (3_599_999, "59m59s"),
+            (3_600_000, "1h00m"),
+            (7_500_000, "2h05m"),
+            (86_400_000, "1d00h"),
+            (3 * 86_400_000 + 4 * 3_600_000 + 59_000, "3d04h"),
+        ] {
+            assert_eq!(format_age(ms), text, "{ms}");
+        }
+        // A transition "in the future" (clocks disagree) shows as 0s.
+        let b = BackendInfo {
+            check: Some(CheckSpec::new(CheckKind::Tcp, 80)),
+            last_transition_unix_ms: Some(NOW + 5_000),
+            ..backend(B1, 1, AdminState::Enabled, 1.0)
+        };
+        assert_eq!(health_cells(&b, NOW)[4], "0s");
     }
 
     #[test]
@@ -1164,7 +1898,11 @@ mod tests {
             flows_flushed: None,
         };
         assert_eq!(
-            summarize_change(&change),
+            summarize_change(&change, false),
+            "ok: 1 ring rewritten, 1 backend added"
+        );
+        assert_eq!(
+            summarize_change(&change, true),
             "ok: 1 ring rewritten, 1 backend added"
         );
         change.applied = ApplyReport {
@@ -1175,15 +1913,20 @@ mod tests {
             backends_removed: 3,
         };
         assert_eq!(
-            summarize_change(&change),
+            summarize_change(&change, false),
             "ok: 2 VIPs added, 1 VIP removed, 2 rings rewritten, 3 backends removed"
         );
         change.applied = ApplyReport::default();
-        assert_eq!(summarize_change(&change), "ok: nothing changed");
+        assert_eq!(summarize_change(&change, false), "ok: nothing changed");
+        // A health check or fail-open setting was saved even so.
+        assert_eq!(
+            summarize_change(&change, true),
+            "ok: saved (no table rewritten)"
+        );
         change.flows_flushed = Some(0);
-        assert_eq!(summarize_change(&change), "ok: 0 flows flushed");
+        assert_eq!(summarize_change(&change, false), "ok: 0 flows flushed");
         change.flows_flushed = Some(1);
-        assert_eq!(summarize_change(&change), "ok: 1 flow flushed");
+        assert_eq!(summarize_change(&change, false), "ok: 1 flow flushed");
     }
 
     // --- whole runs against a fake agent: output and exit status
@@ -1244,6 +1987,81 @@ mod tests {
     }
 
     #[test]
+    fn health_and_admin_commands_against_an_agent() {
+        let v = "198.18.0.10:80/tcp";
+        let wire_vip = r#""vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"}"#;
+        let unchanged = r#"{"ok":true,"changed":{"vips_added":[],"vips_removed":[],"rings_written":[],"backends_added":0,"backends_removed":0}}"#;
+        let rewritten = r#"{"ok":true,"changed":{"vips_added":[],"vips_removed":[],"rings_written":[{"address":"198.18.0.10","port":80,"protocol":"tcp"}],"backends_added":0,"backends_removed":1}}"#;
+
+        let (outcome, line) = run_against(
+            &["health", "set", v, "--type", "http", "--path", "/health"],
+            unchanged,
+        );
+        assert_eq!(
+            line,
+            format!("{{\"op\":\"set_health_check\",{wire_vip},\"health_check\":{{\"type\":\"http\",\"path\":\"/health\"}}}}\n")
+        );
+        assert_eq!(
+            outcome,
+            Outcome::success("ok: saved (no table rewritten)\n".into())
+        );
+
+        let (outcome, line) = run_against(&["health", "clear", v], unchanged);
+        assert_eq!(
+            line,
+            format!("{{\"op\":\"set_health_check\",{wire_vip},\"health_check\":null}}\n")
+        );
+        assert_eq!(outcome.exit, Exit::Success);
+
+        let (outcome, line) = run_against(&["vip", "fail-open", v, "off"], unchanged);
+        assert_eq!(
+            line,
+            format!("{{\"op\":\"set_fail_open\",{wire_vip},\"fail_open\":false}}\n")
+        );
+        assert_eq!(
+            outcome,
+            Outcome::success("ok: saved (no table rewritten)\n".into())
+        );
+
+        let (outcome, line) = run_against(&["backend", "disable", v, "198.19.1.2"], rewritten);
+        assert_eq!(
+            line,
+            format!("{{\"op\":\"disable\",{wire_vip},\"backend\":\"198.19.1.2\"}}\n")
+        );
+        assert_eq!(
+            outcome,
+            Outcome::success("ok: 1 ring rewritten, 1 backend removed\n".into())
+        );
+        let (_, line) = run_against(&["backend", "enable", v, "198.19.1.2"], rewritten);
+        assert_eq!(
+            line,
+            format!("{{\"op\":\"enable\",{wire_vip},\"backend\":\"198.19.1.2\"}}\n")
+        );
+
+        // `health VIP` and `backends VIP` render the same list_backends answer.
+        let answer = r#"{"ok":true,"backends":[{"address":"198.19.1.2","weight":1,"admin":"enabled","health":"healthy","check":{"kind":{"type":"tcp"},"port":80,"interval_ms":2000,"timeout_ms":1000,"rise":2,"fall":3},"last_probe":{"ok":true,"reason":"ok","latency_ms":0.4,"at_unix_ms":1700000000000},"consecutive_ok":3,"consecutive_fail":0,"last_transition_unix_ms":null,"ring_share":1.0}]}"#;
+        let (outcome, line) = run_against(&["health", v], answer);
+        assert_eq!(line, format!("{{\"op\":\"list_backends\",{wire_vip}}}\n"));
+        assert_eq!(
+            outcome,
+            Outcome::success(
+                "ADDRESS     ADMIN    CHECK  PORT  INTERVAL  TIMEOUT  RISE/FALL  HEALTH   LAST-PROBE  LATENCY  OK/FAIL  SINCE\n\
+                 198.19.1.2  enabled  tcp      80    2000ms   1000ms        2/3  healthy  ok            0.4ms      3/0      -\n"
+                    .into()
+            )
+        );
+        let (outcome, _) = run_against(&["backends", v], answer);
+        assert_eq!(
+            outcome,
+            Outcome::success(
+                "ADDRESS     WEIGHT  ADMIN    HEALTH   LAST-PROBE  LATENCY  OK/FAIL  SINCE  RING-SHARE\n\
+                 198.19.1.2       1  enabled  healthy  ok            0.4ms      3/0      -     100.00%\n"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn refusals_exit_1_with_code_and_message() {
         let answer =
             r#"{"ok":false,"error":{"code":"unknown_vip","message":"no VIP 198.18.0.10:80/tcp"}}"#;
@@ -1290,6 +2108,14 @@ mod tests {
             (
                 &["flow", "flush", "198.18.0.10:80/tcp"][..],
                 r#"{"ok":true,"vips":[]}"#,
+            ),
+            (
+                &["health", "198.18.0.10:80/tcp"][..],
+                r#"{"ok":true,"vips":[]}"#,
+            ),
+            (
+                &["health", "clear", "198.18.0.10:80/tcp"][..],
+                r#"{"ok":true,"backends":[]}"#,
             ),
         ] {
             let (outcome, _) = run_against(args, answer);
@@ -1354,6 +2180,34 @@ mod tests {
             );
         }
         assert!(responses >= protocol::OPERATIONS.len(), "{responses}");
+    }
+
+    /// Every subcommand (`vip add`, `health set`, ...) has a row in the
+    /// lbctl table of docs/control-api.md.
+    #[test]
+    fn the_lbctl_reference_lists_every_subcommand() {
+        use clap::CommandFactory;
+        fn walk(prefix: &str, command: &clap::Command, doc: &str) -> usize {
+            let mut seen = 0;
+            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+                let path = format!("{prefix} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    seen += walk(&path, sub, doc);
+                }
+                // Leaves, and `health VIP` (a command with subcommands that
+                // also stands alone).
+                if !sub.has_subcommands() || sub.get_positionals().next().is_some() {
+                    assert!(
+                        doc.contains(&format!("| `{path}")),
+                        "docs/control-api.md does not list `{path}`"
+                    );
+                    seen += 1;
+                }
+            }
+            seen
+        }
+        let doc = include_str!("../../../docs/control-api.md");
+        assert!(walk("lbctl", &Cli::command(), doc) >= 21);
     }
 
     #[test]

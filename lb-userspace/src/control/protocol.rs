@@ -113,6 +113,9 @@ pub enum Request {
         vip: VipRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend: Option<Ipv4Addr>,
+        /// Required: `null` removes the settings (a missing field is an
+        /// error, not a removal).
+        #[serde(deserialize_with = "Option::deserialize")]
         health_check: Option<HealthCheckConfig>,
     },
     /// Whether the VIP keeps its enabled backends when all are unhealthy.
@@ -490,6 +493,9 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"version","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"remove_vip"}"#).is_err());
+        let vip = r#""vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"}"#;
+        assert!(serde_json::from_str::<Request>(&format!(r#"{{"op":"set_health_check",{vip}}}"#)).is_err());
+        assert!(serde_json::from_str::<Request>(&format!(r#"{{"op":"set_health_check",{vip},"health_check":null}}"#)).is_ok());
     }
 
     #[test]

@@ -381,6 +381,16 @@ async fn tcp_rise_and_fall() {
 /// 2. HTTP: 200 → healthy, 503 → unhealthy (port open), 200 → healthy.
 #[tokio::test(flavor = "current_thread")]
 async fn http_status_switch() {
+    status_switch().await;
+}
+
+/// The same on a multi-thread runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_status_switch_multi_thread() {
+    status_switch().await;
+}
+
+async fn status_switch() {
     let server = HttpServer::start(Behaviour::Answer, "up", Duration::ZERO).await;
     let (tx, mut rx) = unbounded_channel();
     let checker = HealthChecker::new(tx);
