@@ -441,21 +441,8 @@ impl DataPlane {
         Ok(report)
     }
 
-    /// Maglev input for a spec: backend ids are not known yet, so slots hold
-    /// indexes into the spec's backend list; `walk` maps them to ids.
     fn table_for(&self, spec: &VipSpec) -> Result<Vec<u32>> {
-        let backends: Vec<MaglevBackend> = spec
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| MaglevBackend {
-                id: i as u32,
-                identity: b.addr.octets().to_vec(),
-                weight: b.weight,
-            })
-            .collect();
-        maglev::build_table(&backends, spec.table_size)
-            .with_context(|| format!("building the table of VIP {}", spec.vip))
+        spec_table(spec).with_context(|| format!("building the table of VIP {}", spec.vip))
     }
 
     /// Removes VIPs not in `desired`, then adds or updates the rest. With
@@ -666,6 +653,23 @@ pub fn ring_slot(spec: &VipSpec, src_addr: Ipv4Addr, src_port: u16) -> u32 {
     ) % spec.table_size
 }
 
+/// The Maglev table of a spec. Backend ids are not known here, so slots
+/// hold indexes into the spec's backend list (`DataPlane::apply` maps them
+/// to ids).
+fn spec_table(spec: &VipSpec) -> Result<Vec<u32>> {
+    let backends: Vec<MaglevBackend> = spec
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| MaglevBackend {
+            id: i as u32,
+            identity: b.addr.octets().to_vec(),
+            weight: b.weight,
+        })
+        .collect();
+    Ok(maglev::build_table(&backends, spec.table_size)?)
+}
+
 /// A VIP's table computed without any map: what every LB node given the same
 /// spec sends each new flow to.
 pub struct RingModel {
@@ -676,17 +680,7 @@ pub struct RingModel {
 impl RingModel {
     pub fn new(spec: &VipSpec) -> Result<Self> {
         validate(std::slice::from_ref(spec))?;
-        let backends: Vec<MaglevBackend> = spec
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| MaglevBackend {
-                id: i as u32,
-                identity: b.addr.octets().to_vec(),
-                weight: b.weight,
-            })
-            .collect();
-        let table = maglev::build_table(&backends, spec.table_size)?;
+        let table = spec_table(spec)?;
         Ok(Self {
             spec: spec.clone(),
             table,

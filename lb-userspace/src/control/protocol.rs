@@ -494,8 +494,14 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"remove_vip"}"#).is_err());
         let vip = r#""vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"}"#;
-        assert!(serde_json::from_str::<Request>(&format!(r#"{{"op":"set_health_check",{vip}}}"#)).is_err());
-        assert!(serde_json::from_str::<Request>(&format!(r#"{{"op":"set_health_check",{vip},"health_check":null}}"#)).is_ok());
+        assert!(
+            serde_json::from_str::<Request>(&format!(r#"{{"op":"set_health_check",{vip}}}"#))
+                .is_err()
+        );
+        assert!(serde_json::from_str::<Request>(&format!(
+            r#"{{"op":"set_health_check",{vip},"health_check":null}}"#
+        ))
+        .is_ok());
     }
 
     #[test]
