@@ -38,6 +38,11 @@ static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Processes started with [`Netns::spawn`]: killed on drop by pid too,
+    /// since one that has not entered the namespace yet is not listed by
+    /// `ip netns pids` (it would survive the namespace).
+    /// Held as pidfds, so a pid reused after the child was reaped is safe.
+    spawned: std::sync::Mutex<Vec<std::os::fd::OwnedFd>>,
 }
 
 impl Netns {
@@ -55,7 +60,10 @@ impl Netns {
         run_cmd(Command::new("ip").args(["netns", "add", &name]))
             .with_context(|| format!("creating network namespace {name}"))?;
         // From here on, Drop removes it again.
-        let ns = Netns { name };
+        let ns = Netns {
+            name,
+            spawned: std::sync::Mutex::new(Vec::new()),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -131,12 +139,23 @@ impl Netns {
     /// namespace when it is dropped is killed (the caller should still
     /// `wait` the child it gets back, or it stays a zombie).
     pub fn spawn(&self, cmd: &str, args: &[&str]) -> Result<Child> {
-        Command::new("ip")
+        let child = Command::new("ip")
             .args(["netns", "exec", &self.name, cmd])
             .args(args)
             .stdin(Stdio::null())
             .spawn()
-            .with_context(|| format!("in namespace {}: starting {cmd}", self.name))
+            .with_context(|| format!("in namespace {}: starting {cmd}", self.name))?;
+        // SAFETY: pidfd_open on our own, not yet reaped child.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        if fd >= 0 {
+            // SAFETY: a new fd we own.
+            let fd =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+            if let Ok(mut spawned) = self.spawned.lock() {
+                spawned.push(fd);
+            }
+        }
+        Ok(child)
     }
 
     /// Runs `f` on a fresh thread that first enters the namespace, so that
@@ -226,6 +245,21 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if let Ok(pidfds) = self.spawned.lock() {
+            for fd in pidfds.iter() {
+                // SAFETY: pidfd_send_signal on a pidfd we own; an exited
+                // process makes it fail harmlessly.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        std::os::fd::AsRawFd::as_raw_fd(fd),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+        }
         if let Err(e) = destroy(&self.name) {
             log::error!("removing network namespace {}: {e:#}", self.name);
         }

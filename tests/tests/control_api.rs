@@ -299,6 +299,49 @@ fn bad_input_gets_its_error_and_changes_nothing() {
         ok(&bed, Request::RemoveVip { vip });
     }
 
+    // More backends than the data path holds (4096 in all; 6 configured).
+    let wide = VipAddr {
+        addr: "198.18.0.98".parse().expect("address"),
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    ok(
+        &bed,
+        Request::AddVip {
+            vip: wide,
+            table_size: Some(4099),
+            hash_source_only: false,
+        },
+    );
+    let mut count = 0u32;
+    let limit_hit = loop {
+        let backend =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 100, 1)) + count);
+        let response = ask(
+            &bed,
+            Request::AddBackend {
+                vip: wide,
+                backend,
+                weight: None,
+            },
+        );
+        if !response.ok {
+            break response;
+        }
+        count += 1;
+        assert!(count <= 4096, "the backend limit was not enforced");
+    };
+    assert_eq!(
+        limit_hit.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::Capacity),
+        "{limit_hit:?}"
+    );
+    assert_eq!(
+        count, 4090,
+        "4096 backends in all (6 configured + 4090 added)"
+    );
+    ok(&bed, Request::RemoveVip { vip: wide });
+
     // 100 clients at once, while the idle client still holds its connection.
     let started = Instant::now();
     std::thread::scope(|scope| {
