@@ -33,6 +33,17 @@ pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 1 << 20;
 /// Capacity of the decap program's address set.
 pub const MAX_DECAP_ADDRS: u32 = 64;
 
+/// Words (64 bits each) of the VIP address filter: 65536 bits.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// Where an address (wire order) sits in the VIP address filter: (word,
+/// bit). A multiplicative hash: a couple of instructions per packet.
+#[inline(always)]
+pub const fn vip_filter_position(addr: u32) -> (u32, u32) {
+    let h = addr.wrapping_mul(0x9e37_79b1) >> 16;
+    (h >> 6, h & 63)
+}
+
 /// Ring slots per element of the `RINGS` array. BPF arrays round every
 /// element up to 8 bytes; packing two 4-byte slots per element keeps the
 /// pool dense, so the agent can write a whole ring with one memcpy into the
@@ -52,6 +63,11 @@ pub mod names {
     /// Written by the agent, read by `balancer` only for packets it cannot
     /// classify by port (IPv4 fragments).
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// VIP address filter: word → 64 bits, a bit set for every position a
+    /// VIP address hashes to (`vip_filter_position`). Written by the agent,
+    /// read by `balancer` for every IPv4 TCP/UDP packet: a clear bit means
+    /// "not a VIP", decided with one array read and no hash-map lookup.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Ring pool: `RingEntry` (two slots) by slot / 2; a slot holds a backend
     /// id. Written by the agent, read by `balancer`.
     pub const RINGS: &str = "RINGS";

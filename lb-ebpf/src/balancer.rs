@@ -1,5 +1,6 @@
 //! The `balancer` program, top to bottom:
-//! parse → classify → select backend → next hop → encapsulate → verdict.
+//! parse → classify (address filter) → connection table → VIP and ring for
+//! new flows → next hop → encapsulate → verdict.
 //!
 //! Drops are logged with aya-log at debug level only: the agent compiles
 //! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
@@ -15,7 +16,8 @@ use crate::{
     classify, encap,
     maps::CONFIG,
     parse::{self, Parsed},
-    select, stats,
+    select::{self, Pinned},
+    stats,
     transmit::{self, NextHop},
 };
 
@@ -41,16 +43,41 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
     };
 
-    let Some(vip) = classify::lookup_vip(&pkt.flow) else {
+    // Most packets on a NIC are for no VIP: one array read tells.
+    if !classify::maybe_vip_address(pkt.flow.dst_addr) {
         return pass(&mut stats.passed);
+    }
+    // An established flow needs only the connection table; a SYN opens a
+    // new connection and always goes by the ring, so a reused tuple never
+    // sticks to a stale choice.
+    let pinned = if pkt.tcp_syn {
+        Pinned::Miss
+    } else {
+        select::pinned(&pkt.flow)
+    };
+    let (selected, vip_id) = match pinned {
+        Pinned::Hit(selected) => {
+            stats.flow_hits += 1;
+            let vip_id = selected.backend.vip_id;
+            (selected, vip_id)
+        }
+        Pinned::Stale | Pinned::Miss => {
+            let Some(vip) = classify::lookup_vip(&pkt.flow) else {
+                return pass(&mut stats.passed);
+            };
+            if matches!(pinned, Pinned::Stale) {
+                stats.flow_reselected += 1;
+            }
+            stats.flow_misses += 1;
+            let Some(selected) = select::from_ring(&pkt.flow, &vip, stats) else {
+                debug!(ctx, "VIP {}: no backend takes new flows, dropped", vip.vip_id);
+                return drop(&mut stats.drop_no_backend);
+            };
+            (selected, vip.vip_id)
+        }
     };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-
-    let Some(selected) = select::select_backend(&pkt.flow, pkt.tcp_syn, &vip, stats) else {
-        debug!(ctx, "VIP {}: no backend takes new flows, dropped", vip.vip_id);
-        return drop(&mut stats.drop_no_backend);
-    };
-    stats::count_vip(vip.vip_id, frame_len, selected.new_flow);
+    stats::count_vip(vip_id, frame_len, selected.new_flow);
 
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;

@@ -1,8 +1,19 @@
 //! Is this packet for a virtual service?
 
-use lb_common::{FlowKey, VipKey, VipMeta};
+use lb_common::{vip_filter_position, FlowKey, VipKey, VipMeta};
 
-use crate::maps::{VIPS, VIP_ADDRS};
+use crate::maps::{VIPS, VIP_ADDRS, VIP_FILTER};
+
+/// Whether `addr` may be a VIP address: false is certain (most traffic
+/// stops here, after one array read), true needs the VIP map to confirm.
+#[inline(always)]
+pub fn maybe_vip_address(addr: u32) -> bool {
+    let (word, bit) = vip_filter_position(addr);
+    match VIP_FILTER.get(word) {
+        Some(bits) => bits & (1u64 << bit) != 0,
+        None => true,
+    }
+}
 
 /// The VIP a flow is addressed to, if any.
 #[inline(always)]

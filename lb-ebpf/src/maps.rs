@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats, RingEntry, VipKey,
     VipMeta, VipStats, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS,
-    RING_SLOTS_PER_ENTRY,
+    RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
 };
 
 /// Virtual services. Written by the agent, read per packet.
@@ -21,6 +21,11 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 /// the agent; read only for fragments, which carry no port.
 #[map]
 pub static VIP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// VIP address filter (see `lb_common::names::VIP_FILTER`). Written by the
+/// agent, read per packet before any hash-map lookup.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Maglev rings of all VIPs, one region per VIP (`VipMeta::ring_offset`,
 /// `ring_size`). Written by the agent through a shared mapping

@@ -15,41 +15,43 @@ pub struct Selected {
     pub new_flow: bool,
 }
 
-#[inline(always)]
-fn usable(backend: &Backend, generation: u32) -> bool {
-    backend.flags & BACKEND_F_ACTIVE != 0 && backend.generation == generation
+/// What the connection table says about a flow.
+pub enum Pinned {
+    /// Pinned to a backend that still serves it.
+    Hit(Selected),
+    /// Pinned to a backend that was removed or replaced since.
+    Stale,
+    /// Not in the table.
+    Miss,
 }
 
-/// Picks the backend for a packet of `flow` to `vip`. `None` means the VIP
-/// has no backend for new flows.
+/// Looks the flow up in the connection table. Needs no VIP lookup: a pin
+/// only exists for VIP flows, and the backend it names carries its VIP id
+/// and stops being active when it leaves its VIP (or the VIP goes).
 #[inline(always)]
-pub fn select_backend(
-    flow: &FlowKey,
-    tcp_syn: bool,
-    vip: &VipMeta,
-    stats: &mut GlobalStats,
-) -> Option<Selected> {
-    // A SYN opens a new connection: it always goes by the ring, so a reused
-    // tuple never sticks to a stale choice.
-    if !tcp_syn {
-        if let Some(pin) = unsafe { FLOWS.get(flow) } {
-            let pin = *pin;
-            if let Some(backend) = BACKENDS.get(pin.backend_id) {
-                if usable(backend, pin.generation) {
-                    stats.flow_hits += 1;
-                    return Some(Selected {
-                        backend_id: pin.backend_id,
-                        backend: *backend,
-                        new_flow: false,
-                    });
-                }
-            }
-            // Pinned to a backend that was removed or replaced.
-            stats.flow_reselected += 1;
+pub fn pinned(flow: &FlowKey) -> Pinned {
+    let Some(pin) = (unsafe { FLOWS.get(flow) }) else {
+        return Pinned::Miss;
+    };
+    let pin = *pin;
+    match BACKENDS.get(pin.backend_id) {
+        Some(backend)
+            if backend.flags & BACKEND_F_ACTIVE != 0 && backend.generation == pin.generation =>
+        {
+            Pinned::Hit(Selected {
+                backend_id: pin.backend_id,
+                backend: *backend,
+                new_flow: false,
+            })
         }
+        _ => Pinned::Stale,
     }
-    stats.flow_misses += 1;
+}
 
+/// Picks a backend for a new flow from the VIP's Maglev ring and pins the
+/// flow to it. `None`: the VIP has no backend for new flows.
+#[inline(always)]
+pub fn from_ring(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Option<Selected> {
     let src_port = if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 {
         0
     } else {

@@ -20,8 +20,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lb_common::{
-    flow_hash, ipv4_to_wire, port_to_wire, Backend, VipKey, VipMeta, BACKEND_F_ACTIVE, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_F_HASH_NO_SRC_PORT,
+    flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipKey, VipMeta,
+    BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
+    VIP_F_HASH_NO_SRC_PORT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -332,6 +333,12 @@ impl DataPlane {
         for id in stray {
             dp.deactivate_backend(id)?;
         }
+        // The address structures follow from the VIPs (a filter pinned by an
+        // older agent may lack them).
+        let addrs: BTreeSet<Ipv4Addr> = dp.vips.keys().map(|v| v.addr).collect();
+        for addr in addrs {
+            dp.write_vip_address_count(addr)?;
+        }
         Ok(dp)
     }
 
@@ -582,6 +589,9 @@ impl DataPlane {
                 self.maps.write_ring(ring_offset, &state.ring)?;
             }
             if ring_changed || flags_changed {
+                if old.is_none() {
+                    self.open_vip_filter(vip.addr)?;
+                }
                 self.maps.set_vip(&vip.key(), &state.meta())?;
             }
             // Only now that no ring points at them.
@@ -603,10 +613,34 @@ impl DataPlane {
         Ok(report)
     }
 
+    /// Writes what the data path knows of the VIP address `addr`: how many
+    /// VIPs use it (`VIP_ADDRS`) and its word of the address filter,
+    /// recomputed from every VIP address.
     fn write_vip_address_count(&mut self, addr: Ipv4Addr) -> Result<()> {
         let count = self.vips.keys().filter(|v| v.addr == addr).count() as u32;
         self.maps
-            .set_vip_address_count(ipv4_to_wire(addr.octets()), count)
+            .set_vip_address_count(ipv4_to_wire(addr.octets()), count)?;
+        let (word, _) = vip_filter_position(ipv4_to_wire(addr.octets()));
+        let bits = self
+            .vips
+            .keys()
+            .map(|v| vip_filter_position(ipv4_to_wire(v.addr.octets())))
+            .filter(|&(w, _)| w == word)
+            .fold(0u64, |bits, (_, bit)| bits | 1 << bit);
+        self.maps.set_vip_filter_word(word, bits)
+    }
+
+    /// Sets `addr`'s filter bit ahead of its first VIP entry, so no packet
+    /// for the new VIP is filtered out in between.
+    fn open_vip_filter(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let (word, bit) = vip_filter_position(ipv4_to_wire(addr.octets()));
+        let bits = self
+            .vips
+            .keys()
+            .map(|v| vip_filter_position(ipv4_to_wire(v.addr.octets())))
+            .filter(|&(w, _)| w == word)
+            .fold(1u64 << bit, |bits, (_, b)| bits | 1 << b);
+        self.maps.set_vip_filter_word(word, bits)
     }
 
     fn activate_backend(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32) -> Result<()> {

@@ -15,6 +15,7 @@ use lb_common::{
 pub struct BalancerMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, u32, u32>,
+    vip_filter: Array<MapData, u64>,
     rings: RingPool,
     backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowPin>,
@@ -38,6 +39,7 @@ impl BalancerMaps {
         Ok(Self {
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            vip_filter: take(ebpf, names::VIP_FILTER)?,
             rings: RingPool::take_from(ebpf)?,
             backends: take(ebpf, names::BACKENDS)?,
             flows: take(ebpf, names::FLOWS)?,
@@ -127,6 +129,13 @@ impl BalancerMaps {
                 .insert(addr, count, 0)
                 .context("writing VIP address")
         }
+    }
+
+    /// Replaces one 64-bit word of the VIP address filter.
+    pub fn set_vip_filter_word(&mut self, word: u32, bits: u64) -> Result<()> {
+        self.vip_filter
+            .set(word, bits, 0)
+            .with_context(|| format!("writing VIP filter word {word}"))
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {

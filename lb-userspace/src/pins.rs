@@ -36,6 +36,7 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
 const PINNED_MAPS: &[(&str, usize, usize)] = &[
     (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
     (names::VIP_ADDRS, size_of::<u32>(), size_of::<u32>()),
+    (names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
     (names::RINGS, size_of::<u32>(), size_of::<RingEntry>()),
     (names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),
     (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowPin>()),

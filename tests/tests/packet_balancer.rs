@@ -538,6 +538,21 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
+            // The UDP VIP keeps the address in the filter; the pin of the
+            // removed TCP VIP names a deactivated backend.
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(53, Protocol::Udp, &[(B2, 1)])]),
+            ],
+            ..case(
+                "established flow of a removed VIP on a shared address passes",
+                tcp_vip(),
+                ack.clone(),
+                Expect::Pass,
+                PASSED,
+            )
+        },
+        Case {
             mtu: 1400,
             ..case(
                 "a smaller static MTU is honoured",
