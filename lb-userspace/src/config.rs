@@ -216,11 +216,15 @@ impl HealthCheckConfig {
                 return Err(format!("{field}: only for \"type\": \"http\""));
             }
         }
+        let interval_ms = self.interval_ms.unwrap_or(health::DEFAULT_INTERVAL_MS);
         let spec = CheckSpec {
             kind,
             port: self.port.unwrap_or(service_port),
-            interval_ms: self.interval_ms.unwrap_or(health::DEFAULT_INTERVAL_MS),
-            timeout_ms: self.timeout_ms.unwrap_or(health::DEFAULT_TIMEOUT_MS),
+            interval_ms,
+            // The default timeout shrinks with a short interval.
+            timeout_ms: self
+                .timeout_ms
+                .unwrap_or(health::DEFAULT_TIMEOUT_MS.min(interval_ms)),
             rise: self.rise.unwrap_or(health::DEFAULT_RISE),
             fall: self.fall.unwrap_or(health::DEFAULT_FALL),
         };
@@ -625,6 +629,13 @@ mod tests {
             .resolve(80)
             .expect_err("path without http")
             .starts_with("path"));
+        let quick: HealthCheckConfig =
+            serde_json::from_str(r#"{"interval_ms": 500}"#).expect("parses");
+        assert_eq!(
+            quick.resolve(80).expect("valid").timeout_ms,
+            500,
+            "the default timeout fits the interval"
+        );
         let slow: HealthCheckConfig =
             serde_json::from_str(r#"{"timeout_ms": 5000}"#).expect("parses");
         assert!(slow
