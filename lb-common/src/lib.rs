@@ -226,6 +226,48 @@ pub struct GlobalStats {
     pub redirected: u64,
 }
 
+/// Number of counters in [`GlobalStats`].
+pub const GLOBAL_COUNTERS: usize = 14;
+const _: () = assert!(core::mem::size_of::<GlobalStats>() == GLOBAL_COUNTERS * 8);
+
+impl GlobalStats {
+    /// The counters' names, in field order (what userspace prints).
+    pub const NAMES: [&'static str; GLOBAL_COUNTERS] = [
+        "passed",
+        "malformed",
+        "flow_hits",
+        "flow_misses",
+        "flow_reselected",
+        "flow_pin_errors",
+        "drop_fragment",
+        "drop_too_big",
+        "drop_no_backend",
+        "encap_errors",
+        "fib_failures",
+        "fib_no_neigh",
+        "tx",
+        "redirected",
+    ];
+
+    /// The counters in field order.
+    pub fn values(&self) -> [u64; GLOBAL_COUNTERS] {
+        // SAFETY: #[repr(C)] struct of exactly GLOBAL_COUNTERS u64 fields
+        // (asserted above): the same layout as the array.
+        unsafe { core::mem::transmute::<GlobalStats, [u64; GLOBAL_COUNTERS]>(*self) }
+    }
+
+    /// Field-by-field sum (per-CPU values into one).
+    pub fn sum(&self, other: &GlobalStats) -> GlobalStats {
+        let (a, b) = (self.values(), other.values());
+        let mut out = [0u64; GLOBAL_COUNTERS];
+        for i in 0..GLOBAL_COUNTERS {
+            out[i] = a[i] + b[i];
+        }
+        // SAFETY: as in `values`, the other way round.
+        unsafe { core::mem::transmute::<[u64; GLOBAL_COUNTERS], GlobalStats>(out) }
+    }
+}
+
 /// Counters of the `decap` program (per CPU, index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,4 +342,34 @@ mod pod {
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for DecapStats {}
     unsafe impl aya::Pod for DataPathConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn global_counter_names_follow_the_fields() {
+        let s = super::GlobalStats {
+            passed: 1,
+            malformed: 2,
+            flow_hits: 3,
+            flow_misses: 4,
+            flow_reselected: 5,
+            flow_pin_errors: 6,
+            drop_fragment: 7,
+            drop_too_big: 8,
+            drop_no_backend: 9,
+            encap_errors: 10,
+            fib_failures: 11,
+            fib_no_neigh: 12,
+            tx: 13,
+            redirected: 14,
+        };
+        assert_eq!(s.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        let names = super::GlobalStats::NAMES;
+        assert_eq!(
+            (names[0], names[2], names[12], names[13]),
+            ("passed", "flow_hits", "tx", "redirected")
+        );
+        assert_eq!(s.sum(&s).values()[13], 28);
+    }
 }

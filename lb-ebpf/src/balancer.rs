@@ -70,7 +70,10 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             }
             stats.flow_misses += 1;
             let Some(selected) = select::from_ring(&pkt.flow, &vip, stats) else {
-                debug!(ctx, "VIP {}: no backend takes new flows, dropped", vip.vip_id);
+                debug!(
+                    ctx,
+                    "VIP {}: no backend takes new flows, dropped", vip.vip_id
+                );
                 return drop(&mut stats.drop_no_backend);
             };
             (selected, vip.vip_id)
@@ -98,7 +101,12 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         } => (action, Some((src_mac, dst_mac))),
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
         NextHop::TooBig => {
-            debug!(ctx, "{} bytes to {:i}: over the MTU once encapsulated, dropped", outer_len, wire_ip(outer_dst));
+            debug!(
+                ctx,
+                "{} bytes to {:i}: over the MTU once encapsulated, dropped",
+                outer_len,
+                wire_ip(outer_dst)
+            );
             return drop(&mut stats.drop_too_big);
         }
         NextHop::Unreachable => {
@@ -109,7 +117,11 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
 
     let outer = encap::outer_ipv4_header(&pkt, config.lb_source_addr, outer_dst);
     if encap::encapsulate(ctx, pkt.l2, &outer).is_err() {
-        debug!(ctx, "encapsulation towards {:i} failed, dropped", wire_ip(outer_dst));
+        debug!(
+            ctx,
+            "encapsulation towards {:i} failed, dropped",
+            wire_ip(outer_dst)
+        );
         return drop(&mut stats.encap_errors);
     }
     stats::count_backend(selected.backend_id, frame_len);

@@ -180,7 +180,7 @@ impl BalancerMaps {
         let per_cpu = self.global_stats.get(&0, 0)?;
         Ok(per_cpu
             .iter()
-            .fold(GlobalStats::default(), |acc, s| add_global(&acc, s)))
+            .fold(GlobalStats::default(), |acc, s| acc.sum(s)))
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
@@ -266,24 +266,5 @@ impl Drop for RingPool {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what take_from mapped.
         unsafe { libc::munmap(self.mapping, self.mapping_len) };
-    }
-}
-
-fn add_global(a: &GlobalStats, b: &GlobalStats) -> GlobalStats {
-    GlobalStats {
-        passed: a.passed + b.passed,
-        malformed: a.malformed + b.malformed,
-        flow_hits: a.flow_hits + b.flow_hits,
-        flow_misses: a.flow_misses + b.flow_misses,
-        flow_reselected: a.flow_reselected + b.flow_reselected,
-        flow_pin_errors: a.flow_pin_errors + b.flow_pin_errors,
-        drop_fragment: a.drop_fragment + b.drop_fragment,
-        drop_too_big: a.drop_too_big + b.drop_too_big,
-        drop_no_backend: a.drop_no_backend + b.drop_no_backend,
-        encap_errors: a.encap_errors + b.encap_errors,
-        fib_failures: a.fib_failures + b.fib_failures,
-        fib_no_neigh: a.fib_no_neigh + b.fib_no_neigh,
-        tx: a.tx + b.tx,
-        redirected: a.redirected + b.redirected,
     }
 }

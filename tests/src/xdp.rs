@@ -112,22 +112,7 @@ pub fn run_program(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) 
 
 /// Names and values of every global counter, for exact comparisons.
 pub fn counters(s: &GlobalStats) -> Vec<(&'static str, u64)> {
-    vec![
-        ("passed", s.passed),
-        ("malformed", s.malformed),
-        ("flow_hits", s.flow_hits),
-        ("flow_misses", s.flow_misses),
-        ("flow_reselected", s.flow_reselected),
-        ("flow_pin_errors", s.flow_pin_errors),
-        ("drop_fragment", s.drop_fragment),
-        ("drop_too_big", s.drop_too_big),
-        ("drop_no_backend", s.drop_no_backend),
-        ("encap_errors", s.encap_errors),
-        ("fib_failures", s.fib_failures),
-        ("fib_no_neigh", s.fib_no_neigh),
-        ("tx", s.tx),
-        ("redirected", s.redirected),
-    ]
+    GlobalStats::NAMES.into_iter().zip(s.values()).collect()
 }
 
 /// Asserts that the counters moved from `before` to `after` by exactly
