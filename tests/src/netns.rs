@@ -48,6 +48,7 @@ pub struct Netns {
 impl Netns {
     /// Creates `lbt<pid>-<seq>-<role>` and sets its `lo` up.
     pub fn new(role: &str) -> Result<Netns> {
+        install_interrupt_cleanup();
         if role.is_empty()
             || !role
                 .bytes()
@@ -325,6 +326,7 @@ pub fn reap_orphans() -> Result<Vec<String>> {
             Err(e) => errors.push(format!("{name}: {e:#}")),
         }
     }
+    reap_run_dirs(|pid| !pid_alive(pid), &mut reaped);
     if !errors.is_empty() {
         bail!(
             "could not remove orphaned namespaces: {}",
@@ -332,6 +334,82 @@ pub fn reap_orphans() -> Result<Vec<String>> {
         );
     }
     Ok(reaped)
+}
+
+/// Unmounts and removes `/run/lbt<pid>-...` directories (the agents' bpffs
+/// mounts) of the pids `gone` says are gone, and `/tmp/lbt-agent-lbt<pid>-...`
+/// working directories.
+fn reap_run_dirs(gone: impl Fn(i32) -> bool, reaped: &mut Vec<String>) {
+    for dir in ["/run", "/tmp"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let owner = owner_pid(name.strip_prefix("lbt-agent-").unwrap_or(&name));
+            let Some(_) = owner.filter(|&pid| gone(pid)) else {
+                continue;
+            };
+            let path = entry.path();
+            let _ = Command::new("umount")
+                .arg(&path)
+                .stderr(Stdio::null())
+                .status();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
+                reaped.push(path.display().to_string());
+            }
+        }
+    }
+}
+
+/// On Ctrl-C (SIGINT) or SIGTERM, removes every namespace, bpffs mount and
+/// working directory this process created, then exits: test processes do
+/// not run destructors when interrupted. Installed by the first
+/// [`Netns::new`].
+fn install_interrupt_cleanup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    ONCE.call_once(|| {
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        // SAFETY: the handler only stores to an atomic.
+        let previous = unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+        if previous != libc::SIG_DFL {
+            // The program handles Ctrl-C itself (the demo): leave it be.
+            // SAFETY: restoring the disposition we just replaced.
+            unsafe { libc::signal(libc::SIGINT, previous) };
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGTERM, handler as libc::sighandler_t) };
+        let _ = thread::Builder::new()
+            .name("lbt-interrupt".into())
+            .spawn(|| loop {
+                thread::sleep(Duration::from_millis(100));
+                if !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let me = std::process::id() as i32;
+                if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if owner_pid(&name) == Some(me) {
+                            let _ = destroy(&name);
+                        }
+                    }
+                }
+                reap_run_dirs(|pid| pid == me, &mut Vec::new());
+                eprintln!("interrupted: removed this run's namespaces and mounts");
+                std::process::exit(130);
+            });
+    });
 }
 
 /// The pid encoded in a name of the form `lbt<pid>-...`.
