@@ -57,7 +57,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     setup()?;
     match cli.command {
-        Cmd::Setup => Ok(()),
+        Cmd::Setup => {
+            say(&format!(
+                "everything is installed: bpf-linker {BPF_LINKER_VERSION}, rust-src for nightly, {}",
+                RUNTIME_PACKAGES.iter().map(|(_, pkg)| *pkg).collect::<Vec<_>>().join(", ")
+            ));
+            Ok(())
+        }
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
