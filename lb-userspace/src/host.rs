@@ -86,3 +86,19 @@ fn is_bpffs(path: &str) -> Result<bool> {
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
+
+/// Enables what the FIB next hop needs on `interface`: bpf_fib_lookup
+/// refuses to route for an interface without forwarding, and accept_local
+/// lets the kernel forward the encapsulated packets (our own source
+/// address) it is handed while it resolves a neighbour.
+pub fn prepare_fib_next_hop(interface: &str) -> Result<()> {
+    for key in [
+        format!("net.ipv4.conf.{interface}.forwarding"),
+        format!("net.ipv4.conf.{interface}.accept_local"),
+    ] {
+        if ensure_sysctl(&key, "1")? {
+            log::info!("set {key} = 1 (needed by the FIB next hop)");
+        }
+    }
+    Ok(())
+}

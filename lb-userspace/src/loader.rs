@@ -160,3 +160,22 @@ fn xdp_attach(xdp: &mut Xdp, interface: &str, mode: XdpMode) -> Result<XdpLinkId
     xdp.attach(interface, mode)
         .with_context(|| format!("attaching XDP to {interface} in {mode:?} mode"))
 }
+
+/// Forwards the data path's own log (aya-log records, at the agent's log
+/// level) to the agent's logger. Needs a tokio runtime context.
+pub fn spawn_data_path_log(ebpf: &mut Ebpf) -> Result<()> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("opening the log ring")?;
+    // SAFETY: the logger owns the ring buffer's fd and keeps it open for as
+    // long as the AsyncFd owns the logger.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .context("watching the data path's log")?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}

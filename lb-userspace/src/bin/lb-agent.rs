@@ -217,18 +217,7 @@ fn run(args: Args) -> Result<()> {
     );
 
     if config.next_hop == NextHop::Fib {
-        // bpf_fib_lookup refuses to route for an interface without
-        // forwarding; accept_local lets the kernel forward encapsulated
-        // packets (our own source address) it is handed while it resolves
-        // a neighbour.
-        for key in [
-            format!("net.ipv4.conf.{}.forwarding", config.interface),
-            format!("net.ipv4.conf.{}.accept_local", config.interface),
-        ] {
-            if host::ensure_sysctl(&key, "1")? {
-                info!("set {key} = 1 (needed by the FIB next hop)");
-            }
-        }
+        host::prepare_fib_next_hop(&config.interface)?;
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -236,26 +225,8 @@ fn run(args: Args) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     let _runtime_context = runtime.enter();
-    // The data path's own log (aya-log), at the agent's log level.
-    match aya_log::EbpfLogger::init(&mut ebpf) {
-        Ok(logger) => {
-            // SAFETY: the logger owns the ring buffer's fd and keeps it open
-            // for as long as the AsyncFd owns the logger.
-            let mut logger = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    logger,
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .context("watching the data path's log")?;
-            runtime.spawn(async move {
-                while let Ok(mut guard) = logger.readable_mut().await {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            });
-        }
-        Err(e) => warn!("the data path's log is unavailable: {e}"),
+    if let Err(e) = loader::spawn_data_path_log(&mut ebpf) {
+        warn!("the data path's log is unavailable: {e:#}");
     }
 
     match pins.attach(
