@@ -130,9 +130,15 @@ fn stopped_server_leaves_the_table_and_returns_after_rise() {
         "b2 unhealthy after {:?} (interval {INTERVAL_MS} ms, fall 2)",
         stopped.elapsed()
     );
-    assert_eq!(
-        b.consecutive_fail, 2,
-        "out after exactly `fall` failures: {b:?}"
+    // The transition itself happened at exactly `fall` failures (the log
+    // says so); probes may have failed again since.
+    assert!(b.consecutive_fail >= 2, "{b:?}");
+    assert!(
+        bed.agent
+            .log()
+            .contains("unhealthy: refused (2 consecutive failures)"),
+        "out after exactly `fall` failures:\n{}",
+        bed.agent.log()
     );
     assert_eq!(
         b.last_probe.as_ref().map(|p| p.reason.as_str()),
@@ -197,9 +203,11 @@ fn http_503_takes_a_backend_out_while_its_port_stays_open() {
 
 #[test]
 fn a_flapping_backend_does_not_churn_the_tables() {
-    // rise = fall = 3 while the backend alternates every probe or so: the
-    // consecutive counts never reach 3, so nothing changes.
-    let bed = bed(Some(http_check(3, 3)));
+    // The backend changes state faster than probes come (every 150 ms,
+    // probes every 200 ms): no run of 6 equal results, which rise = fall = 6
+    // would need, so nothing changes. The margin absorbs a loaded machine
+    // stretching the toggles.
+    let bed = bed(Some(http_check(6, 6)));
     all_healthy(&bed);
     let rewrites_before = bed.agent.log().matches("tables rewritten").count();
     let mut sick = false;
@@ -207,7 +215,7 @@ fn a_flapping_backend_does_not_churn_the_tables() {
     while started.elapsed() < Duration::from_secs(4) {
         sick = !sick;
         bed.topo.set_http_health(1, !sick).expect("toggle");
-        std::thread::sleep(Duration::from_millis(INTERVAL_MS + 20));
+        std::thread::sleep(Duration::from_millis(150));
     }
     bed.topo.set_http_health(1, true).expect("well");
     let info = vip_info(&bed);
