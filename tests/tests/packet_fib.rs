@@ -29,6 +29,17 @@ const SMALL_MTU: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 2);
 /// No route at all.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(198, 19, 4, 2);
 
+/// (description, backend, VIP port, verdict, (dst MAC, src MAC) of the
+/// output, counter that moves)
+type FibCase = (
+    &'static str,
+    Ipv4Addr,
+    u16,
+    u32,
+    Option<([u8; 6], [u8; 6])>,
+    &'static str,
+);
+
 fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
     let text = ns
         .exec(&["cat", &format!("/sys/class/net/{ifname}/address")])
@@ -90,7 +101,7 @@ fn every_fib_outcome() {
     };
     let mut balancer = Balancer::load(&test_options(config), &vips);
 
-    let cases: [(&str, Ipv4Addr, u16, u32, Option<([u8; 6], [u8; 6])>, &str); 5] = [
+    let cases: [FibCase; 5] = [
         (
             "resolved next hop: XDP_TX to the gateway's MAC",
             ROUTED,
