@@ -188,11 +188,13 @@ pub struct BackendStats {
     pub bytes: u64,
 }
 
-/// Global counters of `balancer` (per CPU, index 0). Every packet is counted
+/// Global counters of `balancer` (per CPU, index 0). Userspace also sends
+/// them, summed over CPUs, in the control protocol's `stats` response. Every packet is counted
 /// in exactly one of the verdict counters (`passed`, `malformed`, `drop_*`,
 /// `encap_errors`, `fib_failures`, `fib_no_neigh`, `tx`, `redirected`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct GlobalStats {
     /// Not for a VIP: passed to the kernel untouched.
     pub passed: u64,

@@ -883,40 +883,8 @@ fn render_health(backends: &[BackendInfo], now_unix_ms: u64) -> String {
 }
 
 /// The global counters by name, in the protocol's order.
-fn global_counters(g: &GlobalCounters) -> [(&'static str, u64); 14] {
-    // Destructured so that a new counter cannot be forgotten here.
-    let GlobalCounters {
-        passed,
-        malformed,
-        flow_hits,
-        flow_misses,
-        flow_reselected,
-        flow_pin_errors,
-        drop_fragment,
-        drop_too_big,
-        drop_no_backend,
-        encap_errors,
-        fib_failures,
-        fib_no_neigh,
-        tx,
-        redirected,
-    } = *g;
-    [
-        ("passed", passed),
-        ("malformed", malformed),
-        ("flow_hits", flow_hits),
-        ("flow_misses", flow_misses),
-        ("flow_reselected", flow_reselected),
-        ("flow_pin_errors", flow_pin_errors),
-        ("drop_fragment", drop_fragment),
-        ("drop_too_big", drop_too_big),
-        ("drop_no_backend", drop_no_backend),
-        ("encap_errors", encap_errors),
-        ("fib_failures", fib_failures),
-        ("fib_no_neigh", fib_no_neigh),
-        ("tx", tx),
-        ("redirected", redirected),
-    ]
+fn global_counters(g: &GlobalCounters) -> impl Iterator<Item = (&'static str, u64)> {
+    GlobalCounters::NAMES.into_iter().zip(g.values())
 }
 
 fn render_stats(stats: &StatsReport, all: bool) -> String {

@@ -324,45 +324,9 @@ pub struct StatsReport {
     pub vips: Vec<VipCounters>,
 }
 
-/// `lb_common::GlobalStats` summed over CPUs, with names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GlobalCounters {
-    pub passed: u64,
-    pub malformed: u64,
-    pub flow_hits: u64,
-    pub flow_misses: u64,
-    pub flow_reselected: u64,
-    pub flow_pin_errors: u64,
-    pub drop_fragment: u64,
-    pub drop_too_big: u64,
-    pub drop_no_backend: u64,
-    pub encap_errors: u64,
-    pub fib_failures: u64,
-    pub fib_no_neigh: u64,
-    pub tx: u64,
-    pub redirected: u64,
-}
-
-impl From<lb_common::GlobalStats> for GlobalCounters {
-    fn from(s: lb_common::GlobalStats) -> Self {
-        Self {
-            passed: s.passed,
-            malformed: s.malformed,
-            flow_hits: s.flow_hits,
-            flow_misses: s.flow_misses,
-            flow_reselected: s.flow_reselected,
-            flow_pin_errors: s.flow_pin_errors,
-            drop_fragment: s.drop_fragment,
-            drop_too_big: s.drop_too_big,
-            drop_no_backend: s.drop_no_backend,
-            encap_errors: s.encap_errors,
-            fib_failures: s.fib_failures,
-            fib_no_neigh: s.fib_no_neigh,
-            tx: s.tx,
-            redirected: s.redirected,
-        }
-    }
-}
+/// The data path's global counters summed over CPUs (one field per
+/// verdict reason; see `lb_common::GlobalStats`).
+pub type GlobalCounters = lb_common::GlobalStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipCounters {

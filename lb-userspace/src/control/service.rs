@@ -312,7 +312,7 @@ impl Service {
         let maps = self.dataplane.maps();
         let internal =
             |e: anyhow::Error| err(ErrorCode::Internal, format!("reading counters: {e:#}"));
-        let global = maps.global_stats().map_err(internal)?.into();
+        let global = maps.global_stats().map_err(internal)?;
         let mut vips = Vec::new();
         for v in &self.config.vips {
             let vip = v.vip();
