@@ -529,9 +529,9 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli, socket: &Path) -> Outcome {
     let request = cli.command.request();
-    let line = match serde_json::to_string(&request) {
+    let line = match client::request_line(&request) {
         Ok(line) => line,
-        Err(e) => return Outcome::failure(Exit::Unreachable, client::ClientError::Encode(e)),
+        Err(e) => return Outcome::failure(Exit::Unreachable, e),
     };
     let answer = match client::request_raw(socket, &line, cli.timeout) {
         Ok(answer) => answer,
@@ -1937,7 +1937,11 @@ mod tests {
         let cli = parse(args).expect("parses");
         let outcome = run(&cli, &socket.0);
         let line = agent.join().expect("agent");
-        (outcome, line)
+        // Every request carries the protocol version, last.
+        let Some(request) = line.strip_suffix(",\"v\":1}\n") else {
+            panic!("the request carries \"v\":1 last: {line}");
+        };
+        (outcome, format!("{request}}}\n"))
     }
 
     #[test]

@@ -100,18 +100,18 @@ impl std::error::Error for ClientError {
 /// Sends `req` to the agent listening on `socket` and returns its response
 /// (which may be a refusal: check `ok`).
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    // Carries the protocol version, so an agent speaking another version
-    // refuses the request instead of misreading it.
-    let mut value = serde_json::to_value(req).map_err(ClientError::Encode)?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "v".into(),
-            serde_json::Value::from(super::protocol::PROTOCOL_VERSION),
-        );
-    }
-    let line = value.to_string();
-    let answer = request_raw(socket, &line, timeout)?;
+    let answer = request_raw(socket, &request_line(req)?, timeout)?;
     parse_response(socket, &answer)
+}
+
+/// The line for `req`, carrying the protocol version (`"v"`, last) so an
+/// agent speaking another version refuses it instead of misreading it.
+pub fn request_line(req: &Request) -> Result<String, ClientError> {
+    let mut line = serde_json::to_string(req).map_err(ClientError::Encode)?;
+    // A request is an object: its text ends with '}'.
+    line.pop();
+    line.push_str(&format!(",\"v\":{}}}", super::protocol::PROTOCOL_VERSION));
+    Ok(line)
 }
 
 /// Sends `line` as given (followed by a newline unless it ends with one)
