@@ -97,6 +97,22 @@ pub struct VipSpec {
     pub backends: Vec<BackendSpec>,
 }
 
+impl VipSpec {
+    /// A VIP with the default table size (65537), hashing the whole
+    /// 5-tuple, and these (address, weight) backends.
+    pub fn new(vip: VipAddr, backends: &[(Ipv4Addr, u32)]) -> Self {
+        Self {
+            vip,
+            table_size: maglev::DEFAULT_TABLE_SIZE,
+            hash_source_only: false,
+            backends: backends
+                .iter()
+                .map(|&(addr, weight)| BackendSpec { addr, weight })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: Ipv4Addr,

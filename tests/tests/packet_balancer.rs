@@ -13,7 +13,7 @@ use lb_tests::{
     packet::*,
     xdp::{self, *},
 };
-use lb_userspace::dataplane::{BackendSpec, Protocol, VipAddr, VipSpec};
+use lb_userspace::dataplane::{Protocol, VipAddr, VipSpec};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 8);
@@ -25,19 +25,14 @@ const B3: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
 const MTU: u32 = 1500;
 
 fn vip(port: u16, proto: Protocol, backends: &[(Ipv4Addr, u32)]) -> VipSpec {
-    VipSpec {
-        vip: VipAddr {
+    VipSpec::new(
+        VipAddr {
             addr: VIP,
             port,
             proto,
         },
-        table_size: 65537,
-        hash_source_only: false,
-        backends: backends
-            .iter()
-            .map(|&(addr, weight)| BackendSpec { addr, weight })
-            .collect(),
-    }
+        backends,
+    )
 }
 
 /// The usual configuration: TCP/80 with one backend, UDP/53 with another.

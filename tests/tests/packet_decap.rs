@@ -7,7 +7,7 @@ use aya::{maps::PerCpuArray, Ebpf};
 use lb_common::{names, DecapStats};
 use lb_tests::{packet::*, xdp::*};
 use lb_userspace::{
-    dataplane::{BackendSpec, Protocol, VipAddr, VipSpec},
+    dataplane::{Protocol, VipAddr, VipSpec},
     loader,
 };
 
@@ -197,19 +197,14 @@ fn decap_fixtures() {
 /// sent (with the next hop's MACs).
 #[test]
 fn balancer_then_decap_round_trip() {
-    let vips = vec![VipSpec {
-        vip: VipAddr {
+    let vips = vec![VipSpec::new(
+        VipAddr {
             addr: VIP,
             port: 80,
             proto: Protocol::Tcp,
         },
-        table_size: 65537,
-        hash_source_only: false,
-        backends: vec![BackendSpec {
-            addr: BACKEND,
-            weight: 1,
-        }],
-    }];
+        &[(BACKEND, 1)],
+    )];
     let mut lb = Balancer::load(&test_options(static_config(1500)), &vips);
     let mut decap = load_decap();
     for (i, ip) in [

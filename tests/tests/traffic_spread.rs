@@ -9,7 +9,7 @@ use lb_tests::{
     topology::{Topology, TopologySpec},
     xdp::require_root,
 };
-use lb_userspace::dataplane::{BackendSpec, Protocol, RingModel, VipAddr, VipSpec};
+use lb_userspace::dataplane::{Protocol, RingModel, VipAddr, VipSpec};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const PORT: u16 = 8080;
@@ -38,19 +38,14 @@ fn spread(weights: &[u32], xdp_mode: &str) {
         ),
     )
     .expect("starting lb-agent");
-    let model = RingModel::new(&VipSpec {
-        vip: VipAddr {
+    let model = RingModel::new(&VipSpec::new(
+        VipAddr {
             addr: VIP,
             port: PORT,
             proto: Protocol::Tcp,
         },
-        table_size: 65537,
-        hash_source_only: false,
-        backends: backends
-            .iter()
-            .map(|&(addr, weight)| BackendSpec { addr, weight })
-            .collect(),
-    })
+        &backends,
+    ))
     .expect("model");
 
     let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();

@@ -21,7 +21,7 @@ use lb_tests::{
 use lb_userspace::{
     config::Config,
     control::{protocol::Request, service::Service},
-    dataplane::{BackendSpec, DataPlane, Protocol, VipAddr, VipSpec},
+    dataplane::{DataPlane, Protocol, VipAddr, VipSpec},
     health::HealthChecker,
     loader::{self, BalancerOptions},
     maglev::{self, MaglevBackend},
@@ -112,22 +112,17 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     };
     let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS, &[])?;
     let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
-    let backends = (1..=10)
-        .map(|i| BackendSpec {
-            addr: Ipv4Addr::new(198, 19, 0, i),
-            weight: 1,
-        })
+    let backends: Vec<(Ipv4Addr, u32)> = (1..=10)
+        .map(|i| (Ipv4Addr::new(198, 19, 0, i), 1))
         .collect();
-    dataplane.apply(&[VipSpec {
-        vip: VipAddr {
+    dataplane.apply(&[VipSpec::new(
+        VipAddr {
             addr: VIP,
             port: 80,
             proto: Protocol::Tcp,
         },
-        table_size: 65537,
-        hash_source_only: false,
-        backends,
-    }])?;
+        &backends,
+    )])?;
 
     let established = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).payload(&[0; 64]));
     let syn = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).payload(&[0; 64]));
