@@ -7,7 +7,7 @@ use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr, TcpStream},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
@@ -312,7 +312,19 @@ fn reap_orphans_removes_namespaces_of_dead_processes() {
         .args(["netns", "exec", &orphan, "sleep", "600"])
         .spawn()
         .expect("spawning sleep in the orphan");
-    std::thread::sleep(Duration::from_millis(100));
+    // `ip netns exec` opens the namespace before it enters it: reaping before
+    // it has entered would delete the namespace under it and leave the sleep
+    // running. Wait until the kernel lists it inside.
+    let entered = Instant::now() + Duration::from_secs(30);
+    while !namespace_has_processes(&orphan) {
+        if Instant::now() > entered {
+            let _ = sleeper.kill();
+            let _ = Command::new("ip").args(["netns", "del", &orphan]).status();
+            let _ = Command::new("ip").args(["netns", "del", &alive]).status();
+            panic!("sleep never entered namespace {orphan}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let reaped = netns::reap_orphans();
     // Clean up our own before asserting, so a failure leaves nothing behind.
@@ -328,11 +340,32 @@ fn reap_orphans_removes_namespaces_of_dead_processes() {
         !reaped.contains(&alive),
         "reap_orphans removed a namespace of a live process"
     );
-    let status = sleeper.wait().expect("wait sleep");
+    // Bounded: a sleeper that survived must fail the test, not hang it.
+    let killed_by = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sleeper.try_wait().expect("wait sleep") {
+            break status;
+        }
+        if Instant::now() > killed_by {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            panic!("the orphan's process still ran 10 s after reap_orphans");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(
         !status.success(),
         "the orphan's process should have been killed"
     );
+}
+
+/// Whether `ip netns pids` lists any process inside `name`.
+fn namespace_has_processes(name: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|out| out.status.success() && !out.stdout.trim_ascii().is_empty())
+        .unwrap_or(false)
 }
 
 #[test]
