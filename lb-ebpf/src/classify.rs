@@ -26,11 +26,11 @@ pub fn lookup_vip(flow: &FlowKey) -> Option<VipMeta> {
     };
     // Copied out: the agent may replace the value at any time and a
     // consistent (offset, size) pair matters more than saving 16 bytes.
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(key) }.copied()
 }
 
 /// Whether some VIP lives on this address (for packets without ports).
 #[inline(always)]
 pub fn is_vip_address(addr: u32) -> bool {
-    VIP_ADDRS.get_ptr(&addr).is_some()
+    VIP_ADDRS.get_ptr(addr).is_some()
 }

@@ -54,7 +54,7 @@ fn strip(ctx: &XdpContext) -> Outcome {
     if ether_type != EtherType::Ipv4.into() {
         return Outcome::NotOurs;
     }
-    let l3 = l2.len();
+    let l3 = l2.header_len();
     let Some(outer) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return Outcome::NotOurs;
     };
@@ -74,7 +74,7 @@ fn strip(ctx: &XdpContext) -> Outcome {
     let outer = unsafe { &*outer };
     if outer.proto != IPPROTO_IPIP
         || DECAP_ADDRS
-            .get_ptr(&u32::from_ne_bytes(outer.dst_addr))
+            .get_ptr(u32::from_ne_bytes(outer.dst_addr))
             .is_none()
     {
         return Outcome::NotOurs;

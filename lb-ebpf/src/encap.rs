@@ -10,6 +10,9 @@ use crate::{
     parse::{ptr_at, Ipv4Flow, ETH_LEN, IP_DF, L2},
 };
 
+/// The packet could not be grown or rewritten: the caller drops it.
+pub struct EncapError;
+
 /// The outer header for `pkt`, checksum included.
 #[inline(always)]
 pub fn outer_ipv4_header(pkt: &Ipv4Flow, src: u32, dst: u32) -> Ipv4Hdr {
@@ -35,29 +38,29 @@ pub fn outer_ipv4_header(pkt: &Ipv4Flow, src: u32, dst: u32) -> Ipv4Hdr {
 /// Grows the head by one IPv4 header and writes the L2 header and `outer`
 /// in front of the client's packet. On error the caller must drop the packet.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Ipv4Hdr) -> Result<(), ()> {
-    let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(())? };
+pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Ipv4Hdr) -> Result<(), EncapError> {
+    let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? };
     let vlan: Option<VlanHdr> = match l2 {
         L2::Plain => None,
-        L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(())? }),
+        L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? }),
     };
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
-        return Err(());
+        return Err(EncapError);
     }
     unsafe {
-        *ptr_at::<EthHdr>(ctx, 0).ok_or(())? = eth;
+        *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? = eth;
         if let Some(vlan) = vlan {
-            *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(())? = vlan;
+            *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? = vlan;
         }
-        *ptr_at::<Ipv4Hdr>(ctx, l2.len()).ok_or(())? = *outer;
+        *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = *outer;
     }
     Ok(())
 }
 
 /// Rewrites the Ethernet addresses for the next hop.
 #[inline(always)]
-pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), ()> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
+pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), EncapError> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)?;
     unsafe {
         (*eth).src_addr = src;
         (*eth).dst_addr = dst;

@@ -46,7 +46,7 @@ pub enum L2 {
 
 impl L2 {
     #[inline(always)]
-    pub fn len(self) -> usize {
+    pub fn header_len(self) -> usize {
         match self {
             L2::Plain => ETH_LEN,
             L2::Vlan => ETH_LEN + VLAN_LEN,
@@ -98,7 +98,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if ether_type != EtherType::Ipv4.into() {
         return Parsed::Other;
     }
-    let l3 = l2.len();
+    let l3 = l2.header_len();
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return Parsed::Malformed;
     };

@@ -81,7 +81,7 @@ pub fn from_ring(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Opti
         backend_id,
         generation: backend.generation,
     };
-    if FLOWS.insert(flow, &pin, 0).is_err() {
+    if FLOWS.insert(flow, pin, 0).is_err() {
         stats.flow_pin_errors += 1;
     }
     Some(Selected {
