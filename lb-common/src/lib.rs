@@ -76,9 +76,11 @@ pub mod names {
     /// `FlowKey` → `FlowPin` (LRU, per-CPU LRU lists). Written by `balancer`,
     /// read by `balancer`; the agent only reads it for summaries and flushes.
     pub const FLOWS: &str = "FLOWS";
-    /// Per-CPU `VipStats` by VIP id. Written by `balancer`, read by the agent.
+    /// Per-CPU `VipStats` by VIP id. Written by `balancer`, read by the agent,
+    /// which zeroes an id before giving it to a new VIP.
     pub const VIP_STATS: &str = "VIP_STATS";
-    /// Per-CPU `BackendStats` by backend id. Written by `balancer`, read by the agent.
+    /// Per-CPU `BackendStats` by backend id. Written by `balancer`, read by
+    /// the agent, which zeroes an id before giving it to a new backend.
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Per-CPU `GlobalStats` at index 0. Written by `balancer`, read by the agent.
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";

@@ -48,11 +48,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowPin> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
 
-/// Per-VIP counters by VIP id. Written by `balancer`, read by the agent.
+/// Per-VIP counters by VIP id. Written by `balancer`, read by the agent
+/// (which zeroes an id before reusing it).
 #[map]
 pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
-/// Per-backend counters by backend id. Written by `balancer`, read by the agent.
+/// Per-backend counters by backend id. Written by `balancer`, read by the
+/// agent (which zeroes an id before reusing it).
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -606,6 +606,8 @@ impl DataPlane {
             }
             if ring_changed || flags_changed {
                 if old.is_none() {
+                    // A reused VIP id must not show its last owner's counters.
+                    self.maps.reset_vip_stats(vip_id)?;
                     self.open_vip_filter(vip.addr)?;
                 }
                 self.maps.set_vip(&vip.key(), &state.meta())?;
@@ -659,7 +661,10 @@ impl DataPlane {
         self.maps.set_vip_filter_word(word, bits)
     }
 
+    /// Gives backend id `id` to a new backend: fresh counters, a new
+    /// generation (so flows pinned to the id's last owner re-select), active.
     fn activate_backend(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32) -> Result<()> {
+        self.maps.reset_backend_stats(id)?;
         let generation = &mut self.generations[id as usize];
         *generation = generation.wrapping_add(1);
         self.maps.set_backend(

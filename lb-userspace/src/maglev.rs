@@ -1264,37 +1264,4 @@ mod tests {
             worst.1
         );
     }
-
-    /// Release-mode timings, printed, not asserted:
-    /// `cargo test --release -p lb-userspace --lib maglev::tests::timings -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn timings() {
-        for (n, size, runs) in [(100, 65537, 200), (1000, 65537, 200), (1000, 655_373, 30)] {
-            let equal = equal_backends(n);
-            let weighted: Vec<_> = (0..n).map(|i| backend(i, 1 + i % 10)).collect();
-            let skewed: Vec<_> = (0..n)
-                .map(|i| backend(i, if i == 0 { u32::MAX } else { 1 }))
-                .collect();
-            for (name, set) in [
-                ("equal weights", &equal),
-                ("weights 1..=10", &weighted),
-                ("one weight u32::MAX, others 1", &skewed),
-            ] {
-                let mut times: Vec<_> = (0..runs)
-                    .map(|_| {
-                        let start = std::time::Instant::now();
-                        std::hint::black_box(build_table(set, size).expect("valid"));
-                        start.elapsed()
-                    })
-                    .collect();
-                times.sort_unstable();
-                println!(
-                    "N={n} M={size} {name}: min {:?}, median {:?} ({runs} runs)",
-                    times[0],
-                    times[runs / 2]
-                );
-            }
-        }
-    }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
@@ -192,6 +192,24 @@ impl BalancerMaps {
         }))
     }
 
+    /// Zeroes a VIP id's counters on every CPU, before the id is given to
+    /// a new VIP.
+    pub fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![VipStats::default(); nr_cpus()?])?;
+        self.vip_stats
+            .set(vip_id, zeros, 0)
+            .with_context(|| format!("zeroing the counters of VIP id {vip_id}"))
+    }
+
+    /// Zeroes a backend id's counters on every CPU, before the id is given
+    /// to a new backend.
+    pub fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); nr_cpus()?])?;
+        self.backend_stats
+            .set(backend_id, zeros, 0)
+            .with_context(|| format!("zeroing the counters of backend id {backend_id}"))
+    }
+
     pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
         let per_cpu = self.backend_stats.get(&backend_id, 0)?;
         Ok(per_cpu
@@ -267,4 +285,9 @@ impl Drop for RingPool {
         // SAFETY: unmapping exactly what take_from mapped.
         unsafe { libc::munmap(self.mapping, self.mapping_len) };
     }
+}
+
+/// Number of possible CPUs: the length of a per-CPU map value.
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
 }

@@ -657,6 +657,65 @@ fn vip_and_backend_counters() {
     );
 }
 
+/// A backend id or VIP id that is freed and handed to a new backend or VIP
+/// starts from zero counters: they never inherit their predecessor's.
+#[test]
+fn reused_ids_start_from_zero_counters() {
+    let mut lb = Balancer::load(
+        &test_options(static_config(MTU)),
+        &[vip(80, Protocol::Tcp, &[(B1, 1)])],
+    );
+    let tcp80 = VipAddr {
+        addr: VIP,
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    for sport in 2000..2010u16 {
+        let (verdict, _) = lb.run(&from_router(&Ipv4::tcp(CLIENT, sport, VIP, 80, TCP_SYN)));
+        assert_eq!(verdict, XDP_TX);
+    }
+    let old_backend = lb.dataplane.backend_id(&tcp80, B1).expect("B1 id");
+    let old_vip = lb.dataplane.vip_id(&tcp80).expect("VIP id");
+    let maps = lb.dataplane.maps();
+    assert_eq!(maps.backend_stats(old_backend).expect("stats").packets, 10);
+    assert_eq!(maps.vip_stats(old_vip).expect("stats").packets, 10);
+
+    // B1 leaves, then B2 arrives and takes B1's freed id.
+    lb.dataplane
+        .apply(&[vip(80, Protocol::Tcp, &[])])
+        .expect("removing B1");
+    lb.dataplane
+        .apply(&[vip(80, Protocol::Tcp, &[(B2, 1)])])
+        .expect("adding B2");
+    let new_backend = lb.dataplane.backend_id(&tcp80, B2).expect("B2 id");
+    assert_eq!(new_backend, old_backend, "the test needs the id reused");
+    let s = lb
+        .dataplane
+        .maps()
+        .backend_stats(new_backend)
+        .expect("stats");
+    assert_eq!((s.packets, s.bytes), (0, 0), "B2 inherited B1's counters");
+
+    // The VIP leaves, another arrives with its freed id.
+    lb.dataplane.apply(&[]).expect("removing the VIP");
+    lb.dataplane
+        .apply(&[vip(81, Protocol::Tcp, &[(B3, 1)])])
+        .expect("adding TCP/81");
+    let tcp81 = VipAddr { port: 81, ..tcp80 };
+    let new_vip = lb.dataplane.vip_id(&tcp81).expect("VIP id");
+    assert_eq!(new_vip, old_vip, "the test needs the id reused");
+    let s = lb.dataplane.maps().vip_stats(new_vip).expect("stats");
+    assert_eq!(
+        (s.packets, s.bytes, s.new_flows),
+        (0, 0, 0),
+        "TCP/81 inherited TCP/80's counters"
+    );
+    let (verdict, _) = lb.run(&from_router(&Ipv4::tcp(CLIENT, 2000, VIP, 81, TCP_SYN)));
+    assert_eq!(verdict, XDP_TX);
+    let s = lb.dataplane.maps().vip_stats(new_vip).expect("stats");
+    assert_eq!((s.packets, s.new_flows), (1, 1));
+}
+
 /// The agent's model of the ring answers exactly what the kernel does, for
 /// many flows (the basis of "which backend gets this flow").
 #[test]

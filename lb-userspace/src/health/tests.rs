@@ -795,16 +795,3 @@ async fn bench_scale_small() {
         .await
         .is_err());
 }
-
-/// The figures for 1000 backends at 1 s (run with `--release --ignored`).
-#[ignore]
-#[tokio::test(flavor = "current_thread")]
-async fn bench_scale_1000() {
-    let report = bench_scale(1000, 1000, Duration::from_secs(10))
-        .await
-        .unwrap();
-    println!(
-        "bench_scale(1000, 1000 ms, 10 s): {}",
-        serde_json::to_string(&report).unwrap()
-    );
-}

@@ -245,12 +245,13 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     }))
 }
 
-fn maglev_backends(n: u32) -> Vec<MaglevBackend> {
+/// `n` backends with weights from `weight(i)`.
+fn maglev_backends(n: u32, weight: impl Fn(u32) -> u32) -> Vec<MaglevBackend> {
     (0..n)
         .map(|i| MaglevBackend {
             id: i,
             identity: format!("198.19.{}.{}", i / 256, i % 256).into_bytes(),
-            weight: 1,
+            weight: weight(i),
         })
         .collect()
 }
@@ -270,12 +271,15 @@ fn maglev_benchmarks() -> Result<serde_json::Value> {
     let mut out = serde_json::Map::new();
     println!("Maglev table build, ms (one core):");
     println!("  {:<34} {:>8} {:>8}", "case", "min", "median");
-    for (key, n, m) in [
-        ("n100_m65537", 100, 65537),
-        ("n1000_m65537", 1000, 65537),
-        ("n1000_m655373", 1000, 655373),
+    let equal = |_| 1;
+    let one_to_ten = |i| 1 + i % 10;
+    for (key, n, m, weight) in [
+        ("n100_m65537", 100, 65537, &equal as &dyn Fn(u32) -> u32),
+        ("n1000_m65537", 1000, 65537, &equal),
+        ("n1000_m655373", 1000, 655373, &equal),
+        ("n1000_m65537_weights_1_to_10", 1000, 65537, &one_to_ten),
     ] {
-        let backends = maglev_backends(n);
+        let backends = maglev_backends(n, weight);
         let s = time_ms(21, || {
             std::hint::black_box(maglev::build_table(&backends, m).expect("build"));
         });
@@ -396,7 +400,7 @@ fn ring_benchmarks() -> Result<serde_json::Value> {
     };
     let mut ebpf = loader::load_balancer(&options)?;
     let mut maps = BalancerMaps::take_from(&mut ebpf)?;
-    let ring = maglev::build_table(&maglev_backends(1000), 65537)?;
+    let ring = maglev::build_table(&maglev_backends(1000, |_| 1), 65537)?;
     let s = time_ms(21, || maps.write_ring(65537, &ring).expect("write"));
     println!(
         "Ring write into the BPF map (65537 slots): min {:.3} ms, median {:.3} ms",
