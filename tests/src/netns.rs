@@ -15,7 +15,10 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard, PoisonError,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -295,11 +298,42 @@ fn check_ifname(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Serializes reaping within this process: every [`Topology::build`]
+/// reaps, and a test that plants a fake orphan must call the reaper itself
+/// before a topology built beside it does.
+///
+/// [`Topology::build`]: crate::topology::Topology::build
+static REAPER: Mutex<()> = Mutex::new(());
+
+/// Exclusive use of the reaper until dropped (see [`hold_reaper`]).
+pub struct ReaperGuard {
+    _held: MutexGuard<'static, ()>,
+}
+
+impl ReaperGuard {
+    /// [`reap_orphans`] under this guard.
+    pub fn reap_orphans(&self) -> Result<Vec<String>> {
+        reap_orphans_exclusively()
+    }
+}
+
+/// Keeps every other [`reap_orphans`] call of this process waiting until the
+/// guard is dropped.
+pub fn hold_reaper() -> ReaperGuard {
+    ReaperGuard {
+        _held: REAPER.lock().unwrap_or_else(PoisonError::into_inner),
+    }
+}
+
 /// Deletes every `lbt<pid>-...` namespace whose creating process is no longer
 /// alive (left behind by a killed test run), killing whatever still runs in
 /// it. Namespaces of live processes and names of another form are left
 /// alone. Returns the names it removed.
 pub fn reap_orphans() -> Result<Vec<String>> {
+    hold_reaper().reap_orphans()
+}
+
+fn reap_orphans_exclusively() -> Result<Vec<String>> {
     let entries = match std::fs::read_dir(NETNS_DIR) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

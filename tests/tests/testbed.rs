@@ -294,6 +294,9 @@ fn netns_run_exec_and_veth() {
 #[test]
 fn reap_orphans_removes_namespaces_of_dead_processes() {
     require_root();
+    // Topologies built by the other tests reap too: none may reap our fake
+    // orphan (under a live `ip netns exec`) before we do.
+    let reaper = netns::hold_reaper();
     // A pid that surely is dead: a child we started and reaped.
     let mut child = Command::new("true").spawn().expect("spawning true");
     let dead_pid = child.id();
@@ -326,7 +329,8 @@ fn reap_orphans_removes_namespaces_of_dead_processes() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    let reaped = netns::reap_orphans();
+    let reaped = reaper.reap_orphans();
+    drop(reaper);
     // Clean up our own before asserting, so a failure leaves nothing behind.
     let _ = Command::new("ip").args(["netns", "del", &alive]).status();
     let reaped = reaped.unwrap_or_else(|e| panic!("reap_orphans: {e:#}"));

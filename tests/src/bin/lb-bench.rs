@@ -167,21 +167,27 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     )?;
     // The real `balancer` program: a non-VIP packet is not modified, so
     // repeat needs no wrapper.
-    let pass = {
+    let (pass, size) = {
         let small = BalancerOptions {
             flow_table_entries: 1024,
             ..options
         };
         let mut plain = loader::load_balancer(&small)?;
         let plain_dataplane = DataPlane::new(BalancerMaps::take_from(&mut plain)?);
-        measure(
+        let info = loader::xdp_program(&mut plain, lb_common::names::BALANCER_PROGRAM)?.info()?;
+        let size = (
+            info.size_translated().unwrap_or_default() / 8,
+            info.size_jitted(),
+        );
+        let pass = measure(
             &mut plain,
             &plain_dataplane,
             "balancer",
             &non_vip,
             XDP_PASS,
             &[("passed", |s| s.passed)],
-        )?
+        )?;
+        (pass, size)
     };
     let est = measure(
         &mut ebpf,
@@ -226,7 +232,13 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         lookup.median - floor.median,
         (lookup.median - floor.median) / floor.median,
     );
+    println!(
+        "  the balancer program: {} BPF instructions after verification, {} bytes of JIT code",
+        size.0, size.1
+    );
     Ok(json!({
+        "balancer_xlated_insns": size.0,
+        "balancer_jited_bytes": size.1,
         "floor": floor.median,
         "floor_lookup": lookup.median,
         "vip_established_net": est_net,
