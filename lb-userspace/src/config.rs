@@ -335,29 +335,6 @@ impl Config {
         Ok(())
     }
 
-    pub fn vip_specs(&self) -> Vec<VipSpec> {
-        self.vips
-            .iter()
-            .map(|v| VipSpec {
-                vip: VipAddr {
-                    addr: v.address,
-                    port: v.port,
-                    proto: v.protocol,
-                },
-                table_size: v.table_size,
-                hash_source_only: v.hash_source_only,
-                backends: v
-                    .backends
-                    .iter()
-                    .map(|b| BackendSpec {
-                        addr: b.address,
-                        weight: b.weight,
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
     /// The data path's load-time settings; `interface_mac` is the source
     /// MAC for the static next hop.
     pub fn data_path_config(&self, interface_mac: [u8; 6]) -> Result<DataPathConfig> {

@@ -162,3 +162,37 @@ fn kill_9_and_restart_lose_no_connection() {
         );
     }
 }
+
+/// A restarted agent (after SIGKILL, then after a graceful stop) keeps the
+/// operator's admin states: a drained backend takes no new flows and a
+/// disabled one stays out of the data path.
+#[test]
+fn restarts_keep_drained_and_disabled_backends_out() {
+    let mut bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
+    let vip = VipAddr {
+        addr: TEST_VIP,
+        port: bed.port,
+        proto: Protocol::Tcp,
+    };
+    let (b2, b3) = (bed.topo.backend_addr(1), bed.topo.backend_addr(2));
+    ask(&bed, Request::Drain { vip, backend: b2 });
+    ask(&bed, Request::Disable { vip, backend: b3 });
+    let only_b1 = |bed: &Bed, when: &str| {
+        let counts = bed.count_new(60);
+        assert_eq!(
+            counts.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["b1"],
+            "{when}: new connections reach only b1 (b2 drained, b3 disabled): {counts:?}\n{}",
+            bed.agent.log()
+        );
+    };
+    only_b1(&bed, "before any restart");
+
+    bed.agent.kill9().expect("SIGKILL");
+    bed.agent.relaunch().expect("a new agent starts");
+    only_b1(&bed, "after SIGKILL and a restart");
+
+    bed.agent.stop().expect("SIGTERM");
+    bed.agent.relaunch().expect("a new agent starts");
+    only_b1(&bed, "after a graceful restart");
+}

@@ -192,7 +192,9 @@ fn run(args: Args) -> Result<()> {
     } else {
         DataPlane::new(maps)
     };
-    let report = dataplane.apply(&config.vip_specs())?;
+    // Admin states count from the start (drained at weight 0, disabled
+    // out); health counts once probes report.
+    let report = dataplane.apply(&config::vip_specs(&config.vips))?;
     if adopting {
         info!(
             "adopted the data path pinned in {}: {} ring(s) differed from the state and were rewritten, \
