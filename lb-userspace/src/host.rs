@@ -24,15 +24,21 @@ pub fn interface_mac(name: &str) -> Result<[u8; 6]> {
     parse_mac(text.trim()).with_context(|| format!("parsing {path}"))
 }
 
-/// Writes `value` to `/proc/sys/<key with dots as slashes>` if it differs;
+/// The file of the sysctl named by `components`; taken one by one, so an
+/// interface name with a dot (`eth0.100`) stays one component.
+fn sysctl_path(components: &[&str]) -> String {
+    format!("/proc/sys/{}", components.join("/"))
+}
+
+/// Writes `value` to the sysctl named by `components` if it differs;
 /// returns whether it changed anything.
-pub fn ensure_sysctl(key: &str, value: &str) -> Result<bool> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+pub fn ensure_sysctl(components: &[&str], value: &str) -> Result<bool> {
+    let path = sysctl_path(components);
     let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     if current.trim() == value {
         return Ok(false);
     }
-    std::fs::write(&path, value).with_context(|| format!("setting {key} = {value}"))?;
+    std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))?;
     Ok(true)
 }
 
@@ -92,13 +98,27 @@ fn is_bpffs(path: &str) -> Result<bool> {
 /// lets the kernel forward the encapsulated packets (our own source
 /// address) it is handed while it resolves a neighbour.
 pub fn prepare_fib_next_hop(interface: &str) -> Result<()> {
-    for key in [
-        format!("net.ipv4.conf.{interface}.forwarding"),
-        format!("net.ipv4.conf.{interface}.accept_local"),
-    ] {
-        if ensure_sysctl(&key, "1")? {
-            log::info!("set {key} = 1 (needed by the FIB next hop)");
+    for setting in ["forwarding", "accept_local"] {
+        let components = ["net", "ipv4", "conf", interface, setting];
+        if ensure_sysctl(&components, "1")? {
+            log::info!(
+                "set {} = 1 (needed by the FIB next hop)",
+                sysctl_path(&components)
+            );
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dotted_interface_name_stays_one_sysctl_component() {
+        assert_eq!(
+            sysctl_path(&["net", "ipv4", "conf", "eth0.100", "forwarding"]),
+            "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+        );
+    }
 }
