@@ -144,9 +144,10 @@ pub struct Backend {
     pub generation: u32,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
-    /// The VIP this backend id serves. Not read by the data path: it makes
-    /// the pinned maps self-describing, so a restarted agent can rebuild
-    /// its id assignments from them.
+    /// The VIP this backend id serves. The data path reads it to count an
+    /// established flow's packets for its VIP without a VIP lookup; it also
+    /// makes the pinned maps self-describing, so a restarted agent can
+    /// rebuild its id assignments from them.
     pub vip_id: u32,
 }
 
@@ -200,12 +201,14 @@ pub struct BackendStats {
 pub struct GlobalStats {
     /// Not for a VIP: passed to the kernel untouched.
     pub passed: u64,
-    /// Too short for the headers it claims (or IHL < 5): passed untouched,
+    /// Too short for the headers it claims, IHL < 5, or an IP version other
+    /// than 4 under the IPv4 ethertype: passed untouched,
     /// the kernel drops what is really broken.
     pub malformed: u64,
     /// Established flows found in the connection table.
     pub flow_hits: u64,
-    /// VIP packets that were not in the connection table (or were a SYN).
+    /// VIP packets selected from the ring: not in the connection table, a
+    /// SYN, or re-selected (see `flow_reselected`).
     pub flow_misses: u64,
     /// Pinned flows whose backend was removed or replaced, re-selected.
     pub flow_reselected: u64,
@@ -219,7 +222,9 @@ pub struct GlobalStats {
     pub drop_no_backend: u64,
     /// `bpf_xdp_adjust_head` failed: dropped.
     pub encap_errors: u64,
-    /// The FIB has no usable route to the backend: dropped.
+    /// `bpf_fib_lookup` found no usable way to the backend: no route, a
+    /// blackhole or prohibit route, forwarding disabled on the interface,
+    /// or another lookup error. Dropped.
     pub fib_failures: u64,
     /// Encapsulated, but the next hop's MAC is unknown: passed to the kernel,
     /// which resolves the neighbour and forwards the packet.

@@ -80,11 +80,13 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
     };
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_vip(vip_id, frame_len, selected.new_flow);
 
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;
-    let outer_len = pkt.tot_len + IPIP_OVERHEAD;
+    // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
+    let Some(outer_len) = pkt.tot_len.checked_add(IPIP_OVERHEAD) else {
+        return drop(&mut stats.drop_too_big);
+    };
     let next_hop = transmit::next_hop(
         ctx,
         &config,
@@ -110,12 +112,16 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             return drop(&mut stats.drop_too_big);
         }
         NextHop::Unreachable => {
-            debug!(ctx, "no route to backend {:i}, dropped", wire_ip(outer_dst));
+            debug!(
+                ctx,
+                "no usable route to backend {:i}, dropped",
+                wire_ip(outer_dst)
+            );
             return drop(&mut stats.fib_failures);
         }
     };
 
-    let outer = encap::outer_ipv4_header(&pkt, config.lb_source_addr, outer_dst);
+    let outer = encap::outer_ipv4_header(pkt.tos, outer_len, config.lb_source_addr, outer_dst);
     if encap::encapsulate(ctx, pkt.l2, &outer).is_err() {
         debug!(
             ctx,
@@ -124,6 +130,8 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         );
         return drop(&mut stats.encap_errors);
     }
+    // VIP and backend counters count what was sent on, not drops.
+    stats::count_vip(vip_id, frame_len, selected.new_flow);
     stats::count_backend(selected.backend_id, frame_len);
     match macs {
         None => {

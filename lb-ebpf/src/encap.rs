@@ -1,5 +1,11 @@
 //! IP-in-IP encapsulation (RFC 2003): a new outer IPv4 header between the
 //! Ethernet header (and its VLAN tag, kept as is) and the client's packet.
+//!
+//! The outer header always carries DF, as Linux's own ipip tunnels do by
+//! default (`pmtudisc`): an outer fragment could not be reassembled through
+//! the backends' `decap`, and a datagram that is never fragmented needs no
+//! unique IP id (RFC 6864), so the id stays 0. The LB checks the egress MTU
+//! before it encapsulates.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{IPIP_OVERHEAD, IPPROTO_IPIP, OUTER_TTL};
@@ -7,22 +13,22 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
 use crate::{
     csum,
-    parse::{ptr_at, Ipv4Flow, ETH_LEN, IP_DF, L2},
+    parse::{ptr_at, ETH_LEN, IP_DF, L2},
 };
 
 /// The packet could not be grown or rewritten: the caller drops it.
 pub struct EncapError;
 
-/// The outer header for `pkt`, checksum included.
+/// The outer header (checksum included) of `tot_len` bytes from `src` to
+/// `dst`, with the client packet's TOS (DSCP and ECN, RFC 6040).
 #[inline(always)]
-pub fn outer_ipv4_header(pkt: &Ipv4Flow, src: u32, dst: u32) -> Ipv4Hdr {
-    let frags: u16 = if pkt.dont_fragment { IP_DF } else { 0 };
+pub fn outer_ipv4_header(tos: u8, tot_len: u16, src: u32, dst: u32) -> Ipv4Hdr {
     let mut hdr = Ipv4Hdr {
         vihl: 0x45,
-        tos: pkt.tos,
-        tot_len: (pkt.tot_len + IPIP_OVERHEAD).to_be_bytes(),
+        tos,
+        tot_len: tot_len.to_be_bytes(),
         id: [0; 2],
-        frags: frags.to_be_bytes(),
+        frags: IP_DF.to_be_bytes(),
         ttl: OUTER_TTL,
         proto: IPPROTO_IPIP,
         check: [0; 2],

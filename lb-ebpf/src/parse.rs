@@ -60,16 +60,16 @@ pub struct Ipv4Flow {
     pub flow: FlowKey,
     /// IPv4 total length (host order), already checked against the frame.
     pub tot_len: u16,
-    /// TOS and DF bit of the packet, inherited by the outer header.
+    /// TOS (DSCP and ECN) of the packet, inherited by the outer header.
     pub tos: u8,
-    pub dont_fragment: bool,
     pub tcp_syn: bool,
 }
 
 pub enum Parsed {
     /// Not IPv4, or IPv4 but neither TCP nor UDP: not ours.
     Other,
-    /// Shorter than its headers claim, or an invalid IHL.
+    /// Shorter than its headers claim, an invalid IHL, or an IPv4 ethertype
+    /// over a header whose version is not 4.
     Malformed,
     /// A TCP or UDP fragment (first or later); carries no usable ports.
     Fragment {
@@ -103,6 +103,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Malformed;
     };
     let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 {
+        return Parsed::Malformed;
+    }
     let proto = ip.proto;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Parsed::Other;
@@ -159,7 +162,6 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         flow,
         tot_len,
         tos: ip.tos,
-        dont_fragment: frags & IP_DF != 0,
         tcp_syn,
     })
 }

@@ -210,7 +210,7 @@ pub fn from_router(ip: &Ipv4) -> Vec<u8> {
 }
 
 /// The IP-in-IP packet the LB must send for `inner` (RFC 2003 outer
-/// header: TTL 64, protocol 4, TOS and DF inherited).
+/// header: TTL 64, protocol 4, TOS inherited, DF always set, id 0).
 pub fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
     let inner_bytes = inner.bytes();
     Ipv4 {
@@ -218,7 +218,7 @@ pub fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
         dst: outer_dst,
         tos: inner.tos,
         ttl: 64,
-        frags: inner.frags & 0x4000,
+        frags: 0x4000,
         options: Vec::new(),
         l4: L4::Raw(4, inner_bytes),
         payload: Vec::new(),

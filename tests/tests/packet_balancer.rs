@@ -121,7 +121,8 @@ fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
     let inner_len = u16::from_be_bytes([inner[2], inner[3]]) as usize;
     let mut outer = vec![0x45, inner[1]];
     outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
-    outer.extend_from_slice(&[0, 0, inner[6] & 0x40, 0, 64, 4, 0, 0]);
+    // Id 0 and DF set whatever the client sent (see lb-ebpf's encap.rs).
+    outer.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
     outer.extend_from_slice(&LB_SOURCE.octets());
     outer.extend_from_slice(&backend.octets());
     let c = internet_checksum(&outer);
@@ -158,6 +159,9 @@ fn cases() -> Vec<Case> {
     let udp_full = from_router(&udp());
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
+    // IPv4 ethertype, version nibble 6, otherwise a valid TCP/80 header.
+    let mut not_version_4 = full.clone();
+    not_version_4[14] = 0x65;
     let mut options_cut = from_router(&max_options);
     options_cut.truncate(14 + 40);
     let mut len_too_long = full.clone();
@@ -394,6 +398,13 @@ fn cases() -> Vec<Case> {
             "truncated IPv4 header",
             tcp_vip(),
             full[..14 + 19].to_vec(),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "IP version 6 under the IPv4 ethertype",
+            tcp_vip(),
+            not_version_4,
             Expect::Pass,
             MALFORMED,
         ),
@@ -654,6 +665,35 @@ fn vip_and_backend_counters() {
     assert!(
         per_backend.iter().all(|&p| p > 0),
         "100 flows reach all three backends: {per_backend:?}"
+    );
+
+    // A dropped packet counts for neither its VIP nor any backend.
+    let ids: Vec<u32> = [B1, B2, B3]
+        .iter()
+        .map(|&b| lb.dataplane.backend_id(&vip, b).expect("backend id"))
+        .collect();
+    let vip_id = lb.dataplane.vip_id(&vip).expect("VIP id");
+    let snapshot = |lb: &Balancer| {
+        let maps = lb.dataplane.maps();
+        let v = maps.vip_stats(vip_id).expect("VIP stats");
+        let b: Vec<u64> = ids
+            .iter()
+            .map(|&id| maps.backend_stats(id).expect("backend stats").packets)
+            .collect();
+        (v.packets, v.bytes, v.new_flows, b)
+    };
+    let before = snapshot(&lb);
+    let too_big = from_router(&Ipv4::tcp(CLIENT, 1000, VIP, 80, TCP_ACK).payload(&[0; 1470]));
+    let (verdict, _) = lb.run(&too_big);
+    assert_eq!(
+        verdict_name(verdict),
+        "XDP_DROP",
+        "1510-byte packet, MTU 1500"
+    );
+    assert_eq!(
+        snapshot(&lb),
+        before,
+        "a drop moved the VIP or backend counters"
     );
 }
 
