@@ -79,12 +79,21 @@ impl StateFile {
     /// fsync of the directory. A crash leaves the old or the new file,
     /// never a mix.
     pub fn save(&self, vips: &[VipConfig]) -> Result<()> {
+        self.stage(vips)?.commit()
+    }
+
+    /// The first half of [`Self::save`]: the new state written and synced
+    /// next to the file. A change stages its state before it touches the
+    /// data path (a full or read-only disk then refuses it with nothing
+    /// changed) and commits after; dropping the stage discards it.
+    pub fn stage(&self, vips: &[VipConfig]) -> Result<StagedState> {
         let dir = self
             .path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let doc = StateDoc {
             version: STATE_VERSION,
             vips: vips.to_vec(),
@@ -95,21 +104,56 @@ impl StateFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.tmp"));
-        {
-            let mut f =
-                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(text.as_bytes())
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            f.sync_all()
-                .with_context(|| format!("syncing {}", tmp.display()))?;
-        }
-        fs::rename(&tmp, &self.path)
+        let staged = StagedState {
+            tmp: dir.join(format!(".{file_name}.tmp")),
+            path: self.path.clone(),
+            dir,
+            committed: false,
+        };
+        let mut f = File::create(&staged.tmp)
+            .with_context(|| format!("creating {}", staged.tmp.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", staged.tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", staged.tmp.display()))?;
+        Ok(staged)
+    }
+}
+
+/// A state written and synced beside the state file, not yet in its place
+/// (see [`StateFile::stage`]).
+#[must_use = "a staged state is discarded unless committed"]
+pub struct StagedState {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl StagedState {
+    /// Renames the staged file over the state file and syncs the directory.
+    /// Fails only if the rename fails: once renamed the new state is the
+    /// state, and a failed directory sync is logged.
+    pub fn commit(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("replacing {}", self.path.display()))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
+        self.committed = true;
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            log::warn!(
+                "{} replaced, but syncing {} failed: {e}",
+                self.path.display(),
+                self.dir.display()
+            );
+        }
         Ok(())
+    }
+}
+
+impl Drop for StagedState {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -162,6 +206,22 @@ mod tests {
         .expect("write");
         let err = format!("{:#}", state.load().expect_err("damaged"));
         assert!(err.contains("damaged") && err.contains("vips[0]"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_staged_state_counts_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("lb-stage-test-{}", std::process::id()));
+        let state = StateFile::new(dir.join("state.json"));
+        state.save(&[]).expect("save");
+        let staged = state.stage(&vips()).expect("stage");
+        assert_eq!(state.load().expect("load"), Some(vec![]), "not yet");
+        drop(staged);
+        assert_eq!(state.load().expect("load"), Some(vec![]), "discarded");
+        let files = fs::read_dir(&dir).expect("dir").flatten().count();
+        assert_eq!(files, 1, "a discarded stage leaves no temporary file");
+        state.stage(&vips()).expect("stage").commit().expect("commit");
+        assert_eq!(state.load().expect("load"), Some(vips()));
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -382,3 +382,75 @@ fn bad_input_gets_its_error_and_changes_nothing() {
         "the agent is still running"
     );
 }
+
+/// A change whose state cannot be saved is refused before it touches the
+/// data path: established connections, on the backend it would have
+/// removed too, carry on as if it had never been asked. (Undoing the change
+/// afterwards would not do: the backend would come back under a new
+/// generation, and its connections that the ring now sends elsewhere,
+/// since b3 joined, would move.)
+#[test]
+fn a_change_that_cannot_be_saved_moves_nothing() {
+    let bed = Bed::start(3, &[Some(1), Some(1), None], "native");
+    let tcp = VipAddr {
+        addr: TEST_VIP,
+        port: bed.port,
+        proto: Protocol::Tcp,
+    };
+    let b2 = bed.topo.backend_addr(1);
+    let mut open = bed.open(40);
+    ok(
+        &bed,
+        Request::AddBackend {
+            vip: tcp,
+            backend: bed.topo.backend_addr(2),
+            weight: None,
+        },
+    );
+    assert!(
+        open.iter().any(|(name, _)| name == "b2"),
+        "some connection must be on b2"
+    );
+    let state_file = bed.agent.state_file();
+    let state_before = std::fs::read_to_string(&state_file).expect("state file");
+    // The agent stages its state as .<name>.tmp beside the file: a
+    // directory there makes staging fail (root ignores permission bits).
+    let file_name = state_file.file_name().expect("file name").to_string_lossy();
+    let blocker = state_file.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::create_dir(&blocker).expect("creating the blocker");
+
+    let response = ask(
+        &bed,
+        Request::RemoveBackend {
+            vip: tcp,
+            backend: b2,
+        },
+    );
+    std::fs::remove_dir(&blocker).expect("removing the blocker");
+    let error = response.error.expect("the change must be refused");
+    assert_eq!(error.code, ErrorCode::Internal, "{error:?}");
+    assert!(error.message.contains("nothing changed"), "{error:?}");
+    assert_eq!(
+        std::fs::read_to_string(&state_file).expect("state file"),
+        state_before
+    );
+    for (i, (name, stream)) in open.iter_mut().enumerate() {
+        lb_tests::topology::echo_roundtrip(stream, format!("after {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("connection {i} on {name} broke: {e:#}"));
+    }
+    let counts = bed.count_new(60);
+    assert!(
+        counts.contains_key("b2"),
+        "b2 still takes new flows: {counts:?}"
+    );
+
+    // With the disk writable again, the same change goes through.
+    ok(
+        &bed,
+        Request::RemoveBackend {
+            vip: tcp,
+            backend: b2,
+        },
+    );
+    assert!(!bed.count_new(60).contains_key("b2"));
+}

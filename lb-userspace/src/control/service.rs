@@ -263,6 +263,17 @@ impl Service {
     ) -> Result<crate::dataplane::ApplyReport, ApiError> {
         config::validate_vips(&vips, self.ring_pool_slots)
             .map_err(|e| err(classify(&e), format!("{e:#}")))?;
+        // Staged before the data path changes: a disk that cannot take the
+        // state refuses the change while nothing has moved.
+        let staged = self.state.stage(&vips).map_err(|e| {
+            err(
+                ErrorCode::Internal,
+                format!(
+                    "saving {}: {e:#}; nothing changed",
+                    self.state.path().display()
+                ),
+            )
+        })?;
         let (specs, _) = self.effective(&vips);
         let applied = match self.dataplane.apply(&specs) {
             Ok(applied) => applied,
@@ -281,7 +292,7 @@ impl Service {
                 return Err(err(code, format!("{e:#}")));
             }
         };
-        if let Err(e) = self.state.save(&vips) {
+        if let Err(e) = staged.commit() {
             // The change is not durable: put the data path back as it was.
             self.restore();
             return Err(err(
