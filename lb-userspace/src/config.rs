@@ -399,9 +399,16 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
         }
     }
     dataplane::validate(&vip_specs(vips)).context("vips")?;
-    let slots_needed: u64 = vips.iter().map(|v| v.table_size as u64).sum();
-    if slots_needed > ring_pool_slots as u64 {
-        bail!("vips: the tables need {slots_needed} ring slots but ring_pool_slots is {ring_pool_slots}");
+    // Every table, plus room to build the largest one again beside its old
+    // self: a table is rewritten (health, weights) by writing a new one
+    // and switching to it.
+    let tables: u64 = vips.iter().map(|v| v.table_size as u64).sum();
+    let rebuild = vips.iter().map(|v| v.table_size as u64).max().unwrap_or(0);
+    if tables + rebuild > ring_pool_slots as u64 {
+        bail!(
+            "vips: the tables need {tables} ring slots, plus {rebuild} to rebuild the largest, \
+             but ring_pool_slots is {ring_pool_slots}"
+        );
     }
     Ok(())
 }
@@ -565,6 +572,23 @@ mod tests {
             "\"vips\": [{\"address\": \"198.18.0.10\", \"port\": 80, \"protocol\": \"tcp\"}, {",
         );
         assert!(err(&dup).contains("configured twice"), "{}", err(&dup));
+    }
+
+    #[test]
+    fn the_ring_pool_keeps_room_to_rebuild_the_largest_table() {
+        let config = Config::parse(GOOD).expect("valid");
+        let vip = |port: u16, table_size: u32| VipConfig {
+            port,
+            table_size,
+            ..config.vips[0].clone()
+        };
+        let two = [vip(80, 65537), vip(81, 65537)];
+        validate_vips(&two, 3 * 65537).expect("two tables and a rebuild fit");
+        let e = format!("{:#}", validate_vips(&two, 2 * 65537).expect_err("no room"));
+        assert!(e.contains("plus 65537 to rebuild"), "{e}");
+        let mixed = [vip(80, 65537), vip(81, 251)];
+        validate_vips(&mixed, 2 * 65537 + 251).expect("the rebuild is of the largest");
+        assert!(validate_vips(&mixed, 2 * 65537 + 250).is_err());
     }
 
     #[test]

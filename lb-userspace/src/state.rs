@@ -220,7 +220,11 @@ mod tests {
         assert_eq!(state.load().expect("load"), Some(vec![]), "discarded");
         let files = fs::read_dir(&dir).expect("dir").flatten().count();
         assert_eq!(files, 1, "a discarded stage leaves no temporary file");
-        state.stage(&vips()).expect("stage").commit().expect("commit");
+        state
+            .stage(&vips())
+            .expect("stage")
+            .commit()
+            .expect("commit");
         assert_eq!(state.load().expect("load"), Some(vips()));
         let _ = fs::remove_dir_all(&dir);
     }

@@ -261,12 +261,22 @@ fn run(args: Args) -> Result<()> {
     )));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
     // Health transitions: everything that arrives within a short window is
-    // one batch, and a batch is one table rebuild.
+    // one batch, and a batch is one table rebuild. A rebuild that failed is
+    // retried every second.
     let health_service = Arc::clone(&service);
     runtime.spawn(async move {
-        while transition_rx.recv().await.is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            while transition_rx.try_recv().is_ok() {}
+        loop {
+            let retry = health_service.lock().await.refresh_pending();
+            tokio::select! {
+                transition = transition_rx.recv() => {
+                    if transition.is_none() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    while transition_rx.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {}
+            }
             health_service.lock().await.refresh_health();
         }
     });

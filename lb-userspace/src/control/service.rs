@@ -24,8 +24,11 @@ pub struct Service {
     pub state: StateFile,
     pub ring_pool_slots: u32,
     pub health: HealthChecker,
-    /// VIPs whose enabled backends are all unhealthy and that fail open.
+    /// VIPs whose enabled backends are all unhealthy and that fail open
+    /// (as written to the data path).
     failing_open: BTreeSet<VipAddr>,
+    /// The last health refresh could not be written: retry it.
+    refresh_pending: bool,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -49,6 +52,7 @@ impl Service {
             ring_pool_slots,
             health,
             failing_open: BTreeSet::new(),
+            refresh_pending: false,
         };
         service.health.set_targets(&service.health_targets());
         service
@@ -109,8 +113,18 @@ impl Service {
 
     /// Rewrites the tables after health transitions (one rebuild for all
     /// transitions of the same instant; only changed VIPs are rewritten).
+    /// A refresh that fails is retried (see [`Self::refresh_pending`]).
     pub fn refresh_health(&mut self) {
         let (specs, open) = self.effective(&self.config.vips);
+        let report = match self.dataplane.apply(&specs) {
+            Ok(report) => report,
+            Err(e) => {
+                self.refresh_pending = true;
+                log::error!("health: rewriting the tables failed, will retry: {e:#}");
+                return;
+            }
+        };
+        self.refresh_pending = false;
         let open: BTreeSet<VipAddr> = open.into_iter().collect();
         for vip in open.difference(&self.failing_open) {
             log::warn!("health: every enabled backend of VIP {vip} is unhealthy: failing open (all stay in the table)");
@@ -119,18 +133,20 @@ impl Service {
             log::info!("health: VIP {vip} no longer fails open");
         }
         self.failing_open = open;
-        match self.dataplane.apply(&specs) {
-            Ok(r) if !r.rings_written.is_empty() || r.backends_added + r.backends_removed > 0 => {
-                log::info!(
-                    "health: tables rewritten for {} VIP(s) ({} backend(s) in, {} out)",
-                    r.rings_written.len(),
-                    r.backends_added,
-                    r.backends_removed
-                )
-            }
-            Ok(_) => {}
-            Err(e) => log::error!("health: rewriting the tables failed: {e:#}"),
+        if !report.rings_written.is_empty() || report.backends_added + report.backends_removed > 0 {
+            log::info!(
+                "health: tables rewritten for {} VIP(s) ({} backend(s) in, {} out)",
+                report.rings_written.len(),
+                report.backends_added,
+                report.backends_removed
+            );
         }
+    }
+
+    /// The last [`Self::refresh_health`] failed; the agent retries it every
+    /// second until one succeeds.
+    pub fn refresh_pending(&self) -> bool {
+        self.refresh_pending
     }
 
     pub fn handle(&mut self, request: Request) -> Response {
