@@ -222,7 +222,10 @@ fn run(args: Args) -> Result<()> {
         host::prepare_fib_next_hop(&config.interface)?;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers: a control request that blocks (a connection-table walk,
+    // an fsync) must not hold up the health probes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;

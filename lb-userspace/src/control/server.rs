@@ -119,10 +119,24 @@ async fn client(stream: UnixStream, service: Arc<Mutex<Service>>) -> Result<()> 
         }
         line.pop();
         let response = match parse_request(&line) {
-            Ok(request) => service.lock().await.handle(request),
+            Ok(request) => {
+                let mut service = service.lock().await;
+                handle_off_the_runtime(|| service.handle(request))
+            }
             Err(e) => Response::failure(e),
         };
         send(&mut write, &response).await?;
+    }
+}
+
+/// Runs a request's work where it cannot stall the runtime: some requests
+/// walk the whole connection table or fsync the state file, and probes and
+/// other clients must go on meanwhile. On a multi-threaded runtime the
+/// worker hands its other tasks to another worker first.
+fn handle_off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
