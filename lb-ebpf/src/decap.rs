@@ -1,6 +1,10 @@
 //! The `decap` program for backends: strips the outer header of IP-in-IP
 //! packets sent to one of the host's addresses and hands the client's packet
 //! to the stack, for hosts without kernel ipip support.
+//!
+//! A congestion mark a router set on the outer header (ECN CE) is carried to
+//! the inner packet when that is ECN-capable (RFC 6040), so the client's
+//! congestion control still hears of it.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -16,7 +20,15 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::parse::{parse_l2, ptr_at, ETH_LEN, IPV4_MIN_LEN, L2};
+use crate::{
+    csum,
+    parse::{parse_l2, ptr_at, ETH_LEN, IPV4_MIN_LEN, L2},
+};
+
+/// The ECN field (low two bits of the TOS byte) and its CE codepoint.
+const ECN_MASK: u8 = 0b11;
+const ECN_CE: u8 = 0b11;
+const ECN_NOT_ECT: u8 = 0;
 
 /// Local addresses (wire order → 1) whose IP-in-IP packets are stripped.
 /// Written by the decap loader, read per packet.
@@ -91,6 +103,10 @@ fn strip(ctx: &XdpContext) -> Outcome {
     if unsafe { (*inner).vihl } >> 4 != 4 {
         return Outcome::Malformed;
     }
+    if outer.tos & ECN_MASK == ECN_CE {
+        // SAFETY: `inner` was bounds-checked above.
+        unsafe { mark_congestion(&mut *inner) };
+    }
 
     // Drop the outer header from the front of the packet and write the L2
     // header (and VLAN tag) back in front of the inner packet. The inner
@@ -109,4 +125,20 @@ fn strip(ctx: &XdpContext) -> Outcome {
         unsafe { *new_vlan = vlan };
     }
     Outcome::Decapsulated
+}
+
+/// Sets CE on an ECN-capable header, updating its checksum incrementally
+/// (RFC 1624). A Not-ECT packet is left as it is: it cannot carry the mark.
+#[inline(always)]
+fn mark_congestion(ip: &mut Ipv4Hdr) {
+    let ecn = ip.tos & ECN_MASK;
+    if ecn == ECN_NOT_ECT || ecn == ECN_CE {
+        return;
+    }
+    let old_word = u16::from_be_bytes([ip.vihl, ip.tos]);
+    ip.tos |= ECN_CE;
+    let new_word = u16::from_be_bytes([ip.vihl, ip.tos]);
+    let check = u16::from_be_bytes(ip.check);
+    let sum = (!check) as u32 + (!old_word) as u32 + new_word as u32;
+    ip.check = csum::fold(sum).to_be_bytes();
 }

@@ -65,6 +65,22 @@ fn decap_fixtures() {
     truncated_inner.truncate(14 + 20 + 12);
     let mut fragmented = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
     fragmented[6] |= 0x20; // MF
+                           // ECN: an outer header a router marked CE (0b11), around an ECN-capable
+                           // (ECT(0), 0b10) or a Not-ECT inner packet.
+    let with_tos = |packet: &Ipv4, tos: u8| Ipv4 {
+        tos,
+        ..packet.clone()
+    };
+    let marked_outer = |inner: &Ipv4| {
+        let mut outer = Ipv4::new(
+            Ipv4Addr::new(198, 18, 1, 1),
+            BACKEND,
+            L4::Raw(4, inner.bytes()),
+        );
+        outer.tos = 0x03;
+        ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &outer.bytes())
+    };
+    let ect0_inner = with_tos(&inner, 0x02);
     let mut not_ipv4_inside = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
     not_ipv4_inside[20] = 0x60;
 
@@ -127,6 +143,30 @@ fn decap_fixtures() {
                 ETHERTYPE_IPV4,
                 &outer_with_options.bytes(),
             ),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &inner.bytes(),
+            )),
+            stripped,
+        ),
+        (
+            "outer CE around an ECT(0) packet: CE carried in, checksum updated",
+            marked_outer(&ect0_inner),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &with_tos(&inner, 0x03).bytes(),
+            )),
+            stripped,
+        ),
+        (
+            "outer CE around a Not-ECT packet: inner left as it is",
+            marked_outer(&inner),
             Expect::Stripped(ethernet(
                 LB_MAC,
                 NEXT_HOP_MAC,
