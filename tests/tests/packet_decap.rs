@@ -34,14 +34,13 @@ fn decap_stats(ebpf: &Ebpf) -> DecapStats {
         })
 }
 
+/// An IPv4 frame as the LB's next hop sends it (and decap leaves it).
+fn frame(vlan: Option<u16>, ip: &[u8]) -> Vec<u8> {
+    ethernet(LB_MAC, NEXT_HOP_MAC, vlan, ETHERTYPE_IPV4, ip)
+}
+
 fn ipip_frame(vlan: Option<u16>, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
-    ethernet(
-        LB_MAC,
-        NEXT_HOP_MAC,
-        vlan,
-        ETHERTYPE_IPV4,
-        &ipip(Ipv4Addr::new(198, 18, 1, 1), outer_dst, inner),
-    )
+    frame(vlan, &ipip(Ipv4Addr::new(198, 18, 1, 1), outer_dst, inner))
 }
 
 enum Expect {
@@ -78,7 +77,7 @@ fn decap_fixtures() {
             L4::Raw(4, inner.bytes()),
         );
         outer.tos = 0x03;
-        ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &outer.bytes())
+        frame(None, &outer.bytes())
     };
     let ect0_inner = with_tos(&inner, 0x02);
     let mut not_ipv4_inside = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
@@ -101,79 +100,37 @@ fn decap_fixtures() {
         (
             "IP-in-IP TCP to this host: stripped",
             ipip_frame(None, BACKEND, &inner),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &inner.bytes(),
-            )),
+            Expect::Stripped(frame(None, &inner.bytes())),
             stripped,
         ),
         (
             "IP-in-IP UDP to this host: stripped",
             ipip_frame(None, BACKEND, &udp_inner),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &udp_inner.bytes(),
-            )),
+            Expect::Stripped(frame(None, &udp_inner.bytes())),
             stripped,
         ),
         (
             "VLAN-tagged IP-in-IP: stripped, tag kept",
             ipip_frame(Some(0x0064), BACKEND, &inner),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                Some(0x0064),
-                ETHERTYPE_IPV4,
-                &inner.bytes(),
-            )),
+            Expect::Stripped(frame(Some(0x0064), &inner.bytes())),
             stripped,
         ),
         (
             "outer header with options: stripped whole",
-            ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &outer_with_options.bytes(),
-            ),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &inner.bytes(),
-            )),
+            frame(None, &outer_with_options.bytes()),
+            Expect::Stripped(frame(None, &inner.bytes())),
             stripped,
         ),
         (
             "outer CE around an ECT(0) packet: CE carried in, checksum updated",
             marked_outer(&ect0_inner),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &with_tos(&inner, 0x03).bytes(),
-            )),
+            Expect::Stripped(frame(None, &with_tos(&inner, 0x03).bytes())),
             stripped,
         ),
         (
             "outer CE around a Not-ECT packet: inner left as it is",
             marked_outer(&inner),
-            Expect::Stripped(ethernet(
-                LB_MAC,
-                NEXT_HOP_MAC,
-                None,
-                ETHERTYPE_IPV4,
-                &inner.bytes(),
-            )),
+            Expect::Stripped(frame(None, &inner.bytes())),
             stripped,
         ),
         (
@@ -203,13 +160,13 @@ fn decap_fixtures() {
         ),
         (
             "fragmented outer packet: untouched",
-            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &fragmented),
+            frame(None, &fragmented),
             Expect::Untouched,
             malformed,
         ),
         (
             "inner packet not IPv4: untouched",
-            ethernet(LB_MAC, NEXT_HOP_MAC, None, ETHERTYPE_IPV4, &not_ipv4_inside),
+            frame(None, &not_ipv4_inside),
             Expect::Untouched,
             malformed,
         ),
