@@ -143,6 +143,21 @@ fn cases() -> Vec<Case> {
     later_fragment.frags = 0x0010; // offset 128
     let mut fragment_elsewhere = Ipv4::udp(CLIENT, 40000, NOT_VIP, 53);
     fragment_elsewhere.frags = 0x2000;
+    let mut tcp_fragment = tcp(TCP_ACK);
+    tcp_fragment.frags = 0x2000; // MF
+    let tagged = |ip: &Ipv4| {
+        ethernet(
+            LB_MAC,
+            ROUTER_MAC,
+            Some(0x0064),
+            ETHERTYPE_IPV4,
+            &ip.bytes(),
+        )
+    };
+    let mut tagged_truncated = tagged(&tcp(TCP_ACK));
+    tagged_truncated.truncate(18 + 19);
+    let mut udp_len_too_short = from_router(&udp());
+    udp_len_too_short[16..18].copy_from_slice(&27u16.to_be_bytes());
     let mut tos_no_df = udp();
     tos_no_df.tos = 0xb8;
     tos_no_df.frags = 0;
@@ -286,7 +301,7 @@ fn cases() -> Vec<Case> {
             TX_NEW,
         ),
         case(
-            "TOS inherited, DF not set when the client did not set it",
+            "TOS inherited; outer DF set even when the client did not set it",
             tcp_vip(),
             from_router(&tos_no_df),
             Expect::TxTo(B2),
@@ -368,6 +383,48 @@ fn cases() -> Vec<Case> {
             from_router(&first_fragment),
             Expect::Drop,
             &[("drop_fragment", 1)],
+        ),
+        case(
+            "TCP fragment to a VIP address: dropped",
+            tcp_vip(),
+            from_router(&tcp_fragment),
+            Expect::Drop,
+            &[("drop_fragment", 1)],
+        ),
+        case(
+            "VLAN-tagged fragment to a VIP address: dropped",
+            tcp_vip(),
+            tagged(&first_fragment),
+            Expect::Drop,
+            &[("drop_fragment", 1)],
+        ),
+        case(
+            "VLAN-tagged truncated IPv4 header",
+            tcp_vip(),
+            tagged_truncated,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "VLAN-tagged, oversized once encapsulated: dropped",
+            tcp_vip(),
+            tagged(&too_big),
+            Expect::Drop,
+            &[("flow_misses", 1), ("drop_too_big", 1)],
+        ),
+        case(
+            "VLAN-tagged, exactly fits the MTU once encapsulated",
+            tcp_vip(),
+            tagged(&fits),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "IPv4 total length too short for UDP",
+            tcp_vip(),
+            udp_len_too_short,
+            Expect::Pass,
+            MALFORMED,
         ),
         case(
             "later fragment to a VIP address: dropped",

@@ -80,6 +80,8 @@ fn decap_fixtures() {
         frame(None, &outer.bytes())
     };
     let ect0_inner = with_tos(&inner, 0x02);
+    let mut outer_ihl_too_small = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
+    outer_ihl_too_small[0] = 0x44;
     let mut not_ipv4_inside = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
     not_ipv4_inside[20] = 0x60;
 
@@ -161,6 +163,12 @@ fn decap_fixtures() {
         (
             "fragmented outer packet: untouched",
             frame(None, &fragmented),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "outer header length below 20 bytes: untouched",
+            frame(None, &outer_ihl_too_small),
             Expect::Untouched,
             malformed,
         ),
