@@ -312,12 +312,27 @@ impl DataPlane {
             if !dp.pool.take(meta.ring_offset, meta.ring_size) || !dp.vip_ids.take(meta.vip_id) {
                 bail!("VIP {vip}: the pinned maps overlap (ring region or VIP id used twice)");
             }
-            let mut backend_ids = BTreeMap::new();
+            // One id per address: should an interrupted change have left two
+            // active ids for one address, the one the ring uses stays and
+            // the other is deactivated (its flows re-select).
+            let mut backend_ids: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
             for (id, b) in backends
                 .iter()
                 .filter(|(_, b)| b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.vip_id)
             {
-                backend_ids.insert(Ipv4Addr::from(lb_common::ipv4_from_wire(b.addr)), *id);
+                let addr = Ipv4Addr::from(lb_common::ipv4_from_wire(b.addr));
+                match backend_ids.get(&addr).copied() {
+                    None => {
+                        backend_ids.insert(addr, *id);
+                    }
+                    Some(kept) if ring.contains(&kept) || !ring.contains(id) => stray.push(*id),
+                    Some(kept) => {
+                        stray.push(kept);
+                        backend_ids.insert(addr, *id);
+                    }
+                }
+            }
+            for id in backend_ids.values() {
                 dp.backend_ids.take(*id);
             }
             let spec = VipSpec {
@@ -356,6 +371,11 @@ impl DataPlane {
             dp.write_vip_address_count(addr)?;
         }
         Ok(dp)
+    }
+
+    /// Gives the maps back (to adopt them again, as a restarted agent does).
+    pub fn into_maps(self) -> BalancerMaps {
+        self.maps
     }
 
     pub fn maps(&self) -> &BalancerMaps {

@@ -13,7 +13,7 @@ use lb_tests::{
     packet::*,
     xdp::{self, *},
 };
-use lb_userspace::dataplane::{Protocol, VipAddr, VipSpec};
+use lb_userspace::dataplane::{DataPlane, Protocol, VipAddr, VipSpec};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 8);
@@ -811,6 +811,58 @@ fn reused_ids_start_from_zero_counters() {
     assert_eq!(verdict, XDP_TX);
     let s = lb.dataplane.maps().vip_stats(new_vip).expect("stats");
     assert_eq!((s.packets, s.new_flows), (1, 1));
+}
+
+/// Adopting the maps (as a restarted agent does) takes them over unchanged;
+/// a second active id for one backend, as an interrupted change could leave,
+/// is deactivated and the id the ring uses stays.
+#[test]
+fn adoption_takes_over_the_maps_and_drops_a_duplicate_id() {
+    let vips = three_backends();
+    let Balancer {
+        mut ebpf,
+        dataplane,
+    } = Balancer::load(&test_options(static_config(MTU)), &vips);
+    let vip = vips[0].vip;
+    let b1_id = dataplane.backend_id(&vip, B1).expect("B1 id");
+    let vip_id = dataplane.vip_id(&vip).expect("VIP id");
+    let mut maps = dataplane.into_maps();
+    let duplicate = 100;
+    maps.set_backend(
+        duplicate,
+        &lb_common::Backend {
+            addr: lb_common::ipv4_to_wire(B1.octets()),
+            generation: 7,
+            flags: lb_common::BACKEND_F_ACTIVE,
+            vip_id,
+        },
+    )
+    .expect("writing the duplicate");
+
+    let mut adopted = DataPlane::adopt(maps).expect("adopting");
+    assert_eq!(
+        adopted.backend_id(&vip, B1),
+        Some(b1_id),
+        "the ring's id stays"
+    );
+    let entries = adopted.maps().backend_entries().expect("backends");
+    let (_, dup) = entries
+        .iter()
+        .find(|(id, _)| *id == duplicate)
+        .expect("the duplicate's entry");
+    assert_eq!(
+        dup.flags & lb_common::BACKEND_F_ACTIVE,
+        0,
+        "duplicate deactivated"
+    );
+    let report = adopted.apply(&vips).expect("applying the same VIPs");
+    assert!(
+        report.rings_written.is_empty() && report.backends_added == 0,
+        "the adopted maps already serve the VIPs: {report:?}"
+    );
+    let syn = from_router(&Ipv4::tcp(CLIENT, 3000, VIP, 80, TCP_SYN));
+    let (verdict, _) = run_program(&mut ebpf, lb_common::names::BALANCER_PROGRAM, &syn);
+    assert_eq!(verdict_name(verdict), "XDP_TX");
 }
 
 /// The agent's model of the ring answers exactly what the kernel does, for
