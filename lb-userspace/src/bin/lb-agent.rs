@@ -148,6 +148,16 @@ fn run(args: Args) -> Result<()> {
     let options =
         config.balancer_options(config.data_path_config(host::interface_mac(&config.interface)?)?);
 
+    // The file alone: the state file is the running agent's business.
+    if args.check {
+        println!(
+            "configuration OK: {} VIP(s) on {}",
+            config.vips.len(),
+            config.interface
+        );
+        return Ok(());
+    }
+
     // Which VIPs to serve: the saved state, unless there is none yet or
     // the operator resets it (see lb_userspace::state).
     match state.load()? {
@@ -167,15 +177,6 @@ fn run(args: Args) -> Result<()> {
             args.config.display()
         ),
     }
-    if args.check {
-        println!(
-            "configuration OK: {} VIP(s) on {}",
-            config.vips.len(),
-            config.interface
-        );
-        return Ok(());
-    }
-
     pins.prepare()?;
     let adopting = pins.attached();
     if adopting {
