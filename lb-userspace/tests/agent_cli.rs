@@ -1,7 +1,11 @@
 //! `lb-agent` refuses bad configurations with a message naming the field, a
 //! non-zero exit, and nothing attached.
 
-use std::process::Command;
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 fn agent_with(config: &str) -> (i32, String) {
     let dir = std::env::temp_dir().join(format!(
@@ -12,20 +16,41 @@ fn agent_with(config: &str) -> (i32, String) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("lb.json");
     std::fs::write(&path, config).expect("writing config");
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+    // A pin root that is no bpffs mount: should a bad config ever be
+    // accepted, the agent fails there instead of attaching to this host.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
         .arg("--config")
         .arg(&path)
         .arg("--state-file")
         .arg(dir.join("state.json"))
         .arg("--socket")
         .arg(dir.join("lb.sock"))
-        .output()
+        .arg("--pin-root")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running lb-agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for lb-agent") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("lb-agent still runs 30 s after starting with {config}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (status.code().unwrap_or(-1), stderr)
 }
 
 const GOOD: &str = r#"{"interface": "lo", "source_address": "198.18.1.2",

@@ -179,10 +179,16 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// SIGTERM, then waits for a clean exit. The data path stays attached.
+    /// SIGTERM, then waits (at most 20 s, then SIGKILL and an error) for a
+    /// clean exit. The data path stays attached.
     pub fn stop(&mut self) -> Result<String> {
         self.signal(libc::SIGTERM);
-        let status = self.child.wait()?;
+        let Some(status) = wait_or_kill(&mut self.child, Duration::from_secs(20))? else {
+            bail!(
+                "lb-agent did not stop within 20 s of SIGTERM:\n{}",
+                self.log()
+            );
+        };
         let log = self.log();
         if !status.success() {
             bail!("lb-agent exited with {status}:\n{log}");
@@ -201,13 +207,43 @@ impl Agent {
             .arg(self.dir.join("lb.json"))
             .arg("--pin-root")
             .arg(&self.pin_root)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("running lb-agent --detach")?;
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
+        let mut out = out;
+        let Some(status) = wait_or_kill(&mut out, Duration::from_secs(30))? else {
+            bail!("lb-agent --detach still ran after 30 s");
+        };
+        let mut text = String::new();
+        if let Some(mut pipe) = out.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut text)?;
+        }
+        if !status.success() {
             bail!("lb-agent --detach failed: {text}");
         }
         Ok(text)
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; past it, kills it and returns
+/// `None`.
+pub fn wait_or_kill(
+    child: &mut Child,
+    limit: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -232,12 +268,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = wait_or_kill(&mut self.child, Duration::from_secs(5));
         }
         if let Err(e) = self.detach() {
             log::warn!("{e:#}");
@@ -250,9 +281,11 @@ impl Drop for Agent {
 
 /// A test bed with the agent attached: one TCP+UDP service per port on
 /// [`TEST_VIP`], the given backend weights (backend `j` = `b{j+1}`).
+/// Fields drop in order: the agent stops and detaches before the
+/// namespaces go.
 pub struct Bed {
-    pub topo: Topology,
     pub agent: Agent,
+    pub topo: Topology,
     pub xdp_mode: &'static str,
     pub port: u16,
 }

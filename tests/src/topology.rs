@@ -596,8 +596,7 @@ impl Topology {
         let c = self.clients.get(client).context("no such client")?;
         let target = SocketAddrV4::new(addr, port);
         c.ns.run(|| -> Result<String> {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, src_port))
-                .with_context(|| format!("binding UDP port {src_port}"))?;
+            let socket = bind_udp(src_port)?;
             // Connected: only replies from `target` are accepted.
             socket.connect(target).context("connecting")?;
             socket.set_read_timeout(Some(timeout))?;
@@ -622,6 +621,22 @@ impl Topology {
             Ok(String::from_utf8_lossy(&reply[..space]).into_owned())
         })
         .with_context(|| format!("UDP from {} to {target}", c.name))
+    }
+}
+
+/// Binds a UDP socket to `src_port` (0 = any). A port the last flow just
+/// closed can still be held for a moment by a process this test process
+/// forks (the child holds a copy of our descriptors until it execs), so
+/// "address in use" is retried for up to 2 s.
+fn bind_udp(src_port: u16) -> Result<UdpSocket> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, src_port)) {
+            Err(e) if e.kind() == ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            result => return result.with_context(|| format!("binding UDP port {src_port}")),
+        }
     }
 }
 

@@ -31,6 +31,15 @@ fn ask(bed: &Bed, request: Request) -> Response {
     response
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn flow_hits(bed: &Bed) -> u64 {
     match ask(bed, Request::Stats {}).data {
         Some(ResponseData::Stats { stats }) => stats.global.flow_hits,
@@ -52,6 +61,9 @@ fn kill_9_and_restart_lose_no_connection() {
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
 
     std::thread::scope(|scope| {
+        // Whatever happens below, even a panic, stops the connection
+        // threads: the scope joins them before it passes a panic on.
+        let _stop_on_exit = StopOnDrop(&stop);
         // A steady stream of new connections from both clients.
         for client in 0..2 {
             let (topo, stop, new_ok, failures) = (&bed.topo, &stop, &new_ok, &failures);

@@ -52,12 +52,15 @@ fn bed(check: Option<Value>) -> Bed {
     })
 }
 
+// Timeouts as long as the interval allows: a healthy bystander on a loaded
+// machine must not miss `fall` probes in a row. The failures these tests
+// cause (refused, 503) are immediate.
 fn tcp_check() -> Value {
-    json!({"type": "tcp", "interval_ms": INTERVAL_MS, "timeout_ms": 100, "rise": 2, "fall": 2})
+    json!({"type": "tcp", "interval_ms": INTERVAL_MS, "timeout_ms": INTERVAL_MS, "rise": 2, "fall": 2})
 }
 
 fn http_check(rise: u32, fall: u32) -> Value {
-    json!({"type": "http", "port": HEALTH_PORT, "path": "/health", "interval_ms": INTERVAL_MS, "timeout_ms": 150,
+    json!({"type": "http", "port": HEALTH_PORT, "path": "/health", "interval_ms": INTERVAL_MS, "timeout_ms": INTERVAL_MS,
            "rise": rise, "fall": fall})
 }
 

@@ -345,18 +345,9 @@ fn reap_orphans_removes_namespaces_of_dead_processes() {
         "reap_orphans removed a namespace of a live process"
     );
     // Bounded: a sleeper that survived must fail the test, not hang it.
-    let killed_by = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = sleeper.try_wait().expect("wait sleep") {
-            break status;
-        }
-        if Instant::now() > killed_by {
-            let _ = sleeper.kill();
-            let _ = sleeper.wait();
-            panic!("the orphan's process still ran 10 s after reap_orphans");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = lb_tests::agent::wait_or_kill(&mut sleeper, Duration::from_secs(10))
+        .expect("wait sleep")
+        .unwrap_or_else(|| panic!("the orphan's process still ran 10 s after reap_orphans"));
     assert!(
         !status.success(),
         "the orphan's process should have been killed"
