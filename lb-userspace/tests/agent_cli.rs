@@ -131,10 +131,16 @@ fn check_accepts_a_good_config_and_help_works() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("lb.json");
     std::fs::write(&path, GOOD).expect("write");
+    // --check judges the file alone: a running agent's state file, even a
+    // damaged one, is none of its business.
+    let state = dir.join("state.json");
+    std::fs::write(&state, "{not json").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
         .arg("--check")
         .arg("--config")
         .arg(&path)
+        .arg("--state-file")
+        .arg(&state)
         .output()
         .expect("run");
     let _ = std::fs::remove_dir_all(&dir);
@@ -142,6 +148,10 @@ fn check_accepts_a_good_config_and_help_works() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration OK: 1 VIP(s) on lo"
     );
     let help = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
         .arg("--help")
