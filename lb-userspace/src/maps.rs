@@ -195,18 +195,14 @@ impl BalancerMaps {
     /// Zeroes a VIP id's counters on every CPU, before the id is given to
     /// a new VIP.
     pub fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![VipStats::default(); nr_cpus()?])?;
-        self.vip_stats
-            .set(vip_id, zeros, 0)
+        zero_per_cpu(&mut self.vip_stats, vip_id)
             .with_context(|| format!("zeroing the counters of VIP id {vip_id}"))
     }
 
     /// Zeroes a backend id's counters on every CPU, before the id is given
     /// to a new backend.
     pub fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); nr_cpus()?])?;
-        self.backend_stats
-            .set(backend_id, zeros, 0)
+        zero_per_cpu(&mut self.backend_stats, backend_id)
             .with_context(|| format!("zeroing the counters of backend id {backend_id}"))
     }
 
@@ -290,4 +286,14 @@ impl Drop for RingPool {
 /// Number of possible CPUs: the length of a per-CPU map value.
 fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))
+}
+
+/// Writes `T::default()` for every CPU at `index`.
+fn zero_per_cpu<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+) -> Result<()> {
+    let zeros = PerCpuValues::try_from(vec![T::default(); nr_cpus()?])?;
+    map.set(index, zeros, 0)?;
+    Ok(())
 }

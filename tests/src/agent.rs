@@ -199,7 +199,7 @@ impl Agent {
     /// `lb-agent --detach`: removes the pinned data path.
     pub fn detach(&self) -> Result<String> {
         let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
-        let out = Command::new("ip")
+        let mut detach = Command::new("ip")
             .args(["netns", "exec", &self.lb_ns])
             .arg(&bin)
             .arg("--detach")
@@ -212,12 +212,11 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .context("running lb-agent --detach")?;
-        let mut out = out;
-        let Some(status) = wait_or_kill(&mut out, Duration::from_secs(30))? else {
+        let Some(status) = wait_or_kill(&mut detach, Duration::from_secs(30))? else {
             bail!("lb-agent --detach still ran after 30 s");
         };
         let mut text = String::new();
-        if let Some(mut pipe) = out.stderr.take() {
+        if let Some(mut pipe) = detach.stderr.take() {
             std::io::Read::read_to_string(&mut pipe, &mut text)?;
         }
         if !status.success() {

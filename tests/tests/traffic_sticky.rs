@@ -48,29 +48,19 @@ fn udp_flows_stay_on_their_backend() {
     let bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
     let mut seen = BTreeMap::new();
     for src_port in 30000..30030u16 {
-        let client = (src_port % 2) as usize;
-        let first = bed
-            .topo
-            .udp_ask(
-                client,
+        let ask = |payload: &[u8]| {
+            bed.topo.udp_ask(
+                (src_port % 2) as usize,
                 src_port,
                 TEST_VIP,
                 bed.port,
-                b"first",
+                payload,
                 Duration::from_secs(3),
             )
-            .unwrap_or_else(|e| panic!("port {src_port}: {e:#}"));
+        };
+        let first = ask(b"first").unwrap_or_else(|e| panic!("port {src_port}: {e:#}"));
         for k in 0..10 {
-            let name = bed
-                .topo
-                .udp_ask(
-                    client,
-                    src_port,
-                    TEST_VIP,
-                    bed.port,
-                    format!("datagram {k}").as_bytes(),
-                    Duration::from_secs(3),
-                )
+            let name = ask(format!("datagram {k}").as_bytes())
                 .unwrap_or_else(|e| panic!("port {src_port}, datagram {k}: {e:#}"));
             assert_eq!(
                 name, first,

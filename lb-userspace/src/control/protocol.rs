@@ -195,6 +195,26 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// Every code (the documentation test walks them; a unit test keeps the
+    /// list complete).
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidAddress,
+        ErrorCode::InvalidValue,
+        ErrorCode::DuplicateVip,
+        ErrorCode::DuplicateBackend,
+        ErrorCode::UnknownVip,
+        ErrorCode::UnknownBackend,
+        ErrorCode::Capacity,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::Internal,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -430,6 +450,31 @@ pub fn parse_vip(text: &str) -> Result<VipAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_is_in_all() {
+        for code in ErrorCode::ALL {
+            // A new code fails to compile here until it is listed in ALL.
+            match code {
+                ErrorCode::BadJson
+                | ErrorCode::BadRequest
+                | ErrorCode::UnknownOp
+                | ErrorCode::UnsupportedVersion
+                | ErrorCode::InvalidAddress
+                | ErrorCode::InvalidValue
+                | ErrorCode::DuplicateVip
+                | ErrorCode::DuplicateBackend
+                | ErrorCode::UnknownVip
+                | ErrorCode::UnknownBackend
+                | ErrorCode::Capacity
+                | ErrorCode::RequestTooLarge
+                | ErrorCode::Internal => {}
+            }
+        }
+        let distinct: std::collections::BTreeSet<String> =
+            ErrorCode::ALL.iter().map(|c| format!("{c:?}")).collect();
+        assert_eq!(distinct.len(), ErrorCode::ALL.len(), "listed twice");
+    }
 
     #[test]
     fn requests_round_trip_as_documented() {
