@@ -319,7 +319,8 @@ impl Bed {
         Self::try_start_with(backends, xdp_mode, config).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    fn try_start_with(
+    /// [`Bed::start_with`] that reports a failure instead of panicking.
+    pub fn try_start_with(
         backends: usize,
         xdp_mode: &'static str,
         config: impl Fn(&Topology) -> Value,

@@ -34,7 +34,11 @@ enum Cmd {
     /// Run the benchmarks; writes target/bench/results.json.
     Bench,
     /// Run the demo: a built-in topology with real traffic.
-    Demo,
+    Demo {
+        /// Shorter phases (CI runs this on every clean clone).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -67,7 +71,7 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
-        Cmd::Demo => demo(),
+        Cmd::Demo { quick } => demo(quick),
     }
 }
 
@@ -264,19 +268,26 @@ fn bench() -> Result<()> {
         .arg(root().join("target/bench/results.json")))
 }
 
-fn demo() -> Result<()> {
+/// The binaries the demo runs: the demo itself starts the agent, the
+/// backends' servers and `lbctl` from the directory it sits in.
+const DEMO_BINS: &[(&str, &str)] = &[
+    ("lb-tests", "lb-demo"),
+    ("lb-tests", "lb-backend-server"),
+    ("lb-userspace", "lb-agent"),
+    ("lb-userspace", "lbctl"),
+];
+
+fn demo(quick: bool) -> Result<()> {
     say("building the demo (release)");
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-demo",
-        "-p",
-        "lb-userspace",
-    ]))?;
-    run(Command::new(root().join("target/release/lb-demo"))
-        .arg("--agent")
-        .arg(root().join("target/release/lb-agent")))
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    for (package, bin) in DEMO_BINS {
+        build.args(["-p", package, "--bin", bin]);
+    }
+    run(&mut build)?;
+    let mut demo = Command::new(root().join("target/release/lb-demo"));
+    if quick {
+        demo.arg("--quick");
+    }
+    run(&mut demo)
 }
