@@ -79,7 +79,10 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             (selected, vip.vip_id)
         }
     };
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    // The client's frame ends with its IP packet; anything after that is
+    // padding or a trailer, trimmed before encapsulation and not counted.
+    let frame_len = pkt.l2.header_len() + pkt.tot_len as usize;
+    let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;
@@ -122,7 +125,8 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
     };
 
     let outer = encap::outer_ipv4_header(pkt.tos, outer_len, config.lb_source_addr, outer_dst);
-    if encap::encapsulate(ctx, pkt.l2, &outer).is_err() {
+    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, pkt.l2, &outer).is_err()
+    {
         debug!(
             ctx,
             "encapsulation towards {:i} failed, dropped",
@@ -131,8 +135,8 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         return drop(&mut stats.encap_errors);
     }
     // VIP and backend counters count what was sent on, not drops.
-    stats::count_vip(vip_id, frame_len, selected.new_flow);
-    stats::count_backend(selected.backend_id, frame_len);
+    stats::count_vip(vip_id, frame_len as u64, selected.new_flow);
+    stats::count_backend(selected.backend_id, frame_len as u64);
     match macs {
         None => {
             stats.fib_no_neigh += 1;

@@ -7,7 +7,10 @@
 //! unique IP id (RFC 6864), so the id stays 0. The LB checks the egress MTU
 //! before it encapsulates.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{IPIP_OVERHEAD, IPPROTO_IPIP, OUTER_TTL};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
@@ -39,6 +42,22 @@ pub fn outer_ipv4_header(tos: u8, tot_len: u16, src: u32, dst: u32) -> Ipv4Hdr {
     let words: [u16; 10] = unsafe { core::mem::transmute_copy(&hdr) };
     hdr.check = csum::ipv4_header(&words).to_ne_bytes();
     hdr
+}
+
+/// Cuts `excess` bytes off the end of the frame: what lies past the IP
+/// total length (Ethernet padding, a trailer) is not part of the client's
+/// packet and must not travel inside the tunnel, where it would sit inside
+/// the outer packet's length and push the frame over the MTU the caller
+/// checked.
+#[inline(always)]
+pub fn trim_tail(ctx: &XdpContext, excess: usize) -> Result<(), EncapError> {
+    if excess == 0 {
+        return Ok(());
+    }
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(excess as i32)) } != 0 {
+        return Err(EncapError);
+    }
+    Ok(())
 }
 
 /// Grows the head by one IPv4 header and writes the L2 header and `outer`

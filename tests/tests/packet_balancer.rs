@@ -109,7 +109,8 @@ const PASSED: &[(&str, u64)] = &[("passed", 1)];
 const MALFORMED: &[(&str, u64)] = &[("malformed", 1)];
 
 /// The frame the LB must send for `input` towards `backend`, built from the
-/// input bytes with the test's own header code.
+/// input bytes with the test's own header code. Bytes past the inner IP
+/// total length (padding, a trailer) are not part of it.
 fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
     let ethertype = u16::from_be_bytes([input[12], input[13]]);
     let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
@@ -117,8 +118,8 @@ fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
     } else {
         (None, 14)
     };
-    let inner = &input[l3..];
-    let inner_len = u16::from_be_bytes([inner[2], inner[3]]) as usize;
+    let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
+    let inner = &input[l3..l3 + inner_len];
     let mut outer = vec![0x45, inner[1]];
     outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
     // Id 0 and DF set whatever the client sent (see lb-ebpf's encap.rs).
@@ -187,6 +188,13 @@ fn cases() -> Vec<Case> {
     // A short UDP packet padded to Ethernet's 60-byte minimum.
     let mut padded = from_router(&udp().payload(b""));
     padded.resize(60, 0);
+    // Bytes past the IP total length of a packet that fits the MTU exactly:
+    // encapsulated with them, the frame would leave over the MTU.
+    let with_trailer = |ip: &Ipv4, vlan: bool| {
+        let mut frame = if vlan { tagged(ip) } else { from_router(ip) };
+        frame.extend_from_slice(&[0xee; 10]);
+        frame
+    };
 
     let mut source_affinity = vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)]);
     source_affinity.hash_source_only = true;
@@ -308,11 +316,32 @@ fn cases() -> Vec<Case> {
             TX_NEW,
         ),
         case(
-            "Ethernet padding stays outside the IP packets",
+            "Ethernet padding is trimmed before encapsulation",
             tcp_vip(),
             padded,
             Expect::TxTo(B2),
             TX_NEW,
+        ),
+        case(
+            "a trailer past the IP total length is trimmed: the frame fits the MTU",
+            tcp_vip(),
+            with_trailer(&fits, false),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "VLAN-tagged with a trailer: trimmed, fits the MTU",
+            tcp_vip(),
+            with_trailer(&fits, true),
+            Expect::TxTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "oversized with a trailer: dropped",
+            tcp_vip(),
+            with_trailer(&too_big, false),
+            Expect::Drop,
+            &[("flow_misses", 1), ("drop_too_big", 1)],
         ),
         case(
             "inner packet exactly fits the MTU once encapsulated",
@@ -700,6 +729,7 @@ fn vip_and_backend_counters() {
             bytes += frame.len() as u64;
         }
     }
+
     let maps = lb.dataplane.maps();
     let vip_stats = maps
         .vip_stats(lb.dataplane.vip_id(&vip).expect("VIP id"))
@@ -751,6 +781,43 @@ fn vip_and_backend_counters() {
         snapshot(&lb),
         before,
         "a drop moved the VIP or backend counters"
+    );
+}
+
+/// Bytes past the IP total length are trimmed, so the VIP and backend
+/// counters count the client's packet, not its trailer.
+#[test]
+fn a_trailer_is_neither_sent_nor_counted() {
+    let vips = one_backend_each();
+    let mut lb = Balancer::load(&test_options(static_config(MTU)), &vips);
+    let vip = vips[0].vip;
+    let packet = from_router(&tcp(TCP_SYN).payload(&[0x5a; 100]));
+    let mut trailered = packet.clone();
+    trailered.extend_from_slice(&[0xee; 7]);
+    let (verdict, output) = lb.run(&trailered);
+    assert_eq!(verdict_name(verdict), "XDP_TX");
+    assert_eq!(
+        hex(&output),
+        hex(&encapsulated(&packet, B1)),
+        "the trailer travelled inside the tunnel"
+    );
+    let maps = lb.dataplane.maps();
+    let vip_stats = maps
+        .vip_stats(lb.dataplane.vip_id(&vip).expect("VIP id"))
+        .expect("VIP stats");
+    let backend = maps
+        .backend_stats(lb.dataplane.backend_id(&vip, B1).expect("backend id"))
+        .expect("backend stats");
+    let len = packet.len() as u64;
+    assert_eq!(
+        (vip_stats.packets, vip_stats.bytes),
+        (1, len),
+        "VIP counters"
+    );
+    assert_eq!(
+        (backend.packets, backend.bytes),
+        (1, len),
+        "backend counters"
     );
 }
 
@@ -952,10 +1019,24 @@ fn mutated_frames_never_abort() {
             verdict_name(verdict)
         );
         if verdict == XDP_TX {
+            // The client's IP packet, trailer trimmed, behind a 20-byte
+            // outer header whose length is what was sent.
+            let l3 = if frame[12..14] == ETHERTYPE_VLAN.to_be_bytes() {
+                18
+            } else {
+                14
+            };
+            let inner_len = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]) as usize;
             assert_eq!(
                 out.len(),
-                frame.len() + 20,
-                "frame {i}: encapsulation adds exactly 20 bytes"
+                l3 + 20 + inner_len,
+                "frame {i}: encapsulation adds exactly 20 bytes to the IP packet"
+            );
+            let outer_len = u16::from_be_bytes([out[l3 + 2], out[l3 + 3]]) as usize;
+            assert_eq!(
+                outer_len,
+                out.len() - l3,
+                "frame {i}: outer length is not the frame's"
             );
         } else if verdict == XDP_PASS {
             assert_eq!(
