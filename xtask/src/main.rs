@@ -32,7 +32,11 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run the benchmarks; writes target/bench/results.json.
-    Bench,
+    Bench {
+        /// Also write target/bench/report.html: SVG charts of the results.
+        #[arg(long)]
+        report: bool,
+    },
     /// Run the demo: a built-in topology with real traffic.
     Demo {
         /// Shorter phases (CI runs this on every clean clone).
@@ -70,7 +74,7 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
-        Cmd::Bench => bench(),
+        Cmd::Bench { report } => bench(report),
         Cmd::Demo { quick } => demo(quick),
     }
 }
@@ -253,19 +257,24 @@ fn leftover_check() -> Result<()> {
     Ok(())
 }
 
-fn bench() -> Result<()> {
+fn bench(report: bool) -> Result<()> {
     say("running the benchmarks (release build)");
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "lb-tests",
-            "--bin",
-            "lb-bench",
-            "--",
-        ])
-        .arg(root().join("target/bench/results.json")))
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-bench",
+        "--",
+    ])
+    .arg(root().join("target/bench/results.json"));
+    if report {
+        cmd.arg("--report")
+            .arg(root().join("target/bench/report.html"));
+    }
+    run(&mut cmd)
 }
 
 /// The binaries the demo runs: the demo itself starts the agent, the

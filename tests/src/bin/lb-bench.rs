@@ -302,6 +302,42 @@ fn maglev_benchmarks() -> Result<serde_json::Value> {
     Ok(serde_json::Value::Object(out))
 }
 
+/// How evenly Maglev spreads equal backends, and how many flows move when
+/// one backend is removed (the slots that change owner) against the least
+/// possible: the removed backend's own slots.
+fn maglev_distribution() -> Result<serde_json::Value> {
+    const M: u32 = 65537;
+    let share_of = |table: &[u32], id: u32| {
+        table.iter().filter(|&&b| b == id).count() as f64 / table.len() as f64
+    };
+    let ten = maglev::build_table(&maglev_backends(10, |_| 1), M)?;
+    let shares: Vec<f64> = (0..10).map(|id| share_of(&ten, id)).collect();
+    println!("Maglev distribution, M={M}:");
+    println!(
+        "  10 equal backends: shares from {:.3}% to {:.3}% (ideal 10%)",
+        shares.iter().copied().fold(f64::MAX, f64::min) * 100.0,
+        shares.iter().copied().fold(0.0, f64::max) * 100.0
+    );
+    let mut removal = Vec::new();
+    for n in [5u32, 10, 100, 1000] {
+        let all = maglev_backends(n, |_| 1);
+        let removed = n / 2;
+        let rest: Vec<MaglevBackend> = all.iter().filter(|b| b.id != removed).cloned().collect();
+        let before = maglev::build_table(&all, M)?;
+        let after = maglev::build_table(&rest, M)?;
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / M as f64;
+        let minimum = share_of(&before, removed);
+        println!(
+            "  one of {n} backends removed: {:.3}% of flows move, minimum {:.3}% ({:.2} x)",
+            moved * 100.0,
+            minimum * 100.0,
+            moved / minimum
+        );
+        removal.push(json!({"backends": n, "moved": moved, "minimum": minimum}));
+    }
+    Ok(json!({"table_size": M, "shares": shares, "removal": removal}))
+}
+
 /// From a change request to the switch: one backend's weight changes in a
 /// VIP of 1000 backends (table build, ring write, VIP switch).
 fn swap_benchmark() -> Result<serde_json::Value> {
@@ -434,29 +470,46 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+const USAGE: &str = "usage: lb-bench [RESULTS.json] [--report REPORT.html]";
+
 fn main() -> Result<()> {
+    let mut path = PathBuf::from("target/bench/results.json");
+    let mut report = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--report" => report = Some(PathBuf::from(args.next().context(USAGE)?)),
+            flag if flag.starts_with('-') => bail!("unknown flag {flag:?}; {USAGE}"),
+            _ => path = PathBuf::from(arg),
+        }
+    }
     pin_to_cpu(1);
-    let path = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "target/bench/results.json".into()),
-    );
     let xdp = xdp_benchmarks()?;
     let maglev = maglev_benchmarks()?;
+    let distribution = maglev_distribution()?;
     let ring = ring_benchmarks()?;
     let swap = swap_benchmark()?;
     let health = health_benchmark()?;
     let results = json!({
         "xdp_ns": xdp,
         "maglev_build_ms": maglev,
+        "maglev_distribution": distribution,
         "ring_write_ms": ring,
         "swap_ms": swap,
         "health": health,
     });
+    write_file(&path, &(serde_json::to_string_pretty(&results)? + "\n"))?;
+    if let Some(report) = report {
+        write_file(&report, &lb_tests::report::html(&results)?)?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, contents: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")?;
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
