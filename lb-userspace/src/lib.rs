@@ -4,6 +4,7 @@
 //! - [`maglev`]: lookup-table construction.
 //! - [`control`]: the control socket (protocol and server).
 //! - [`config`]: the agent's configuration file.
+//! - [`clidoc`]: man pages and shell completions from the clap definitions.
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
@@ -12,6 +13,7 @@
 //! - [`state`]: the state file (persistent VIPs and backends).
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod clidoc;
 pub mod config;
 pub mod control;
 pub mod dataplane;
