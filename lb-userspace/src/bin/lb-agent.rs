@@ -182,7 +182,7 @@ fn run(args: Args) -> Result<()> {
     if adopting {
         pins.check_compatible(options.ring_pool_slots, options.flow_table_entries)?;
     }
-    let mut ebpf = loader::load_balancer_pinned(&options, &pins)?;
+    let mut ebpf = loader::load_balancer_pinned(&options, &pins.map_paths())?;
     info!(
         "loaded the balancer: ring pool {} slots, connection table {} entries",
         options.ring_pool_slots, options.flow_table_entries
