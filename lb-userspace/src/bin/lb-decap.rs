@@ -15,8 +15,9 @@ use lb_userspace::{
     host,
 };
 
-/// Attach, inspect and detach the load balancer's decap XDP program on a
-/// backend. The balancer sends each packet to its backend inside an
+/// Attach, inspect and detach the load balancer's decap XDP program.
+///
+/// On a backend: the balancer sends each packet to its backend inside an
 /// IP-in-IP header; `decap` removes it from packets whose outer destination
 /// is one of the local addresses given here and hands the inner packet
 /// (to a VIP configured on `lo`) to the kernel. Everything else passes
