@@ -67,23 +67,31 @@ pub fn ensure_sysctl(components: &[&str], value: &str) -> Result<bool> {
 /// XDP program needs.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// Fails with a clear message unless this process may load and attach XDP
-/// programs (root, or CAP_BPF and CAP_NET_ADMIN; CAP_SYS_ADMIN stands in
-/// for CAP_BPF on old kernels), rather than letting the kernel's EPERM
-/// surface from the middle of a load.
+/// Fails with a clear message unless this process may load and attach our
+/// XDP programs, rather than letting the kernel's EPERM surface from the
+/// middle of a load. That is CAP_NET_ADMIN (XDP is a networking program
+/// type), CAP_BPF (maps, loading) and CAP_PERFMON: without it the verifier
+/// refuses the packet-pointer arithmetic both programs do ("pointer
+/// arithmetic prohibited for !root"). CAP_SYS_ADMIN stands in for the last
+/// two.
 pub fn require_bpf_privileges(program: &str) -> Result<()> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let effective = parse_cap_eff(&status).context("no CapEff line in /proc/self/status")?;
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+    if has_bpf_privileges(effective) {
         return Ok(());
     }
     bail!(
-        "{program} must run as root (it needs CAP_BPF and CAP_NET_ADMIN to load and attach XDP programs)"
+        "{program} must run as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach XDP programs)"
     )
+}
+
+fn has_bpf_privileges(effective: u64) -> bool {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON))
 }
 
 fn parse_cap_eff(status: &str) -> Option<u64> {
@@ -186,9 +194,10 @@ mod tests {
     fn effective_capabilities_are_read_from_the_status_file() {
         let status = "Name:\tlb-decap\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
         let caps = parse_cap_eff(status).expect("parsed");
-        assert_ne!(caps & (1 << CAP_BPF), 0);
-        assert_ne!(caps & (1 << CAP_NET_ADMIN), 0);
-        assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
+        assert!(has_bpf_privileges(caps));
+        assert!(!has_bpf_privileges(caps & !(1 << CAP_PERFMON)));
+        assert!(!has_bpf_privileges(caps & !(1 << CAP_NET_ADMIN)));
+        assert!(has_bpf_privileges(1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN));
         assert_eq!(parse_cap_eff("Name:\tx\n"), None);
     }
 
