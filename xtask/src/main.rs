@@ -1,4 +1,4 @@
-//! `cargo xtask <command>`: setup, build, test, bench, demo.
+//! `cargo xtask <command>`: setup, build, test, bench, demo, deb.
 //!
 //! xtask depends on nothing that needs bpf-linker or system libraries, so it
 //! runs on a machine that has only the Rust toolchains and installs the rest.
@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod deb;
 
 #[derive(Parser)]
 #[command(about = "Build, test, benchmark and demo the load balancer")]
@@ -35,6 +37,9 @@ enum Cmd {
     Bench,
     /// Run the demo: a built-in topology with real traffic.
     Demo,
+    /// Build the release binaries and a Debian package of them
+    /// (target/deb/lb_VERSION_ARCH.deb); prints its path.
+    Deb,
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -44,6 +49,9 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
+    // `cargo xtask deb` (dpkg-deb is dpkg's own; dpkg-shlibdeps is not).
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("setpriv", "util-linux"),
 ];
 /// Debian packages needed only to build bpf-linker.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
@@ -68,6 +76,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench => bench(),
         Cmd::Demo => demo(),
+        Cmd::Deb => deb::deb(&root(), &mut cargo()).map(|_| ()),
     }
 }
 
