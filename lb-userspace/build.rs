@@ -29,8 +29,8 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    let target_dir = root.join("target").join("ebpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    let target_dir = ebpf_target_dir(&out_dir, root);
 
     for (feature, bins) in OBJECTS {
         build(&ebpf_dir, &target_dir, feature, bins);
@@ -44,6 +44,21 @@ fn main() {
             });
         }
     }
+}
+
+/// Where the eBPF crate is built: `ebpf/` in the target directory of this
+/// build (OUT_DIR is `<target>/[<triple>/]<profile>/build/<pkg>-<hash>/out`),
+/// so `cargo install` and `CARGO_TARGET_DIR` builds keep it in their own
+/// target directory rather than writing into the source tree, and
+/// rebuilds of either profile share it. Falls back to the workspace's.
+fn ebpf_target_dir(out_dir: &Path, root: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|target| target.join("ebpf"))
+        .unwrap_or_else(|| root.join("target").join("ebpf"))
 }
 
 fn build(ebpf_dir: &Path, target_dir: &Path, feature: &str, bins: &[&str]) {

@@ -19,13 +19,15 @@ use crate::{
 /// a typo (an extra zero or three) from starving every other backend.
 pub const MAX_WEIGHT: u32 = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeSetting {
     /// Driver (native) mode, falling back to generic mode with a warning.
     #[default]
     Auto,
+    /// Driver (native) mode only: fails where the driver has no XDP.
     Native,
+    /// Generic (SKB) mode: works on any interface, slower.
     Generic,
 }
 

@@ -6,6 +6,27 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::config::parse_mac;
 
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+const MAX_INTERFACE_NAME: usize = 15;
+
+/// Checks that `name` can be an interface name. It also becomes a pin
+/// directory's name, so anything that could step out of the pin root
+/// (`/`, `..`) is refused, as the kernel refuses it.
+pub fn valid_interface_name(name: &str) -> Result<String> {
+    if name.is_empty()
+        || name.len() > MAX_INTERFACE_NAME
+        || name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "{name:?} is not an interface name (1 to {MAX_INTERFACE_NAME} bytes, no '/', ':' or spaces)"
+        );
+    }
+    Ok(name.to_string())
+}
+
 /// The interface's index, or a clear error if it does not exist.
 pub fn interface_index(name: &str) -> Result<u32> {
     let c_name = CString::new(name).map_err(|_| anyhow!("interface name {name:?} contains NUL"))?;
@@ -40,6 +61,42 @@ pub fn ensure_sysctl(components: &[&str], value: &str) -> Result<bool> {
     }
     std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))?;
     Ok(true)
+}
+
+/// Capability numbers (linux/capability.h) that loading and attaching an
+/// XDP program needs.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails with a clear message unless this process may load and attach our
+/// XDP programs, rather than letting the kernel's EPERM surface from the
+/// middle of a load. That is CAP_NET_ADMIN (XDP is a networking program
+/// type), CAP_BPF (maps, loading) and CAP_PERFMON: without it the verifier
+/// refuses the packet-pointer arithmetic both programs do ("pointer
+/// arithmetic prohibited for !root"). CAP_SYS_ADMIN stands in for the last
+/// two.
+pub fn require_bpf_privileges(program: &str) -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = parse_cap_eff(&status).context("no CapEff line in /proc/self/status")?;
+    if has_bpf_privileges(effective) {
+        return Ok(());
+    }
+    bail!(
+        "{program} must run as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach XDP programs)"
+    )
+}
+
+fn has_bpf_privileges(effective: u64) -> bool {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// Magic number of the bpf filesystem (`statfs.f_type`).
@@ -113,6 +170,36 @@ pub fn prepare_fib_next_hop(interface: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_cannot_leave_the_pin_root() {
+        for good in ["eth0", "eth0.100", "lbt-b1", "enp3s0f1np1"] {
+            assert_eq!(valid_interface_name(good).expect(good), good);
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc",
+            "a/b",
+            "eth0:1",
+            "a b",
+            "sixteen-chars-xx",
+        ] {
+            assert!(valid_interface_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn effective_capabilities_are_read_from_the_status_file() {
+        let status = "Name:\tlb-decap\nCapInh:\t0000000000000000\nCapEff:\t000000c000001000\n";
+        let caps = parse_cap_eff(status).expect("parsed");
+        assert!(has_bpf_privileges(caps));
+        assert!(!has_bpf_privileges(caps & !(1 << CAP_PERFMON)));
+        assert!(!has_bpf_privileges(caps & !(1 << CAP_NET_ADMIN)));
+        assert!(has_bpf_privileges(1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN));
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+    }
 
     #[test]
     fn a_dotted_interface_name_stays_one_sysctl_component() {

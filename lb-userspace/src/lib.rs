@@ -4,6 +4,8 @@
 //! - [`maglev`]: lookup-table construction.
 //! - [`control`]: the control socket (protocol and server).
 //! - [`config`]: the agent's configuration file.
+//! - [`decap`]: the backends' `decap` program, pinned (`lb-decap`).
+//! - [`clidoc`]: man pages and shell completions from the clap definitions.
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
@@ -12,9 +14,11 @@
 //! - [`state`]: the state file (persistent VIPs and backends).
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod clidoc;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod decap;
 pub mod health;
 pub mod host;
 pub mod loader;

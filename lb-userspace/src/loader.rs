@@ -15,7 +15,7 @@ use lb_common::{
 
 use std::path::PathBuf;
 
-use crate::{config::XdpModeSetting, objects, pins::Pins};
+use crate::{config::XdpModeSetting, objects};
 
 /// Everything fixed when `balancer` is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -44,15 +44,18 @@ pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
     load_balancer_object(objects::BALANCER, options, &[names::BALANCER_PROGRAM], &[])
 }
 
-/// Loads `balancer` on the maps pinned in `pins` (created and pinned if
-/// there are none yet).
-pub fn load_balancer_pinned(options: &BalancerOptions, pins: &Pins) -> Result<Ebpf> {
-    let paths = pins.map_paths();
+/// Loads `balancer` on the maps pinned at `pinned_maps` (from
+/// [`crate::pins::Pins::map_paths`]; created and pinned if there are none
+/// yet).
+pub fn load_balancer_pinned(
+    options: &BalancerOptions,
+    pinned_maps: &[(&'static str, PathBuf)],
+) -> Result<Ebpf> {
     load_balancer_object(
         objects::BALANCER,
         options,
         &[names::BALANCER_PROGRAM],
-        &paths,
+        pinned_maps,
     )
 }
 
@@ -90,7 +93,7 @@ pub fn load_balancer_object(
 
 /// Loads `decap` (not attached) and fills its set of local addresses.
 pub fn load_decap(local_addrs: &[Ipv4Addr]) -> Result<Ebpf> {
-    let mut ebpf = Ebpf::load(objects::DECAP).context("loading the decap object")?;
+    let mut ebpf = load_decap_pinned(&[])?;
     {
         let map = ebpf
             .map_mut(names::DECAP_ADDRS)
@@ -102,6 +105,20 @@ pub fn load_decap(local_addrs: &[Ipv4Addr]) -> Result<Ebpf> {
                 .with_context(|| format!("adding decap address {addr}"))?;
         }
     }
+    Ok(ebpf)
+}
+
+/// Loads `decap` (not attached) on the maps pinned at `pinned_maps`
+/// (created and pinned if there are none yet), leaving its address set as
+/// it is.
+pub fn load_decap_pinned(pinned_maps: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for (name, path) in pinned_maps {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(objects::DECAP)
+        .context("loading the decap object")?;
     load_xdp(&mut ebpf, names::DECAP_PROGRAM)?;
     Ok(ebpf)
 }

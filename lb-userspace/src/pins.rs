@@ -7,6 +7,9 @@
 //! connection table included) and swaps it into the pinned link with one
 //! `bpf_link_update`: no packet meets a detached interface or an empty
 //! table. `lb-agent --detach` removes the pins, which detaches the program.
+//!
+//! The backends' `decap` program is pinned the same way (see
+//! [`crate::decap`]), with its own set of maps: [`PinnedMaps`] names them.
 
 use std::{
     mem::size_of,
@@ -31,9 +34,23 @@ use crate::{config::XdpModeSetting, loader};
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
 
-/// The maps that outlive the agent, with their key and value sizes. (Not
-/// the log ring or the read-only globals: those belong to one program.)
-const PINNED_MAPS: &[(&str, usize, usize)] = &[
+/// The maps of one object that outlive the process that loaded it, with
+/// their key and value sizes, and the command that removes them (named in
+/// the error when pinned maps of another shape are found).
+#[derive(Debug, Clone, Copy)]
+pub struct PinnedMaps {
+    pub maps: &'static [(&'static str, usize, usize)],
+    pub detach_command: &'static str,
+}
+
+/// The balancer's pinned maps. (Not the log ring or the read-only globals:
+/// those belong to one program.)
+pub const BALANCER_MAPS: PinnedMaps = PinnedMaps {
+    maps: BALANCER_MAP_SHAPES,
+    detach_command: "lb-agent --detach",
+};
+
+const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
     (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
     (names::VIP_ADDRS, size_of::<u32>(), size_of::<u32>()),
     (names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
@@ -60,13 +77,21 @@ const LINK: &str = "link";
 pub struct Pins {
     root: PathBuf,
     dir: PathBuf,
+    maps: PinnedMaps,
 }
 
 impl Pins {
+    /// The balancer's pins of `interface`.
     pub fn new(root: &Path, interface: &str) -> Self {
+        Self::with_maps(root, interface, BALANCER_MAPS)
+    }
+
+    /// The pins of another object (`decap`) on `interface`.
+    pub fn with_maps(root: &Path, interface: &str, maps: PinnedMaps) -> Self {
         Self {
             root: root.to_path_buf(),
             dir: root.join(interface),
+            maps,
         }
     }
 
@@ -97,7 +122,7 @@ impl Pins {
     /// Refuses pinned maps whose shape differs from what this agent would
     /// create (another version's layout, or other sizes in the config).
     pub fn check_compatible(&self, ring_pool_slots: u32, flow_table_entries: u32) -> Result<()> {
-        for &(name, key, value) in PINNED_MAPS {
+        for &(name, key, value) in self.maps.maps {
             let path = self.dir.join(name);
             let info = MapInfo::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
@@ -111,21 +136,39 @@ impl Pins {
                 || max_entries.is_some_and(|m| m != info.max_entries())
             {
                 bail!(
-                    "pinned map {} does not match this agent (key {} / value {} / {} entries); \
-                     run `lb-agent --detach` to remove the old data path and start over",
+                    "pinned map {} does not match this program (key {} / value {} / {} entries); \
+                     run `{}` to remove the old data path and start over",
                     path.display(),
                     info.key_size(),
                     info.value_size(),
-                    info.max_entries()
+                    info.max_entries(),
+                    self.maps.detach_command
                 );
             }
         }
         Ok(())
     }
 
+    /// The pin path of map `name`.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The pinned link, if there is one.
+    pub fn link(&self) -> Result<Option<FdLink>> {
+        let path = self.dir.join(LINK);
+        if !self.attached() {
+            return Ok(None);
+        }
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        Ok(Some(FdLink::from(pinned)))
+    }
+
     /// Pin paths for the loader: existing maps are reused, new ones pinned.
     pub fn map_paths(&self) -> Vec<(&'static str, PathBuf)> {
-        PINNED_MAPS
+        self.maps
+            .maps
             .iter()
             .map(|&(name, _, _)| (name, self.dir.join(name)))
             .collect()
@@ -143,11 +186,8 @@ impl Pins {
     ) -> Result<Option<XdpModeSetting>> {
         let link_path = self.dir.join(LINK);
         let xdp = loader::xdp_program(ebpf, program)?;
-        if self.attached() {
-            let pinned = PinnedLink::from_pin(&link_path)
-                .with_context(|| format!("opening the pinned link {}", link_path.display()))?;
-            let link = XdpLink::try_from(FdLink::from(pinned))
-                .context("the pinned link is not an XDP link")?;
+        if let Some(link) = self.link()? {
+            let link = XdpLink::try_from(link).context("the pinned link is not an XDP link")?;
             xdp.attach_to_link(link)
                 .context("swapping the new program into the pinned link")?;
             return Ok(None);

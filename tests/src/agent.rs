@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::topology::{locate_bin, Topology};
+use crate::topology::{locate_bin, BackendDecap, Topology};
 
 pub const AGENT_BIN: &str = "lb-agent";
 pub const AGENT_BIN_ENV: &str = "LB_AGENT";
@@ -251,7 +251,8 @@ pub fn pin_root_for(lb_ns: &str) -> PathBuf {
     PathBuf::from(format!("/run/{lb_ns}-bpf"))
 }
 
-fn mount_bpffs(path: &std::path::Path) -> Result<()> {
+/// Mounts a bpffs of the test's own at `path` (see [`Agent::start`] for why).
+pub fn mount_bpffs(path: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(path)?;
     let status = Command::new("mount")
         .args(["-t", "bpf", "bpf"])
@@ -325,13 +326,39 @@ impl Bed {
         xdp_mode: &'static str,
         config: impl Fn(&Topology) -> Value,
     ) -> Result<Bed> {
-        let port = 8080;
-        let topo = Topology::build(crate::topology::TopologySpec {
-            clients: 2,
-            backends,
-            vips: vec![TEST_VIP],
-            ports: vec![port],
+        Self::try_start_full(backends, xdp_mode, BackendDecap::TestBed, config)
+    }
+
+    /// A bed whose backends run no decap program: the test attaches one
+    /// itself (the agent is running already).
+    pub fn start_without_decap(
+        backends: usize,
+        weights: &[Option<u32>],
+        xdp_mode: &'static str,
+    ) -> Bed {
+        crate::xdp::require_root();
+        Self::try_start_full(backends, xdp_mode, BackendDecap::Caller, |topo| {
+            Self::config_for(topo, xdp_mode, 8080, weights)
         })
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn try_start_full(
+        backends: usize,
+        xdp_mode: &'static str,
+        decap: BackendDecap,
+        config: impl Fn(&Topology) -> Value,
+    ) -> Result<Bed> {
+        let port = 8080;
+        let topo = Topology::build_with(
+            crate::topology::TopologySpec {
+                clients: 2,
+                backends,
+                vips: vec![TEST_VIP],
+                ports: vec![port],
+            },
+            decap,
+        )
         .context("building the test bed")?;
         let agent = Agent::start(&topo, &config(&topo)).context("starting lb-agent")?;
         Ok(Bed {

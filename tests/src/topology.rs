@@ -114,6 +114,16 @@ impl Default for TopologySpec {
     }
 }
 
+/// Who strips the balancer's IP-in-IP header on the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendDecap {
+    /// The test bed attaches `decap` with the Rust loader (the default).
+    TestBed,
+    /// Nobody: the test attaches it itself (e.g. with the `lb-decap`
+    /// binary); until then the backends drop the balancer's packets.
+    Caller,
+}
+
 /// One end host (client, LB or backend) attached to the router.
 #[derive(Debug)]
 pub struct Host {
@@ -141,7 +151,7 @@ pub struct Topology {
     pub clients: Vec<Host>,
     pub backends: Vec<Host>,
     /// Attach mode of each backend's decap program (`Driver`, or `Skb` when
-    /// native mode was refused).
+    /// native mode was refused); empty with [`BackendDecap::Caller`].
     pub decap_modes: Vec<XdpMode>,
     decap: Vec<Option<Ebpf>>,
     /// Pass-through XDP program on the router's LB-facing veth (see
@@ -156,6 +166,11 @@ impl Topology {
     /// topology, attaches decap on the backends and starts their servers
     /// (returning once they accept connections).
     pub fn build(spec: TopologySpec) -> Result<Topology> {
+        Self::build_with(spec, BackendDecap::TestBed)
+    }
+
+    /// Like [`Topology::build`], choosing who decapsulates on the backends.
+    pub fn build_with(spec: TopologySpec, decap: BackendDecap) -> Result<Topology> {
         if let Err(e) = reap_orphans() {
             log::warn!("{e:#}");
         }
@@ -215,7 +230,9 @@ impl Topology {
         };
         // On error `topo` is dropped, which removes what was built so far.
         topo.wire()?;
-        topo.attach_decap()?;
+        if decap == BackendDecap::TestBed {
+            topo.attach_decap()?;
+        }
         topo.attach_router_xdp()?;
         for j in 0..n {
             topo.start_server(j)?;

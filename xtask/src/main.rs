@@ -1,4 +1,4 @@
-//! `cargo xtask <command>`: setup, build, test, bench, demo.
+//! `cargo xtask <command>`: setup, build, test, bench, demo, deb.
 //!
 //! xtask depends on nothing that needs bpf-linker or system libraries, so it
 //! runs on a machine that has only the Rust toolchains and installs the rest.
@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod deb;
 
 #[derive(Parser)]
 #[command(about = "Build, test, benchmark and demo the load balancer")]
@@ -43,6 +45,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the release binaries and a Debian package of them
+    /// (target/deb/lb_VERSION_ARCH.deb); prints its path.
+    Deb,
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -52,6 +57,9 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
+    // `cargo xtask deb` (dpkg-deb is dpkg's own; dpkg-shlibdeps is not).
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("setpriv", "util-linux"),
 ];
 /// Debian packages needed only to build bpf-linker.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
@@ -76,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { report } => bench(report),
         Cmd::Demo { quick } => demo(quick),
+        Cmd::Deb => deb::deb(&root(), &mut cargo()).map(|_| ()),
     }
 }
 

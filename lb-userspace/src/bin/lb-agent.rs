@@ -5,9 +5,10 @@
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use lb_common::names;
 use lb_userspace::{
+    clidoc::{self, Generated},
     config::{self, Config, NextHop},
     control::{protocol::DEFAULT_SOCKET, server, service::Service},
     dataplane::DataPlane,
@@ -23,8 +24,9 @@ use tokio::{
     sync::Mutex,
 };
 
-/// The load balancer's agent: attaches the XDP balancer to an interface,
-/// builds the Maglev tables of the VIPs and writes them into the data path,
+/// The XDP load balancer's agent.
+///
+/// It attaches the XDP balancer to an interface, builds the Maglev tables of the VIPs and writes them into the data path,
 /// and serves the control socket (see `lbctl`). Every change is saved to
 /// the state file. SIGHUP re-reads the configuration file and applies its
 /// VIPs without disturbing established flows. The data path is pinned in
@@ -33,14 +35,15 @@ use tokio::{
 /// the connection table. `lb-agent --detach` removes it.
 #[derive(Parser)]
 #[command(
+    name = "lb-agent",
     version,
     after_help = "Example configuration: examples/lb.jsonc. Control protocol: docs/control-api.md. \
                   Logging: RUST_LOG=debug (also enables the data path's own log)."
 )]
 struct Args {
     /// Configuration file (JSON with // comments).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "generate")]
+    config: Option<PathBuf>,
     /// Check the configuration and exit without touching the host.
     #[arg(long)]
     check: bool,
@@ -61,6 +64,9 @@ struct Args {
     /// the XDP program) and exit: a real shutdown.
     #[arg(long)]
     detach: bool,
+    /// Print a man page or shell completions and exit (for packaging).
+    #[arg(long, value_enum, hide = true, exclusive = true)]
+    generate: Option<Generated>,
 }
 
 fn main() -> ExitCode {
@@ -110,7 +116,11 @@ fn reload(path: &std::path::Path, service: &mut Service) {
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut config = Config::from_file(&args.config)?;
+    if let Some(what) = args.generate {
+        return clidoc::generate(what, Args::command(), &mut std::io::stdout().lock());
+    }
+    let config_path = args.config.clone().context("--config is required")?;
+    let mut config = Config::from_file(&config_path)?;
     let pins = Pins::new(
         &args
             .pin_root
@@ -174,7 +184,7 @@ fn run(args: Args) -> Result<()> {
         _ => info!(
             "serving the {} VIP(s) of {}",
             config.vips.len(),
-            args.config.display()
+            config_path.display()
         ),
     }
     pins.prepare()?;
@@ -182,7 +192,7 @@ fn run(args: Args) -> Result<()> {
     if adopting {
         pins.check_compatible(options.ring_pool_slots, options.flow_table_entries)?;
     }
-    let mut ebpf = loader::load_balancer_pinned(&options, &pins)?;
+    let mut ebpf = loader::load_balancer_pinned(&options, &pins.map_paths())?;
     info!(
         "loaded the balancer: ring pool {} slots, connection table {} entries",
         options.ring_pool_slots, options.flow_table_entries
@@ -290,7 +300,7 @@ fn run(args: Args) -> Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         info!(
             "ready; SIGHUP reloads {}, SIGINT or SIGTERM stops",
-            args.config.display()
+            config_path.display()
         );
         loop {
             tokio::select! {
@@ -299,7 +309,7 @@ fn run(args: Args) -> Result<()> {
                     break;
                 }
                 _ = term.recv() => break,
-                _ = hup.recv() => reload(&args.config, &mut *service.lock().await),
+                _ = hup.recv() => reload(&config_path, &mut *service.lock().await),
             }
         }
         anyhow::Ok(())
