@@ -7,11 +7,13 @@
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
-//! - [`maps`]: typed access to the BPF maps.
+//! - [`maps`]: typed access to the BPF maps; [`batch`]: batch map
+//!   operations (bpf(2)) for the connection table.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
 //! - [`state`]: the state file (persistent VIPs and backends).
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod batch;
 pub mod config;
 pub mod control;
 pub mod dataplane;
