@@ -7,6 +7,10 @@
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
+//! - [`instrument`]: event counters and histograms (probes, transitions,
+//!   table rebuilds and swaps), written where the events happen.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint, reading everything
+//!   above (it depends on the others; none depends on it).
 //! - [`maps`]: typed access to the BPF maps; [`batch`]: batch map
 //!   operations (bpf(2)) for the connection table.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
@@ -19,9 +23,11 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod host;
+pub mod instrument;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod objects;
 pub mod pins;
 pub mod state;

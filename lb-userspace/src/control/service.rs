@@ -248,7 +248,13 @@ impl Service {
         let mut vips = self.config.vips.clone();
         let description = edit(&mut vips, &request)?;
         let applied = self.replace_vips(vips)?;
-        log::info!("control: {description}");
+        // One line per change, with the table rebuilds it caused.
+        log::info!(
+            "control: {description} ({} ring(s) rewritten, {} backend(s) in, {} out)",
+            applied.rings_written.len(),
+            applied.backends_added,
+            applied.backends_removed
+        );
         Ok(ResponseData::Changed {
             changed: ChangeReport {
                 applied,
