@@ -29,6 +29,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
+    git_commit(root);
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target_dir = ebpf_target_dir(&out_dir, root);
 
@@ -96,4 +97,30 @@ fn build(ebpf_dir: &Path, target_dir: &Path, feature: &str, bins: &[&str]) {
         status.success(),
         "building lb-ebpf --features {feature} failed; run `cargo xtask setup` if bpf-linker or rust-src is missing"
     );
+}
+
+/// `LB_GIT_COMMIT` for the agent's build info (`lb_build_info`), when the
+/// source is a git checkout with git installed; rebuilt when HEAD moves.
+fn git_commit(root: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return;
+    };
+    println!("cargo:rustc-env=LB_GIT_COMMIT={commit}");
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        // logs/HEAD changes with every commit and checkout.
+        for file in ["HEAD", "logs/HEAD"] {
+            println!("cargo:rerun-if-changed={dir}/{file}");
+        }
+    }
 }

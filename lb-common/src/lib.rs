@@ -240,7 +240,9 @@ pub const GLOBAL_COUNTERS: usize = 14;
 const _: () = assert!(core::mem::size_of::<GlobalStats>() == GLOBAL_COUNTERS * 8);
 
 impl GlobalStats {
-    /// The counters' names, in field order (what userspace prints).
+    /// The counters' names, in field order (what userspace prints). Those
+    /// named `flow_*` count connection-table events; the others are the
+    /// verdicts (the agent's `/metrics` relies on this naming).
     pub const NAMES: [&'static str; GLOBAL_COUNTERS] = [
         "passed",
         "malformed",

@@ -62,6 +62,9 @@ pub struct Config {
     /// The control socket.
     #[serde(default)]
     pub control: ControlConfig,
+    /// The Prometheus endpoint (off unless `metrics.listen` is set).
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
+    pub metrics: MetricsConfig,
     /// Where the VIPs are saved after every change (default
     /// `/var/lib/lb/state.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +86,34 @@ pub struct ControlConfig {
     /// root only, 0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: the address and port `lb-agent` serves Prometheus
+    /// metrics on (`GET /metrics`), e.g. `127.0.0.1:9100`; read at start-up
+    /// by `lb-agent` (`--metrics-listen` overrides it) and scraped by
+    /// Prometheus. Unset: no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsConfig {
+    fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
+}
+
+/// Checks an address to serve metrics on; the message names the field.
+pub fn validate_metrics_listen(addr: std::net::SocketAddr) -> Result<()> {
+    if addr.port() == 0 {
+        bail!("metrics.listen: {addr}: port 0 would pick a random port; name one");
+    }
+    if addr.ip().is_multicast() {
+        bail!("metrics.listen: {addr} is a multicast address");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +361,9 @@ impl Config {
                 bail!("flow_table_entries: must be positive");
             }
         }
+        if let Some(addr) = self.metrics.listen {
+            validate_metrics_listen(addr)?;
+        }
         let pool = self
             .balancer_options(DataPathConfig::default())
             .ring_pool_slots;
@@ -568,6 +602,21 @@ mod tests {
                 .contains("65536")
         );
         assert!(err("{").contains("EOF"));
+        let metrics = |listen: &str| {
+            GOOD.replacen(
+                "\"vips\"",
+                &format!("\"metrics\": {{\"listen\": \"{listen}\"}}, \"vips\""),
+                1,
+            )
+        };
+        let good = Config::parse(&metrics("127.0.0.1:9100")).expect("valid");
+        assert_eq!(
+            good.metrics.listen,
+            Some("127.0.0.1:9100".parse().expect("addr"))
+        );
+        assert!(err(&metrics("127.0.0.1")).contains("metrics.listen: invalid socket address"));
+        assert!(err(&metrics("127.0.0.1:0")).contains("metrics.listen: 127.0.0.1:0: port 0"));
+        assert!(err(&metrics("[::1]:99999")).contains("metrics.listen"));
         assert!(err("{\"interface\": \"eth0\"}").contains("source_address"));
         let dup = GOOD.replace(
             "\"vips\": [{",

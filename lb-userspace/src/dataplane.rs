@@ -27,6 +27,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    instrument::{Instruments, VipLabel},
     maglev::{self, MaglevBackend},
     maps::BalancerMaps,
 };
@@ -256,6 +257,8 @@ pub struct DataPlane {
     /// Generation last written for each backend id.
     generations: Vec<u32>,
     pool: RingAllocator,
+    /// Where table rebuilds and swap durations are recorded.
+    instruments: Instruments,
 }
 
 /// Ids and pool regions assigned by planning, consumed in the same order by
@@ -276,7 +279,14 @@ impl DataPlane {
             backend_ids: IdAllocator::new(MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
+            instruments: Instruments::new(),
         }
+    }
+
+    /// Records table rebuilds and swap durations into `instruments` (the
+    /// agent's, which `/metrics` renders) from now on.
+    pub fn set_instruments(&mut self, instruments: Instruments) {
+        self.instruments = instruments;
     }
 
     /// Takes over maps a previous agent filled (pinned maps): VIP ids,
@@ -455,6 +465,7 @@ impl DataPlane {
     /// Makes the data plane serve exactly `desired`. Validates and plans
     /// everything first; on error nothing was written.
     pub fn apply(&mut self, desired: &[VipSpec]) -> Result<ApplyReport> {
+        let started = std::time::Instant::now();
         validate(desired)?;
         let desired: BTreeMap<VipAddr, &VipSpec> = desired.iter().map(|s| (s.vip, s)).collect();
         // Tables only for VIPs whose spec changed: an unchanged VIP keeps
@@ -481,6 +492,19 @@ impl DataPlane {
         self.vip_ids = plan.vip_ids;
         self.backend_ids = plan.backend_ids;
         self.pool = plan.pool;
+        for vip in &report.rings_written {
+            self.instruments
+                .table_rebuilds
+                .get_or_create(&VipLabel {
+                    vip: vip.to_string(),
+                })
+                .inc();
+        }
+        if !report.rings_written.is_empty() {
+            self.instruments
+                .table_swap_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(report)
     }
 

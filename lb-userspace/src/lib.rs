@@ -9,11 +9,17 @@
 //! - [`dataplane`]: the VIP/backend model, reconciled into the maps.
 //! - [`health`]: health probes (TCP, HTTP) with rise and fall.
 //! - [`host`]: interface facts and sysctls.
-//! - [`maps`]: typed access to the BPF maps.
+//! - [`instrument`]: event counters and histograms (probes, transitions,
+//!   table rebuilds and swaps), written where the events happen.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint, reading everything
+//!   above (it depends on the others; none depends on it).
+//! - [`maps`]: typed access to the BPF maps; [`batch`]: batch map
+//!   operations (bpf(2)) for the connection table.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
 //! - [`state`]: the state file (persistent VIPs and backends).
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod batch;
 pub mod clidoc;
 pub mod config;
 pub mod control;
@@ -21,9 +27,11 @@ pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod host;
+pub mod instrument;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod objects;
 pub mod pins;
 pub mod state;

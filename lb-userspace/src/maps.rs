@@ -3,9 +3,11 @@
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
+
+use crate::batch::{self, BatchMap};
 use lb_common::{
     names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, VipKey, VipMeta, VipStats,
     RING_SLOTS_PER_ENTRY,
@@ -19,6 +21,8 @@ pub struct BalancerMaps {
     rings: RingPool,
     backends: Array<MapData, Backend>,
     flows: HashMap<MapData, FlowKey, FlowPin>,
+    /// The same connection table, for batch walks and deletes.
+    flows_batch: FlowTable,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -36,13 +40,16 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 
 impl BalancerMaps {
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        let flows: HashMap<MapData, FlowKey, FlowPin> = take(ebpf, names::FLOWS)?;
+        let flows_batch = duplicate_flow_table(&flows)?;
         Ok(Self {
             vips: take(ebpf, names::VIPS)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
             rings: RingPool::take_from(ebpf)?,
             backends: take(ebpf, names::BACKENDS)?,
-            flows: take(ebpf, names::FLOWS)?,
+            flows,
+            flows_batch,
             vip_stats: take(ebpf, names::VIP_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
             global_stats: take(ebpf, names::GLOBAL_STATS)?,
@@ -157,10 +164,60 @@ impl BalancerMaps {
         }
     }
 
+    /// A handle of its own on the connection table, for a reader that must
+    /// not wait for whoever holds these maps (the metrics endpoint).
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        duplicate_flow_table(&self.flows)
+    }
+
+    /// Calls `f` on every connection-table entry; returns how many there
+    /// were. Batch lookups (thousands of entries per syscall), or, on a
+    /// kernel without them, two syscalls per entry.
+    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &FlowPin)) -> Result<u64> {
+        match self.flows_batch.for_each(&mut f) {
+            Err(e) if batch::unsupported(&e) => {
+                log::debug!("connection table: no batch lookups ({e}), walking entry by entry");
+                let mut n = 0;
+                for (key, pin) in self.flows_matching_per_entry(|_| true) {
+                    f(&key, &pin);
+                    n += 1;
+                }
+                Ok(n)
+            }
+            r => r.context("walking the connection table"),
+        }
+    }
+
     /// Every entry of the connection table whose key matches `filter`.
-    /// Walks the whole table (two syscalls per entry): for operator
-    /// commands, not for anything periodic.
-    pub fn flows_matching(&self, filter: impl Fn(&FlowKey) -> bool) -> Vec<(FlowKey, FlowPin)> {
+    pub fn flows_matching(
+        &self,
+        filter: impl Fn(&FlowKey) -> bool,
+    ) -> Result<Vec<(FlowKey, FlowPin)>> {
+        let mut out = Vec::new();
+        self.for_each_flow(|key, pin| {
+            if filter(key) {
+                out.push((*key, *pin));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes connection-table entries; returns how many were deleted
+    /// (entries evicted meanwhile are not counted). Batch deletes, or one
+    /// syscall per entry on a kernel without them.
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<u64> {
+        match self.flows_batch.delete(keys) {
+            Err(e) if batch::unsupported(&e) => Ok(self.remove_flows_per_entry(keys)),
+            r => r.context("deleting connection-table entries"),
+        }
+    }
+
+    /// [`Self::flows_matching`] the old way, two syscalls per entry: the
+    /// fallback for kernels before 5.6, and the benchmark's reference.
+    pub fn flows_matching_per_entry(
+        &self,
+        filter: impl Fn(&FlowKey) -> bool,
+    ) -> Vec<(FlowKey, FlowPin)> {
         self.flows
             .iter()
             .filter_map(|entry| entry.ok())
@@ -168,9 +225,8 @@ impl BalancerMaps {
             .collect()
     }
 
-    /// Deletes connection-table entries; returns how many were deleted
-    /// (entries evicted meanwhile are not counted).
-    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> u64 {
+    /// [`Self::remove_flows`] the old way, one syscall per entry.
+    pub fn remove_flows_per_entry(&mut self, keys: &[FlowKey]) -> u64 {
         keys.iter()
             .filter(|key| self.flows.remove(key).is_ok())
             .count() as u64
@@ -215,6 +271,17 @@ impl BalancerMaps {
                 bytes: acc.bytes + s.bytes,
             }))
     }
+}
+
+/// The connection table with batch operations (see [`crate::batch`]).
+pub type FlowTable = BatchMap<FlowKey, FlowPin>;
+
+fn duplicate_flow_table(flows: &HashMap<MapData, FlowKey, FlowPin>) -> Result<FlowTable> {
+    let fd = std::os::fd::AsFd::as_fd(flows.map().fd())
+        .try_clone_to_owned()
+        .context("duplicating the connection table's fd")?;
+    let map = MapData::from_fd(fd).context("opening the connection table")?;
+    BatchMap::new(map).context("the connection table")
 }
 
 /// The `RINGS` array mapped into our address space.

@@ -50,6 +50,8 @@ pub struct Agent {
     pin_root: PathBuf,
     lb_ns: String,
     log_level: String,
+    /// More `lb-agent` arguments, for every launch.
+    extra_args: Vec<String>,
     launches: usize,
 }
 
@@ -61,6 +63,16 @@ impl Agent {
 
     /// Like [`Agent::start`] with `RUST_LOG=level`.
     pub fn start_with_log_level(topo: &Topology, config: &Value, level: &str) -> Result<Agent> {
+        Self::start_with_args(topo, config, level, &[])
+    }
+
+    /// Like [`Agent::start_with_log_level`], with more `lb-agent` arguments.
+    pub fn start_with_args(
+        topo: &Topology,
+        config: &Value,
+        level: &str,
+        extra_args: &[&str],
+    ) -> Result<Agent> {
         let name = topo.lb_ns().name();
         let dir = std::env::temp_dir().join(format!("lbt-agent-{name}"));
         std::fs::create_dir_all(&dir)?;
@@ -70,20 +82,28 @@ impl Agent {
         // mount namespace that dies with it, but sees mounts under /run.
         let pin_root = pin_root_for(name);
         mount_bpffs(&pin_root)?;
-        let child = Self::spawn(&dir, name, level, 1)?;
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let child = Self::spawn(&dir, name, level, &extra_args, 1)?;
         let mut agent = Agent {
             child,
             dir,
             pin_root,
             lb_ns: name.to_string(),
             log_level: level.to_string(),
+            extra_args,
             launches: 1,
         };
         agent.wait_for_log("ready;", 1, Duration::from_secs(20))?;
         Ok(agent)
     }
 
-    fn spawn(dir: &std::path::Path, lb_ns: &str, level: &str, launch: usize) -> Result<Child> {
+    fn spawn(
+        dir: &std::path::Path,
+        lb_ns: &str,
+        level: &str,
+        extra_args: &[String],
+        launch: usize,
+    ) -> Result<Child> {
         let bin = locate_bin(AGENT_BIN, AGENT_BIN_ENV)?;
         let log_file = File::create(dir.join(format!("agent.{launch}.log")))?;
         Command::new("ip")
@@ -97,6 +117,7 @@ impl Agent {
             .arg(dir.join("state.json"))
             .arg("--pin-root")
             .arg(pin_root_for(lb_ns))
+            .args(extra_args)
             .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -112,7 +133,13 @@ impl Agent {
             bail!("the agent is still running");
         }
         self.launches += 1;
-        self.child = Self::spawn(&self.dir, &self.lb_ns, &self.log_level, self.launches)?;
+        self.child = Self::spawn(
+            &self.dir,
+            &self.lb_ns,
+            &self.log_level,
+            &self.extra_args,
+            self.launches,
+        )?;
         self.wait_for_log("ready;", 1, Duration::from_secs(20))
     }
 

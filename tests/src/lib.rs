@@ -3,6 +3,7 @@
 //! the integration tests and the demo; the benchmark's HTML report.
 
 pub mod agent;
+pub mod flows;
 pub mod netns;
 pub mod packet;
 pub mod report;

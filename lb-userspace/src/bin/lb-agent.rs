@@ -2,7 +2,7 @@
 //! socket and keeps everything until stopped. This file only wires the
 //! modules of `lb_userspace`.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
@@ -13,8 +13,11 @@ use lb_userspace::{
     control::{protocol::DEFAULT_SOCKET, server, service::Service},
     dataplane::DataPlane,
     health::HealthChecker,
-    host, loader,
+    host,
+    instrument::Instruments,
+    loader,
     maps::BalancerMaps,
+    metrics::{self, Exporter},
     pins::{Pins, DEFAULT_PIN_ROOT},
     state::{StateFile, DEFAULT_STATE_FILE},
 };
@@ -64,14 +67,47 @@ struct Args {
     /// the XDP program) and exit: a real shutdown.
     #[arg(long)]
     detach: bool,
+    /// Serve Prometheus metrics (GET /metrics) on ADDR:PORT, e.g.
+    /// 127.0.0.1:9100 (overrides `metrics.listen`; default: no endpoint).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format on stderr: `text` (human-readable) or `json` (one JSON
+    /// object per line: ts, level, target, msg), for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Print a man page or shell completions and exit (for packaging).
     #[arg(long, value_enum, hide = true, exclusive = true)]
     generate: Option<Generated>,
 }
 
+/// `--log-format`: chosen by the operator, read once at start-up.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// env_logger (level from RUST_LOG, default info), in the chosen format.
+fn init_logging(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    init_logging(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,8 +135,9 @@ fn reload(path: &std::path::Path, service: &mut Service) {
         || new.xdp_mode != running.xdp_mode
         || new.ring_pool_slots != running.ring_pool_slots
         || new.flow_table_entries != running.flow_table_entries
+        || new.metrics != running.metrics
     {
-        warn!("reload: only the VIPs change at run time; interface, address, next hop, XDP mode and sizes need a restart");
+        warn!("reload: only the VIPs change at run time; interface, address, next hop, XDP mode, sizes and metrics.listen need a restart");
     }
     match service.replace_vips(new.vips) {
         Ok(r) => info!(
@@ -157,6 +194,10 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| DEFAULT_SOCKET.into());
     let options =
         config.balancer_options(config.data_path_config(host::interface_mac(&config.interface)?)?);
+    if let Some(addr) = args.metrics_listen {
+        config::validate_metrics_listen(addr).context("--metrics-listen")?;
+        config.metrics.listen = Some(addr);
+    }
 
     // The file alone: the state file is the running agent's business.
     if args.check {
@@ -167,6 +208,7 @@ fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
+    let metrics_listener = config.metrics.listen.map(metrics::bind).transpose()?;
 
     // Which VIPs to serve: the saved state, unless there is none yet or
     // the operator resets it (see lb_userspace::state).
@@ -198,11 +240,14 @@ fn run(args: Args) -> Result<()> {
         options.ring_pool_slots, options.flow_table_entries
     );
     let maps = BalancerMaps::take_from(&mut ebpf)?;
+    let flow_table = maps.flow_table()?;
     let mut dataplane = if adopting {
         DataPlane::adopt(maps)?
     } else {
         DataPlane::new(maps)
     };
+    let instruments = Instruments::new();
+    dataplane.set_instruments(instruments.clone());
     // Admin states count from the start (drained at weight 0, disabled
     // out); health counts once probes report.
     let report = dataplane.apply(&config::vip_specs(&config.vips))?;
@@ -264,8 +309,9 @@ fn run(args: Args) -> Result<()> {
     let listener = server::bind(&socket, config.control.group.as_deref())?;
     info!("control socket {}", socket.display());
     let ring_pool_slots = options.ring_pool_slots;
+    let service_metrics_addr = config.metrics.listen;
     let (transitions, mut transition_rx) = tokio::sync::mpsc::unbounded_channel();
-    let checker = HealthChecker::new(transitions);
+    let checker = HealthChecker::with_instruments(transitions, instruments.clone());
     let service = Arc::new(Mutex::new(Service::new(
         dataplane,
         config,
@@ -274,6 +320,11 @@ fn run(args: Args) -> Result<()> {
         checker,
     )));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
+    if let (Some(listener), Some(addr)) = (metrics_listener, service_metrics_addr) {
+        let exporter = Exporter::new(Arc::clone(&service), instruments, flow_table);
+        runtime.spawn(metrics::serve(listener, Arc::new(exporter)));
+        info!("metrics on http://{addr}/metrics");
+    }
     // Health transitions: everything that arrives within a short window is
     // one batch, and a batch is one table rebuild. A rebuild that failed is
     // retried every second.

@@ -133,7 +133,7 @@ async fn client(stream: UnixStream, service: Arc<Mutex<Service>>) -> Result<()> 
 /// walk the whole connection table or fsync the state file, and probes and
 /// other clients must go on meanwhile. On a multi-threaded runtime the
 /// worker hands its other tasks to another worker first.
-fn handle_off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+pub(crate) fn handle_off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),

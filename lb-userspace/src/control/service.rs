@@ -2,9 +2,12 @@
 //! copy of the service state, applied to the data path as one change,
 //! then saved to the state file; if any step fails nothing changes.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
 
-use lb_common::{ipv4_to_wire, port_to_wire, FlowKey, MAX_BACKENDS, MAX_VIPS};
+use lb_common::{ipv4_to_wire, port_to_wire, FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
 
 use super::protocol::*;
 use crate::{
@@ -183,24 +186,7 @@ impl Service {
                 source_port,
             } => self.lookup_flow(vip, source, source_port),
             Request::FlowSummary { vip } => self.flow_summary(vip),
-            Request::FlushFlows { vip } => {
-                self.vip(&vip)?;
-                let keys: Vec<FlowKey> = self
-                    .dataplane
-                    .maps()
-                    .flows_matching(|k| matches_vip(k, &vip))
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .collect();
-                let flushed = self.dataplane.maps_mut().remove_flows(&keys);
-                log::info!("control: flushed {flushed} connection-table entries of VIP {vip}");
-                Ok(ResponseData::Changed {
-                    changed: ChangeReport {
-                        applied: Default::default(),
-                        flows_flushed: Some(flushed),
-                    },
-                })
-            }
+            Request::FlushFlows { vip } => self.flush_flows(vip),
             mutation => self.mutate(mutation),
         }
     }
@@ -262,7 +248,13 @@ impl Service {
         let mut vips = self.config.vips.clone();
         let description = edit(&mut vips, &request)?;
         let applied = self.replace_vips(vips)?;
-        log::info!("control: {description}");
+        // One line per change, with the table rebuilds it caused.
+        log::info!(
+            "control: {description} ({} ring(s) rewritten, {} backend(s) in, {} out)",
+            applied.rings_written.len(),
+            applied.backends_added,
+            applied.backends_removed
+        );
         Ok(ResponseData::Changed {
             changed: ChangeReport {
                 applied,
@@ -404,12 +396,22 @@ impl Service {
         })
     }
 
+    /// One batch walk of the connection table, counted per pin: a full
+    /// table has many entries but few distinct (backend id, generation)
+    /// pairs, each resolved to an address once.
     fn flow_summary(&self, vip: VipAddr) -> Result<ResponseData, ApiError> {
         let v = self.vip(&vip)?;
-        let entries = self
-            .dataplane
+        let mut pins: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut total = 0u64;
+        self.dataplane
             .maps()
-            .flows_matching(|k| matches_vip(k, &vip));
+            .for_each_flow(|key, pin| {
+                if matches_vip(key, &vip) {
+                    total += 1;
+                    *pins.entry((pin.backend_id, pin.generation)).or_insert(0) += 1;
+                }
+            })
+            .map_err(internal)?;
         let mut per_backend: Vec<BackendFlows> = v
             .backends
             .iter()
@@ -419,25 +421,54 @@ impl Service {
             })
             .collect();
         let mut stale = 0;
-        for (_, pin) in &entries {
+        for ((backend_id, generation), n) in pins {
+            let pin = FlowPin {
+                backend_id,
+                generation,
+            };
             match self
                 .dataplane
-                .pinned_backend(&vip, pin)
+                .pinned_backend(&vip, &pin)
                 .and_then(|a| per_backend.iter_mut().find(|b| b.address == a))
             {
-                Some(b) => b.flows += 1,
-                None => stale += 1,
+                Some(b) => b.flows += n,
+                None => stale += n,
             }
         }
         Ok(ResponseData::FlowSummary {
             flows: FlowSummary {
                 vip,
-                total: entries.len() as u64,
+                total,
                 per_backend,
                 stale,
             },
         })
     }
+
+    /// A batch walk for the VIP's keys, then batch deletes.
+    fn flush_flows(&mut self, vip: VipAddr) -> Result<ResponseData, ApiError> {
+        self.vip(&vip)?;
+        let maps = self.dataplane.maps_mut();
+        let mut keys = Vec::new();
+        maps.for_each_flow(|key, _| {
+            if matches_vip(key, &vip) {
+                keys.push(*key);
+            }
+        })
+        .map_err(internal)?;
+        let flushed = maps.remove_flows(&keys).map_err(internal)?;
+        log::info!("control: flushed {flushed} connection-table entries of VIP {vip}");
+        Ok(ResponseData::Changed {
+            changed: ChangeReport {
+                applied: Default::default(),
+                flows_flushed: Some(flushed),
+            },
+        })
+    }
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    err(ErrorCode::Internal, format!("{e:#}"))
 }
 
 fn matches_vip(key: &FlowKey, vip: &VipAddr) -> bool {

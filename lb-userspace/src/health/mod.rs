@@ -90,6 +90,8 @@ use tokio::{
 
 pub use bench::{bench_scale, ScaleReport};
 
+use crate::instrument::{Instruments, ProbeLabels, TransitionLabels};
+
 pub const DEFAULT_INTERVAL_MS: u64 = 2000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_RISE: u32 = 2;
@@ -397,6 +399,7 @@ struct Shared {
     probes: AtomicU64,
     next_id: AtomicU64,
     seed: u64,
+    instruments: Instruments,
 }
 
 impl Shared {
@@ -415,6 +418,20 @@ impl Shared {
             return false;
         };
         self.probes.fetch_add(1, Ordering::Relaxed);
+        let labels = ProbeLabels {
+            backend: target.addr.to_string(),
+            port: target.check.port.to_string(),
+            check: match target.check.kind {
+                CheckKind::None => "none",
+                CheckKind::Tcp => "tcp",
+                CheckKind::Http { .. } => "http",
+            }
+            .to_string(),
+        };
+        self.instruments
+            .probe_duration
+            .get_or_create(&labels)
+            .observe(result.latency_ms / 1e3);
         let reason = result.reason.clone();
         let Some(from) = step(
             &mut slot.status,
@@ -433,6 +450,15 @@ impl Shared {
             format!("{n} consecutive failure{}", if n == 1 { "" } else { "s" })
         };
         log::info!("health: {target} {from} -> {to}: {reason} ({count})");
+        self.instruments
+            .health_transitions
+            .get_or_create(&TransitionLabels {
+                backend: labels.backend,
+                port: labels.port,
+                check: labels.check,
+                to: to.to_string(),
+            })
+            .inc();
         // The receiver may be gone (agent shutting down): nothing to do then.
         let _ = self.transitions.send(Transition {
             target: target.clone(),
@@ -475,6 +501,15 @@ impl HealthChecker {
     /// `transitions` receives every state change as it happens (one message
     /// per change).
     pub fn new(transitions: UnboundedSender<Transition>) -> Self {
+        Self::with_instruments(transitions, Instruments::new())
+    }
+
+    /// Like [`Self::new`], recording probe durations and transitions into
+    /// `instruments` (the agent's, which `/metrics` renders).
+    pub fn with_instruments(
+        transitions: UnboundedSender<Transition>,
+        instruments: Instruments,
+    ) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -486,6 +521,7 @@ impl HealthChecker {
             probes: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             seed: splitmix64(now ^ (u64::from(std::process::id()) << 32)),
+            instruments,
         };
         Self {
             owner: Arc::new(Owner {

@@ -13,14 +13,18 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_common::{GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES};
+use lb_common::{FlowKey, FlowPin, GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES};
 use lb_tests::{
+    flows,
     packet::{from_router, Ipv4, TCP_ACK, TCP_SYN},
     xdp::{require_root, static_config, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
     config::Config,
-    control::{protocol::Request, service::Service},
+    control::{
+        protocol::{Request, ResponseData},
+        service::Service,
+    },
     dataplane::{DataPlane, Protocol, VipAddr, VipSpec},
     health::HealthChecker,
     loader::{self, BalancerOptions},
@@ -346,8 +350,6 @@ fn swap_benchmark() -> Result<serde_json::Value> {
         ring_pool_slots: 4 * 65537,
         flow_table_entries: 1024,
     };
-    let mut ebpf = loader::load_balancer(&options)?;
-    let dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
     let vip = VipAddr {
         addr: VIP,
         port: 80,
@@ -356,32 +358,10 @@ fn swap_benchmark() -> Result<serde_json::Value> {
     let backends: Vec<Ipv4Addr> = (0..1000u32)
         .map(|i| Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250) as u8 + 1))
         .collect();
-    let mut vip_config = lb_userspace::control::protocol::vip_entry(vip, 65537, false);
-    vip_config.backends = backends
-        .iter()
-        .map(|&a| lb_userspace::control::protocol::backend_entry(a, 1))
-        .collect();
-    let config = Config::parse(r#"{"interface": "lo", "source_address": "198.18.1.2"}"#)?;
-    let state_dir = std::env::temp_dir().join(format!("lb-bench-state-{}", std::process::id()));
-    let state = StateFile::new(state_dir.join("state.json"));
-
     // The agent's path for a control request: validation, table build, ring
     // write, the switch (one map update), then the state file (fsync).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _context = runtime.enter();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut service = Service::new(
-        dataplane,
-        config,
-        state,
-        options.ring_pool_slots,
-        HealthChecker::new(tx),
-    );
-    service
-        .replace_vips(vec![vip_config])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut bench = BenchService::start(&options, vip, &backends)?;
+    let service = &mut bench.service;
     let mut round = 0u32;
     let mut switch = Vec::new();
     let request = time_ms(21, || {
@@ -408,7 +388,6 @@ fn swap_benchmark() -> Result<serde_json::Value> {
         );
     }
     let switch = summarize(switch);
-    let _ = std::fs::remove_dir_all(&state_dir);
     println!(
         "Table swap, 1000 backends, M=65537: build + write + switch {:.3} ms (min {:.3}); control request to response, state file saved, {:.3} ms (min {:.3})",
         switch.median, switch.min, request.median, request.min
@@ -416,6 +395,175 @@ fn swap_benchmark() -> Result<serde_json::Value> {
     Ok(
         json!({ "n1000_m65537": switch.median, "n1000_m65537_request_with_state_save": request.median }),
     )
+}
+
+/// A control service over freshly loaded maps serving one VIP, as the
+/// agent runs it (with a runtime for its health checker). Its state file
+/// is removed on drop.
+struct BenchService {
+    service: Service,
+    state_dir: PathBuf,
+    _ebpf: Ebpf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl BenchService {
+    fn start(options: &BalancerOptions, vip: VipAddr, backends: &[Ipv4Addr]) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _context = runtime.enter();
+        let mut ebpf = loader::load_balancer(options)?;
+        let dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
+        let mut vip_config = lb_userspace::control::protocol::vip_entry(vip, 65537, false);
+        vip_config.backends = backends
+            .iter()
+            .map(|&a| lb_userspace::control::protocol::backend_entry(a, 1))
+            .collect();
+        let config = Config::parse(r#"{"interface": "lo", "source_address": "198.18.1.2"}"#)?;
+        let state_dir = std::env::temp_dir().join(format!("lb-bench-state-{}", std::process::id()));
+        let state = StateFile::new(state_dir.join("state.json"));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut service = Service::new(
+            dataplane,
+            config,
+            state,
+            options.ring_pool_slots,
+            HealthChecker::new(tx),
+        );
+        service
+            .replace_vips(vec![vip_config])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self {
+            service,
+            state_dir,
+            _ebpf: ebpf,
+            _runtime: runtime,
+        })
+    }
+}
+
+impl Drop for BenchService {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// `lbctl flow summary` and `lbctl flow flush` on a full 1M-entry
+/// connection table: the control requests (batch map operations) against
+/// the entry-by-entry way they replaced (get-next-key and lookup per
+/// entry, one delete per entry), on the same table.
+fn flow_table_benchmark() -> Result<serde_json::Value> {
+    let options = BalancerOptions {
+        config: static_config(1500),
+        ring_pool_slots: 4 * 65537,
+        flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
+    };
+    let vip = VipAddr {
+        addr: VIP,
+        port: 80,
+        proto: Protocol::Tcp,
+    };
+    let backends: Vec<Ipv4Addr> = (1..=10).map(|i| Ipv4Addr::new(198, 19, 0, i)).collect();
+    let mut bench = BenchService::start(&options, vip, &backends)?;
+    let service = &mut bench.service;
+    let pins: Vec<FlowPin> = backends
+        .iter()
+        .map(|&b| {
+            let id = service
+                .dataplane
+                .backend_id(&vip, b)
+                .context("backend id")?;
+            Ok(FlowPin {
+                backend_id: id,
+                generation: service.dataplane.maps().backend(id)?.generation,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let table = service.dataplane.maps().flow_table()?;
+    let keys: Vec<FlowKey> = (0..table.capacity())
+        .map(|i| flows::flow_key(i, VIP, 80))
+        .collect();
+    let refill = |table: &lb_userspace::maps::FlowTable| -> Result<()> {
+        flows::fill(table, &keys, |i| pins[i % pins.len()])?;
+        let n = table.for_each(|_, _| {})?;
+        ensure!(
+            n == keys.len() as u64,
+            "the table holds {n} of {} flows",
+            keys.len()
+        );
+        Ok(())
+    };
+    let matches = |k: &FlowKey| {
+        k.dst_addr == lb_common::ipv4_to_wire(VIP.octets())
+            && k.dst_port == lb_common::port_to_wire(80)
+    };
+    refill(&table)?;
+    let seconds = |t: Instant| t.elapsed().as_secs_f64();
+
+    // The summary as it was: every entry with two syscalls, then counted.
+    let t = Instant::now();
+    let old = service.dataplane.maps().flows_matching_per_entry(matches);
+    let mut per_backend = std::collections::HashMap::new();
+    for (_, pin) in &old {
+        *per_backend
+            .entry(service.dataplane.pinned_backend(&vip, pin))
+            .or_insert(0u64) += 1;
+    }
+    let summary_old = seconds(t);
+    ensure!(old.len() == keys.len(), "old walk saw {} flows", old.len());
+    let t = Instant::now();
+    let response = service.handle(Request::FlowSummary { vip });
+    let summary_batch = seconds(t);
+    match response.data {
+        Some(ResponseData::FlowSummary { flows }) => ensure!(
+            flows.total == keys.len() as u64 && flows.stale == 0,
+            "summary: {flows:?}"
+        ),
+        other => bail!("summary: {other:?}"),
+    }
+
+    let t = Instant::now();
+    let doomed: Vec<FlowKey> = service
+        .dataplane
+        .maps()
+        .flows_matching_per_entry(matches)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let flushed = service.dataplane.maps_mut().remove_flows_per_entry(&doomed);
+    let flush_old = seconds(t);
+    ensure!(flushed == keys.len() as u64, "old flush removed {flushed}");
+    refill(&table)?;
+    let t = Instant::now();
+    let response = service.handle(Request::FlushFlows { vip });
+    let flush_batch = seconds(t);
+    match response.data {
+        Some(ResponseData::Changed { changed }) => ensure!(
+            changed.flows_flushed == Some(keys.len() as u64),
+            "flush: {changed:?}"
+        ),
+        other => bail!("flush: {other:?}"),
+    }
+    ensure!(table.for_each(|_, _| {})? == 0, "the flush left flows");
+    println!(
+        "Connection table, {} flows: summary {:.3} s entry by entry, {:.3} s batched ({:.1}x); \
+         flush {:.3} s entry by entry, {:.3} s batched ({:.1}x)",
+        keys.len(),
+        summary_old,
+        summary_batch,
+        summary_old / summary_batch,
+        flush_old,
+        flush_batch,
+        flush_old / flush_batch
+    );
+    Ok(json!({
+        "flows": keys.len(),
+        "summary_per_entry_s": summary_old,
+        "summary_batch_s": summary_batch,
+        "flush_per_entry_s": flush_old,
+        "flush_batch_s": flush_batch,
+    }))
 }
 
 /// 1000 TCP health targets at a 1 s interval on the agent's kind of
@@ -470,34 +618,58 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-const USAGE: &str = "usage: lb-bench [RESULTS.json] [--report REPORT.html]";
+/// `lb-bench [RESULTS.json [CASE...]] [--report REPORT.html]`: every case,
+/// or only those named (`xdp`, `maglev`, `distribution`, `ring`, `swap`,
+/// `health`, `flow_table`); the report needs `xdp` and `distribution`.
+const USAGE: &str = "usage: lb-bench [RESULTS.json [CASE...]] [--report REPORT.html]";
 
 fn main() -> Result<()> {
-    let mut path = PathBuf::from("target/bench/results.json");
+    let mut positional = Vec::new();
     let mut report = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--report" => report = Some(PathBuf::from(args.next().context(USAGE)?)),
             flag if flag.starts_with('-') => bail!("unknown flag {flag:?}; {USAGE}"),
-            _ => path = PathBuf::from(arg),
+            _ => positional.push(arg),
         }
     }
+    let path = PathBuf::from(
+        positional
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "target/bench/results.json".into()),
+    );
     pin_to_cpu(1);
-    let xdp = xdp_benchmarks()?;
-    let maglev = maglev_benchmarks()?;
-    let distribution = maglev_distribution()?;
-    let ring = ring_benchmarks()?;
-    let swap = swap_benchmark()?;
-    let health = health_benchmark()?;
-    let results = json!({
-        "xdp_ns": xdp,
-        "maglev_build_ms": maglev,
-        "maglev_distribution": distribution,
-        "ring_write_ms": ring,
-        "swap_ms": swap,
-        "health": health,
-    });
+    // (case name, key in the results, benchmark)
+    type Case = (
+        &'static str,
+        &'static str,
+        fn() -> Result<serde_json::Value>,
+    );
+    let cases: [Case; 7] = [
+        ("xdp", "xdp_ns", xdp_benchmarks),
+        ("maglev", "maglev_build_ms", maglev_benchmarks),
+        ("distribution", "maglev_distribution", maglev_distribution),
+        ("ring", "ring_write_ms", ring_benchmarks),
+        ("swap", "swap_ms", swap_benchmark),
+        ("health", "health", health_benchmark),
+        ("flow_table", "flow_table", flow_table_benchmark),
+    ];
+    let wanted = &positional[positional.len().min(1)..];
+    if let Some(unknown) = wanted
+        .iter()
+        .find(|w| !cases.iter().any(|c| c.0 == w.as_str()))
+    {
+        bail!("unknown case {unknown:?}; {USAGE}");
+    }
+    let mut results = serde_json::Map::new();
+    for (name, key, case) in cases {
+        if wanted.is_empty() || wanted.iter().any(|w| w == name) {
+            results.insert(key.into(), case()?);
+        }
+    }
+    let results = serde_json::Value::Object(results);
     write_file(&path, &(serde_json::to_string_pretty(&results)? + "\n"))?;
     if let Some(report) = report {
         write_file(&report, &lb_tests::report::html(&results)?)?;
