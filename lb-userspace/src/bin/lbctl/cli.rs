@@ -107,6 +107,14 @@ pub(crate) enum Command {
     /// Inspect or flush the connection table
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Print a shell completion script for lbctl to stdout
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print lbctl's manual page (roff, for man(1)) to stdout
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

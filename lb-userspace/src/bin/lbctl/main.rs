@@ -7,6 +7,7 @@
 //! `docs/control-api.md`.
 
 mod cli;
+mod generate;
 mod render;
 mod request;
 mod table;
@@ -24,7 +25,7 @@ use clap::Parser;
 use lb_userspace::control::client;
 
 use crate::{
-    cli::{socket_path, Cli, SOCKET_ENV},
+    cli::{socket_path, Cli, Command, SOCKET_ENV},
     render::render,
 };
 
@@ -33,6 +34,7 @@ use crate::{
 pub(crate) enum Exit {
     Success = 0,
     Refused = 1,
+    Usage = 2,
     Unreachable = 3,
 }
 
@@ -64,15 +66,22 @@ impl Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = socket_path(cli.socket.as_deref(), std::env::var_os(SOCKET_ENV));
-    let outcome = run(&cli, &socket);
+    let outcome = match &cli.command {
+        Command::Completions { shell } => generate::completions(*shell),
+        Command::Man => generate::man(),
+        _ => run(&cli, &socket),
+    };
     // A closed stdout (`lbctl stats | head -1`) is not worth a panic.
     let _ = io::stdout().lock().write_all(outcome.stdout.as_bytes());
     let _ = io::stderr().lock().write_all(outcome.stderr.as_bytes());
     ExitCode::from(outcome.exit as u8)
 }
 
+/// One request, one response: every command but those dispatched in `main`.
 pub(crate) fn run(cli: &Cli, socket: &Path) -> Outcome {
-    let request = cli.command.request();
+    let Some(request) = cli.command.request() else {
+        return Outcome::failure(Exit::Usage, "this command sends no request");
+    };
     let line = match client::request_line(&request) {
         Ok(line) => line,
         Err(e) => return Outcome::failure(Exit::Unreachable, e),

@@ -25,7 +25,7 @@ pub(crate) fn render(
     let Some(data) = response.data else {
         return Err("a success without data".into());
     };
-    let mutation = command.request().is_mutation();
+    let mutation = command.request().is_some_and(|r| r.is_mutation());
     match (command, data) {
         (Command::Version, ResponseData::Version { version }) => Ok(render_version(&version)),
         (Command::Vips, ResponseData::Vips { vips }) => Ok(render_vips(&vips)),
@@ -50,7 +50,9 @@ pub(crate) fn render(
         }
         (command, _) => Err(format!(
             "the answer to {} does not carry {}",
-            op_name(&command.request()),
+            command
+                .request()
+                .map_or_else(|| "the request".into(), |r| op_name(&r)),
             expected_key(command)
         )),
     }

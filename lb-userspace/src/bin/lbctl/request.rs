@@ -5,8 +5,10 @@ use lb_userspace::control::protocol::Request;
 use crate::cli::{BackendCommand, Command, FlowCommand, HealthCommand, VipCommand};
 
 impl Command {
-    pub(crate) fn request(&self) -> Request {
-        match self {
+    /// The one request a command sends; `None` for commands that send
+    /// none (`completions`, `man`) or several (`top`, `trace --pcap`).
+    pub(crate) fn request(&self) -> Option<Request> {
+        Some(match self {
             Command::Version => Request::Version {},
             Command::Vips => Request::ListVips {},
             Command::Vip(VipCommand::Add {
@@ -91,7 +93,7 @@ impl Command {
             Command::Health {
                 vip: None,
                 action: None,
-            } => unreachable!("`lbctl health` without a VIP or an action"),
+            } => return None,
             Command::Config => Request::ShowConfig {},
             Command::Stats { .. } => Request::Stats {},
             Command::Flow(FlowCommand::Lookup {
@@ -105,7 +107,8 @@ impl Command {
             },
             Command::Flow(FlowCommand::Summary { vip }) => Request::FlowSummary { vip: *vip },
             Command::Flow(FlowCommand::Flush { vip }) => Request::FlushFlows { vip: *vip },
-        }
+            Command::Completions { .. } | Command::Man => return None,
+        })
     }
 
     /// Whether the command changes settings whose effect on the tables

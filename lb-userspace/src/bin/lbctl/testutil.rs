@@ -27,7 +27,10 @@ pub fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
 
 pub fn req(args: &[&str]) -> Request {
     match parse(args) {
-        Ok(cli) => cli.command.request(),
+        Ok(cli) => match cli.command.request() {
+            Some(request) => request,
+            None => panic!("{args:?} sends no single request"),
+        },
         Err(e) => panic!("{args:?} must parse: {e}"),
     }
 }
