@@ -107,6 +107,9 @@ pub(crate) enum Command {
     /// Inspect or flush the connection table
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Live packets/s, bytes/s and new flows/s per VIP and per backend,
+    /// from successive `stats` requests (Ctrl-C stops)
+    Top(TopArgs),
     /// Print a shell completion script for lbctl to stdout
     Completions {
         /// The shell to complete in
@@ -351,14 +354,48 @@ pub(crate) fn socket_path(flag: Option<&Path>, env: Option<OsString>) -> PathBuf
 }
 
 pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
+    parse_seconds(text, "the timeout")
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    parse_seconds(text, "the interval")
+}
+
+/// A positive number of seconds, fractions allowed.
+fn parse_seconds(text: &str, what: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if secs.is_nan() || secs <= 0.0 {
-        return Err(format!("{text:?}: the timeout must be positive"));
+        return Err(format!("{text:?}: {what} must be positive"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?}: the timeout is too large"))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?}: {what} is too large"))
+}
+
+/// `lbctl top`: how often and how many times.
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// Seconds between two updates (fractions allowed)
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
+    pub(crate) interval: Duration,
+    /// Print one update (one interval's rates) and exit
+    #[arg(long, conflicts_with = "count")]
+    pub(crate) once: bool,
+    /// Print N updates and exit (default: until interrupted)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+}
+
+impl TopArgs {
+    /// How many updates to print; `None`: until interrupted.
+    pub(crate) fn updates(&self) -> Option<u64> {
+        if self.once {
+            Some(1)
+        } else {
+            self.count
+        }
+    }
 }
 
 #[cfg(test)]

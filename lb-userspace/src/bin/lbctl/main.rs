@@ -13,16 +13,20 @@ mod request;
 mod table;
 #[cfg(test)]
 mod testutil;
+mod top;
 
 use std::{
     io::{self, Write},
     path::Path,
     process::ExitCode,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use clap::Parser;
-use lb_userspace::control::client;
+use lb_userspace::control::{
+    client,
+    protocol::{Request, Response},
+};
 
 use crate::{
     cli::{socket_path, Cli, Command, SOCKET_ENV},
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Completions { shell } => generate::completions(*shell),
         Command::Man => generate::man(),
+        Command::Top(args) => top::run(&cli, args, &socket, &mut io::stdout()),
         _ => run(&cli, &socket),
     };
     // A closed stdout (`lbctl stats | head -1`) is not worth a panic.
@@ -82,17 +87,9 @@ pub(crate) fn run(cli: &Cli, socket: &Path) -> Outcome {
     let Some(request) = cli.command.request() else {
         return Outcome::failure(Exit::Usage, "this command sends no request");
     };
-    let line = match client::request_line(&request) {
-        Ok(line) => line,
-        Err(e) => return Outcome::failure(Exit::Unreachable, e),
-    };
-    let answer = match client::request_raw(socket, &line, cli.timeout) {
-        Ok(answer) => answer,
-        Err(e) => return Outcome::failure(Exit::Unreachable, e),
-    };
-    let response = match client::parse_response(socket, &answer) {
-        Ok(response) => response,
-        Err(e) => return Outcome::failure(Exit::Unreachable, e),
+    let (answer, response) = match exchange(socket, &request, cli.timeout) {
+        Ok(exchanged) => exchanged,
+        Err(outcome) => return outcome,
     };
     if cli.json {
         return Outcome {
@@ -105,22 +102,52 @@ pub(crate) fn run(cli: &Cli, socket: &Path) -> Outcome {
             },
         };
     }
-    match (response.ok, &response.error) {
-        (false, Some(error)) => return Outcome::failure(Exit::Refused, error),
-        // parse_response refuses `ok: false` without an error.
-        (false, None) => return Outcome::failure(Exit::Unreachable, "refused without a reason"),
-        (true, _) => {}
+    if let Err(outcome) = accepted(&response) {
+        return outcome;
     }
     match render(&cli.command, response, unix_now_ms()) {
         Ok(text) => Outcome::success(text),
-        Err(reason) => Outcome::failure(
-            Exit::Unreachable,
-            format!(
-                "malformed response from lb-agent on {}: {reason}",
-                socket.display()
-            ),
-        ),
+        Err(reason) => malformed(socket, reason),
     }
+}
+
+/// Sends `request` and reads its response: the line as received and as
+/// parsed. Failures are the outcome to exit with (3).
+pub(crate) fn exchange(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(String, Response), Outcome> {
+    let line = client::request_line(request).map_err(|e| Outcome::failure(Exit::Unreachable, e))?;
+    let answer = client::request_raw(socket, &line, timeout)
+        .map_err(|e| Outcome::failure(Exit::Unreachable, e))?;
+    let response = client::parse_response(socket, &answer)
+        .map_err(|e| Outcome::failure(Exit::Unreachable, e))?;
+    Ok((answer, response))
+}
+
+/// A refusal is exit 1 with its code and message.
+pub(crate) fn accepted(response: &Response) -> Result<(), Outcome> {
+    match (response.ok, &response.error) {
+        (false, Some(error)) => Err(Outcome::failure(Exit::Refused, error)),
+        // parse_response refuses `ok: false` without an error.
+        (false, None) => Err(Outcome::failure(
+            Exit::Unreachable,
+            "refused without a reason",
+        )),
+        (true, _) => Ok(()),
+    }
+}
+
+/// A well-formed response that does not answer the request.
+pub(crate) fn malformed(socket: &Path, reason: impl std::fmt::Display) -> Outcome {
+    Outcome::failure(
+        Exit::Unreachable,
+        format!(
+            "malformed response from lb-agent on {}: {reason}",
+            socket.display()
+        ),
+    )
 }
 
 /// Milliseconds since the Unix epoch: "now" for the SINCE columns.

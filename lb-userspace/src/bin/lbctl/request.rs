@@ -107,7 +107,7 @@ impl Command {
             },
             Command::Flow(FlowCommand::Summary { vip }) => Request::FlowSummary { vip: *vip },
             Command::Flow(FlowCommand::Flush { vip }) => Request::FlushFlows { vip: *vip },
-            Command::Completions { .. } | Command::Man => return None,
+            Command::Top(_) | Command::Completions { .. } | Command::Man => return None,
         })
     }
 
