@@ -10,6 +10,7 @@
 //! - [`maps`]: typed access to the BPF maps.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
 //! - [`state`]: the state file (persistent VIPs and backends).
+//! - [`trace`]: packets traced through a trace instance of the balancer.
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
 pub mod config;
@@ -23,3 +24,4 @@ pub mod maps;
 pub mod objects;
 pub mod pins;
 pub mod state;
+pub mod trace;
