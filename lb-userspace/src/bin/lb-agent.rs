@@ -16,6 +16,7 @@ use lb_userspace::{
     maps::BalancerMaps,
     pins::{Pins, DEFAULT_PIN_ROOT},
     state::{StateFile, DEFAULT_STATE_FILE},
+    trace::Tracer,
 };
 use log::{info, warn};
 use tokio::{
@@ -256,13 +257,10 @@ fn run(args: Args) -> Result<()> {
     let ring_pool_slots = options.ring_pool_slots;
     let (transitions, mut transition_rx) = tokio::sync::mpsc::unbounded_channel();
     let checker = HealthChecker::new(transitions);
-    let service = Arc::new(Mutex::new(Service::new(
-        dataplane,
-        config,
-        state,
-        ring_pool_slots,
-        checker,
-    )));
+    let tracer = Tracer::new(options, pins.clone(), config.interface.clone());
+    let service = Arc::new(Mutex::new(
+        Service::new(dataplane, config, state, ring_pool_slots, checker).with_tracer(tracer),
+    ));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
     // Health transitions: everything that arrives within a short window is
     // one batch, and a batch is one table rebuild. A rebuild that failed is
