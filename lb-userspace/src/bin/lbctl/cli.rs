@@ -15,7 +15,8 @@ use clap::{
 use lb_userspace::{
     config::{CheckType, HealthCheckConfig},
     control::protocol,
-    dataplane::VipAddr,
+    dataplane::{Protocol, VipAddr},
+    trace::packet::TcpFlag,
 };
 
 pub(crate) const AFTER_HELP: &str = "\
@@ -110,6 +111,10 @@ pub(crate) enum Command {
     /// Live packets/s, bytes/s and new flows/s per VIP and per backend,
     /// from successive `stats` requests (Ctrl-C stops)
     Top(TopArgs),
+    /// Run a packet through a trace instance of the balancer (the live
+    /// tables, a scratch connection table and counters): verdict, backend,
+    /// output headers. Production state is not touched
+    Trace(TraceArgs),
     /// Print a shell completion script for lbctl to stdout
     Completions {
         /// The shell to complete in
@@ -371,6 +376,63 @@ fn parse_seconds(text: &str, what: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: {what} must be positive"));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?}: {what} is too large"))
+}
+
+/// `lbctl trace`: a packet described by flags, or the packets of a capture.
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    /// The packet's source address (the client)
+    #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
+    pub(crate) source: Option<Ipv4Addr>,
+    /// The packet's source port
+    #[arg(long, value_name = "PORT", default_value_t = 40000)]
+    pub(crate) source_port: u16,
+    /// The packet's destination address (a VIP, or any other address)
+    #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
+    pub(crate) destination: Option<Ipv4Addr>,
+    /// The packet's destination port
+    #[arg(long, value_name = "PORT", required_unless_present = "pcap")]
+    pub(crate) destination_port: Option<u16>,
+    /// tcp or udp
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        default_value = "tcp",
+        value_parser = PossibleValuesParser::new(["tcp", "udp"]).map(|s| parse_protocol(&s))
+    )]
+    pub(crate) protocol: Protocol,
+    /// TCP flags, comma-separated: fin, syn, rst, psh, ack, urg, ece, cwr
+    /// [default: syn]
+    #[arg(long, value_name = "FLAGS", value_delimiter = ',', value_parser = parse_tcp_flag)]
+    pub(crate) tcp_flags: Vec<TcpFlag>,
+    /// Bytes of payload (zeros) after the TCP or UDP header
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) payload_len: u16,
+    /// Trace every packet of a capture file instead (classic pcap,
+    /// Ethernet link type)
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["source", "destination", "destination_port", "tcp_flags"]
+    )]
+    pub(crate) pcap: Option<PathBuf>,
+}
+
+fn parse_protocol(text: &str) -> Protocol {
+    match text {
+        "udp" => Protocol::Udp,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn parse_tcp_flag(text: &str) -> Result<TcpFlag, String> {
+    TcpFlag::ALL
+        .into_iter()
+        .find(|f| f.name().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| {
+            let names: Vec<&str> = TcpFlag::ALL.iter().map(|f| f.name()).collect();
+            format!("{text:?} is not a TCP flag ({})", names.join(", "))
+        })
 }
 
 /// `lbctl top`: how often and how many times.

@@ -8,12 +8,14 @@
 
 mod cli;
 mod generate;
+mod pcap;
 mod render;
 mod request;
 mod table;
 #[cfg(test)]
 mod testutil;
 mod top;
+mod trace;
 
 use std::{
     io::{self, Write},
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => generate::completions(*shell),
         Command::Man => generate::man(),
         Command::Top(args) => top::run(&cli, args, &socket, &mut io::stdout()),
+        Command::Trace(args) => trace::run(&cli, args, &socket),
         _ => run(&cli, &socket),
     };
     // A closed stdout (`lbctl stats | head -1`) is not worth a panic.

@@ -1,8 +1,40 @@
 //! From the command line to the one control request it sends.
 
-use lb_userspace::control::protocol::Request;
+use lb_userspace::{control::protocol::Request, dataplane::Protocol, trace::packet::PacketSpec};
 
-use crate::cli::{BackendCommand, Command, FlowCommand, HealthCommand, VipCommand};
+use crate::cli::{BackendCommand, Command, FlowCommand, HealthCommand, TraceArgs, VipCommand};
+
+impl TraceArgs {
+    /// The described packet (without `--pcap`), or what is wrong with the
+    /// flags beyond what clap checks.
+    pub(crate) fn packet(&self) -> Result<PacketSpec, String> {
+        let (Some(source), Some(destination), Some(destination_port)) =
+            (self.source, self.destination, self.destination_port)
+        else {
+            return Err("--source, --destination and --destination-port are required".into());
+        };
+        if self.protocol == Protocol::Udp && !self.tcp_flags.is_empty() {
+            return Err("--tcp-flags is only for --protocol tcp".into());
+        }
+        Ok(PacketSpec {
+            source,
+            source_port: self.source_port,
+            destination,
+            destination_port,
+            protocol: self.protocol,
+            tcp_flags: (!self.tcp_flags.is_empty()).then(|| self.tcp_flags.clone()),
+            payload_len: self.payload_len,
+        })
+    }
+
+    /// The request for one frame of a capture.
+    pub(crate) fn frame_request(frame: &[u8]) -> Request {
+        Request::Trace {
+            packet: None,
+            frame: Some(lb_userspace::trace::packet::to_hex(frame)),
+        }
+    }
+}
 
 impl Command {
     /// The one request a command sends; `None` for commands that send
@@ -107,7 +139,9 @@ impl Command {
             },
             Command::Flow(FlowCommand::Summary { vip }) => Request::FlowSummary { vip: *vip },
             Command::Flow(FlowCommand::Flush { vip }) => Request::FlushFlows { vip: *vip },
-            Command::Top(_) | Command::Completions { .. } | Command::Man => return None,
+            Command::Top(_) | Command::Trace(_) | Command::Completions { .. } | Command::Man => {
+                return None
+            }
         })
     }
 
