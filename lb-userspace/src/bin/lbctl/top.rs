@@ -179,6 +179,15 @@ pub(crate) fn run(cli: &Cli, args: &TopArgs, socket: &Path, out: &mut dyn Write)
         Err(outcome) => return outcome,
     };
     let start = then;
+    // A blank terminal for a whole interval would look like a hang.
+    if terminal {
+        let _ = writeln!(
+            out,
+            "{CLEAR}lbctl top: first update in {:.1}s",
+            args.interval.as_secs_f64()
+        );
+        let _ = out.flush();
+    }
     let mut printed = 0u64;
     while args.updates().is_none_or(|n| printed < n) {
         // Sleeps to the next tick of the cadence, so slow round trips do
