@@ -17,6 +17,7 @@
 //!   operations (bpf(2)) for the connection table.
 //! - [`pins`]: the data path pinned in bpffs (hitless restarts).
 //! - [`state`]: the state file (persistent VIPs and backends).
+//! - [`trace`]: packets traced through a trace instance of the balancer.
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
 pub mod batch;
@@ -35,3 +36,4 @@ pub mod metrics;
 pub mod objects;
 pub mod pins;
 pub mod state;
+pub mod trace;

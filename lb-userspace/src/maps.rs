@@ -23,9 +23,123 @@ pub struct BalancerMaps {
     flows: HashMap<MapData, FlowKey, FlowPin>,
     /// The same connection table, for batch walks and deletes.
     flows_batch: FlowTable,
+    counters: Counters,
+}
+
+/// The data path's counters: per VIP id, per backend id, and global.
+pub struct Counters {
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
+}
+
+/// The maps a trace instance of `balancer` has to itself (see
+/// [`crate::trace`]): a scratch connection table and its own counters. Its
+/// other maps are the live ones, which it only reads.
+pub struct TraceMaps {
+    flows: HashMap<MapData, FlowKey, FlowPin>,
+    counters: Counters,
+}
+
+impl TraceMaps {
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            flows: take(ebpf, names::FLOWS)?,
+            counters: Counters::take_from(ebpf)?,
+        })
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    pub fn flow_pin(&self, key: &FlowKey) -> Result<Option<FlowPin>> {
+        flow_pin(&self.flows, key)
+    }
+
+    pub fn set_flow(&mut self, key: &FlowKey, pin: &FlowPin) -> Result<()> {
+        self.flows
+            .insert(key, pin, 0)
+            .context("writing the scratch connection table")
+    }
+
+    /// Empties the scratch connection table, so that one trace never sees
+    /// another's flows.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            match self.flows.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("clearing the scratch connection table"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flow_pin(flows: &HashMap<MapData, FlowKey, FlowPin>, key: &FlowKey) -> Result<Option<FlowPin>> {
+    match flows.get(key, 0) {
+        Ok(pin) => Ok(Some(pin)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e).context("reading the connection table"),
+    }
+}
+
+impl Counters {
+    fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            vip_stats: take(ebpf, names::VIP_STATS)?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            global_stats: take(ebpf, names::GLOBAL_STATS)?,
+        })
+    }
+
+    pub fn global(&self) -> Result<GlobalStats> {
+        let per_cpu = self.global_stats.get(&0, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(GlobalStats::default(), |acc, s| acc.sum(s)))
+    }
+
+    pub fn vip(&self, vip_id: u32) -> Result<VipStats> {
+        let per_cpu = self.vip_stats.get(&vip_id, 0)?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+            new_flows: acc.new_flows + s.new_flows,
+        }))
+    }
+
+    /// Zeroes the global counters on every CPU.
+    pub fn zero_global(&mut self) -> Result<()> {
+        zero_per_cpu(&mut self.global_stats, 0).context("zeroing the global counters")
+    }
+
+    /// Zeroes a VIP id's counters on every CPU.
+    pub fn zero_vip(&mut self, vip_id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.vip_stats, vip_id)
+            .with_context(|| format!("zeroing the counters of VIP id {vip_id}"))
+    }
+
+    /// Zeroes a backend id's counters on every CPU.
+    pub fn zero_backend(&mut self, backend_id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.backend_stats, backend_id)
+            .with_context(|| format!("zeroing the counters of backend id {backend_id}"))
+    }
+
+    pub fn backend(&self, backend_id: u32) -> Result<BackendStats> {
+        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |acc, s| BackendStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            }))
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -50,9 +164,7 @@ impl BalancerMaps {
             backends: take(ebpf, names::BACKENDS)?,
             flows,
             flows_batch,
-            vip_stats: take(ebpf, names::VIP_STATS)?,
-            backend_stats: take(ebpf, names::BACKEND_STATS)?,
-            global_stats: take(ebpf, names::GLOBAL_STATS)?,
+            counters: Counters::take_from(ebpf)?,
         })
     }
 
@@ -157,11 +269,7 @@ impl BalancerMaps {
 
     /// The connection table's pin for a flow, if any.
     pub fn flow_pin(&self, key: &FlowKey) -> Result<Option<FlowPin>> {
-        match self.flows.get(key, 0) {
-            Ok(pin) => Ok(Some(pin)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading the connection table"),
-        }
+        flow_pin(&self.flows, key)
     }
 
     /// A handle of its own on the connection table, for a reader that must
@@ -233,43 +341,27 @@ impl BalancerMaps {
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {
-        let per_cpu = self.global_stats.get(&0, 0)?;
-        Ok(per_cpu
-            .iter()
-            .fold(GlobalStats::default(), |acc, s| acc.sum(s)))
+        self.counters.global()
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
-        let per_cpu = self.vip_stats.get(&vip_id, 0)?;
-        Ok(per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
-            packets: acc.packets + s.packets,
-            bytes: acc.bytes + s.bytes,
-            new_flows: acc.new_flows + s.new_flows,
-        }))
+        self.counters.vip(vip_id)
     }
 
     /// Zeroes a VIP id's counters on every CPU, before the id is given to
     /// a new VIP.
     pub fn reset_vip_stats(&mut self, vip_id: u32) -> Result<()> {
-        zero_per_cpu(&mut self.vip_stats, vip_id)
-            .with_context(|| format!("zeroing the counters of VIP id {vip_id}"))
+        self.counters.zero_vip(vip_id)
     }
 
     /// Zeroes a backend id's counters on every CPU, before the id is given
     /// to a new backend.
     pub fn reset_backend_stats(&mut self, backend_id: u32) -> Result<()> {
-        zero_per_cpu(&mut self.backend_stats, backend_id)
-            .with_context(|| format!("zeroing the counters of backend id {backend_id}"))
+        self.counters.zero_backend(backend_id)
     }
 
     pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
-        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
-        Ok(per_cpu
-            .iter()
-            .fold(BackendStats::default(), |acc, s| BackendStats {
-                packets: acc.packets + s.packets,
-                bytes: acc.bytes + s.bytes,
-            }))
+        self.counters.backend(backend_id)
     }
 }
 

@@ -114,23 +114,7 @@ pub fn run_program(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) 
 /// the calling thread's network namespace): what `bpf_fib_lookup` routes by.
 pub fn run_program_on(ebpf: &mut Ebpf, name: &str, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     let program = loader::xdp_program(ebpf, name).expect("program");
-    let mut out = vec![0u8; frame.len() + 256];
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-    // rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    lb_userspace::trace::run_on(program, frame, ifindex).expect("BPF_PROG_TEST_RUN")
 }
 
 /// Names and values of every global counter, for exact comparisons.

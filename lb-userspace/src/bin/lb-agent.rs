@@ -20,6 +20,7 @@ use lb_userspace::{
     metrics::{self, Exporter},
     pins::{Pins, DEFAULT_PIN_ROOT},
     state::{StateFile, DEFAULT_STATE_FILE},
+    trace::Tracer,
 };
 use log::{info, warn};
 use tokio::{
@@ -312,13 +313,10 @@ fn run(args: Args) -> Result<()> {
     let service_metrics_addr = config.metrics.listen;
     let (transitions, mut transition_rx) = tokio::sync::mpsc::unbounded_channel();
     let checker = HealthChecker::with_instruments(transitions, instruments.clone());
-    let service = Arc::new(Mutex::new(Service::new(
-        dataplane,
-        config,
-        state,
-        ring_pool_slots,
-        checker,
-    )));
+    let tracer = Tracer::new(options, pins.clone(), config.interface.clone());
+    let service = Arc::new(Mutex::new(
+        Service::new(dataplane, config, state, ring_pool_slots, checker).with_tracer(tracer),
+    ));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
     if let (Some(listener), Some(addr)) = (metrics_listener, service_metrics_addr) {
         let exporter = Exporter::new(Arc::clone(&service), instruments, flow_table);

@@ -14,6 +14,7 @@ use crate::{
     config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
     dataplane::{ApplyReport, Protocol, VipAddr},
     health::{CheckSpec, Health, ProbeResult},
+    trace::packet::{Headers, PacketSpec},
 };
 
 /// Version of this protocol. Requests may carry it as `"v"`.
@@ -44,6 +45,7 @@ pub const OPERATIONS: &[&str] = &[
     "lookup_flow",
     "flow_summary",
     "flush_flows",
+    "trace",
 ];
 
 /// A VIP named in a request.
@@ -142,6 +144,15 @@ pub enum Request {
     /// from the ring on their next packet).
     FlushFlows {
         vip: VipRef,
+    },
+    /// Runs one packet through a trace instance of the balancer (live
+    /// tables, scratch connection table and counters): exactly one of a
+    /// described `packet` or a whole Ethernet `frame` in hex.
+    Trace {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packet: Option<PacketSpec>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame: Option<String>,
     },
 }
 
@@ -296,6 +307,9 @@ pub enum ResponseData {
     Changed {
         changed: ChangeReport,
     },
+    Trace {
+        trace: Box<TraceReport>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,6 +378,28 @@ pub struct BackendCounters {
     pub bytes: u64,
 }
 
+impl VipCounters {
+    pub fn new(vip: VipAddr, s: &lb_common::VipStats, backends: Vec<BackendCounters>) -> Self {
+        Self {
+            vip,
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            backends,
+        }
+    }
+}
+
+impl BackendCounters {
+    pub fn new(address: Ipv4Addr, s: &lb_common::BackendStats) -> Self {
+        Self {
+            address,
+            packets: s.packets,
+            bytes: s.bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowLookup {
     pub vip: VipAddr,
@@ -400,6 +436,32 @@ pub struct ChangeReport {
     /// Connection-table entries deleted (`flush_flows`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows_flushed: Option<u64>,
+}
+
+/// What a traced packet did in the trace instance of the balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// `XDP_TX`, `XDP_PASS`, `XDP_DROP`, `XDP_REDIRECT` or `XDP_ABORTED`.
+    pub verdict: String,
+    /// The VIP the packet is addressed to, if the agent serves it.
+    pub vip: Option<VipAddr>,
+    /// The backend the balancer selected (sent to, unless dropped later).
+    pub backend: Option<Ipv4Addr>,
+    /// How: `pinned` (a connection-table hit), `new` (from the ring) or
+    /// `reselected` (a stale pin replaced from the ring); null otherwise.
+    pub flow: Option<String>,
+    /// The backend the live connection table pinned the tuple to (copied
+    /// into the scratch table before the run).
+    pub live_pin: Option<Ipv4Addr>,
+    /// The agent's own model: what the ring gives a new flow of this tuple.
+    pub ring_backend: Option<Ipv4Addr>,
+    /// The trace instance's counters for this packet alone: the global
+    /// ones, and the VIP and backend it counted for.
+    pub stats: StatsReport,
+    pub input: Headers,
+    pub output: Headers,
+    /// The frame as the program left it, in hex.
+    pub output_frame: String,
 }
 
 /// Helpers shared by both sides for building VIP and backend entries.

@@ -7,15 +7,16 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{ipv4_to_wire, port_to_wire, FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
+use lb_common::{FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
 
 use super::protocol::*;
 use crate::{
     config::{self, AdminState, BackendConfig, Config, VipConfig, MAX_WEIGHT},
-    dataplane::{DataPlane, VipAddr},
+    dataplane::{DataPlane, Protocol, VipAddr},
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
     state::StateFile,
+    trace::{packet as trace_packet, packet::PacketSpec, Tracer},
 };
 
 /// The agent's service state: the data path, the VIPs it serves, where
@@ -32,7 +33,13 @@ pub struct Service {
     failing_open: BTreeSet<VipAddr>,
     /// The last health refresh could not be written: retry it.
     refresh_pending: bool,
+    /// Runs `trace` requests (none: the request is refused).
+    tracer: Option<Tracer>,
 }
+
+/// The source MAC of described trace packets (locally administered; the
+/// balancer does not look at it).
+const TRACE_SOURCE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(code, message)
@@ -56,9 +63,16 @@ impl Service {
             health,
             failing_open: BTreeSet::new(),
             refresh_pending: false,
+            tracer: None,
         };
         service.health.set_targets(&service.health_targets());
         service
+    }
+
+    /// Serves `trace` requests with `tracer`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// Every (backend, check) to probe; backends used by several VIPs with
@@ -180,6 +194,7 @@ impl Service {
                 config: self.config.clone(),
             }),
             Request::Stats {} => self.stats(),
+            Request::Trace { packet, frame } => self.trace(packet, frame),
             Request::LookupFlow {
                 vip,
                 source,
@@ -343,23 +358,166 @@ impl Service {
             for b in &v.backends {
                 if let Some(id) = self.dataplane.backend_id(&vip, b.address) {
                     let bs = maps.backend_stats(id).map_err(internal)?;
-                    backends.push(BackendCounters {
-                        address: b.address,
-                        packets: bs.packets,
-                        bytes: bs.bytes,
-                    });
+                    backends.push(BackendCounters::new(b.address, &bs));
                 }
             }
-            vips.push(VipCounters {
-                vip,
-                packets: s.packets,
-                bytes: s.bytes,
-                new_flows: s.new_flows,
-                backends,
-            });
+            vips.push(VipCounters::new(vip, &s, backends));
         }
         Ok(ResponseData::Stats {
             stats: StatsReport { global, vips },
+        })
+    }
+
+    /// Runs one packet through the trace instance (see [`crate::trace`]).
+    fn trace(
+        &mut self,
+        packet: Option<PacketSpec>,
+        frame: Option<String>,
+    ) -> Result<ResponseData, ApiError> {
+        let internal = |e: anyhow::Error| err(ErrorCode::Internal, format!("trace: {e:#}"));
+        let Some(tracer) = self.tracer.as_mut() else {
+            return Err(err(
+                ErrorCode::Internal,
+                "trace: this agent runs no trace instance",
+            ));
+        };
+        let frame = match (packet, frame) {
+            (Some(packet), None) => {
+                let mac = tracer.interface_mac().map_err(internal)?;
+                packet
+                    .frame(TRACE_SOURCE_MAC, mac)
+                    .map_err(|e| err(ErrorCode::InvalidValue, format!("packet.{e}")))?
+            }
+            (None, Some(hex)) => {
+                let bytes = trace_packet::from_hex(&hex)
+                    .map_err(|e| err(ErrorCode::InvalidValue, format!("frame: {e}")))?;
+                if !(14..=trace_packet::MAX_FRAME).contains(&bytes.len()) {
+                    return Err(err(
+                        ErrorCode::InvalidValue,
+                        format!(
+                            "frame: {} bytes; a frame is 14 to {} bytes",
+                            bytes.len(),
+                            trace_packet::MAX_FRAME
+                        ),
+                    ));
+                }
+                bytes
+            }
+            _ => {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "trace takes exactly one of `packet` and `frame`",
+                ))
+            }
+        };
+        let input = trace_packet::parse(&frame);
+        // The VIP as the balancer finds it: the packet's own destination
+        // (an IP-in-IP packet is for no VIP).
+        let tuple = match (&input.outer_ipv4, &input.ipv4, &input.tcp, &input.udp) {
+            (None, Some(ip), Some(t), _) if !ip.fragment => Some((
+                ip.source,
+                t.source_port,
+                ip.destination,
+                t.destination_port,
+                Protocol::Tcp,
+            )),
+            (None, Some(ip), None, Some(u)) if !ip.fragment => Some((
+                ip.source,
+                u.source_port,
+                ip.destination,
+                u.destination_port,
+                Protocol::Udp,
+            )),
+            _ => None,
+        };
+        let vip = tuple.and_then(|(_, _, addr, port, proto)| {
+            let vip = VipAddr { addr, port, proto };
+            self.vip(&vip).ok().map(|_| vip)
+        });
+        let vip_id = vip.and_then(|v| self.dataplane.vip_id(&v));
+        let run = self
+            .tracer
+            .as_mut()
+            .ok_or_else(|| err(ErrorCode::Internal, "trace: no trace instance"))?
+            .run(&frame, self.dataplane.maps(), vip_id)
+            .map_err(internal)?;
+        let g = &run.global;
+        let selected = g.flow_hits + g.flow_misses > 0;
+        let backend = run
+            .pin_after
+            .filter(|_| selected)
+            .and_then(|p| self.backend_by_id(p.backend_id))
+            .map(|(_, addr)| addr);
+        let flow = if g.flow_hits > 0 {
+            Some("pinned")
+        } else if g.flow_reselected > 0 {
+            Some("reselected")
+        } else if g.flow_misses > 0 {
+            Some("new")
+        } else {
+            None
+        };
+        let live_pin = run.live_pin.and_then(|pin| {
+            let (vip, _) = self.backend_by_id(pin.backend_id)?;
+            self.dataplane.pinned_backend(&vip, &pin)
+        });
+        let ring_backend = vip.zip(tuple).and_then(|(vip, (source, source_port, ..))| {
+            self.dataplane.ring_choice(&vip, source, source_port)
+        });
+        let mut vips = Vec::new();
+        for (id, s) in &run.vips {
+            let Some(vip) = self.vip_by_id(*id) else {
+                continue;
+            };
+            let backends: Vec<BackendCounters> = run
+                .backends
+                .iter()
+                .filter_map(|(bid, bs)| {
+                    let (bvip, address) = self.backend_by_id(*bid)?;
+                    (bvip == vip && (bs.packets > 0 || bs.bytes > 0))
+                        .then(|| BackendCounters::new(address, bs))
+                })
+                .collect();
+            if s.packets > 0 || s.new_flows > 0 || !backends.is_empty() {
+                vips.push(VipCounters::new(vip, s, backends));
+            }
+        }
+        Ok(ResponseData::Trace {
+            trace: Box::new(TraceReport {
+                verdict: crate::trace::verdict_name(run.verdict),
+                vip,
+                backend,
+                flow: flow.map(str::to_string),
+                live_pin,
+                ring_backend,
+                stats: StatsReport {
+                    global: run.global,
+                    vips,
+                },
+                input,
+                output: trace_packet::parse(&run.output),
+                output_frame: trace_packet::to_hex(&run.output),
+            }),
+        })
+    }
+
+    /// The VIP a live VIP id belongs to.
+    fn vip_by_id(&self, id: u32) -> Option<VipAddr> {
+        self.config
+            .vips
+            .iter()
+            .map(|v| v.vip())
+            .find(|v| self.dataplane.vip_id(v) == Some(id))
+    }
+
+    /// The VIP and address a live backend id belongs to.
+    fn backend_by_id(&self, id: u32) -> Option<(VipAddr, Ipv4Addr)> {
+        self.config.vips.iter().find_map(|v| {
+            let vip = v.vip();
+            v.backends
+                .iter()
+                .find(|b| self.dataplane.backend_id(&vip, b.address) == Some(id))
+                .map(|b| (vip, b.address))
         })
     }
 
@@ -370,16 +528,8 @@ impl Service {
         source_port: u16,
     ) -> Result<ResponseData, ApiError> {
         self.vip(&vip)?;
-        let key = vip.key();
-        let flow = FlowKey {
-            src_addr: ipv4_to_wire(source.octets()),
-            dst_addr: key.addr,
-            src_port: port_to_wire(source_port),
-            dst_port: key.port,
-            proto: key.proto,
-            _pad: 0,
-            _pad2: 0,
-        };
+        let flow =
+            trace_packet::flow_key(source, source_port, vip.addr, vip.port, vip.proto.number());
         let pin = self
             .dataplane
             .maps()
