@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod flows;
+pub mod fuzz;
 pub mod netns;
 pub mod packet;
 pub mod report;

@@ -45,6 +45,16 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Run N frames of the hostile-input corpus through the XDP programs,
+    /// checking every verdict and output frame (needs root).
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Corpus seed (default: the time; a failure prints it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Build the release binaries and a Debian package of them
     /// (target/deb/lb_VERSION_ARCH.deb); prints its path.
     Deb,
@@ -84,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Bench { report } => bench(report),
         Cmd::Demo { quick } => demo(quick),
+        Cmd::Fuzz { runs, seed } => fuzz(runs, seed),
         Cmd::Deb => deb::deb(&root(), &mut cargo()).map(|_| ()),
     }
 }
@@ -266,22 +277,31 @@ fn leftover_check() -> Result<()> {
     Ok(())
 }
 
+/// `cargo run --release -p lb-tests --bin BIN --`: the benchmark and the
+/// fuzzer run from the tests crate, which has the packet builders.
+fn run_tests_bin(bin: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", bin, "--"]);
+    cmd
+}
+
 fn bench(report: bool) -> Result<()> {
     say("running the benchmarks (release build)");
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-bench",
-        "--",
-    ])
-    .arg(root().join("target/bench/results.json"));
+    let mut cmd = run_tests_bin("lb-bench");
+    cmd.arg(root().join("target/bench/results.json"));
     if report {
         cmd.arg("--report")
             .arg(root().join("target/bench/report.html"));
+    }
+    run(&mut cmd)
+}
+
+fn fuzz(runs: u64, seed: Option<u64>) -> Result<()> {
+    say("running the hostile-input corpus (release build)");
+    let mut cmd = run_tests_bin("lb-fuzz");
+    cmd.args(["--runs", &runs.to_string()]);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
     }
     run(&mut cmd)
 }

@@ -1,0 +1,688 @@
+//! Hostile input for the XDP programs: a deterministic generator of
+//! malformed, truncated, lying and nested frames, and an oracle that checks
+//! what the programs did with each one. `cargo xtask fuzz --runs N` and the
+//! fixed-seed corpus test (`tests/fuzz_corpus.rs`) both drive it.
+//!
+//! What the oracle demands, for every frame:
+//! - the verdict is PASS, DROP or TX: never XDP_ABORTED;
+//! - a passed frame leaves exactly as it came (`balancer`), or is the inner
+//!   packet of a tunnel to a local address, byte for byte but for a carried
+//!   ECN mark (`decap`);
+//! - a transmitted frame parses back: Ethernet (tag kept) and a 20-byte
+//!   outer IPv4 header whose total length is the frame's, whose checksum
+//!   is right, towards a known backend, carrying exactly the client's IP
+//!   packet (its own total length, never a trailer), within the MTU.
+
+use std::net::Ipv4Addr;
+
+use lb_common::names;
+use lb_userspace::{
+    dataplane::{Protocol, VipAddr, VipSpec},
+    loader,
+};
+
+use crate::{
+    packet::{
+        ethernet, internet_checksum, Ipv4, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, L4,
+        LB_MAC, NEXT_HOP_MAC, ROUTER_MAC, TCP_ACK, TCP_SYN,
+    },
+    xdp::{
+        run_program, static_config, test_options, Balancer, LB_SOURCE, XDP_DROP, XDP_PASS, XDP_TX,
+    },
+};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const NOT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+/// Backends of the fuzzed VIPs; the first is also the decap program's
+/// local address.
+pub const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 19, 0, 1),
+    Ipv4Addr::new(198, 19, 0, 2),
+    Ipv4Addr::new(198, 19, 0, 3),
+];
+pub const MTU: usize = 1500;
+/// The VIP's TCP and UDP ports.
+pub const TCP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 53;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header
+/// (EINVAL), as no NIC delivers one: shorter frames are padded to it.
+const MIN_FRAME: usize = 14;
+
+/// xorshift64*: small, fast, and the same sequence on every machine.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// A well-formed IPv4 TCP or UDP packet to the VIP (or not), with random
+/// flags, options and payload: the seed of most frames.
+fn ip_packet(rng: &mut Rng) -> Ipv4 {
+    let dst = if rng.chance(5) { NOT_VIP } else { VIP };
+    let sport = 1024 + rng.below(60000) as u16;
+    let mut ip = if rng.chance(3) {
+        Ipv4::udp(CLIENT, sport, dst, UDP_PORT)
+    } else {
+        let flags = match rng.below(4) {
+            0 => TCP_SYN,
+            1 => TCP_ACK,
+            2 => TCP_SYN | TCP_ACK,
+            _ => rng.next_u64() as u8,
+        };
+        Ipv4::tcp(CLIENT, sport, dst, TCP_PORT, flags)
+    };
+    if rng.chance(4) {
+        let words = 1 + rng.below(10);
+        ip.options = rng.bytes(4 * words);
+    }
+    ip.tos = rng.next_u64() as u8;
+    if rng.chance(10) {
+        // A fragment: more fragments, an offset, or both.
+        ip.frags = [0x2000, 0x0001 + rng.below(0x1fff) as u16, 0x2010][rng.below(3)];
+    }
+    let len = match rng.below(4) {
+        0 => 0,
+        1 => rng.below(64),
+        2 => rng.below(1500),
+        _ => 1400 + rng.below(100),
+    };
+    ip.payload = rng.bytes(len);
+    ip
+}
+
+/// L2 in front of `l3`: plain, 802.1Q, QinQ or two 802.1Q tags.
+fn with_l2(rng: &mut Rng, ethertype: u16, l3: &[u8]) -> Vec<u8> {
+    match rng.below(6) {
+        0 => ethernet(
+            LB_MAC,
+            ROUTER_MAC,
+            Some(rng.next_u64() as u16 & 0x0fff),
+            ethertype,
+            l3,
+        ),
+        1 => {
+            // QinQ: an 802.1ad tag over an 802.1Q tag.
+            let mut f = Vec::new();
+            f.extend_from_slice(&LB_MAC);
+            f.extend_from_slice(&ROUTER_MAC);
+            f.extend_from_slice(&ETHERTYPE_QINQ.to_be_bytes());
+            f.extend_from_slice(&[0, 7]);
+            f.extend_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+            f.extend_from_slice(&[0, 5]);
+            f.extend_from_slice(&ethertype.to_be_bytes());
+            f.extend_from_slice(l3);
+            f
+        }
+        2 => {
+            let mut inner = Vec::new();
+            inner.extend_from_slice(&[0, 9]);
+            inner.extend_from_slice(&ethertype.to_be_bytes());
+            inner.extend_from_slice(l3);
+            ethernet(LB_MAC, ROUTER_MAC, Some(5), ETHERTYPE_VLAN, &inner)
+        }
+        _ => ethernet(LB_MAC, ROUTER_MAC, None, ethertype, l3),
+    }
+}
+
+/// IP-in-IP around `inner` (protocol 4), to `dst`.
+fn tunnel(rng: &mut Rng, dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
+    let mut outer = Ipv4::new(LB_SOURCE, dst, L4::Raw(4, inner));
+    outer.tos = rng.next_u64() as u8;
+    outer.payload.clear();
+    outer.bytes()
+}
+
+/// An IPv6 packet with a chain of extension headers that may run past the
+/// end of the packet.
+fn ipv6(rng: &mut Rng) -> Vec<u8> {
+    let mut ext = Vec::new();
+    let mut next = 17u8;
+    for _ in 0..rng.below(5) {
+        // hop-by-hop 0, routing 43, destination options 60, fragment 44
+        let kind = [0u8, 43, 60, 44][rng.below(4)];
+        let len_units = rng.below(4) as u8;
+        let mut h = vec![next, len_units];
+        h.extend(rng.bytes(6 + 8 * len_units as usize));
+        next = kind;
+        h.extend(ext);
+        ext = h;
+    }
+    let mut payload = ext;
+    payload.extend_from_slice(&[0x30, 0x39, 0, 80, 0, 13, 0, 0]);
+    let extra = rng.below(64);
+    payload.extend(rng.bytes(extra));
+    let claimed = if rng.chance(3) {
+        rng.next_u64() as u16
+    } else {
+        payload.len() as u16
+    };
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&claimed.to_be_bytes());
+    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p.extend(payload);
+    p
+}
+
+/// An ICMP error from a router quoting a packet the VIP sent.
+fn icmp_quoting_vip(rng: &mut Rng) -> Vec<u8> {
+    let quoted = Ipv4::tcp(
+        VIP,
+        TCP_PORT,
+        CLIENT,
+        1024 + rng.below(60000) as u16,
+        TCP_ACK,
+    )
+    .payload(&[])
+    .bytes();
+    let keep = 28.min(quoted.len()) + rng.below(20);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(&quoted[..keep.min(quoted.len())]);
+    let c = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = Ipv4::new(Ipv4Addr::new(198, 18, 200, 1), VIP, L4::Raw(1, icmp));
+    ip.payload.clear();
+    ip.bytes()
+}
+
+/// One generated frame, before mutation.
+fn seed_frame(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(20) {
+        0..=9 => {
+            let ip = ip_packet(rng).bytes();
+            with_l2(rng, ETHERTYPE_IPV4, &ip)
+        }
+        10 | 11 => {
+            // A tunnel to the decap address, or to the VIP, maybe nested.
+            let mut inner = ip_packet(rng).bytes();
+            if rng.chance(3) {
+                inner = tunnel(rng, BACKENDS[0], inner);
+            }
+            let dst = if rng.chance(2) { BACKENDS[0] } else { VIP };
+            let l3 = tunnel(rng, dst, inner);
+            with_l2(rng, ETHERTYPE_IPV4, &l3)
+        }
+        12 | 13 => {
+            let l3 = ipv6(rng);
+            with_l2(rng, ETHERTYPE_IPV6, &l3)
+        }
+        14 => {
+            let l3 = icmp_quoting_vip(rng);
+            with_l2(rng, ETHERTYPE_IPV4, &l3)
+        }
+        15 => {
+            // Random bytes behind a plausible Ethernet header.
+            let ethertype = [ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, 0x0806][rng.below(4)];
+            let len = rng.below(200);
+            let body = rng.bytes(len);
+            ethernet(LB_MAC, ROUTER_MAC, None, ethertype, &body)
+        }
+        16 => {
+            let len = rng.below(120);
+            rng.bytes(len)
+        }
+        _ => {
+            let ip = ip_packet(rng).bytes();
+            ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV4, &ip)
+        }
+    }
+}
+
+/// Offset of the first IPv4 header after plain or single-tagged Ethernet.
+fn l3_offset(frame: &[u8]) -> usize {
+    if frame.len() >= 14 && frame[12..14] == ETHERTYPE_VLAN.to_be_bytes() {
+        18
+    } else {
+        14
+    }
+}
+
+/// Damages a frame the way hostile or broken senders do: lying lengths in
+/// both directions, every kind of header-length field, truncation, trailers
+/// and bit flips.
+fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
+    let l3 = l3_offset(frame);
+    for _ in 0..rng.below(4) {
+        if frame.is_empty() {
+            return;
+        }
+        match rng.below(9) {
+            0 => {
+                let at = rng.below(frame.len());
+                frame.truncate(at);
+            }
+            1 => {
+                let at = rng.below(frame.len());
+                frame[at] = rng.next_u64() as u8;
+            }
+            2 => {
+                let at = rng.below(frame.len());
+                frame[at] ^= 1 << rng.below(8);
+            }
+            3 if frame.len() >= l3 + 4 => {
+                // The IPv4 total length lies.
+                let real = (frame.len() - l3) as u16;
+                let lie = [
+                    0,
+                    1,
+                    19,
+                    20,
+                    real.wrapping_sub(1),
+                    real + 1,
+                    0xffff,
+                    rng.next_u64() as u16,
+                ][rng.below(8)];
+                frame[l3 + 2..l3 + 4].copy_from_slice(&lie.to_be_bytes());
+            }
+            4 if frame.len() > l3 => {
+                // Every IHL.
+                frame[l3] = (frame[l3] & 0xf0) | rng.below(16) as u8;
+            }
+            5 if frame.len() > l3 + 20 + 12 => {
+                // Every TCP data offset (for IHL 5).
+                frame[l3 + 20 + 12] = (rng.below(16) as u8) << 4;
+            }
+            6 => {
+                let n = 1 + rng.below(32);
+                let tail = rng.bytes(n);
+                frame.extend(tail);
+            }
+            7 if frame.len() > l3 + 9 => {
+                // Another protocol under the same header.
+                frame[l3 + 9] = [1, 4, 6, 17, 41, 47, 58][rng.below(7)];
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The frames of a run seeded with `seed`: the first ones sweep every
+/// truncation, IHL, TCP data offset and lying total length of a few good
+/// frames, the rest are generated and mutated.
+pub struct Corpus {
+    rng: Rng,
+    sweep: Vec<Vec<u8>>,
+}
+
+/// A well-formed TCP SYN to the VIP, untagged.
+fn syn_to_vip() -> Vec<u8> {
+    ethernet(
+        LB_MAC,
+        ROUTER_MAC,
+        None,
+        ETHERTYPE_IPV4,
+        &Ipv4::tcp(CLIENT, 40000, VIP, TCP_PORT, TCP_SYN).bytes(),
+    )
+}
+
+impl Corpus {
+    pub fn new(seed: u64) -> Self {
+        let mut sweep = Vec::new();
+        let bases = [
+            syn_to_vip(),
+            ethernet(
+                LB_MAC,
+                ROUTER_MAC,
+                Some(5),
+                ETHERTYPE_IPV4,
+                &Ipv4::udp(CLIENT, 40000, VIP, UDP_PORT).bytes(),
+            ),
+            ethernet(
+                LB_MAC,
+                ROUTER_MAC,
+                None,
+                ETHERTYPE_IPV4,
+                &tunnel(
+                    &mut Rng::new(seed),
+                    BACKENDS[0],
+                    Ipv4::tcp(CLIENT, 40000, VIP, TCP_PORT, TCP_ACK).bytes(),
+                ),
+            ),
+        ];
+        for base in &bases {
+            // Every truncation, every IHL, every TCP data offset, every
+            // total length near the truth.
+            for len in MIN_FRAME..base.len() {
+                sweep.push(base[..len].to_vec());
+            }
+            let l3 = l3_offset(base);
+            for ihl in 0..16u8 {
+                let mut f = base.clone();
+                f[l3] = 0x40 | ihl;
+                sweep.push(f);
+            }
+            for doff in 0..16u8 {
+                let mut f = base.clone();
+                f[l3 + 32] = doff << 4;
+                sweep.push(f);
+            }
+            let real = (base.len() - l3) as u16;
+            for lie in [
+                0,
+                1,
+                19,
+                20,
+                39,
+                40,
+                real - 1,
+                real,
+                real + 1,
+                0x7fff,
+                0xffff,
+            ] {
+                let mut f = base.clone();
+                f[l3 + 2..l3 + 4].copy_from_slice(&lie.to_be_bytes());
+                sweep.push(f);
+            }
+        }
+        sweep.reverse();
+        Corpus {
+            rng: Rng::new(seed),
+            sweep,
+        }
+    }
+
+    pub fn next_frame(&mut self) -> Vec<u8> {
+        if let Some(frame) = self.sweep.pop() {
+            return frame;
+        }
+        let mut frame = seed_frame(&mut self.rng);
+        if !self.rng.chance(4) {
+            mutate(&mut self.rng, &mut frame);
+        }
+        frame.resize(frame.len().max(MIN_FRAME), 0);
+        frame
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> usize {
+    u16::from_be_bytes([b[at], b[at + 1]]) as usize
+}
+
+/// Checks the balancer's verdict and output for `input`.
+pub fn check_balancer(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), String> {
+    match verdict {
+        XDP_DROP => Ok(()),
+        XDP_PASS if output == input => Ok(()),
+        XDP_PASS => Err("passed, but the frame was changed".into()),
+        XDP_TX => check_encapsulated(input, output),
+        other => Err(format!("verdict {other}")),
+    }
+}
+
+fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
+    let l3 = l3_offset(input);
+    if input.len() < l3 + 20 || input[l3 + 9] != 6 && input[l3 + 9] != 17 {
+        return Err("sent a frame that is not IPv4 TCP or UDP".into());
+    }
+    if out.len() < l3 + 40 {
+        return Err(format!("sent a {}-byte frame", out.len()));
+    }
+    if out[..6] != NEXT_HOP_MAC || out[6..12] != LB_MAC || out[12..l3] != input[12..l3] {
+        return Err("Ethernet header (addresses or tag) wrong".into());
+    }
+    let outer = &out[l3..l3 + 20];
+    if outer[0] != 0x45 || outer[9] != 4 || outer[8] != 64 {
+        return Err(format!(
+            "outer header {outer:02x?}: not IPv4/IHL 5/IPIP/TTL 64"
+        ));
+    }
+    if internet_checksum(outer) != 0 {
+        return Err("outer header checksum wrong".into());
+    }
+    let outer_len = be16(outer, 2);
+    if outer_len != out.len() - l3 {
+        return Err(format!(
+            "outer total length {outer_len}, the frame carries {}",
+            out.len() - l3
+        ));
+    }
+    if outer_len > MTU {
+        return Err(format!(
+            "outer packet of {outer_len} bytes over the {MTU}-byte MTU"
+        ));
+    }
+    if outer[12..16] != LB_SOURCE.octets() || !BACKENDS.iter().any(|b| outer[16..20] == b.octets())
+    {
+        return Err("outer addresses are not LB -> a backend".into());
+    }
+    let inner_len = be16(input, l3 + 2);
+    if inner_len > input.len() - l3 {
+        return Err(format!(
+            "encapsulated a packet claiming {inner_len} bytes from a frame with {}",
+            input.len() - l3
+        ));
+    }
+    if out[l3 + 20..] != input[l3..l3 + inner_len] {
+        return Err("the inner packet is not the client's IP packet".into());
+    }
+    if input[l3 + 16..l3 + 20] != VIP.octets() {
+        return Err("encapsulated a packet not sent to the VIP".into());
+    }
+    Ok(())
+}
+
+/// Checks the decap program's verdict and output for `input` (its local
+/// address is `BACKENDS[0]`).
+pub fn check_decap(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), String> {
+    if verdict != XDP_PASS {
+        return Err(format!("verdict {verdict}: decap only passes"));
+    }
+    if output == input {
+        return Ok(());
+    }
+    let l3 = l3_offset(input);
+    if input.len() < l3 + 20 {
+        return Err("changed a frame too short to be a tunnel".into());
+    }
+    let outer_ihl = (input[l3] & 0x0f) as usize * 4;
+    if input[l3 + 9] != 4 || input[l3 + 16..l3 + 20] != BACKENDS[0].octets() {
+        return Err("changed a frame that is not a tunnel to the local address".into());
+    }
+    if output.len() + outer_ihl != input.len() {
+        return Err(format!(
+            "stripped {} bytes, the outer header has {outer_ihl}",
+            input.len() - output.len()
+        ));
+    }
+    if output[..l3] != input[..l3] {
+        return Err("Ethernet header changed".into());
+    }
+    let inner_in = &input[l3 + outer_ihl..];
+    let inner_out = &output[l3..];
+    if inner_out.len() < 20 || inner_out[0] >> 4 != 4 {
+        return Err("passed an inner packet that is not IPv4".into());
+    }
+    // Only the ECN bits (and so the checksum) may differ.
+    let mut expected = inner_in.to_vec();
+    expected[1] = inner_out[1];
+    expected[10..12].copy_from_slice(&inner_out[10..12]);
+    if inner_out != expected || (inner_out[1] ^ inner_in[1]) & !0b11 != 0 {
+        return Err("the inner packet changed beyond its ECN field".into());
+    }
+    if inner_out[1] != inner_in[1] {
+        let ihl = (inner_out[0] & 0x0f) as usize * 4;
+        if ihl >= 20
+            && inner_out.len() >= ihl
+            && internet_checksum(&inner_in[..ihl]) == 0
+            && internet_checksum(&inner_out[..ihl]) != 0
+        {
+            return Err("ECN mark carried with a wrong inner checksum".into());
+        }
+    }
+    Ok(())
+}
+
+/// What a run did: verdict counts and the first failures (frame, reason).
+#[derive(Default)]
+pub struct Report {
+    pub frames: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub transmitted: u64,
+    pub decapsulated: u64,
+    pub failures: Vec<(String, Vec<u8>, String)>,
+}
+
+impl Report {
+    pub fn record(&mut self, program: &str, input: &[u8], result: Result<(), String>) {
+        if let Err(reason) = result {
+            if self.failures.len() < 10 {
+                self.failures
+                    .push((program.to_string(), input.to_vec(), reason));
+            }
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {}; decap stripped {}; {} failures",
+            self.frames,
+            self.passed,
+            self.dropped,
+            self.transmitted,
+            self.decapsulated,
+            self.failures.len()
+        )
+    }
+
+    pub fn failure_text(&self) -> String {
+        self.failures
+            .iter()
+            .map(|(program, frame, reason)| {
+                let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+                format!(
+                    "{program}: {reason}\n  frame ({} bytes): {hex}",
+                    frame.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Runs `frames` frames of the corpus seeded with `seed` through a fresh
+/// `balancer` (TCP and UDP VIPs, three backends, static next hop, MTU
+/// 1500) and a fresh `decap`, checking each result. Needs root.
+pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
+    let vip = |port, proto| VipAddr {
+        addr: VIP,
+        port,
+        proto,
+    };
+    let backends: Vec<(Ipv4Addr, u32)> = BACKENDS.iter().map(|&b| (b, 1)).collect();
+    let mut balancer = Balancer::load(
+        &test_options(static_config(MTU as u32)),
+        &[
+            VipSpec::new(vip(TCP_PORT, Protocol::Tcp), &backends),
+            VipSpec::new(vip(UDP_PORT, Protocol::Udp), &backends[..1]),
+        ],
+    );
+    let mut decap = loader::load_decap(&[BACKENDS[0]])?;
+    let mut corpus = Corpus::new(seed);
+    let mut report = Report::default();
+    for _ in 0..frames {
+        let frame = corpus.next_frame();
+        report.frames += 1;
+        let (verdict, out) = balancer.run(&frame);
+        match verdict {
+            XDP_PASS => report.passed += 1,
+            XDP_DROP => report.dropped += 1,
+            XDP_TX => report.transmitted += 1,
+            _ => {}
+        }
+        report.record("balancer", &frame, check_balancer(&frame, verdict, &out));
+        let (verdict, out) = run_program(&mut decap, names::DECAP_PROGRAM, &frame);
+        if out != frame {
+            report.decapsulated += 1;
+        }
+        report.record("decap", &frame, check_decap(&frame, verdict, &out));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Vec<u8> {
+        syn_to_vip()
+    }
+
+    fn encapsulated(input: &[u8]) -> Vec<u8> {
+        let inner = &input[14..];
+        let mut outer = vec![0x45, inner[1]];
+        outer.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+        outer.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+        outer.extend_from_slice(&LB_SOURCE.octets());
+        outer.extend_from_slice(&BACKENDS[1].octets());
+        let c = internet_checksum(&outer);
+        outer[10..12].copy_from_slice(&c.to_be_bytes());
+        outer.extend_from_slice(inner);
+        ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &outer)
+    }
+
+    #[test]
+    fn the_oracle_accepts_a_correct_encapsulation_and_names_each_fault() {
+        let input = good();
+        let out = encapsulated(&input);
+        assert_eq!(check_balancer(&input, XDP_TX, &out), Ok(()));
+        let mut bad_sum = out.clone();
+        bad_sum[14 + 10] ^= 1;
+        assert!(check_balancer(&input, XDP_TX, &bad_sum)
+            .unwrap_err()
+            .contains("checksum"));
+        let mut trailer = out.clone();
+        trailer.extend_from_slice(&[0; 4]);
+        assert!(check_balancer(&input, XDP_TX, &trailer)
+            .unwrap_err()
+            .contains("outer total length"));
+        let mut changed = input.clone();
+        changed[20] ^= 1;
+        assert!(check_balancer(&input, XDP_PASS, &changed).is_err());
+        assert!(check_balancer(&input, 0, &input).is_err(), "XDP_ABORTED");
+    }
+
+    #[test]
+    fn the_corpus_is_deterministic_and_starts_with_the_sweep() {
+        let mut a = Corpus::new(7);
+        let mut b = Corpus::new(7);
+        assert_eq!(
+            a.next_frame().len(),
+            MIN_FRAME,
+            "the sweep starts at the shortest frame"
+        );
+        b.next_frame();
+        for _ in 0..5000 {
+            assert_eq!(a.next_frame(), b.next_frame());
+        }
+        let mut c = Corpus::new(8);
+        let differs = (0..5000).any(|_| a.next_frame() != c.next_frame());
+        assert!(differs, "another seed gives other frames");
+    }
+}
