@@ -458,6 +458,37 @@ impl DataPlane {
             .collect()
     }
 
+    /// Digest of the VIP's table as written to the data path: the ring
+    /// region `VIPS` points at, read back from `RINGS`, each slot's backend
+    /// id turned into its address (ids differ between nodes, addresses do
+    /// not). Two nodes whose digests agree send every new flow of the VIP to
+    /// the same backend. `None` for an unknown VIP; an error when the ring
+    /// holds an id that is no backend of the VIP (the maps are inconsistent).
+    pub fn table_digest(&self, vip: &VipAddr) -> Result<Option<String>> {
+        let Some(state) = self.vips.get(vip) else {
+            return Ok(None);
+        };
+        let ring = self
+            .maps
+            .ring_region(state.ring_offset, state.spec.table_size)
+            .with_context(|| format!("VIP {vip}: ring region outside the pool"))?;
+        let addrs: BTreeMap<u32, Ipv4Addr> =
+            state.backend_ids.iter().map(|(a, &id)| (id, *a)).collect();
+        let slots = ring
+            .iter()
+            .map(|&id| {
+                if id == NO_BACKEND {
+                    Ok(None)
+                } else {
+                    addrs.get(&id).copied().map(Some).with_context(|| {
+                        format!("VIP {vip}: its ring holds backend id {id}, which is none of its backends")
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(table_digest(&state.spec, slots.into_iter())))
+    }
+
     pub fn maps_mut(&mut self) -> &mut BalancerMaps {
         &mut self.maps
     }
@@ -752,6 +783,37 @@ pub fn ring_slot(spec: &VipSpec, src_addr: Ipv4Addr, src_port: u16) -> u32 {
     ) % spec.table_size
 }
 
+/// Keys of the table digest's SipHash (fixed: every node and every version
+/// must hash alike; the digest detects differences, it is no signature).
+const DIGEST_KEYS: (u64, u64) = (0x6c62_2d64_6967_6573, 0x7420_7461_626c_6531);
+
+/// The table digest of a VIP whose ring sends slot `i` to the `i`-th item
+/// of `slots` (`None`: no backend). It covers what decides a new flow's
+/// backend: the VIP, the hash mode, the table size and every slot's backend
+/// address; 128-bit SipHash-1-3, 32 hex digits.
+pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Option<Ipv4Addr>>) -> String {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new_with_keys(DIGEST_KEYS.0, DIGEST_KEYS.1);
+    h.write(&spec.vip.addr.octets());
+    h.write(&spec.vip.port.to_be_bytes());
+    h.write(&[spec.vip.proto.number(), u8::from(spec.hash_source_only)]);
+    h.write(&spec.table_size.to_be_bytes());
+    for slot in slots {
+        match slot {
+            // A tag byte keeps "no backend" apart from any address.
+            Some(addr) => {
+                h.write(&[1]);
+                h.write(&addr.octets());
+            }
+            None => h.write(&[0]),
+        }
+    }
+    format!(
+        "{:032x}",
+        siphasher::sip128::Hasher128::finish128(&h).as_u128()
+    )
+}
+
 /// The Maglev table of a spec. Backend ids are not known here, so slots
 /// hold indexes into the spec's backend list (`DataPlane::apply` maps them
 /// to ids).
@@ -784,6 +846,21 @@ impl RingModel {
             spec: spec.clone(),
             table,
         })
+    }
+
+    /// The digest [`DataPlane::table_digest`] reports for a node that
+    /// serves this spec, computed without any map.
+    pub fn digest(&self) -> String {
+        table_digest(
+            &self.spec,
+            self.table.iter().map(|&i| {
+                if i == NO_BACKEND {
+                    None
+                } else {
+                    self.spec.backends.get(i as usize).map(|b| b.addr)
+                }
+            }),
+        )
     }
 
     /// The backend a new flow from `src_addr:src_port` gets.

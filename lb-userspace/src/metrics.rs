@@ -559,6 +559,7 @@ mod tests {
                 health_check: None,
                 fail_open: true,
                 failing_open: false,
+                digest: None,
                 backends: vec![backend(b1, Health::Healthy), backend(b2, Health::Unhealthy)],
             }],
         }

@@ -1056,3 +1056,74 @@ fn mutated_frames_never_abort() {
         "the mutations exercise both passing and forwarding"
     );
 }
+
+/// Two LB nodes given the same VIPs report the same table digest however
+/// they got there (other VIP order, other backend order, other ids and
+/// ring regions from a history of changes), and the digest is the one
+/// the map-free model computes. A different backend set or weight changes
+/// it; a restarted agent that adopts the maps reports it unchanged.
+#[test]
+fn nodes_with_the_same_config_report_the_same_table_digest() {
+    const B4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 4);
+    let web = |backends: &[(Ipv4Addr, u32)]| vip(80, Protocol::Tcp, backends);
+    let dns = vip(53, Protocol::Udp, &[(B2, 1), (B3, 2)]);
+    let target = vec![web(&[(B1, 1), (B2, 1), (B3, 2), (B4, 1)]), dns.clone()];
+
+    // Node A: straight to the target.
+    let a = Balancer::load(&test_options(static_config(MTU)), &target);
+    // Node B: the UDP VIP first, then the web VIP built up backend by
+    // backend in another order, with B1 removed and added back (new ids,
+    // new ring regions, backend lists in reverse order).
+    let mut b = Balancer::load(
+        &test_options(static_config(MTU)),
+        std::slice::from_ref(&dns),
+    );
+    for step in [
+        vec![dns.clone(), web(&[(B4, 1), (B1, 1)])],
+        vec![web(&[(B4, 1), (B3, 2), (B2, 1)]), dns.clone()],
+        vec![web(&[(B4, 1), (B3, 2), (B2, 1), (B1, 1)]), dns.clone()],
+    ] {
+        b.dataplane.apply(&step).expect("applying a step on node B");
+    }
+    let web_vip = target[0].vip;
+    assert_ne!(
+        a.dataplane.backend_id(&web_vip, B1),
+        b.dataplane.backend_id(&web_vip, B1),
+        "the nodes should use different ids, or the test proves little"
+    );
+    for spec in &target {
+        let da = a.dataplane.table_digest(&spec.vip).expect("digest A");
+        let db = b.dataplane.table_digest(&spec.vip).expect("digest B");
+        let model = lb_userspace::dataplane::RingModel::new(spec)
+            .expect("model")
+            .digest();
+        assert_eq!(da.as_deref(), Some(model.as_str()), "node A, {}", spec.vip);
+        assert_eq!(db, da, "nodes disagree on {}", spec.vip);
+        assert_eq!(model.len(), 32);
+    }
+    let other = |spec: VipSpec| {
+        lb_userspace::dataplane::RingModel::new(&spec)
+            .expect("model")
+            .digest()
+    };
+    let base = other(target[0].clone());
+    assert_ne!(other(web(&[(B1, 1), (B2, 1), (B3, 2)])), base, "B4 missing");
+    assert_ne!(
+        other(web(&[(B1, 1), (B2, 1), (B3, 1), (B4, 1)])),
+        base,
+        "weight"
+    );
+    assert_eq!(
+        a.dataplane
+            .table_digest(&VipAddr {
+                port: 81,
+                ..web_vip
+            })
+            .expect("unknown VIP"),
+        None
+    );
+
+    let before = b.dataplane.table_digest(&web_vip).expect("digest");
+    let adopted = DataPlane::adopt(b.dataplane.into_maps()).expect("adopting");
+    assert_eq!(adopted.table_digest(&web_vip).expect("digest"), before);
+}

@@ -329,6 +329,14 @@ pub struct VipInfo {
     pub fail_open: bool,
     /// Whether the VIP is failing open right now.
     pub failing_open: bool,
+    /// Digest of the VIP's Maglev table as written to the data path
+    /// (`DataPlane::table_digest`: 32 hex digits over table size, hash mode
+    /// and every slot's backend address). Written by the agent; read by
+    /// `lbctl digest` and operators comparing LB nodes: equal digests mean
+    /// every new flow of the VIP gets the same backend on both nodes. Null
+    /// when the data path does not hold the VIP.
+    #[serde(default)]
+    pub digest: Option<String>,
     pub backends: Vec<BackendInfo>,
 }
 

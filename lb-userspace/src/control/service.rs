@@ -216,7 +216,13 @@ impl Service {
 
     fn vip_info(&self, v: &VipConfig) -> VipInfo {
         let shares = self.dataplane.ring_shares(&v.vip());
+        let digest = self.dataplane.table_digest(&v.vip()).unwrap_or_else(|e| {
+            // Reported as unknown rather than failing the whole listing.
+            log::error!("table digest: {e:#}");
+            None
+        });
         VipInfo {
+            digest,
             vip: v.vip(),
             table_size: v.table_size,
             hash_source_only: v.hash_source_only,

@@ -70,6 +70,9 @@ pub(crate) enum Command {
     Version,
     /// List the VIPs
     Vips,
+    /// Print each VIP's table digest (compare LB nodes: equal digests, same
+    /// backend for every new flow)
+    Digest,
     /// Add or remove a VIP, or set whether it fails open
     #[command(subcommand)]
     Vip(VipCommand),

@@ -29,6 +29,7 @@ pub(crate) fn render(
     match (command, data) {
         (Command::Version, ResponseData::Version { version }) => Ok(render_version(&version)),
         (Command::Vips, ResponseData::Vips { vips }) => Ok(render_vips(&vips)),
+        (Command::Digest, ResponseData::Vips { vips }) => Ok(render_digests(&vips)),
         (Command::Backends { .. }, ResponseData::Backends { backends }) => {
             Ok(render_backends(&backends, now_unix_ms))
         }
@@ -73,6 +74,24 @@ pub(crate) fn render_version(version: &VersionInfo) -> String {
         "lb-agent".to_string(),
         format!("{} (protocol {})", version.agent, version.protocol),
     ]);
+    table.render()
+}
+
+/// One line per VIP, its table digest: the same text on every node that
+/// serves the same tables, so nodes compare with `diff`.
+pub(crate) fn render_digests(vips: &[VipInfo]) -> String {
+    if vips.is_empty() {
+        return "no VIPs\n".into();
+    }
+    let mut table = Table::new(&[("VIP", Align::Left), ("DIGEST", Align::Left)]);
+    for vip in vips {
+        table.row([
+            vip.vip.to_string(),
+            vip.digest
+                .clone()
+                .unwrap_or_else(|| "- (not in the data path)".into()),
+        ]);
+    }
     table.render()
 }
 
@@ -557,6 +576,36 @@ mod tests {
     }
 
     #[test]
+    fn digests_one_line_per_vip() {
+        let info = |port: u16, digest: Option<&str>| VipInfo {
+            vip: VipAddr { port, ..vip() },
+            table_size: 65537,
+            hash_source_only: false,
+            health_check: None,
+            fail_open: true,
+            failing_open: false,
+            digest: digest.map(str::to_string),
+            backends: vec![],
+        };
+        let text = render_digests(&[
+            info(80, Some("0123456789abcdef0123456789abcdef")),
+            info(443, None),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("VIP") && lines[0].contains("DIGEST"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with("0123456789abcdef0123456789abcdef"),
+            "{text}"
+        );
+        assert!(lines[2].contains("not in the data path"), "{text}");
+        assert_eq!(render_digests(&[]), "no VIPs\n");
+    }
+
+    #[test]
     fn vips_show_check_fail_open_and_backend_states() {
         let vips = vec![
             VipInfo {
@@ -570,6 +619,7 @@ mod tests {
                 }),
                 fail_open: true,
                 failing_open: false,
+                digest: None,
                 backends: mixed_backends(),
             },
             VipInfo {
@@ -583,6 +633,7 @@ mod tests {
                 health_check: None,
                 fail_open: false,
                 failing_open: false,
+                digest: None,
                 backends: vec![],
             },
             VipInfo {
@@ -593,6 +644,7 @@ mod tests {
                 health_check: Some(HealthCheckConfig::default()),
                 fail_open: true,
                 failing_open: true,
+                digest: None,
                 backends: vec![backend(B1, 1, AdminState::Enabled, 1.0)],
             },
         ];

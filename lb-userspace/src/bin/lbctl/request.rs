@@ -42,7 +42,7 @@ impl Command {
     pub(crate) fn request(&self) -> Option<Request> {
         Some(match self {
             Command::Version => Request::Version {},
-            Command::Vips => Request::ListVips {},
+            Command::Vips | Command::Digest => Request::ListVips {},
             Command::Vip(VipCommand::Add {
                 vip,
                 table_size,
@@ -170,7 +170,7 @@ pub(crate) fn op_name(request: &Request) -> String {
 pub(crate) fn expected_key(command: &Command) -> &'static str {
     match command {
         Command::Version => "\"version\"",
-        Command::Vips => "\"vips\"",
+        Command::Vips | Command::Digest => "\"vips\"",
         Command::Backends { .. } | Command::Health { action: None, .. } => "\"backends\"",
         Command::Config => "\"config\"",
         Command::Stats { .. } => "\"stats\"",
