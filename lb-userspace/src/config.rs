@@ -9,6 +9,7 @@ use lb_common::{ipv4_to_wire, DataPathConfig, NEXT_HOP_FIB, NEXT_HOP_STATIC};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    announce::AnnounceConfig,
     dataplane::{self, BackendSpec, Protocol, VipAddr, VipSpec},
     health::{self, CheckKind, CheckSpec},
     loader::BalancerOptions,
@@ -65,6 +66,13 @@ pub struct Config {
     /// The Prometheus endpoint (off unless `metrics.listen` is set).
     #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
     pub metrics: MetricsConfig,
+    /// `announce`: keep a route per announceable VIP address in a kernel
+    /// table that a routing daemon announces (active-active behind ECMP;
+    /// see [`AnnounceConfig`] and docs/deployment.md). Written by the
+    /// operator, read by `lb-agent` at start-up and by `--detach`. Absent:
+    /// nothing is announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceConfig>,
     /// Where the VIPs are saved after every change (default
     /// `/var/lib/lb/state.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,6 +369,9 @@ impl Config {
                 bail!("flow_table_entries: must be positive");
             }
         }
+        if let Some(announce) = &self.announce {
+            announce.validate()?;
+        }
         if let Some(addr) = self.metrics.listen {
             validate_metrics_listen(addr)?;
         }
@@ -498,6 +509,28 @@ pub fn effective_specs(
         })
         .collect();
     (specs, failing_open)
+}
+
+/// The VIP addresses a node should announce while its data path is
+/// attached: an address is announced while one of its VIPs can serve, so
+/// withdrawing one sick service never takes down a healthy one on the same
+/// address. A VIP can serve while one of its backends is enabled or
+/// draining (a drained backend keeps its established flows) and not
+/// unhealthy; with `withdraw_when_all_down` false, always.
+pub fn announced_addresses(
+    vips: &[VipConfig],
+    healthy: impl Fn(&VipConfig, &BackendConfig) -> bool,
+    withdraw_when_all_down: bool,
+) -> std::collections::BTreeSet<Ipv4Addr> {
+    vips.iter()
+        .filter(|v| {
+            !withdraw_when_all_down
+                || v.backends
+                    .iter()
+                    .any(|b| b.admin != AdminState::Disabled && healthy(v, b))
+        })
+        .map(|v| v.address)
+        .collect()
 }
 
 impl VipConfig {
@@ -728,6 +761,59 @@ mod tests {
         c.vips[0].fail_open = false;
         let (specs, open) = effective_specs(&c.vips, |_, _| false);
         assert!(open.is_empty() && specs[0].backends.is_empty());
+    }
+
+    #[test]
+    fn an_address_is_announced_while_one_of_its_vips_can_serve() {
+        let mut c = Config::parse(GOOD).expect("valid");
+        let vip = c.vips[0].address;
+        // A second service on the same address with one backend.
+        let mut other = c.vips[0].clone();
+        other.port = 443;
+        other.backends.truncate(1);
+        c.vips.push(other);
+        let all = |_: &VipConfig, _: &BackendConfig| true;
+        let none = |_: &VipConfig, _: &BackendConfig| false;
+        assert_eq!(announced_addresses(&c.vips, all, true), [vip].into());
+        assert!(
+            announced_addresses(&c.vips, none, true).is_empty(),
+            "every backend down: withdrawn, fail-open or not"
+        );
+        assert_eq!(
+            announced_addresses(&c.vips, none, false),
+            [vip].into(),
+            "withdraw_when_all_down false: announced regardless"
+        );
+        // Port 443 all down, port 80 serving: the address stays.
+        let only_80 = |v: &VipConfig, _: &BackendConfig| v.port == 80;
+        assert_eq!(announced_addresses(&c.vips, only_80, true), [vip].into());
+        // Disabled backends do not serve; draining ones keep their flows.
+        for b in &mut c.vips[0].backends {
+            b.admin = AdminState::Disabled;
+        }
+        c.vips[1].backends[0].admin = AdminState::Disabled;
+        assert!(announced_addresses(&c.vips, all, true).is_empty());
+        c.vips[1].backends[0].admin = AdminState::Draining;
+        assert_eq!(announced_addresses(&c.vips, all, true), [vip].into());
+        c.vips.clear();
+        assert!(announced_addresses(&c.vips, all, false).is_empty());
+    }
+
+    #[test]
+    fn announce_section_is_checked() {
+        let with = |section: &str| {
+            GOOD.replacen("\"vips\"", &format!("\"announce\": {section}, \"vips\""), 1)
+        };
+        let c = Config::parse(&with(r#"{"table": 100}"#)).expect("valid");
+        let a = c.announce.expect("announce");
+        assert_eq!(
+            (a.table, a.protocol),
+            (100, crate::announce::DEFAULT_PROTOCOL)
+        );
+        assert!(err(&with(r#"{"table": 254}"#)).contains("announce.table"));
+        assert!(err(&with(r#"{"table": 100, "protocol": 12}"#)).contains("announce.protocol"));
+        assert!(err(&with(r#"{"tabl": 100}"#)).contains("announce"));
+        assert!(err(&with(r#"{"table": 100, "on_stop": "never"}"#)).contains("announce.on_stop"));
     }
 
     #[test]

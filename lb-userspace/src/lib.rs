@@ -20,6 +20,7 @@
 //! - [`trace`]: packets traced through a trace instance of the balancer.
 //! - [`loader`], [`objects`]: the embedded eBPF objects and their loading.
 
+pub mod announce;
 pub mod batch;
 pub mod clidoc;
 pub mod config;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use lb_common::names;
 use lb_userspace::{
+    announce::{Announcer, OnStop},
     clidoc::{self, Generated},
     config::{self, Config, NextHop},
     control::{protocol::DEFAULT_SOCKET, server, service::Service},
@@ -140,7 +141,10 @@ fn reload(path: &std::path::Path, service: &mut Service) {
     {
         warn!("reload: only the VIPs change at run time; interface, address, next hop, XDP mode, sizes and metrics.listen need a restart");
     }
-    match service.replace_vips(new.vips) {
+    let replaced = service.replace_vips(new.vips);
+    // The reload bypasses `Service::handle`, which publishes the rest.
+    service.publish_announcements();
+    match replaced {
         Ok(r) => info!(
             "reloaded: {} VIP(s) added, {} removed, {} ring(s) rewritten, {} backend(s) added, {} removed",
             r.vips_added.len(),
@@ -168,6 +172,16 @@ fn run(args: Args) -> Result<()> {
         &config.interface,
     );
     if args.detach {
+        // Withdrawn first: the node leaves the ECMP group while it still
+        // forwards what the router sends until it has converged.
+        if let Some(announce) = &config.announce {
+            let change = Announcer::new(announce).withdraw_all()?;
+            info!(
+                "withdrew {} VIP route(s) from table {}",
+                change.withdrawn.len(),
+                announce.table
+            );
+        }
         let was_attached = pins.attached();
         pins.remove()?;
         info!(
@@ -314,9 +328,26 @@ fn run(args: Args) -> Result<()> {
     let (transitions, mut transition_rx) = tokio::sync::mpsc::unbounded_channel();
     let checker = HealthChecker::with_instruments(transitions, instruments.clone());
     let tracer = Tracer::new(options, pins.clone(), config.interface.clone());
-    let service = Arc::new(Mutex::new(
-        Service::new(dataplane, config, state, ring_pool_slots, checker).with_tracer(tracer),
-    ));
+    let announce = config.announce.clone();
+    let mut service =
+        Service::new(dataplane, config, state, ring_pool_slots, checker).with_tracer(tracer);
+    // Announcing starts only now that the data path is attached.
+    let mut announcer = None;
+    if let Some(a) = &announce {
+        let (tx, rx) = tokio::sync::watch::channel(Default::default());
+        service = service.with_announcements(tx);
+        let shared = Arc::new(std::sync::Mutex::new(AnnouncerState {
+            announcer: Announcer::new(a),
+            stopped: false,
+        }));
+        runtime.spawn(announce_loop(Arc::clone(&shared), rx));
+        info!(
+            "announcing VIPs through routing table {} (protocol {})",
+            a.table, a.protocol
+        );
+        announcer = Some(shared);
+    }
+    let service = Arc::new(Mutex::new(service));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
     if let (Some(listener), Some(addr)) = (metrics_listener, service_metrics_addr) {
         let exporter = Exporter::new(Arc::clone(&service), instruments, flow_table);
@@ -363,6 +394,28 @@ fn run(args: Args) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
+    // Before anything else: the router moves the flows to other nodes
+    // while this one's pinned data path still forwards them.
+    if let (Some(shared), Some(a)) = (&announcer, &announce) {
+        let mut state = shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.stopped = true;
+        match a.on_stop {
+            OnStop::Withdraw => match state.announcer.withdraw_all() {
+                Ok(change) => info!(
+                    "stopping: withdrew {} VIP route(s) from table {}",
+                    change.withdrawn.len(),
+                    a.table
+                ),
+                Err(e) => warn!("stopping: withdrawing the VIP routes failed: {e:#}"),
+            },
+            OnStop::Keep => info!(
+                "stopping: the VIP routes in table {} stay (announce.on_stop = keep)",
+                a.table
+            ),
+        }
+    }
     server::unlink(&socket);
     let service = runtime.block_on(service.lock());
     match service.dataplane.maps().global_stats() {
@@ -378,4 +431,69 @@ fn run(args: Args) -> Result<()> {
     drop(ebpf);
     info!("stopped; the data path keeps forwarding (lb-agent --detach removes it)");
     Ok(())
+}
+
+/// The announcer and whether the agent is stopping: once `stopped` is set
+/// (under the lock), the loop writes no more routes, so a sync in flight
+/// cannot put back what the stopping agent withdrew.
+struct AnnouncerState {
+    announcer: Announcer,
+    stopped: bool,
+}
+
+/// Keeps the kernel's announce table equal to the addresses the service
+/// publishes: on every change, every 10 s (a route deleted by hand or a
+/// failed write is repaired) and, after a failure, every second.
+async fn announce_loop(
+    shared: Arc<std::sync::Mutex<AnnouncerState>>,
+    mut rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+) {
+    use std::time::Duration;
+    loop {
+        let wanted = rx.borrow_and_update().clone();
+        let state = Arc::clone(&shared);
+        // `ip` runs as a child process: off the runtime's threads.
+        let result = tokio::task::spawn_blocking(move || {
+            let state = state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if state.stopped {
+                return Ok(None);
+            }
+            let table = state.announcer.table();
+            state.announcer.sync(&wanted).map(|c| Some((c, table)))
+        })
+        .await;
+        let retry = match result {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some((change, table)))) => {
+                for addr in &change.announced {
+                    info!("announce: VIP address {addr} announced (route in table {table})");
+                }
+                for addr in &change.withdrawn {
+                    info!(
+                        "announce: VIP address {addr} withdrawn (route removed from table {table})"
+                    );
+                }
+                false
+            }
+            Ok(Err(e)) => {
+                warn!("announce: updating the VIP routes failed, retrying: {e:#}");
+                true
+            }
+            Err(e) => {
+                warn!("announce: the route update task failed, retrying: {e}");
+                true
+            }
+        };
+        let wait = if retry {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }

@@ -35,6 +35,9 @@ pub struct Service {
     refresh_pending: bool,
     /// Runs `trace` requests (none: the request is refused).
     tracer: Option<Tracer>,
+    /// Where the VIP addresses to announce are published after every
+    /// request and health refresh (none: the agent announces nothing).
+    announcements: Option<tokio::sync::watch::Sender<BTreeSet<Ipv4Addr>>>,
 }
 
 /// The source MAC of described trace packets (locally administered; the
@@ -64,9 +67,50 @@ impl Service {
             failing_open: BTreeSet::new(),
             refresh_pending: false,
             tracer: None,
+            announcements: None,
         };
         service.health.set_targets(&service.health_targets());
         service
+    }
+
+    /// Publishes the VIP addresses to announce on `tx` from now on (the
+    /// agent's announcer follows it; see `announce`), starting now.
+    pub fn with_announcements(
+        mut self,
+        tx: tokio::sync::watch::Sender<BTreeSet<Ipv4Addr>>,
+    ) -> Self {
+        self.announcements = Some(tx);
+        self.publish_announcements();
+        self
+    }
+
+    /// The VIP addresses this node should announce now
+    /// (`config::announced_addresses` under the current health and the
+    /// `announce` settings; empty without an `announce` section).
+    pub fn announced_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        match &self.config.announce {
+            Some(a) => config::announced_addresses(
+                &self.config.vips,
+                |v, b| self.is_healthy(v, b),
+                a.withdraw_when_all_down,
+            ),
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// Sends the addresses to announce if they changed (cheap: called after
+    /// every request, so no mutation path can forget it).
+    pub fn publish_announcements(&self) {
+        if let Some(tx) = &self.announcements {
+            let now = self.announced_addresses();
+            tx.send_if_modified(|current| {
+                let changed = *current != now;
+                if changed {
+                    *current = now;
+                }
+                changed
+            });
+        }
     }
 
     /// Serves `trace` requests with `tracer`.
@@ -142,6 +186,7 @@ impl Service {
             }
         };
         self.refresh_pending = false;
+        self.publish_announcements();
         let open: BTreeSet<VipAddr> = open.into_iter().collect();
         for vip in open.difference(&self.failing_open) {
             log::warn!("health: every enabled backend of VIP {vip} is unhealthy: failing open (all stay in the table)");
@@ -167,10 +212,12 @@ impl Service {
     }
 
     pub fn handle(&mut self, request: Request) -> Response {
-        match self.dispatch(request) {
+        let response = match self.dispatch(request) {
             Ok(data) => Response::success(data),
             Err(e) => Response::failure(e),
-        }
+        };
+        self.publish_announcements();
+        response
     }
 
     fn dispatch(&mut self, request: Request) -> Result<ResponseData, ApiError> {
