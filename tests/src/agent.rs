@@ -32,10 +32,15 @@ pub fn vip_config(
 
 /// An agent config for the test bed's LB.
 pub fn agent_config(topo: &Topology, xdp_mode: &str, vips: Vec<Value>) -> Value {
+    node_config(topo, 0, xdp_mode, vips)
+}
+
+/// An agent config for LB node `k` of the test bed.
+pub fn node_config(topo: &Topology, k: usize, xdp_mode: &str, vips: Vec<Value>) -> Value {
     json!({
-        "interface": topo.lb_if,
+        "interface": topo.lb_host(k).ifname,
         "xdp_mode": xdp_mode,
-        "source_address": topo.lb_addr().to_string(),
+        "source_address": topo.lb_host(k).addr.to_string(),
         "flow_table_entries": 65536,
         "ring_pool_slots": 16 * 65537,
         "vips": vips,
@@ -73,7 +78,18 @@ impl Agent {
         level: &str,
         extra_args: &[&str],
     ) -> Result<Agent> {
-        let name = topo.lb_ns().name();
+        Self::start_on(topo, 0, config, level, extra_args)
+    }
+
+    /// Starts the agent on LB node `k` (see `Topology::build_multi`).
+    pub fn start_on(
+        topo: &Topology,
+        k: usize,
+        config: &Value,
+        level: &str,
+        extra_args: &[&str],
+    ) -> Result<Agent> {
+        let name = topo.lb_host(k).ns.name();
         let dir = std::env::temp_dir().join(format!("lbt-agent-{name}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("lb.json"), serde_json::to_string_pretty(config)?)?;

@@ -3,6 +3,7 @@
 //! the integration tests and the demo; the benchmark's HTML report.
 
 pub mod agent;
+pub mod bird;
 pub mod flows;
 pub mod fuzz;
 pub mod netns;

@@ -58,6 +58,20 @@ pub const LB_PEER_IF: &str = "lbt-lb";
 /// How long `build` waits for the backend servers to listen.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most LB nodes of a test bed: their links 198.18.1-8.0/24 end where the
+/// clients' begin.
+pub const MAX_LB_NODES: usize = 8;
+
+/// Address of LB node `k` (0-based): 198.18.(1+k).2 (node 0 is [`LB_ADDR`]).
+pub fn lb_node_addr(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1 + k as u8, 2)
+}
+
+/// The router's address on LB node `k`'s link: 198.18.(1+k).1.
+pub fn lb_node_gateway(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1 + k as u8, 1)
+}
+
 /// Address of client `i` (0-based): 198.18.(10+i).2.
 pub fn client_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 10 + i as u8, 2)
@@ -146,6 +160,8 @@ pub struct Topology {
     pub spec: TopologySpec,
     pub router: Netns,
     pub lb: Host,
+    /// LB nodes 1.. of a [`Topology::build_multi`] bed (node 0 is `lb`).
+    pub extra_lbs: Vec<Host>,
     /// The LB's interface inside [`Topology::lb_ns`] ("eth0").
     pub lb_if: String,
     pub clients: Vec<Host>,
@@ -156,7 +172,7 @@ pub struct Topology {
     decap: Vec<Option<Ebpf>>,
     /// Pass-through XDP program on the router's LB-facing veth (see
     /// `attach_router_xdp`).
-    router_xdp: Option<Ebpf>,
+    router_xdp: Vec<Ebpf>,
     servers: Vec<Option<Child>>,
     server_bin: Option<PathBuf>,
 }
@@ -171,10 +187,30 @@ impl Topology {
 
     /// Like [`Topology::build`], choosing who decapsulates on the backends.
     pub fn build_with(spec: TopologySpec, decap: BackendDecap) -> Result<Topology> {
+        Self::build_full(spec, decap, 1)
+    }
+
+    /// A test bed with `lb_nodes` LB nodes (1 to 8) between the router and
+    /// the backends: node `k` is namespace "lb" (k = 0) or "lb{k}", address
+    /// 198.18.(1+k).2 on its own link to the router. With more than one
+    /// node the router has no route to the VIPs: the caller provides them
+    /// (BGP from the nodes, see `bird`), and the router spreads flows over
+    /// equal-cost next hops by their L4 hash
+    /// (`fib_multipath_hash_policy=1`), skipping next hops whose link is
+    /// down (`ignore_routes_with_linkdown=1`).
+    pub fn build_multi(spec: TopologySpec, lb_nodes: usize) -> Result<Topology> {
+        Self::build_full(spec, BackendDecap::TestBed, lb_nodes)
+    }
+
+    fn build_full(spec: TopologySpec, decap: BackendDecap, lb_nodes: usize) -> Result<Topology> {
         if let Err(e) = reap_orphans() {
             log::warn!("{e:#}");
         }
-        validate(&spec)?;
+        ensure!(
+            (1..=MAX_LB_NODES).contains(&lb_nodes),
+            "lb_nodes must be 1..={MAX_LB_NODES}, not {lb_nodes}"
+        );
+        validate(&spec, lb_nodes)?;
         let server_bin = if spec.ports.is_empty() {
             None
         } else {
@@ -190,6 +226,18 @@ impl Topology {
             gateway: LB_GATEWAY,
             router_if: LB_PEER_IF.into(),
         };
+        let extra_lbs = (1..lb_nodes)
+            .map(|k| {
+                Ok(Host {
+                    name: format!("lb{k}"),
+                    ns: Netns::new(&format!("lb{k}"))?,
+                    ifname: HOST_IF.into(),
+                    addr: lb_node_addr(k),
+                    gateway: lb_node_gateway(k),
+                    router_if: format!("{LB_PEER_IF}{k}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let clients = (0..spec.clients)
             .map(|i| {
                 Ok(Host {
@@ -219,12 +267,13 @@ impl Topology {
             spec,
             router,
             lb,
+            extra_lbs,
             lb_if: HOST_IF.into(),
             clients,
             backends,
             decap_modes: Vec::with_capacity(n),
             decap: Vec::with_capacity(n),
-            router_xdp: None,
+            router_xdp: Vec::new(),
             servers: (0..n).map(|_| None).collect(),
             server_bin,
         };
@@ -256,12 +305,22 @@ impl Topology {
             ("net.ipv4.conf.all.rp_filter", off),
             ("net.ipv4.conf.default.rp_filter", off),
         ])?;
-        self.lb.ns.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", off),
-            ("net.ipv4.conf.default.rp_filter", off),
-            ("net.ipv4.conf.all.accept_local", "1"),
-        ])?;
+        for lb in self.lb_hosts() {
+            lb.ns.sysctls(&[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", off),
+                ("net.ipv4.conf.default.rp_filter", off),
+                ("net.ipv4.conf.all.accept_local", "1"),
+            ])?;
+        }
+        if !self.extra_lbs.is_empty() {
+            // ECMP over the LB nodes by the L4 hash, as an upstream router
+            // in front of Maglev nodes does, and no next hop over a dead link.
+            self.router.sysctls(&[
+                ("net.ipv4.fib_multipath_hash_policy", "1"),
+                ("net.ipv4.conf.all.ignore_routes_with_linkdown", "1"),
+            ])?;
+        }
         for b in &self.backends {
             b.ns.sysctls(&[
                 ("net.ipv4.conf.all.rp_filter", off),
@@ -281,28 +340,29 @@ impl Topology {
             router_cmds.push(format!("addr add {}/24 dev {}", c.gateway, c.router_if));
             c.ns.exec(&["ethtool", "-K", &c.ifname, "tx", "off"])?;
         }
-        // LB.
-        let lb = &self.lb;
-        veth(&lb.ns, &lb.ifname, &self.router, &lb.router_if)?;
-        lb.ns.ip_batch(&[
-            format!("link set {} mtu {INNER_MTU}", lb.ifname),
-            format!("addr add {}/24 dev {}", lb.addr, lb.ifname),
-            format!("route add default via {}", lb.gateway),
-        ])?;
-        lb.ns.sysctls(&[
-            (&format!("net.ipv4.conf.{}.accept_local", lb.ifname), "1"),
-            (&format!("net.ipv4.conf.{}.rp_filter", lb.ifname), off),
-        ])?;
-        // The LB itself may originate traffic (health checks).
-        lb.ns.exec(&["ethtool", "-K", &lb.ifname, "tx", "off"])?;
-        router_cmds.push(format!("link set {} mtu {INNER_MTU}", lb.router_if));
-        router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
-        // XDP_TX from native XDP on the LB's eth0 needs NAPI on the peer veth:
-        // GRO turns it on, and `attach_router_xdp` adds an XDP program,
-        // without which frames were seen stuck in the peer's queue for
-        // seconds on this kernel.
-        self.router
-            .exec(&["ethtool", "-K", &lb.router_if, "gro", "on"])?;
+        // LB nodes.
+        for lb in self.lb_hosts() {
+            veth(&lb.ns, &lb.ifname, &self.router, &lb.router_if)?;
+            lb.ns.ip_batch(&[
+                format!("link set {} mtu {INNER_MTU}", lb.ifname),
+                format!("addr add {}/24 dev {}", lb.addr, lb.ifname),
+                format!("route add default via {}", lb.gateway),
+            ])?;
+            lb.ns.sysctls(&[
+                (&format!("net.ipv4.conf.{}.accept_local", lb.ifname), "1"),
+                (&format!("net.ipv4.conf.{}.rp_filter", lb.ifname), off),
+            ])?;
+            // The LB itself may originate traffic (health checks).
+            lb.ns.exec(&["ethtool", "-K", &lb.ifname, "tx", "off"])?;
+            router_cmds.push(format!("link set {} mtu {INNER_MTU}", lb.router_if));
+            router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
+            // XDP_TX from native XDP on the LB's eth0 needs NAPI on the peer veth:
+            // GRO turns it on, and `attach_router_xdp` adds an XDP program,
+            // without which frames were seen stuck in the peer's queue for
+            // seconds on this kernel.
+            self.router
+                .exec(&["ethtool", "-K", &lb.router_if, "gro", "on"])?;
+        }
         // Backends.
         for b in &self.backends {
             veth(&b.ns, &b.ifname, &self.router, &b.router_if)?;
@@ -324,9 +384,11 @@ impl Topology {
             router_cmds.push(format!("link set {} mtu {INNER_MTU}", b.router_if));
             router_cmds.push(format!("addr add {}/24 dev {}", b.gateway, b.router_if));
         }
-        // Router: VIPs via the LB.
-        for vip in &self.spec.vips {
-            router_cmds.push(format!("route add {vip}/32 via {}", lb.addr));
+        // Router: VIPs via the LB (several nodes: the caller's routes).
+        if self.extra_lbs.is_empty() {
+            for vip in &self.spec.vips {
+                router_cmds.push(format!("route add {vip}/32 via {}", self.lb.addr));
+            }
         }
         self.router.ip_batch(&router_cmds)?;
         Ok(())
@@ -337,17 +399,22 @@ impl Topology {
     /// veth delivers frames XDP_TX'd into it by its peer promptly only when
     /// it runs an XDP program itself.
     fn attach_router_xdp(&mut self) -> Result<()> {
-        let mut ebpf =
-            loader::load_decap(&[]).context("loading the router's pass-through XDP program")?;
-        let ifname = self.lb.router_if.clone();
-        let attached = self.router.run(|| -> Result<()> {
-            loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?
-                .attach(&ifname, XdpMode::Driver)
-                .with_context(|| format!("attaching pass-through XDP to the router's {ifname}"))?;
-            Ok(())
-        });
-        self.router_xdp = Some(ebpf);
-        attached
+        let ifnames: Vec<String> = self.lb_hosts().map(|h| h.router_if.clone()).collect();
+        for ifname in ifnames {
+            let mut ebpf =
+                loader::load_decap(&[]).context("loading the router's pass-through XDP program")?;
+            let attached = self.router.run(|| -> Result<()> {
+                loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?
+                    .attach(&ifname, XdpMode::Driver)
+                    .with_context(|| {
+                        format!("attaching pass-through XDP to the router's {ifname}")
+                    })?;
+                Ok(())
+            });
+            self.router_xdp.push(ebpf);
+            attached?;
+        }
+        Ok(())
     }
 
     fn attach_decap(&mut self) -> Result<()> {
@@ -509,6 +576,25 @@ impl Topology {
         &self.lb.ns
     }
 
+    /// Every LB node: `lb`, then those of [`Topology::build_multi`].
+    pub fn lb_hosts(&self) -> impl Iterator<Item = &Host> {
+        std::iter::once(&self.lb).chain(self.extra_lbs.iter())
+    }
+
+    /// LB node `k` (0 is `lb`).
+    pub fn lb_host(&self, k: usize) -> &Host {
+        if k == 0 {
+            &self.lb
+        } else {
+            &self.extra_lbs[k - 1]
+        }
+    }
+
+    /// Number of LB nodes.
+    pub fn lb_nodes(&self) -> usize {
+        1 + self.extra_lbs.len()
+    }
+
     pub fn lb_addr(&self) -> Ipv4Addr {
         self.lb.addr
     }
@@ -567,7 +653,8 @@ impl Topology {
 
     /// Every namespace of the topology.
     pub fn namespaces(&self) -> Vec<&Netns> {
-        let mut all = vec![&self.router, &self.lb.ns];
+        let mut all = vec![&self.router];
+        all.extend(self.lb_hosts().map(|h| &h.ns));
         all.extend(self.clients.iter().map(|h| &h.ns));
         all.extend(self.backends.iter().map(|h| &h.ns));
         all
@@ -667,7 +754,7 @@ impl Drop for Topology {
                 log::warn!("{e:#}");
             }
         }
-        if let Some(ebpf) = self.router_xdp.take() {
+        for ebpf in std::mem::take(&mut self.router_xdp) {
             let cell = Mutex::new(Some(ebpf));
             if let Err(e) = self.router.try_run(|| {
                 if let Ok(mut guard) = cell.lock() {
@@ -749,7 +836,7 @@ pub fn link_stats(ns: &Netns, ifname: &str) -> Result<(u64, u64)> {
     ns.link_stats(ifname)
 }
 
-fn validate(spec: &TopologySpec) -> Result<()> {
+fn validate(spec: &TopologySpec, lb_nodes: usize) -> Result<()> {
     ensure!(
         (2..=245).contains(&spec.clients),
         "TopologySpec.clients must be 2..=245, not {}",
@@ -772,7 +859,7 @@ fn validate(spec: &TopologySpec) -> Result<()> {
         );
         let c = c as usize;
         let in_link = if b == 18 {
-            c == 1 || (10..10 + spec.clients).contains(&c)
+            (1..=lb_nodes).contains(&c) || (10..10 + spec.clients).contains(&c)
         } else {
             (1..=spec.backends).contains(&c)
         };

@@ -70,6 +70,10 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
     // `cargo xtask deb` (dpkg-deb is dpkg's own; dpkg-shlibdeps is not).
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("setpriv", "util-linux"),
+    // The active-active tests' routing daemons (tests/src/bird.rs) and the
+    // active-passive test's VRRP daemon.
+    ("bird", "bird2"),
+    ("keepalived", "keepalived"),
 ];
 /// Debian packages needed only to build bpf-linker.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
