@@ -61,12 +61,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// Three nodes in front of `backends` backends, of which the first
+    /// three are in the VIP.
+    fn start(backends: usize) -> Cluster {
         lb_tests::xdp::require_root();
         let topo = Topology::build_multi(
             TopologySpec {
                 clients: 2,
-                backends: 3,
+                backends,
                 vips: vec![TEST_VIP],
                 ports: vec![PORT],
             },
@@ -193,6 +195,23 @@ impl Cluster {
         }
     }
 
+    /// Node 1 dies: its BIRD, its agent and its link; returns once the
+    /// router no longer routes to it.
+    fn kill_node1(&mut self) -> Duration {
+        let died = Instant::now();
+        if let Some(mut b) = self.lb_birds[1].take() {
+            b.kill().expect("killing BIRD");
+        }
+        self.agents[1].kill9().expect("killing the agent");
+        let node1 = self.topo.lb_host(1);
+        node1
+            .ns
+            .ip(&["link", "set", &node1.ifname, "down"])
+            .expect("link down");
+        self.wait_routes(&[0, 2], "node 1 withdrawn");
+        died.elapsed()
+    }
+
     fn digest(&self, k: usize) -> String {
         let r = client::request(
             &self.agents[k].socket(),
@@ -264,7 +283,7 @@ fn assert_spread(counts: &BTreeMap<usize, usize>, n: usize, nodes: &[usize], wha
 
 #[test]
 fn a_node_dies_and_returns_without_breaking_connections() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start(3);
     let t = c.wait_routes(&[0, 1, 2], "all three nodes announced");
     println!("router has 3 next hops {t:?} after the last node started");
     let digests: Vec<String> = (0..NODES).map(|k| c.digest(k)).collect();
@@ -299,22 +318,8 @@ fn a_node_dies_and_returns_without_breaking_connections() {
         }
         let _stop = StopOnDrop(&stop);
         let mut run = || {
-            // Node 1 dies: its daemon, its agent and its link.
-            let died = Instant::now();
-            if let Some(mut b) = c.lb_birds[1].take() {
-                b.kill().expect("killing BIRD");
-            }
-            c.agents[1].kill9().expect("killing the agent");
-            let node1 = c.topo.lb_host(1);
-            node1
-                .ns
-                .ip(&["link", "set", &node1.ifname, "down"])
-                .expect("link down");
-            let t = c.wait_routes(&[0, 2], "node 1 withdrawn");
-            println!(
-                "node 1's route withdrawn {:?} after it died",
-                t.max(died.elapsed())
-            );
+            let t = c.kill_node1();
+            println!("node 1's route withdrawn {t:?} after it died");
 
             let mut survived: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
             for conn in &mut conns {
@@ -413,4 +418,92 @@ fn a_node_dies_and_returns_without_breaking_connections() {
     }
     println!("after the return, {CONNECTIONS} new connections per node: {per_node:?}");
     assert_spread(&per_node, CONNECTIONS, &[0, 1, 2], "after the return");
+}
+
+/// The case Maglev's paper discusses: a flow's backend set changes (a
+/// backend is added on every node) while it is established, then its node
+/// dies. The node it moves to has no connection-table entry for it and
+/// re-selects with the new table: it keeps its backend exactly when the new
+/// table gives it the same one (Maglev's minimal disruption keeps most), and
+/// is reset by the new backend otherwise. Checked connection by connection
+/// against the map-free model of the new table; connections through the
+/// surviving nodes keep their pins and all survive.
+#[test]
+fn a_flow_whose_backend_set_changed_while_it_moved() {
+    let mut c = Cluster::start(4);
+    c.wait_routes(&[0, 1, 2], "all three nodes announced");
+    let mut conns: Vec<Conn> = (0..CONNECTIONS).map(|i| c.open(i)).collect();
+    let b4 = c.topo.backend_addr(3);
+    for k in 0..NODES {
+        let add = Request::AddBackend {
+            vip: vip(),
+            backend: b4,
+            weight: None,
+        };
+        let r = client::request(&c.agents[k].socket(), &add, Duration::from_secs(10))
+            .expect("add_backend");
+        assert!(r.ok, "node {k}: {r:?}");
+    }
+    let digests: Vec<String> = (0..NODES).map(|k| c.digest(k)).collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    let new_table =
+        lb_userspace::dataplane::RingModel::new(&lb_userspace::dataplane::VipSpec::new(
+            vip(),
+            &(0..4)
+                .map(|j| (c.topo.backend_addr(j), 1))
+                .collect::<Vec<_>>(),
+        ))
+        .expect("model");
+    assert_eq!(
+        new_table.digest(),
+        digests[0],
+        "the model is the nodes' table"
+    );
+
+    let t = c.kill_node1();
+    println!("node 1's route withdrawn {t:?} after it died");
+    let (mut kept, mut reset, mut others) = (0, 0, 0);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let alive = echo_roundtrip(&mut conn.stream, b"moved?").is_ok_and(|b| b == b"moved?");
+        if conn.node != 1 {
+            assert!(
+                alive,
+                "connection {i} through node {} was disturbed",
+                conn.node
+            );
+            others += 1;
+            continue;
+        }
+        let backend = c
+            .topo
+            .backend_index(&conn.backend)
+            .map(|j| c.topo.backend_addr(j))
+            .expect("a backend's name");
+        let same = new_table.choose(c.topo.client_addr(conn.client), conn.port) == Some(backend);
+        assert_eq!(
+            alive,
+            same,
+            "connection {i} ({}): the new table gives {}, so it should {}",
+            conn.backend,
+            if same {
+                "its own backend"
+            } else {
+                "another backend"
+            },
+            if same { "survive" } else { "be reset" }
+        );
+        if same {
+            kept += 1;
+        } else {
+            reset += 1;
+        }
+    }
+    println!(
+        "node 1's connections after a backend was added and the node died: {kept} kept their backend, \
+         {reset} re-selected to another one and were reset (as the model predicts); {others} through the other nodes all alive"
+    );
+    assert!(
+        kept > 0 && reset > 0,
+        "the case did not occur: {kept} kept, {reset} reset"
+    );
 }
