@@ -171,6 +171,28 @@ impl Agent {
         self.dir.join("lb.sock")
     }
 
+    /// The table digest of the agent's first VIP (`list_vips`), to compare
+    /// nodes.
+    pub fn first_digest(&self) -> Result<String> {
+        use lb_userspace::control::{
+            client,
+            protocol::{Request, ResponseData},
+        };
+        let r = client::request(
+            &self.socket(),
+            &Request::ListVips {},
+            Duration::from_secs(5),
+        )
+        .map_err(|e| anyhow::anyhow!("list_vips: {e}"))?;
+        match r.data {
+            Some(ResponseData::Vips { vips }) => vips
+                .first()
+                .and_then(|v| v.digest.clone())
+                .context("no VIP with a digest"),
+            other => bail!("list_vips answered {other:?}"),
+        }
+    }
+
     /// The agent's state file.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("state.json")

@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod bird;
+pub mod churn;
 pub mod flows;
 pub mod fuzz;
+pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod report;

@@ -58,6 +58,9 @@ pub const LB_PEER_IF: &str = "lbt-lb";
 /// How long `build` waits for the backend servers to listen.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The router's bridge of a shared LB segment ([`Topology::build_shared`]).
+pub const SHARED_BRIDGE: &str = "lbt-lbs";
+
 /// Most LB nodes of a test bed: their links 198.18.1-8.0/24 end where the
 /// clients' begin.
 pub const MAX_LB_NODES: usize = 8;
@@ -162,6 +165,8 @@ pub struct Topology {
     pub lb: Host,
     /// LB nodes 1.. of a [`Topology::build_multi`] bed (node 0 is `lb`).
     pub extra_lbs: Vec<Host>,
+    /// The LB nodes share one segment ([`Topology::build_shared`]).
+    pub shared_segment: bool,
     /// The LB's interface inside [`Topology::lb_ns`] ("eth0").
     pub lb_if: String,
     pub clients: Vec<Host>,
@@ -187,7 +192,7 @@ impl Topology {
 
     /// Like [`Topology::build`], choosing who decapsulates on the backends.
     pub fn build_with(spec: TopologySpec, decap: BackendDecap) -> Result<Topology> {
-        Self::build_full(spec, decap, 1)
+        Self::build_full(spec, decap, 1, false)
     }
 
     /// A test bed with `lb_nodes` LB nodes (1 to 8) between the router and
@@ -199,10 +204,24 @@ impl Topology {
     /// (`fib_multipath_hash_policy=1`), skipping next hops whose link is
     /// down (`ignore_routes_with_linkdown=1`).
     pub fn build_multi(spec: TopologySpec, lb_nodes: usize) -> Result<Topology> {
-        Self::build_full(spec, BackendDecap::TestBed, lb_nodes)
+        Self::build_full(spec, BackendDecap::TestBed, lb_nodes, false)
     }
 
-    fn build_full(spec: TopologySpec, decap: BackendDecap, lb_nodes: usize) -> Result<Topology> {
+    /// `lb_nodes` LB nodes on one shared segment, as VRRP needs: the
+    /// router's LB-facing veths are ports of a bridge ([`SHARED_BRIDGE`],
+    /// 198.18.1.1/24), node `k` is 198.18.1.(2+k), and the router reaches
+    /// each VIP on the segment itself (it ARPs for the VIP: whichever node
+    /// holds the address answers).
+    pub fn build_shared(spec: TopologySpec, lb_nodes: usize) -> Result<Topology> {
+        Self::build_full(spec, BackendDecap::TestBed, lb_nodes, true)
+    }
+
+    fn build_full(
+        spec: TopologySpec,
+        decap: BackendDecap,
+        lb_nodes: usize,
+        shared: bool,
+    ) -> Result<Topology> {
         if let Err(e) = reap_orphans() {
             log::warn!("{e:#}");
         }
@@ -232,8 +251,16 @@ impl Topology {
                     name: format!("lb{k}"),
                     ns: Netns::new(&format!("lb{k}"))?,
                     ifname: HOST_IF.into(),
-                    addr: lb_node_addr(k),
-                    gateway: lb_node_gateway(k),
+                    addr: if shared {
+                        Ipv4Addr::new(198, 18, 1, 2 + k as u8)
+                    } else {
+                        lb_node_addr(k)
+                    },
+                    gateway: if shared {
+                        LB_GATEWAY
+                    } else {
+                        lb_node_gateway(k)
+                    },
                     router_if: format!("{LB_PEER_IF}{k}"),
                 })
             })
@@ -268,6 +295,7 @@ impl Topology {
             router,
             lb,
             extra_lbs,
+            shared_segment: shared,
             lb_if: HOST_IF.into(),
             clients,
             backends,
@@ -341,6 +369,11 @@ impl Topology {
             c.ns.exec(&["ethtool", "-K", &c.ifname, "tx", "off"])?;
         }
         // LB nodes.
+        if self.shared_segment {
+            router_cmds.push(format!("link add {SHARED_BRIDGE} type bridge"));
+            router_cmds.push(format!("link set {SHARED_BRIDGE} up"));
+            router_cmds.push(format!("addr add {LB_GATEWAY}/24 dev {SHARED_BRIDGE}"));
+        }
         for lb in self.lb_hosts() {
             veth(&lb.ns, &lb.ifname, &self.router, &lb.router_if)?;
             lb.ns.ip_batch(&[
@@ -355,7 +388,11 @@ impl Topology {
             // The LB itself may originate traffic (health checks).
             lb.ns.exec(&["ethtool", "-K", &lb.ifname, "tx", "off"])?;
             router_cmds.push(format!("link set {} mtu {INNER_MTU}", lb.router_if));
-            router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
+            if self.shared_segment {
+                router_cmds.push(format!("link set {} master {SHARED_BRIDGE}", lb.router_if));
+            } else {
+                router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
+            }
             // XDP_TX from native XDP on the LB's eth0 needs NAPI on the peer veth:
             // GRO turns it on, and `attach_router_xdp` adds an XDP program,
             // without which frames were seen stuck in the peer's queue for
@@ -384,8 +421,13 @@ impl Topology {
             router_cmds.push(format!("link set {} mtu {INNER_MTU}", b.router_if));
             router_cmds.push(format!("addr add {}/24 dev {}", b.gateway, b.router_if));
         }
-        // Router: VIPs via the LB (several nodes: the caller's routes).
-        if self.extra_lbs.is_empty() {
+        // Router: VIPs via the LB (several nodes: the caller's routes, or
+        // on the shared segment).
+        if self.shared_segment {
+            for vip in &self.spec.vips {
+                router_cmds.push(format!("route add {vip}/32 dev {SHARED_BRIDGE}"));
+            }
+        } else if self.extra_lbs.is_empty() {
             for vip in &self.spec.vips {
                 router_cmds.push(format!("route add {vip}/32 via {}", self.lb.addr));
             }

@@ -16,15 +16,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::{node_config, Agent, TEST_VIP},
     bird::{self, Bird},
+    churn::Churn,
     topology::{echo_roundtrip, Topology, TopologySpec},
 };
 use lb_userspace::{
@@ -213,16 +212,7 @@ impl Cluster {
     }
 
     fn digest(&self, k: usize) -> String {
-        let r = client::request(
-            &self.agents[k].socket(),
-            &Request::ListVips {},
-            Duration::from_secs(5),
-        )
-        .expect("list_vips");
-        match r.data {
-            Some(ResponseData::Vips { vips }) => vips[0].digest.clone().expect("a digest"),
-            other => panic!("{other:?}"),
-        }
+        self.agents[k].first_digest().expect("the VIP's digest")
     }
 }
 
@@ -239,32 +229,6 @@ struct Conn {
     backend: String,
     stream: TcpStream,
     node: usize,
-}
-
-/// New connections from both clients until `stop`, each one checked to
-/// reach a backend (connect and read its name, 5 s allowed: a SYN lost to a
-/// dying node is retransmitted).
-/// One thread per client namespace (given by its path: the test changes
-/// the cluster meanwhile), entered once.
-fn churn(client: std::path::PathBuf, stop: &AtomicBool, ok: &AtomicUsize, failed: &AtomicUsize) {
-    let ns = std::fs::File::open(&client).expect("opening the client's namespace");
-    // SAFETY: setns on a namespace fd we hold, for this thread only.
-    let entered = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "entering {}", client.display());
-    let target = SocketAddr::from((TEST_VIP, PORT));
-    while !stop.load(Ordering::Relaxed) {
-        let result = (|| -> std::io::Result<String> {
-            let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line)?;
-            Ok(line)
-        })();
-        match result {
-            Ok(name) if name.starts_with('b') => ok.fetch_add(1, Ordering::Relaxed),
-            _ => failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
 }
 
 /// Binomial bounds: each of `nodes` equally likely; every count within
@@ -301,96 +265,79 @@ fn a_node_dies_and_returns_without_breaking_connections() {
     println!("{CONNECTIONS} connections per node: {per_node:?}");
     assert_spread(&per_node, CONNECTIONS, &[0, 1, 2], "new connections");
 
-    let stop = AtomicBool::new(false);
-    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let clients = [c.topo.client_ns(0).path(), c.topo.client_ns(1).path()];
-    std::thread::scope(|s| {
-        for client in clients {
-            let (stop, ok, failed) = (&stop, &ok, &failed);
-            s.spawn(move || churn(client, stop, ok, failed));
-        }
-        // However the test ends, the churn threads stop (the scope joins them).
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let _stop = StopOnDrop(&stop);
-        let mut run = || {
-            let t = c.kill_node1();
-            println!("node 1's route withdrawn {t:?} after it died");
+    let churn = Churn::start(
+        vec![c.topo.client_ns(0).path(), c.topo.client_ns(1).path()],
+        SocketAddr::from((TEST_VIP, PORT)),
+    );
+    {
+        let t = c.kill_node1();
+        println!("node 1's route withdrawn {t:?} after it died");
 
-            let mut survived: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-            for conn in &mut conns {
-                let alive = echo_roundtrip(&mut conn.stream, b"still there?")
-                    .is_ok_and(|b| b == b"still there?");
-                let e = survived.entry(conn.node).or_insert((0, 0));
-                e.0 += usize::from(alive);
-                e.1 += 1;
+        let mut survived: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+        for conn in &mut conns {
+            let alive = echo_roundtrip(&mut conn.stream, b"still there?")
+                .is_ok_and(|b| b == b"still there?");
+            let e = survived.entry(conn.node).or_insert((0, 0));
+            e.0 += usize::from(alive);
+            e.1 += 1;
+        }
+        println!("established connections alive after the failure, per first node: {survived:?}");
+        let (alive1, total1) = survived[&1];
+        assert!(
+            alive1 * 100 >= total1 * 99,
+            "only {alive1} of node 1's {total1} connections survived"
+        );
+        for k in [0, 2] {
+            let (alive, total) = survived[&k];
+            assert_eq!(alive, total, "node {k}'s connections were disturbed");
+        }
+        // Node 1's connections now live in the other nodes' tables.
+        let mut moved = BTreeMap::new();
+        for conn in conns.iter().filter(|x| x.node == 1) {
+            let carriers = c.carriers(c.topo.client_addr(conn.client), conn.port);
+            assert!(!carriers.contains(&1), "node 1 is dead");
+            for k in carriers {
+                *moved.entry(k).or_insert(0) += 1;
             }
-            println!(
-                "established connections alive after the failure, per first node: {survived:?}"
-            );
-            let (alive1, total1) = survived[&1];
-            assert!(
-                alive1 * 100 >= total1 * 99,
-                "only {alive1} of node 1's {total1} connections survived"
-            );
-            for k in [0, 2] {
-                let (alive, total) = survived[&k];
-                assert_eq!(alive, total, "node {k}'s connections were disturbed");
-            }
-            // Node 1's connections now live in the other nodes' tables.
-            let mut moved = BTreeMap::new();
-            for conn in conns.iter().filter(|x| x.node == 1) {
-                let carriers = c.carriers(c.topo.client_addr(conn.client), conn.port);
-                assert!(!carriers.contains(&1), "node 1 is dead");
-                for k in carriers {
-                    *moved.entry(k).or_insert(0) += 1;
-                }
-            }
-            println!("node 1's connections taken over: {moved:?}");
+        }
+        println!("node 1's connections taken over: {moved:?}");
 
-            // Node 1 returns: link, agent (adopting its pinned data path), BIRD.
-            let node1 = c.topo.lb_host(1);
-            node1
-                .ns
-                .ip(&["link", "set", &node1.ifname, "up"])
-                .expect("link up");
-            // The link going down took the node's default route with it
-            // (as a rebooted node, it configures it again); without it the
-            // agent's health checks fail and it rightly announces nothing.
-            node1
-                .ns
-                .ip(&[
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &node1.gateway.to_string(),
-                ])
-                .expect("default route");
-            c.agents[1].relaunch().expect("relaunching node 1's agent");
-            c.lb_birds[1] = Some(
-                bird::start_lb(&c.topo, 1, &c.dir, TABLE, PROTOCOL)
-                    .expect("restarting BIRD on node 1"),
-            );
-            let t = c.wait_routes(&[0, 1, 2], "node 1 back");
-            println!("node 1 announced again {t:?} after BIRD restarted");
-            for (i, conn) in conns.iter_mut().enumerate() {
-                let back = echo_roundtrip(&mut conn.stream, b"and now?").unwrap_or_else(|e| {
-                    panic!(
-                        "connection {i} (node {}, {}) broke after the return: {e:#}",
-                        conn.node, conn.backend
-                    )
-                });
-                assert_eq!(back, b"and now?");
-            }
-        };
-        run();
-    });
-    let (ok, failed) = (ok.into_inner(), failed.into_inner());
+        // Node 1 returns: link, agent (adopting its pinned data path), BIRD.
+        let node1 = c.topo.lb_host(1);
+        node1
+            .ns
+            .ip(&["link", "set", &node1.ifname, "up"])
+            .expect("link up");
+        // The link going down took the node's default route with it
+        // (as a rebooted node, it configures it again); without it the
+        // agent's health checks fail and it rightly announces nothing.
+        node1
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &node1.gateway.to_string(),
+            ])
+            .expect("default route");
+        c.agents[1].relaunch().expect("relaunching node 1's agent");
+        c.lb_birds[1] = Some(
+            bird::start_lb(&c.topo, 1, &c.dir, TABLE, PROTOCOL).expect("restarting BIRD on node 1"),
+        );
+        let t = c.wait_routes(&[0, 1, 2], "node 1 back");
+        println!("node 1 announced again {t:?} after BIRD restarted");
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let back = echo_roundtrip(&mut conn.stream, b"and now?").unwrap_or_else(|e| {
+                panic!(
+                    "connection {i} (node {}, {}) broke after the return: {e:#}",
+                    conn.node, conn.backend
+                )
+            });
+            assert_eq!(back, b"and now?");
+        }
+    }
+    let (ok, failed) = churn.stop();
     println!("new connections during failure and return: {ok} succeeded, {failed} failed");
     assert_eq!(failed, 0, "new connections failed");
     assert!(ok > 0);
