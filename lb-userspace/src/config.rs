@@ -15,21 +15,13 @@ use crate::{
     maglev::DEFAULT_TABLE_SIZE,
 };
 
+// Types the layers below config own (config reads them, they never read
+// config): the XDP attach mode (loader) and MAC syntax (host).
+pub use crate::{host::parse_mac, loader::XdpModeSetting};
+
 /// Largest accepted backend weight: weights are relative, and a bound keeps
 /// a typo (an extra zero or three) from starving every other backend.
 pub const MAX_WEIGHT: u32 = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeSetting {
-    /// Driver (native) mode, falling back to generic mode with a warning.
-    #[default]
-    Auto,
-    /// Driver (native) mode only: fails where the driver has no XDP.
-    Native,
-    /// Generic (SKB) mode: works on any interface, slower.
-    Generic,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -508,23 +500,6 @@ impl VipConfig {
             proto: self.protocol,
         }
     }
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = text.split(':').collect();
-    if parts.len() != 6 {
-        bail!("{text:?} is not a MAC address (six hex bytes separated by ':')");
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
-            bail!("{text:?} is not a MAC address");
-        }
-        *byte =
-            u8::from_str_radix(part, 16).map_err(|_| anyhow!("{text:?} is not a MAC address"))?;
-    }
-    Ok(mac)
 }
 
 /// Removes `//` comments outside strings, keeping line structure so error

@@ -30,7 +30,7 @@ use lb_common::{
     VipStats, RING_SLOTS_PER_ENTRY,
 };
 
-use crate::{config::XdpModeSetting, loader};
+use crate::loader::{self, XdpModeSetting};
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
 
