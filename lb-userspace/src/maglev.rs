@@ -1265,3 +1265,96 @@ mod tests {
         );
     }
 }
+
+/// Pins the exact tables of the table builder as it was before it was
+/// optimised (commit 959b358): every LB node of a fleet must build the same
+/// table from the same input, whatever version it runs, so a faster build
+/// must give byte-identical output. The digests were computed with that
+/// commit's code.
+#[cfg(test)]
+mod pinned_output {
+    use super::*;
+
+    /// 64-bit FNV-1a over the slots as little-endian bytes.
+    fn fnv1a(table: &[u32]) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for byte in table.iter().flat_map(|slot| slot.to_le_bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+
+    /// `n` backends named as `lb-bench` names them, weights from `weight`.
+    fn backends(n: u32, weight: impl Fn(u32) -> u32) -> Vec<MaglevBackend> {
+        (0..n)
+            .map(|i| MaglevBackend {
+                id: i,
+                identity: format!("198.19.{}.{}", i / 256, i % 256).into_bytes(),
+                weight: weight(i),
+            })
+            .collect()
+    }
+
+    /// (case, backends, table size)
+    fn cases() -> Vec<(&'static str, Vec<MaglevBackend>, u32)> {
+        vec![
+            ("n3_m7", backends(3, |_| 1), 7),
+            ("n1_m3", backends(1, |_| 5), 3),
+            ("n10_m65537", backends(10, |_| 1), 65537),
+            ("n100_m65537", backends(100, |_| 1), 65537),
+            ("n1000_m65537", backends(1000, |_| 1), 65537),
+            ("n1000_m655373", backends(1000, |_| 1), 655_373),
+            ("n1000_m65537_w1to10", backends(1000, |i| 1 + i % 10), 65537),
+            (
+                "n1000_m655373_w1to10",
+                backends(1000, |i| 1 + i % 10),
+                655_373,
+            ),
+            (
+                "n1000_m65537_one_w2",
+                backends(1000, |i| 1 + u32::from(i == 0)),
+                65537,
+            ),
+            ("n37_m1009_w0to5", backends(37, |i| i * 7 % 6), 1009),
+            ("n60_m101_w0to3", backends(60, |i| i % 4), 101),
+            (
+                "n4_m65537_huge",
+                backends(4, |i| u32::MAX - i * 1000),
+                65537,
+            ),
+            ("n2_m65537_1to10", backends(2, |i| 1 + 9 * i), 65537),
+            ("n500_m1000003", backends(500, |i| 1 + i % 3), 1_000_003),
+        ]
+    }
+
+    /// Digests computed by commit 959b358's `build_table`.
+    const PINNED: [(&str, u64); 14] = [
+        ("n3_m7", 0xb29f_3cf7_99cb_3e35),
+        ("n1_m3", 0x5467_b0da_1d10_6495),
+        ("n10_m65537", 0x2a8d_dfbe_9feb_ddb3),
+        ("n100_m65537", 0xc20d_ad6e_ecae_d7c1),
+        ("n1000_m65537", 0x1ce6_5b8a_99ad_a217),
+        ("n1000_m655373", 0x4847_9d5d_5e15_046f),
+        ("n1000_m65537_w1to10", 0x2831_d32b_382f_a537),
+        ("n1000_m655373_w1to10", 0x5215_eb63_ce28_d300),
+        ("n1000_m65537_one_w2", 0xc50b_28fc_efde_5b8c),
+        ("n37_m1009_w0to5", 0xb499_b95f_d6cb_9933),
+        ("n60_m101_w0to3", 0xbefc_1145_0552_dbd0),
+        ("n4_m65537_huge", 0x270e_761f_fdfd_7915),
+        ("n2_m65537_1to10", 0x0abb_df28_a6c9_5954),
+        ("n500_m1000003", 0x704e_2da6_41b1_955a),
+    ];
+
+    #[test]
+    fn tables_are_byte_identical_to_the_pinned_ones() {
+        let cases = cases();
+        assert_eq!(cases.len(), PINNED.len());
+        for ((name, backends, size), (pinned_name, digest)) in cases.into_iter().zip(PINNED) {
+            assert_eq!(name, pinned_name);
+            let table = build_table(&backends, size).expect("valid");
+            assert_eq!(table.len(), size as usize);
+            assert_eq!(fnv1a(&table), digest, "{name}: the table changed");
+        }
+    }
+}
