@@ -337,8 +337,11 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
         // its 2.6 MB alone cost 0.5 ms of page faults and writes).
         Turns::RoundRobin(cursors.len())
     } else {
-        schedule = Schedule::new(active.iter().map(|b| b.weight).collect(), size).turns(size);
-        Turns::Listed(&schedule)
+        schedule = Schedule::new(active.iter().map(|b| b.weight).collect(), size).rounds(size);
+        Turns::Listed {
+            turns: &schedule.0,
+            round_ends: &schedule.1,
+        }
     };
     Ok(fill(
         cursors,
@@ -448,8 +451,11 @@ fn fill(
 enum Turns<'a> {
     /// Backends 0, 1, ... n - 1, 0, 1, ...: equal weights.
     RoundRobin(usize),
-    /// As listed (see `Schedule::turns`).
-    Listed(&'a [u32]),
+    /// As listed (see `Schedule::rounds`), and where each round ends.
+    Listed {
+        turns: &'a [u32],
+        round_ends: &'a [u32],
+    },
 }
 
 impl<'a> Turns<'a> {
@@ -458,7 +464,9 @@ impl<'a> Turns<'a> {
         let (round_robin, listed) = match self {
             // Backend indices are below the table size, a u32: lossless.
             Turns::RoundRobin(n) => (Some((0..n as u32).cycle().skip(start % n)), None),
-            Turns::Listed(turns) => (None, Some(turns[start.min(turns.len())..].iter().copied())),
+            Turns::Listed { turns, .. } => {
+                (None, Some(turns[start.min(turns.len())..].iter().copied()))
+            }
         };
         round_robin
             .into_iter()
@@ -569,8 +577,6 @@ fn speculate(
 ) -> usize {
     let mut candidates = Vec::new();
     let mut done = 0;
-    // stamps[b]: the number of the last chunk in which backend b acts.
-    let mut stamps = vec![0usize; cursors.len()];
     let mut play_chunk = |chunk: &[u32]| {
         if chunk.len() < 2 * STREAMS {
             // Too short for two streams of two turns (with weights, a round
@@ -591,14 +597,11 @@ fn speculate(
                 done += n;
             }
         }
-        Turns::Listed(turns) => {
-            for chunk_number in 1.. {
-                let mut end = done;
-                while end < turns.len() && stamps[turns[end] as usize] != chunk_number {
-                    stamps[turns[end] as usize] = chunk_number;
-                    end += 1;
-                }
-                if end > limit || end == done {
+        Turns::Listed { turns, round_ends } => {
+            // A backend acts at most once per round.
+            for &end in round_ends {
+                let end = end as usize;
+                if end > limit {
                     break;
                 }
                 play_chunk(&turns[done..end]);
@@ -817,7 +820,15 @@ impl Schedule {
 
     /// The turns in order (backend indices): a stable counting sort on the
     /// round. Its length is the sum of the quotas, i.e. `size`.
+    #[cfg(test)]
     fn turns(&self, size: u32) -> Vec<u32> {
+        self.rounds(size).0
+    }
+
+    /// The turns in order, and the end of each round in them (the
+    /// counting sort leaves these in `starts`: every round's start has
+    /// moved to the next one's).
+    fn rounds(&self, size: u32) -> (Vec<u32>, Vec<u32>) {
         let mut starts = vec![0u32; self.overflow_round as usize + 2];
         for index in 0..self.weights.len() {
             for round in self.rounds_of(index) {
@@ -835,7 +846,8 @@ impl Schedule {
                 *start += 1;
             }
         }
-        order
+        starts.truncate(self.overflow_round as usize + 1);
+        (order, starts)
     }
 }
 
@@ -1510,10 +1522,11 @@ mod tests {
             prop_assume!(!active.is_empty());
             let cursors: Vec<Cursor> = active.iter().map(|b| Cursor::new(b, size)).collect();
             let schedule = Schedule::new(active.iter().map(|b| b.weight).collect(), size);
-            let turns = schedule.turns(size);
+            let (turns, round_ends) = schedule.rounds(size);
             let probing = fill_turn_by_turn(cursors.clone(), &turns, size);
             let speculating = (f64::from(size) * speculation) as usize;
-            let mixed = fill(cursors, Turns::Listed(&turns), size, speculating, endgame.min(size));
+            let listed = Turns::Listed { turns: &turns, round_ends: &round_ends };
+            let mixed = fill(cursors, listed, size, speculating, endgame.min(size));
             prop_assert_eq!(probing, mixed);
         }
 
