@@ -825,10 +825,73 @@ impl Schedule {
         self.rounds(size).0
     }
 
-    /// The turns in order, and the end of each round in them (the
-    /// counting sort leaves these in `starts`: every round's start has
-    /// moved to the next one's).
+    /// The turns in order, and the end of each round in them.
     fn rounds(&self, size: u32) -> (Vec<u32>, Vec<u32>) {
+        self.rounds_by_scan(size)
+            .unwrap_or_else(|| self.rounds_by_sort(size))
+    }
+
+    /// `rounds` for the common case of few distinct weights and no huge
+    /// weight ratio, round by round: backends with the same weight and quota
+    /// act in the same rounds, so each round is one pass over the backends
+    /// that keeps those of the acting classes, written in order. The
+    /// counting sort's scattered writes cost 15% of a build with weights
+    /// 1..10 (N = 1000, M = 65537). `None` when there are more than 64
+    /// classes or the passes would cost more than 4 turns' worth each.
+    fn rounds_by_scan(&self, size: u32) -> Option<(Vec<u32>, Vec<u32>)> {
+        let rounds = self.overflow_round as usize + 1;
+        if rounds.saturating_mul(self.weights.len()) > 4 * size as usize {
+            return None;
+        }
+        let mut classes: Vec<(u32, u32)> = Vec::new();
+        let mut class_of = Vec::with_capacity(self.weights.len());
+        for (&weight, &quota) in self.weights.iter().zip(&self.quotas) {
+            let class = match classes.iter().position(|&c| c == (weight, quota)) {
+                Some(class) => class,
+                None if classes.len() < 64 => {
+                    classes.push((weight, quota));
+                    classes.len() - 1
+                }
+                None => return None,
+            };
+            class_of.push(class as u32);
+        }
+        let mut class_rounds: Vec<_> = classes
+            .iter()
+            .map(|&(weight, quota)| {
+                TurnRounds::new(weight, self.max_weight, quota, self.overflow_round).peekable()
+            })
+            .collect();
+        // One spare entry: every backend is written, the next one over it
+        // unless it acts.
+        let mut order = vec![0u32; size as usize + 1];
+        let mut ends = Vec::with_capacity(rounds);
+        let mut len = 0;
+        for round in 0..=self.overflow_round {
+            let mut acting = 0u64;
+            for (class, turns) in class_rounds.iter_mut().enumerate() {
+                // A class acts at most once per round (see `Schedule`).
+                if turns.next_if_eq(&round).is_some() {
+                    acting |= 1 << class;
+                }
+            }
+            if acting != 0 {
+                for (backend, &class) in (0u32..).zip(&class_of) {
+                    order[len] = backend;
+                    len += ((acting >> class) & 1) as usize;
+                }
+            }
+            // len <= size, a u32: lossless.
+            ends.push(len as u32);
+        }
+        order.truncate(size as usize);
+        Some((order, ends))
+    }
+
+    /// `rounds` by a counting sort of the turns on their round, which
+    /// leaves the round ends in `starts` (every round's start has moved to
+    /// the next one's).
+    fn rounds_by_sort(&self, size: u32) -> (Vec<u32>, Vec<u32>) {
         let mut starts = vec![0u32; self.overflow_round as usize + 2];
         for index in 0..self.weights.len() {
             for round in self.rounds_of(index) {
@@ -1508,6 +1571,20 @@ mod tests {
             let windows_ok = by_round.windows(2).all(|w| w[0] != w[1]);
             prop_assert!(windows_ok, "a backend acts twice in a round");
             prop_assert_eq!(by_round.into_iter().map(|(_, i)| i).collect::<Vec<_>>(), turns);
+        }
+
+        #[test]
+        fn rounds_by_scan_and_by_sort_agree(
+            weights in prop::collection::vec(
+                prop_oneof![1u32..=3, 1u32..=10, 1u32..=1000],
+                1..=80,
+            ),
+            size in prop::sample::select(vec![101u32, 1009, 65537]),
+        ) {
+            let schedule = Schedule::new(weights, size);
+            if let Some(scanned) = schedule.rounds_by_scan(size) {
+                prop_assert_eq!(scanned, schedule.rounds_by_sort(size));
+            }
         }
 
         #[test]
