@@ -1,6 +1,9 @@
 //! The `balancer` program, top to bottom:
 //! parse → classify (address filter) → connection table → VIP and ring for
-//! new flows → next hop → encapsulate → verdict.
+//! new flows → next hop → encapsulate → verdict. ICMP branches off after
+//! the parse (`icmp`), and comes back to [`forward`] for errors about a
+//! VIP flow; a DF packet too big for the tunnel turns into an ICMP
+//! "fragmentation needed" in [`forward`].
 //!
 //! Drops are logged with aya-log at debug level only: the agent compiles
 //! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
@@ -13,13 +16,25 @@ use aya_log_ebpf::debug;
 use lb_common::{GlobalStats, IPIP_OVERHEAD};
 
 use crate::{
-    classify, encap,
+    classify, encap, icmp,
     maps::CONFIG,
-    parse::{self, Parsed},
-    select::{self, Pinned},
+    parse::{self, Parsed, L2},
+    select::{self, Pinned, Selected},
     stats,
     transmit::{self, NextHop},
 };
+
+/// What to do with a packet that would exceed the egress MTU once
+/// encapsulated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnTooBig {
+    /// Drop it (`drop_too_big`): no DF (the sender allows fragments, which
+    /// the tunnel cannot make: its outer header carries DF and XDP sends
+    /// one frame), or an ICMP error (never answered with ICMP).
+    Drop,
+    /// Answer with ICMP "fragmentation needed" (rate limited).
+    FragNeeded,
+}
 
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
@@ -33,6 +48,7 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
     let pkt = match parse::parse(ctx) {
         Parsed::Flow(pkt) => pkt,
+        Parsed::Icmp(pkt) => return icmp::icmpv4(ctx, &pkt, stats),
         Parsed::Other => return pass(&mut stats.passed),
         Parsed::Malformed => return pass(&mut stats.malformed),
         Parsed::Fragment { dst_addr } => {
@@ -79,15 +95,47 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             (selected, vip.vip_id)
         }
     };
+    let on_too_big = if pkt.df {
+        OnTooBig::FragNeeded
+    } else {
+        OnTooBig::Drop
+    };
+    forward(
+        ctx,
+        stats,
+        pkt.l2,
+        pkt.tot_len,
+        pkt.tos,
+        &selected,
+        vip_id,
+        on_too_big,
+    )
+}
+
+/// Encapsulates the packet (IP total length `tot_len`, TOS `tos`) to the
+/// selected backend of VIP `vip_id` and sends it on: the tail shared by
+/// VIP packets and the ICMP errors about VIP flows.
+#[allow(clippy::too_many_arguments)] // inlined: the arguments are registers
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    stats: &mut GlobalStats,
+    l2: L2,
+    tot_len: u16,
+    tos: u8,
+    selected: &Selected,
+    vip_id: u32,
+    on_too_big: OnTooBig,
+) -> u32 {
     // The client's frame ends with its IP packet; anything after that is
     // padding or a trailer, trimmed before encapsulation and not counted.
-    let frame_len = pkt.l2.header_len() + pkt.tot_len as usize;
+    let frame_len = l2.header_len() + tot_len as usize;
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;
     // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
-    let Some(outer_len) = pkt.tot_len.checked_add(IPIP_OVERHEAD) else {
+    let Some(outer_len) = tot_len.checked_add(IPIP_OVERHEAD) else {
         return drop(&mut stats.drop_too_big);
     };
     let next_hop = transmit::next_hop(
@@ -96,7 +144,7 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         config.lb_source_addr,
         outer_dst,
         outer_len,
-        pkt.tos,
+        tos,
     );
     let (action, macs) = match next_hop {
         NextHop::Out {
@@ -105,7 +153,10 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             dst_mac,
         } => (action, Some((src_mac, dst_mac))),
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
-        NextHop::TooBig => {
+        NextHop::TooBig { mtu } => {
+            if on_too_big == OnTooBig::FragNeeded {
+                return icmp::frag_needed(ctx, l2, mtu, stats);
+            }
             debug!(
                 ctx,
                 "{} bytes to {:i}: over the MTU once encapsulated, dropped",
@@ -124,9 +175,8 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
     };
 
-    let outer = encap::outer_ipv4_header(pkt.tos, outer_len, config.lb_source_addr, outer_dst);
-    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, pkt.l2, &outer).is_err()
-    {
+    let outer = encap::outer_ipv4_header(tos, outer_len, config.lb_source_addr, outer_dst);
+    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, l2, &outer).is_err() {
         debug!(
             ctx,
             "encapsulation towards {:i} failed, dropped",
@@ -162,13 +212,13 @@ fn wire_ip(addr: u32) -> Ipv4Addr {
 }
 
 #[inline(always)]
-fn pass(counter: &mut u64) -> u32 {
+pub fn pass(counter: &mut u64) -> u32 {
     *counter += 1;
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn drop(counter: &mut u64) -> u32 {
+pub fn drop(counter: &mut u64) -> u32 {
     *counter += 1;
     xdp_action::XDP_DROP
 }
