@@ -2,7 +2,9 @@
 //! by the balancer itself (and not once the VIPs turn `icmp_echo` off),
 //! and a TCP client whose path MTU is larger than the tunnel allows still
 //! completes a 1 MiB transfer, because the balancer answers its too-big
-//! packets with "fragmentation needed" and the client lowers its PMTU.
+//! packets with "fragmentation needed" and the client lowers its PMTU; and
+//! a router's "fragmentation needed" about the backend's replies reaches
+//! that backend through the LB.
 
 use std::{
     io::{Read, Write},
@@ -98,6 +100,32 @@ fn ping_of_the_vip_is_answered_by_the_balancer_unless_turned_off() {
     assert_eq!(after.icmp_echo_replies, before.icmp_echo_replies);
 }
 
+/// Sends 1 MiB from client 0 through the VIP and reads its echo back;
+/// returns the name of the backend that served it.
+fn transfer_1_mib(bed: &Bed) -> String {
+    let (name, mut stream) = bed
+        .topo
+        .tcp_connect(0, TEST_VIP, bed.port, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connecting: {e:#}\nagent log:\n{}", bed.agent.log()));
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    // Read the echo while writing: neither side's buffers must hold it all.
+    let mut reader = stream.try_clone().expect("cloning the stream");
+    let expected = data.len();
+    let echo = thread::spawn(move || {
+        let mut back = vec![0u8; expected];
+        reader.read_exact(&mut back).map(|_| back)
+    });
+    stream
+        .write_all(&data)
+        .unwrap_or_else(|e| panic!("sending 1 MiB to {name}: {e}"));
+    let back = echo
+        .join()
+        .expect("reader thread")
+        .unwrap_or_else(|e| panic!("reading the 1 MiB echo from {name}: {e}"));
+    assert!(back == data, "the echo of 1 MiB differs");
+    name
+}
+
 /// Gives the LB's route to the backends a locked MTU of 1400 and empties
 /// client 0's route cache.
 fn shrink_tunnel_path(bed: &Bed) {
@@ -132,26 +160,7 @@ fn a_client_with_a_larger_path_mtu_completes_a_1_mib_transfer() {
     let client_ns = bed.topo.client_ns(0);
     let before = global_stats(&bed);
 
-    let (name, mut stream) = bed
-        .topo
-        .tcp_connect(0, TEST_VIP, bed.port, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connecting: {e:#}\nagent log:\n{}", bed.agent.log()));
-    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    // Read the echo while writing: neither side's buffers must hold it all.
-    let mut reader = stream.try_clone().expect("cloning the stream");
-    let expected = data.len();
-    let echo = thread::spawn(move || {
-        let mut back = vec![0u8; expected];
-        reader.read_exact(&mut back).map(|_| back)
-    });
-    stream
-        .write_all(&data)
-        .unwrap_or_else(|e| panic!("sending 1 MiB to {name}: {e}"));
-    let back = echo
-        .join()
-        .expect("reader thread")
-        .unwrap_or_else(|e| panic!("reading the 1 MiB echo from {name}: {e}"));
-    assert!(back == data, "the echo of 1 MiB differs");
+    transfer_1_mib(&bed);
 
     let after = global_stats(&bed);
     let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
@@ -197,5 +206,62 @@ fn without_fragmentation_needed_the_transfer_stalls() {
     assert!(
         stats.icmp_rate_limited > 0 && stats.icmp_frag_needed_sent == 0,
         "{stats:?}"
+    );
+}
+
+/// An ICMP error from a router on the client's side reaches the backend
+/// that owns the flow: the router's link to the client carries 1400-byte
+/// packets while the client asks for 1460-byte segments, so the
+/// router answers the backend's replies with "fragmentation needed" to
+/// their source, the VIP, which routes to the LB. The LB sends it on to the
+/// flow's backend, whose kernel lowers its PMTU to the client: the 1 MiB
+/// echo completes.
+#[test]
+fn a_routers_fragmentation_needed_reaches_the_flows_backend() {
+    let bed = Bed::start(2, &[Some(1), Some(1)], "native");
+    // A veth drops what exceeds its MTU on receipt too, so the client
+    // sends at most 1400 bytes, yet asks for 1460-byte segments.
+    bed.topo
+        .router_ns()
+        .ip(&["link", "set", "lbt-c0", "mtu", "1400"])
+        .expect("shrinking the router's link to client 0");
+    bed.topo
+        .client_ns(0)
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &lb_tests::topology::client_gateway(0).to_string(),
+            "dev",
+            "eth0",
+            "mtu",
+            "lock",
+            "1400",
+            "advmss",
+            "1460",
+        ])
+        .expect("client 0's route: send 1400, advertise 1460");
+    for j in 0..2 {
+        bed.topo
+            .backend_ns(j)
+            .ip(&["route", "flush", "cache"])
+            .expect("flushing a backend's route cache");
+    }
+    let before = global_stats(&bed);
+    let name = transfer_1_mib(&bed);
+    let after = global_stats(&bed);
+    let forwarded = after.icmp_errors_forwarded - before.icmp_errors_forwarded;
+    assert!(forwarded >= 1, "no ICMP error reached a backend: {after:?}");
+    println!("1 MiB echoed by {name}; ICMP errors sent to backends: {forwarded}");
+    let j = bed.topo.backend_index(&name).expect("a backend's name");
+    let route = bed
+        .topo
+        .backend_ns(j)
+        .ip(&["route", "get", &bed.topo.client_addr(0).to_string()])
+        .expect("ip route get");
+    assert!(
+        route.contains("mtu 1400"),
+        "{name}'s PMTU to the client: {route}"
     );
 }
