@@ -1,8 +1,8 @@
 //! The `balancer` program, top to bottom:
 //! parse → classify (address filter) → connection table → VIP and ring for
 //! new flows → next hop → encapsulate → verdict. ICMP branches off after
-//! the parse (`icmp`), and comes back to [`forward`] for errors about a
-//! VIP flow; a DF packet too big for the tunnel turns into an ICMP
+//! the parse (`icmp`), and comes back to the one [`forward`] for errors
+//! about a VIP flow; a DF packet too big for the tunnel turns into an ICMP
 //! "fragmentation needed" in [`forward`].
 //!
 //! Drops are logged with aya-log at debug level only: the agent compiles
@@ -18,11 +18,24 @@ use lb_common::{GlobalStats, IPIP_OVERHEAD};
 use crate::{
     classify, encap, icmp,
     maps::CONFIG,
-    parse::{self, Parsed, L2},
+    parse::{self, Ipv4Flow, Parsed, L2},
     select::{self, Pinned, Selected},
     stats,
     transmit::{self, NextHop},
 };
+
+/// A packet on its way to a backend: what [`forward`] needs.
+pub struct Outbound {
+    pub l2: L2,
+    /// IP total length (host order) of the packet to encapsulate.
+    pub tot_len: u16,
+    /// Its TOS, inherited by the outer header.
+    pub tos: u8,
+    pub selected: Selected,
+    /// The VIP whose counters the packet moves.
+    pub vip_id: u32,
+    pub on_too_big: OnTooBig,
+}
 
 /// What to do with a packet that would exceed the egress MTU once
 /// encapsulated.
@@ -46,9 +59,17 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
-    let pkt = match parse::parse(ctx) {
-        Parsed::Flow(pkt) => pkt,
-        Parsed::Icmp(pkt) => return icmp::icmpv4(ctx, &pkt, stats),
+    let out = match parse::parse(ctx) {
+        Parsed::Flow(pkt) => match vip_packet(ctx, &pkt, stats) {
+            Ok(out) => out,
+            Err(action) => return action,
+        },
+        // An ICMP error about a VIP flow joins the VIP packets at the one
+        // call of `forward`: a single copy of the tail in the program.
+        Parsed::Icmp(pkt) => match icmp::icmpv4(ctx, &pkt, stats) {
+            Ok(out) => out,
+            Err(action) => return action,
+        },
         Parsed::Other => return pass(&mut stats.passed),
         Parsed::Malformed => return pass(&mut stats.malformed),
         Parsed::Fragment { dst_addr } => {
@@ -58,10 +79,15 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             return pass(&mut stats.passed);
         }
     };
+    forward(ctx, stats, &out)
+}
 
+/// A TCP or UDP packet: its backend if it is for a VIP, else the verdict.
+#[inline(always)]
+fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Result<Outbound, u32> {
     // Most packets on a NIC are for no VIP: one array read tells.
     if !classify::maybe_vip_address(pkt.flow.dst_addr) {
-        return pass(&mut stats.passed);
+        return Err(pass(&mut stats.passed));
     }
     // An established flow needs only the connection table; a SYN opens a
     // new connection and always goes by the ring, so a reused tuple never
@@ -79,7 +105,7 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
         Pinned::Stale | Pinned::Miss => {
             let Some(vip) = classify::lookup_vip(&pkt.flow) else {
-                return pass(&mut stats.passed);
+                return Err(pass(&mut stats.passed));
             };
             if matches!(pinned, Pinned::Stale) {
                 stats.flow_reselected += 1;
@@ -90,43 +116,37 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
                     ctx,
                     "VIP {}: no backend takes new flows, dropped", vip.vip_id
                 );
-                return drop(&mut stats.drop_no_backend);
+                return Err(drop(&mut stats.drop_no_backend));
             };
             (selected, vip.vip_id)
         }
     };
-    let on_too_big = if pkt.df {
-        OnTooBig::FragNeeded
-    } else {
-        OnTooBig::Drop
-    };
-    forward(
-        ctx,
-        stats,
-        pkt.l2,
-        pkt.tot_len,
-        pkt.tos,
-        &selected,
+    Ok(Outbound {
+        l2: pkt.l2,
+        tot_len: pkt.tot_len,
+        tos: pkt.tos,
+        selected,
         vip_id,
-        on_too_big,
-    )
+        on_too_big: if pkt.df {
+            OnTooBig::FragNeeded
+        } else {
+            OnTooBig::Drop
+        },
+    })
 }
 
-/// Encapsulates the packet (IP total length `tot_len`, TOS `tos`) to the
-/// selected backend of VIP `vip_id` and sends it on: the tail shared by
-/// VIP packets and the ICMP errors about VIP flows.
-#[allow(clippy::too_many_arguments)] // inlined: the arguments are registers
+/// Encapsulates the packet to its selected backend and sends it on: the
+/// tail shared by VIP packets and the ICMP errors about VIP flows.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    stats: &mut GlobalStats,
-    l2: L2,
-    tot_len: u16,
-    tos: u8,
-    selected: &Selected,
-    vip_id: u32,
-    on_too_big: OnTooBig,
-) -> u32 {
+pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32 {
+    let Outbound {
+        l2,
+        tot_len,
+        tos,
+        ref selected,
+        vip_id,
+        on_too_big,
+    } = *out;
     // The client's frame ends with its IP packet; anything after that is
     // padding or a trailer, trimmed before encapsulation and not counted.
     let frame_len = l2.header_len() + tot_len as usize;

@@ -27,7 +27,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
 use crate::{
-    balancer::{self, OnTooBig},
+    balancer::{self, OnTooBig, Outbound},
     classify, csum, encap,
     maps::{CONFIG, ICMP_RATE},
     parse::{ptr_at, Ipv4Icmp, ETH_LEN, IPV4_MIN_LEN, IP_OFFSET_MASK, L2},
@@ -55,20 +55,22 @@ const REPLY_TTL: u8 = 64;
 /// control", as Linux sends its ICMP errors (RFC 1812 4.3.2.5).
 const ERROR_TOS: u8 = 0xc0;
 
-/// An ICMP packet over IPv4: echo, an error to forward, or not ours.
+/// An ICMP packet over IPv4: `Err(verdict)` when done with it (echo
+/// answered, or not ours), `Ok` for an error about a VIP flow, for the
+/// caller to forward to the flow's backend.
 #[inline(always)]
-pub fn icmpv4(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u32 {
+pub fn icmpv4(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> Result<Outbound, u32> {
     if !classify::maybe_vip_address(pkt.dst_addr) || pkt.fragment {
         // A fragment holds no whole message; the kernel reassembles or
         // drops it, as before.
-        return balancer::pass(&mut stats.passed);
+        return Err(balancer::pass(&mut stats.passed));
     }
     match pkt.icmp_type {
-        ICMP_ECHO_REQUEST => echo(ctx, pkt, stats),
+        ICMP_ECHO_REQUEST => Err(echo(ctx, pkt, stats)),
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-            forward_error(ctx, pkt, stats)
+            error_about_flow(ctx, pkt, stats)
         }
-        _ => balancer::pass(&mut stats.passed),
+        _ => Err(balancer::pass(&mut stats.passed)),
     }
 }
 
@@ -266,22 +268,26 @@ pub fn frag_needed(ctx: &XdpContext, l2: L2, egress_mtu: u32, stats: &mut Global
 /// from that address, the client's flow is the quoted tuple reversed, and
 /// the error goes to the flow's backend (its pin, or the ring's choice).
 #[inline(always)]
-fn forward_error(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u32 {
+fn error_about_flow(
+    ctx: &XdpContext,
+    pkt: &Ipv4Icmp,
+    stats: &mut GlobalStats,
+) -> Result<Outbound, u32> {
     let l3 = pkt.l2.header_len();
     let quote = pkt.ihl + ICMP_HDR_LEN;
     // The quoted header must lie inside the ICMP packet, not merely the
     // frame: bytes past the total length are padding.
     let room = pkt.tot_len as usize - quote;
     if room < IPV4_MIN_LEN {
-        return balancer::pass(&mut stats.malformed);
+        return Err(balancer::pass(&mut stats.malformed));
     }
     let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, l3 + quote) else {
-        return balancer::pass(&mut stats.malformed);
+        return Err(balancer::pass(&mut stats.malformed));
     };
     let inner = unsafe { *inner };
     let inner_ihl = ((inner.vihl & 0x0f) as usize) * 4;
     if inner.vihl >> 4 != 4 || inner_ihl < IPV4_MIN_LEN || room < inner_ihl + QUOTED_L4_LEN {
-        return balancer::pass(&mut stats.malformed);
+        return Err(balancer::pass(&mut stats.malformed));
     }
     let proto = inner.proto;
     // Not a packet of a VIP flow: another protocol, another sender, or a
@@ -290,10 +296,10 @@ fn forward_error(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u
         || u32::from_ne_bytes(inner.src_addr) != pkt.dst_addr
         || u16::from_be_bytes(inner.frags) & IP_OFFSET_MASK != 0
     {
-        return balancer::pass(&mut stats.passed);
+        return Err(balancer::pass(&mut stats.passed));
     }
     let Some(ports) = ptr_at::<[u16; 2]>(ctx, l3 + quote + inner_ihl) else {
-        return balancer::pass(&mut stats.malformed);
+        return Err(balancer::pass(&mut stats.malformed));
     };
     let [vip_port, client_port] = unsafe { *ports };
     let flow = FlowKey {
@@ -312,24 +318,22 @@ fn forward_error(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u
         }
         Pinned::Stale | Pinned::Miss => {
             let Some(vip) = classify::lookup_vip(&flow) else {
-                return balancer::pass(&mut stats.passed);
+                return Err(balancer::pass(&mut stats.passed));
             };
             let Some(selected) = select::ring_choice(&flow, &vip) else {
-                return balancer::drop(&mut stats.drop_no_backend);
+                return Err(balancer::drop(&mut stats.drop_no_backend));
             };
             (selected, vip.vip_id)
         }
     };
     stats.icmp_errors_forwarded += 1;
-    balancer::forward(
-        ctx,
-        stats,
-        pkt.l2,
-        pkt.tot_len,
-        pkt.tos,
-        &selected,
+    Ok(Outbound {
+        l2: pkt.l2,
+        tot_len: pkt.tot_len,
+        tos: pkt.tos,
+        selected,
         vip_id,
         // No ICMP about an ICMP error (RFC 1122 3.2.2).
-        OnTooBig::Drop,
-    )
+        on_too_big: OnTooBig::Drop,
+    })
 }
