@@ -635,6 +635,35 @@ mod tests {
     }
 
     #[test]
+    fn icmp_settings_default_and_are_checked() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert!(config.vips[0].icmp_echo, "echo is on by default");
+        assert_eq!(config.icmp, IcmpConfig::default());
+        let dp = config.data_path_config([0; 6]).expect("data path config");
+        assert_eq!(
+            (dp.icmp_rate, dp.icmp_burst),
+            (DEFAULT_ICMP_RATE, DEFAULT_ICMP_BURST)
+        );
+        let with =
+            |extra: &str| GOOD.replacen("\"interface\"", &format!("{extra}, \"interface\""), 1);
+        let config = Config::parse(&with(r#""icmp": {"rate_per_cpu": 0}"#)).expect("rate 0 is off");
+        assert_eq!(
+            config.data_path_config([0; 6]).expect("config").icmp_rate,
+            0
+        );
+        assert!(err(&with(r#""icmp": {"rate_per_cpu": 2000000}"#)).contains("icmp.rate_per_cpu"));
+        assert!(err(&with(r#""icmp": {"burst": 0}"#)).contains("icmp.burst"));
+        assert!(err(&with(r#""icmp": {"rate": 5}"#)).contains("unknown field"));
+        let off = GOOD.replace(
+            "\"protocol\": \"tcp\",",
+            "\"protocol\": \"tcp\", \"icmp_echo\": false,",
+        );
+        let config = Config::parse(&off).expect("valid");
+        assert!(!config.vips[0].icmp_echo);
+        assert!(!vip_specs(&config.vips)[0].icmp_echo);
+    }
+
+    #[test]
     fn parses_with_comments_and_defaults() {
         let c = Config::parse(GOOD).expect("valid");
         assert_eq!(c.xdp_mode, XdpModeSetting::Auto);

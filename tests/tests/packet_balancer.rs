@@ -514,6 +514,26 @@ fn cases() -> Vec<Case> {
             Expect::Pass,
             PASSED,
         ),
+        Case {
+            before: vec![Step::Apply(no_echo(tcp_vip()))],
+            ..case(
+                "echo turned off on every VIP of the address by a change: passed",
+                tcp_vip(),
+                from_router(&echo_request(CLIENT, VIP, b"ping")),
+                Expect::Pass,
+                PASSED,
+            )
+        },
+        Case {
+            before: vec![Step::Apply(tcp_vip())],
+            ..case(
+                "echo turned on by a change: answered",
+                no_echo(tcp_vip()),
+                from_router(&echo_request(CLIENT, VIP, b"ping")),
+                Expect::Reply(reply_from_lb(None, &echo_reply(CLIENT, VIP, b"ping"))),
+                ECHO_REPLY,
+            )
+        },
         case(
             "echo to an address where one VIP allows it and one does not: answered",
             {
