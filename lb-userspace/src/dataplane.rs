@@ -20,8 +20,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use lb_common::{
-    flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipKey, VipMeta,
-    BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, VIP_F_HASH_NO_SRC_PORT,
+    flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipAddrInfo, VipKey,
+    VipMeta, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS,
+    VIP_ADDR_F_ICMP_ECHO, VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,9 @@ pub struct VipSpec {
     /// Hash on the source address only (every connection of a client goes
     /// to the same backend).
     pub hash_source_only: bool,
+    /// Answer ICMP echo requests to the VIP's address in the data path.
+    /// An address answers when any of its VIPs says so.
+    pub icmp_echo: bool,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -105,6 +109,7 @@ impl VipSpec {
             vip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
             hash_source_only: false,
+            icmp_echo: true,
             backends: backends
                 .iter()
                 .map(|&(addr, weight)| BackendSpec { addr, weight })
@@ -148,6 +153,10 @@ impl VipState {
             vip_id: self.vip_id,
             flags: if self.spec.hash_source_only {
                 VIP_F_HASH_NO_SRC_PORT
+            } else {
+                0
+            } | if self.spec.icmp_echo {
+                VIP_F_ICMP_ECHO
             } else {
                 0
             },
@@ -371,6 +380,7 @@ impl DataPlane {
                 vip,
                 table_size: meta.ring_size,
                 hash_source_only: meta.flags & VIP_F_HASH_NO_SRC_PORT != 0,
+                icmp_echo: meta.flags & VIP_F_ICMP_ECHO != 0,
                 backends: backend_ids
                     .keys()
                     .map(|&addr| BackendSpec { addr, weight: 0 })
@@ -576,13 +586,13 @@ impl DataPlane {
 
         for (vip, spec) in desired {
             let old = self.vips.get(vip);
-            // (vip id, ring offset, table size, hash flag) of the VIP as written.
+            // (vip id, ring offset, table size, flags) of the VIP as written.
             let old_facts = old.map(|o| {
                 (
                     o.vip_id,
                     o.ring_offset,
                     o.spec.table_size,
-                    o.spec.hash_source_only,
+                    (o.spec.hash_source_only, o.spec.icmp_echo),
                 )
             });
             // Backend ids: keep those of backends still present (found by
@@ -645,8 +655,8 @@ impl DataPlane {
                 (_, None) => true,
                 (None, Some(_)) => false,
             };
-            let flags_changed =
-                old_facts.is_none_or(|(_, _, _, hash)| hash != spec.hash_source_only);
+            let flags_changed = old_facts
+                .is_none_or(|(_, _, _, flags)| flags != (spec.hash_source_only, spec.icmp_echo));
             let old = old_facts;
             let vip_id = match old {
                 Some((vip_id, ..)) => vip_id,
@@ -711,8 +721,11 @@ impl DataPlane {
             }
             let is_new = old.is_none();
             self.vips.insert(*vip, state);
-            if is_new {
+            if is_new || flags_changed {
+                // The address's echo flag follows its VIPs' settings.
                 self.write_vip_address_count(vip.addr)?;
+            }
+            if is_new {
                 report.vips_added.push(*vip);
             }
             if ring_changed {
@@ -725,12 +738,21 @@ impl DataPlane {
     }
 
     /// Writes what the data path knows of the VIP address `addr`: how many
-    /// VIPs use it (`VIP_ADDRS`) and its word of the address filter,
-    /// recomputed from every VIP address.
+    /// VIPs use it and whether it answers echo requests, which it does when
+    /// any of them allows it (`VIP_ADDRS`), and its word of the address
+    /// filter, recomputed from every VIP address.
     fn write_vip_address_count(&mut self, addr: Ipv4Addr) -> Result<()> {
-        let count = self.vips.keys().filter(|v| v.addr == addr).count() as u32;
+        let on_addr = || self.vips.iter().filter(|(v, _)| v.addr == addr);
+        let info = VipAddrInfo {
+            vips: on_addr().count() as u16,
+            flags: if on_addr().any(|(_, s)| s.spec.icmp_echo) {
+                VIP_ADDR_F_ICMP_ECHO
+            } else {
+                0
+            },
+        };
         self.maps
-            .set_vip_address_count(ipv4_to_wire(addr.octets()), count)?;
+            .set_vip_address(ipv4_to_wire(addr.octets()), info)?;
         let (word, _) = vip_filter_position(ipv4_to_wire(addr.octets()));
         let bits = self
             .vips
@@ -944,6 +966,7 @@ mod tests {
             },
             table_size: 65537,
             hash_source_only: false,
+            icmp_echo: true,
             backends: backends
                 .iter()
                 .map(|&(last, weight)| BackendSpec {
