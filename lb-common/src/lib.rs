@@ -14,6 +14,7 @@ pub use hash::{flow_hash, jhash_3words, FLOW_HASH_SEED};
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_ICMP: u8 = 1;
 
 /// Size of the outer IPv4 header that IP-in-IP encapsulation adds.
 pub const IPIP_OVERHEAD: u16 = 20;
@@ -59,9 +60,10 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub mod names {
     /// `VipKey` → `VipMeta`. Written by the agent, read by `balancer`.
     pub const VIPS: &str = "VIPS";
-    /// VIP address (`u32`, wire order) → number of VIP entries on it.
-    /// Written by the agent, read by `balancer` only for packets it cannot
-    /// classify by port (IPv4 fragments).
+    /// VIP address (`u32`, wire order) → `VipAddrInfo` (how many VIP
+    /// entries use it, and the address's `VIP_ADDR_F_*` flags). Written by
+    /// the agent, read by `balancer` only for packets it cannot classify by
+    /// port (IPv4 fragments, ICMP).
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// VIP address filter: word → 64 bits, a bit set for every position a
     /// VIP address hashes to (`vip_filter_position`). Written by the agent,
@@ -113,6 +115,29 @@ pub struct VipKey {
 /// every connection of one client reaches the same backend (source-IP
 /// affinity). Set by the agent from the VIP's config; read by `balancer`.
 pub const VIP_F_HASH_NO_SRC_PORT: u32 = 1 << 0;
+
+/// Answer ICMP echo requests to this VIP's address in the data path
+/// (`"icmp_echo"`, on by default). Kept in `VipMeta` so a restarted agent
+/// reads the setting back; what the data path consults per packet is the
+/// address's `VIP_ADDR_F_ICMP_ECHO`.
+pub const VIP_F_ICMP_ECHO: u32 = 1 << 1;
+
+/// `VipAddrInfo::flags`: answer echo requests to this address. The agent
+/// sets it when *any* VIP on the address has `VIP_F_ICMP_ECHO`: an echo
+/// request carries no port, so it cannot be told apart per VIP, and one
+/// service that wants to be pingable makes the address pingable.
+pub const VIP_ADDR_F_ICMP_ECHO: u16 = 1 << 0;
+
+/// Value of the `VIP_ADDRS` map: what the data path knows of a VIP address
+/// without a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddrInfo {
+    /// Number of VIPs (address, port, protocol) on the address.
+    pub vips: u16,
+    /// `VIP_ADDR_F_*` bits.
+    pub flags: u16,
+}
 
 /// Value of the VIP map. The agent replaces the whole value in one map
 /// update, which is how a new ring becomes visible atomically.
@@ -194,7 +219,11 @@ pub struct BackendStats {
 /// Global counters of `balancer` (per CPU, index 0). Userspace also sends
 /// them, summed over CPUs, in the control protocol's `stats` response. Every packet is counted
 /// in exactly one of the verdict counters (`passed`, `malformed`, `drop_*`,
-/// `encap_errors`, `fib_failures`, `fib_no_neigh`, `tx`, `redirected`).
+/// `encap_errors`, `fib_failures`, `fib_no_neigh`, `tx`, `redirected`,
+/// `icmp_echo_replies`, `icmp_frag_needed_sent`, `icmp_rate_limited`); the
+/// events (`flow_*`, `icmp_errors_forwarded`) count something that
+/// happened to a packet on its way to its verdict
+/// ([`GlobalStats::is_verdict`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -233,16 +262,30 @@ pub struct GlobalStats {
     pub tx: u64,
     /// Encapsulated and redirected to another interface.
     pub redirected: u64,
+    /// ICMP echo requests to a VIP address answered by the balancer
+    /// (XDP_TX of the reply).
+    pub icmp_echo_replies: u64,
+    /// Too big for the egress MTU once encapsulated, with DF set: answered
+    /// with an ICMP "fragmentation needed" to the client (XDP_TX).
+    pub icmp_frag_needed_sent: u64,
+    /// Would have been answered with "fragmentation needed", but this
+    /// CPU's ICMP token bucket was empty: dropped.
+    pub icmp_rate_limited: u64,
+    /// Event: ICMP errors quoting a packet sent from a VIP, encapsulated
+    /// to the backend that owns the quoted flow (the packet's verdict is
+    /// `tx`, `redirected`, `fib_no_neigh` or a drop like any VIP packet's).
+    pub icmp_errors_forwarded: u64,
 }
 
 /// Number of counters in [`GlobalStats`].
-pub const GLOBAL_COUNTERS: usize = 14;
+pub const GLOBAL_COUNTERS: usize = 18;
 const _: () = assert!(core::mem::size_of::<GlobalStats>() == GLOBAL_COUNTERS * 8);
 
 impl GlobalStats {
     /// The counters' names, in field order (what userspace prints). Those
-    /// named `flow_*` count connection-table events; the others are the
-    /// verdicts (the agent's `/metrics` relies on this naming).
+    /// named `flow_*` count connection-table events, `icmp_errors_forwarded`
+    /// is an event too; the others are the verdicts (see [`Self::is_verdict`],
+    /// which the agent's `/metrics` relies on).
     pub const NAMES: [&'static str; GLOBAL_COUNTERS] = [
         "passed",
         "malformed",
@@ -258,7 +301,17 @@ impl GlobalStats {
         "fib_no_neigh",
         "tx",
         "redirected",
+        "icmp_echo_replies",
+        "icmp_frag_needed_sent",
+        "icmp_rate_limited",
+        "icmp_errors_forwarded",
     ];
+
+    /// Whether the counter named `name` is a verdict (every packet has
+    /// exactly one) rather than an event.
+    pub fn is_verdict(name: &str) -> bool {
+        !name.starts_with("flow_") && name != "icmp_errors_forwarded"
+    }
 
     /// The counters in field order.
     pub fn values(&self) -> [u64; GLOBAL_COUNTERS] {
@@ -312,6 +365,29 @@ pub struct DataPathConfig {
     pub static_dst_mac: [u8; 6],
     /// Static mode: largest outer IPv4 packet the link carries.
     pub static_mtu: u32,
+    /// ICMP "fragmentation needed" messages each CPU may send per second
+    /// (a token bucket refilled at this rate); 0 sends none.
+    pub icmp_rate: u32,
+    /// Size of that bucket: messages a CPU may send at once after a quiet
+    /// spell.
+    pub icmp_burst: u32,
+}
+
+/// Default of `DataPathConfig::icmp_rate` (per CPU and second).
+pub const DEFAULT_ICMP_RATE: u32 = 100;
+/// Default of `DataPathConfig::icmp_burst`.
+pub const DEFAULT_ICMP_BURST: u32 = 50;
+
+/// A CPU's ICMP token bucket (the `ICMP_RATE` per-CPU array of `balancer`,
+/// not pinned: a restarted data path starts with a full bucket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IcmpBucket {
+    /// Credit in nanoseconds: a message costs 1e9 / `icmp_rate`, the
+    /// bucket holds at most `icmp_burst` messages' worth.
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
 }
 
 /// Converts an address to the representation used in maps and packets.
@@ -345,6 +421,8 @@ mod pod {
     // no implicit padding (explicit `_pad` fields fill every gap).
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipAddrInfo {}
+    unsafe impl aya::Pod for IcmpBucket {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowPin {}
@@ -374,13 +452,34 @@ mod tests {
             fib_no_neigh: 12,
             tx: 13,
             redirected: 14,
+            icmp_echo_replies: 15,
+            icmp_frag_needed_sent: 16,
+            icmp_rate_limited: 17,
+            icmp_errors_forwarded: 18,
         };
-        assert_eq!(s.values(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+        assert_eq!(
+            s.values(),
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+        );
         let names = super::GlobalStats::NAMES;
         assert_eq!(
             (names[0], names[2], names[12], names[13]),
             ("passed", "flow_hits", "tx", "redirected")
         );
-        assert_eq!(s.sum(&s).values()[13], 28);
+        assert_eq!(
+            (names[14], names[15], names[16], names[17]),
+            (
+                "icmp_echo_replies",
+                "icmp_frag_needed_sent",
+                "icmp_rate_limited",
+                "icmp_errors_forwarded"
+            )
+        );
+        assert_eq!(s.sum(&s).values()[17], 36);
+        let verdicts: usize = names
+            .iter()
+            .filter(|n| super::GlobalStats::is_verdict(n))
+            .count();
+        assert_eq!(verdicts, super::GLOBAL_COUNTERS - 5);
     }
 }

@@ -1,6 +1,9 @@
 //! The `balancer` program, top to bottom:
 //! parse → classify (address filter) → connection table → VIP and ring for
-//! new flows → next hop → encapsulate → verdict.
+//! new flows → next hop → encapsulate → verdict. ICMP branches off after
+//! the parse (`icmp`), and comes back to the one [`forward`] for errors
+//! about a VIP flow; a DF packet too big for the tunnel turns into an ICMP
+//! "fragmentation needed" in [`forward`].
 //!
 //! Drops are logged with aya-log at debug level only: the agent compiles
 //! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
@@ -13,13 +16,38 @@ use aya_log_ebpf::debug;
 use lb_common::{GlobalStats, IPIP_OVERHEAD};
 
 use crate::{
-    classify, encap,
+    classify, encap, icmp,
     maps::CONFIG,
-    parse::{self, Parsed},
-    select::{self, Pinned},
+    parse::{self, Ipv4Flow, Parsed, L2},
+    select::{self, Pinned, Selected},
     stats,
     transmit::{self, NextHop},
 };
+
+/// A packet on its way to a backend: what [`forward`] needs.
+pub struct Outbound {
+    pub l2: L2,
+    /// IP total length (host order) of the packet to encapsulate.
+    pub tot_len: u16,
+    /// Its TOS, inherited by the outer header.
+    pub tos: u8,
+    pub selected: Selected,
+    /// The VIP whose counters the packet moves.
+    pub vip_id: u32,
+    pub on_too_big: OnTooBig,
+}
+
+/// What to do with a packet that would exceed the egress MTU once
+/// encapsulated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnTooBig {
+    /// Drop it (`drop_too_big`): no DF (the sender allows fragments, which
+    /// the tunnel cannot make: its outer header carries DF and XDP sends
+    /// one frame), or an ICMP error (never answered with ICMP).
+    Drop,
+    /// Answer with ICMP "fragmentation needed" (rate limited).
+    FragNeeded,
+}
 
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
@@ -31,8 +59,17 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
-    let pkt = match parse::parse(ctx) {
-        Parsed::Flow(pkt) => pkt,
+    let out = match parse::parse(ctx) {
+        Parsed::Flow(pkt) => match vip_packet(ctx, &pkt, stats) {
+            Ok(out) => out,
+            Err(action) => return action,
+        },
+        // An ICMP error about a VIP flow joins the VIP packets at the one
+        // call of `forward`: a single copy of the tail in the program.
+        Parsed::Icmp(pkt) => match icmp::icmpv4(ctx, &pkt, stats) {
+            Ok(out) => out,
+            Err(action) => return action,
+        },
         Parsed::Other => return pass(&mut stats.passed),
         Parsed::Malformed => return pass(&mut stats.malformed),
         Parsed::Fragment { dst_addr } => {
@@ -42,10 +79,15 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             return pass(&mut stats.passed);
         }
     };
+    forward(ctx, stats, &out)
+}
 
+/// A TCP or UDP packet: its backend if it is for a VIP, else the verdict.
+#[inline(always)]
+fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Result<Outbound, u32> {
     // Most packets on a NIC are for no VIP: one array read tells.
     if !classify::maybe_vip_address(pkt.flow.dst_addr) {
-        return pass(&mut stats.passed);
+        return Err(pass(&mut stats.passed));
     }
     // An established flow needs only the connection table; a SYN opens a
     // new connection and always goes by the ring, so a reused tuple never
@@ -63,7 +105,7 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
         Pinned::Stale | Pinned::Miss => {
             let Some(vip) = classify::lookup_vip(&pkt.flow) else {
-                return pass(&mut stats.passed);
+                return Err(pass(&mut stats.passed));
             };
             if matches!(pinned, Pinned::Stale) {
                 stats.flow_reselected += 1;
@@ -74,20 +116,46 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
                     ctx,
                     "VIP {}: no backend takes new flows, dropped", vip.vip_id
                 );
-                return drop(&mut stats.drop_no_backend);
+                return Err(drop(&mut stats.drop_no_backend));
             };
             (selected, vip.vip_id)
         }
     };
+    Ok(Outbound {
+        l2: pkt.l2,
+        tot_len: pkt.tot_len,
+        tos: pkt.tos,
+        selected,
+        vip_id,
+        on_too_big: if pkt.df {
+            OnTooBig::FragNeeded
+        } else {
+            OnTooBig::Drop
+        },
+    })
+}
+
+/// Encapsulates the packet to its selected backend and sends it on: the
+/// tail shared by VIP packets and the ICMP errors about VIP flows.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32 {
+    let Outbound {
+        l2,
+        tot_len,
+        tos,
+        ref selected,
+        vip_id,
+        on_too_big,
+    } = *out;
     // The client's frame ends with its IP packet; anything after that is
     // padding or a trailer, trimmed before encapsulation and not counted.
-    let frame_len = pkt.l2.header_len() + pkt.tot_len as usize;
+    let frame_len = l2.header_len() + tot_len as usize;
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;
     // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
-    let Some(outer_len) = pkt.tot_len.checked_add(IPIP_OVERHEAD) else {
+    let Some(outer_len) = tot_len.checked_add(IPIP_OVERHEAD) else {
         return drop(&mut stats.drop_too_big);
     };
     let next_hop = transmit::next_hop(
@@ -96,7 +164,7 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         config.lb_source_addr,
         outer_dst,
         outer_len,
-        pkt.tos,
+        tos,
     );
     let (action, macs) = match next_hop {
         NextHop::Out {
@@ -105,7 +173,10 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
             dst_mac,
         } => (action, Some((src_mac, dst_mac))),
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
-        NextHop::TooBig => {
+        NextHop::TooBig { mtu } => {
+            if on_too_big == OnTooBig::FragNeeded {
+                return icmp::frag_needed(ctx, l2, mtu, stats);
+            }
             debug!(
                 ctx,
                 "{} bytes to {:i}: over the MTU once encapsulated, dropped",
@@ -124,9 +195,8 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         }
     };
 
-    let outer = encap::outer_ipv4_header(pkt.tos, outer_len, config.lb_source_addr, outer_dst);
-    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, pkt.l2, &outer).is_err()
-    {
+    let outer = encap::outer_ipv4_header(tos, outer_len, config.lb_source_addr, outer_dst);
+    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, l2, &outer).is_err() {
         debug!(
             ctx,
             "encapsulation towards {:i} failed, dropped",
@@ -162,13 +232,13 @@ fn wire_ip(addr: u32) -> Ipv4Addr {
 }
 
 #[inline(always)]
-fn pass(counter: &mut u64) -> u32 {
+pub fn pass(counter: &mut u64) -> u32 {
     *counter += 1;
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn drop(counter: &mut u64) -> u32 {
+pub fn drop(counter: &mut u64) -> u32 {
     *counter += 1;
     xdp_action::XDP_DROP
 }

@@ -1,6 +1,6 @@
 //! Is this packet for a virtual service?
 
-use lb_common::{vip_filter_position, FlowKey, VipKey, VipMeta};
+use lb_common::{vip_filter_position, FlowKey, VipAddrInfo, VipKey, VipMeta};
 
 use crate::maps::{VIPS, VIP_ADDRS, VIP_FILTER};
 
@@ -33,4 +33,10 @@ pub fn lookup_vip(flow: &FlowKey) -> Option<VipMeta> {
 #[inline(always)]
 pub fn is_vip_address(addr: u32) -> bool {
     VIP_ADDRS.get_ptr(addr).is_some()
+}
+
+/// What the agent says about a VIP address (ICMP: no port to look up by).
+#[inline(always)]
+pub fn vip_address(addr: u32) -> Option<VipAddrInfo> {
+    unsafe { VIP_ADDRS.get(addr) }.copied()
 }

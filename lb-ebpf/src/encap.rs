@@ -26,14 +26,22 @@ pub struct EncapError;
 /// `dst`, with the client packet's TOS (DSCP and ECN, RFC 6040).
 #[inline(always)]
 pub fn outer_ipv4_header(tos: u8, tot_len: u16, src: u32, dst: u32) -> Ipv4Hdr {
+    ipv4_header(tos, tot_len, OUTER_TTL, IPPROTO_IPIP, src, dst)
+}
+
+/// A 20-byte IPv4 header with DF and id 0 (an atomic datagram, RFC 6864),
+/// checksum included: what the balancer originates, outer headers and
+/// ICMP errors alike. Addresses in wire order.
+#[inline(always)]
+pub fn ipv4_header(tos: u8, tot_len: u16, ttl: u8, proto: u8, src: u32, dst: u32) -> Ipv4Hdr {
     let mut hdr = Ipv4Hdr {
         vihl: 0x45,
         tos,
         tot_len: tot_len.to_be_bytes(),
         id: [0; 2],
         frags: IP_DF.to_be_bytes(),
-        ttl: OUTER_TTL,
-        proto: IPPROTO_IPIP,
+        ttl,
+        proto,
         check: [0; 2],
         src_addr: src.to_ne_bytes(),
         dst_addr: dst.to_ne_bytes(),

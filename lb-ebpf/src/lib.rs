@@ -2,7 +2,8 @@
 //!
 //! `balancer` reads top to bottom in [`balancer::balance`]:
 //! [`parse`] → [`classify`] → [`select`] → [`transmit`] (next hop) →
-//! [`encap`] → verdict. [`decap`] is the backends' half. Maps live in
+//! [`encap`] → verdict, with [`icmp`] for echo, "fragmentation needed"
+//! and ICMP errors about VIP flows. [`decap`] is the backends' half. Maps live in
 //! [`maps`], counters in [`stats`], checksum arithmetic in [`csum`].
 #![no_std]
 
@@ -15,6 +16,8 @@ pub mod csum;
 pub mod decap;
 #[cfg(feature = "balancer")]
 pub mod encap;
+#[cfg(feature = "balancer")]
+pub mod icmp;
 #[cfg(feature = "balancer")]
 pub mod maps;
 pub mod parse;

@@ -8,19 +8,21 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats, RingEntry, VipKey,
-    VipMeta, VipStats, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS,
-    RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
+    Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats, IcmpBucket, RingEntry,
+    VipAddrInfo, VipKey, VipMeta, VipStats, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST,
+    DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY,
+    VIP_FILTER_WORDS,
 };
 
 /// Virtual services. Written by the agent, read per packet.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// VIP addresses (wire order) → number of VIPs on the address. Written by
-/// the agent; read only for fragments, which carry no port.
+/// VIP addresses (wire order) → number of VIPs on the address and its
+/// flags. Written by the agent; read only for fragments and ICMP, which
+/// carry no port.
 #[map]
-pub static VIP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIP_ADDRS: HashMap<u32, VipAddrInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// VIP address filter (see `lb_common::names::VIP_FILTER`). Written by the
 /// agent, read per packet before any hash-map lookup.
@@ -63,6 +65,11 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Each CPU's ICMP token bucket (index 0). Written and read by `balancer`
+/// only; not pinned: a new program starts with full buckets.
+#[map]
+pub static ICMP_RATE: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);
+
 /// Load-time configuration, set by the agent before the program is loaded.
 #[no_mangle]
 pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {
@@ -71,4 +78,6 @@ pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {
     static_src_mac: [0; 6],
     static_dst_mac: [0; 6],
     static_mtu: 1500,
+    icmp_rate: DEFAULT_ICMP_RATE,
+    icmp_burst: DEFAULT_ICMP_BURST,
 });

@@ -5,7 +5,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -19,8 +19,8 @@ pub const VLAN_LEN: usize = size_of::<VlanHdr>();
 pub const IPV4_MIN_LEN: usize = size_of::<Ipv4Hdr>();
 
 /// "More fragments" flag and fragment offset, in host order.
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET_MASK: u16 = 0x1fff;
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
@@ -63,6 +63,27 @@ pub struct Ipv4Flow {
     /// TOS (DSCP and ECN) of the packet, inherited by the outer header.
     pub tos: u8,
     pub tcp_syn: bool,
+    /// The client set DF: it wants "fragmentation needed" rather than
+    /// fragments (RFC 1191).
+    pub df: bool,
+}
+
+/// An ICMP message over IPv4 (any type; `icmp` sorts them out). The
+/// lengths are checked as for TCP and UDP, and the 8-byte ICMP header is
+/// inside both the frame and the IP total length.
+pub struct Ipv4Icmp {
+    pub l2: L2,
+    /// IPv4 header length in bytes (20..=60).
+    pub ihl: usize,
+    /// IPv4 total length (host order), at least `ihl + 8`, within the frame.
+    pub tot_len: u16,
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub tos: u8,
+    /// A fragment (first or later): no complete ICMP message to act on.
+    pub fragment: bool,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 pub enum Parsed {
@@ -76,6 +97,9 @@ pub enum Parsed {
         dst_addr: u32,
     },
     Flow(Ipv4Flow),
+    /// ICMP over IPv4 (reached only after the TCP/UDP compare failed, so
+    /// TCP and UDP pay nothing for it).
+    Icmp(Ipv4Icmp),
 }
 
 /// Finds the L3 ethertype, skipping one 802.1Q tag.
@@ -108,6 +132,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
     let proto = ip.proto;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        if proto == IPPROTO_ICMP {
+            return parse_icmp(ctx, l2, ip);
+        }
         return Parsed::Other;
     }
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
@@ -163,5 +190,34 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         tot_len,
         tos: ip.tos,
         tcp_syn,
+        df: frags & IP_DF != 0,
+    })
+}
+
+/// The rest of [`parse`] for protocol 1.
+#[inline(always)]
+fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr) -> Parsed {
+    let l3 = l2.header_len();
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let frame_l3_len = ctx.data_end() - ctx.data() - l3;
+    if ihl < IPV4_MIN_LEN || (tot_len as usize) < ihl + 8 || tot_len as usize > frame_l3_len {
+        return Parsed::Malformed;
+    }
+    let Some(icmp) = ptr_at::<[u8; 2]>(ctx, l3 + ihl) else {
+        return Parsed::Malformed;
+    };
+    let [icmp_type, icmp_code] = unsafe { *icmp };
+    let frags = u16::from_be_bytes(ip.frags);
+    Parsed::Icmp(Ipv4Icmp {
+        l2,
+        ihl,
+        tot_len,
+        src_addr: u32::from_ne_bytes(ip.src_addr),
+        dst_addr: u32::from_ne_bytes(ip.dst_addr),
+        tos: ip.tos,
+        fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+        icmp_type,
+        icmp_code,
     })
 }

@@ -52,6 +52,22 @@ pub fn pinned(flow: &FlowKey) -> Pinned {
 /// flow to it. `None`: the VIP has no backend for new flows.
 #[inline(always)]
 pub fn from_ring(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Option<Selected> {
+    let selected = ring_choice(flow, vip)?;
+    let pin = FlowPin {
+        backend_id: selected.backend_id,
+        generation: selected.backend.generation,
+    };
+    if FLOWS.insert(flow, pin, 0).is_err() {
+        stats.flow_pin_errors += 1;
+    }
+    Some(selected)
+}
+
+/// The ring's backend for a flow, without pinning it (an ICMP error about
+/// a flow must not create one). `None`: the VIP has no backend for new
+/// flows.
+#[inline(always)]
+pub fn ring_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     let src_port = if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 {
         0
     } else {
@@ -76,13 +92,6 @@ pub fn from_ring(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Opti
     let backend = *BACKENDS.get(backend_id)?;
     if backend.flags & BACKEND_F_ACTIVE == 0 {
         return None;
-    }
-    let pin = FlowPin {
-        backend_id,
-        generation: backend.generation,
-    };
-    if FLOWS.insert(flow, pin, 0).is_err() {
-        stats.flow_pin_errors += 1;
     }
     Some(Selected {
         backend_id,

@@ -25,8 +25,9 @@ pub enum NextHop {
     /// The route is known but not the neighbour's MAC: let the kernel
     /// forward this packet (it resolves the neighbour on the way).
     Kernel,
-    /// The outer packet exceeds the egress MTU.
-    TooBig,
+    /// The outer packet exceeds the egress MTU, `mtu` (the static MTU, or
+    /// the route's as `bpf_fib_lookup` reports it).
+    TooBig { mtu: u32 },
     /// No usable route.
     Unreachable,
 }
@@ -56,7 +57,9 @@ pub fn next_hop(
 ) -> NextHop {
     if config.next_hop_mode == NEXT_HOP_STATIC {
         if outer_len as u32 > config.static_mtu {
-            return NextHop::TooBig;
+            return NextHop::TooBig {
+                mtu: config.static_mtu,
+            };
         }
         return NextHop::Out {
             action: xdp_action::XDP_TX,
@@ -102,7 +105,10 @@ pub fn next_hop(
             }
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::Kernel,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig,
+        // The kernel writes the MTU it checked against over `tot_len`.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig {
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result } as u32,
+        },
         _ => NextHop::Unreachable,
     }
 }

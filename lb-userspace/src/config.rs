@@ -5,7 +5,10 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lb_common::{ipv4_to_wire, DataPathConfig, NEXT_HOP_FIB, NEXT_HOP_STATIC};
+use lb_common::{
+    ipv4_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, NEXT_HOP_FIB,
+    NEXT_HOP_STATIC,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -16,21 +19,13 @@ use crate::{
     maglev::DEFAULT_TABLE_SIZE,
 };
 
+// Types the layers below config own (config reads them, they never read
+// config): the XDP attach mode (loader) and MAC syntax (host).
+pub use crate::{host::parse_mac, loader::XdpModeSetting};
+
 /// Largest accepted backend weight: weights are relative, and a bound keeps
 /// a typo (an extra zero or three) from starving every other backend.
 pub const MAX_WEIGHT: u32 = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeSetting {
-    /// Driver (native) mode, falling back to generic mode with a warning.
-    #[default]
-    Auto,
-    /// Driver (native) mode only: fails where the driver has no XDP.
-    Native,
-    /// Generic (SKB) mode: works on any interface, slower.
-    Generic,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -80,9 +75,51 @@ pub struct Config {
     /// Where the data path is pinned (default `/sys/fs/bpf/lb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_root: Option<std::path::PathBuf>,
+    /// ICMP messages the data path sends itself.
+    #[serde(default, skip_serializing_if = "IcmpConfig::is_default")]
+    pub icmp: IcmpConfig,
     #[serde(default)]
     pub vips: Vec<VipConfig>,
 }
+
+/// `icmp`: the rate limit of the "fragmentation needed" messages the data
+/// path sends to clients (a token bucket per CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpConfig {
+    /// Messages per second and CPU (0: send none, drop as before).
+    #[serde(default = "default_icmp_rate")]
+    pub rate_per_cpu: u32,
+    /// Messages a CPU may send at once after a quiet spell (1 or more).
+    #[serde(default = "default_icmp_burst")]
+    pub burst: u32,
+}
+
+impl Default for IcmpConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_cpu: DEFAULT_ICMP_RATE,
+            burst: DEFAULT_ICMP_BURST,
+        }
+    }
+}
+
+impl IcmpConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_icmp_rate() -> u32 {
+    DEFAULT_ICMP_RATE
+}
+
+fn default_icmp_burst() -> u32 {
+    DEFAULT_ICMP_BURST
+}
+
+/// Largest accepted `icmp.rate_per_cpu` (one message per microsecond).
+pub const MAX_ICMP_RATE: u32 = 1_000_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +172,10 @@ pub struct VipConfig {
     /// Hash on the client's address only: all its connections reach one backend.
     #[serde(default)]
     pub hash_source_only: bool,
+    /// The balancer answers ICMP echo requests to the VIP's address (an
+    /// address answers when any of its VIPs allows it). Default true.
+    #[serde(default = "default_true")]
+    pub icmp_echo: bool,
     /// Health check of the VIP's backends (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
@@ -375,6 +416,15 @@ impl Config {
         if let Some(addr) = self.metrics.listen {
             validate_metrics_listen(addr)?;
         }
+        if self.icmp.rate_per_cpu > MAX_ICMP_RATE {
+            bail!(
+                "icmp.rate_per_cpu: {} is above the maximum {MAX_ICMP_RATE}",
+                self.icmp.rate_per_cpu
+            );
+        }
+        if !(1..=10_000).contains(&self.icmp.burst) {
+            bail!("icmp.burst: {} is outside 1..=10000", self.icmp.burst);
+        }
         let pool = self
             .balancer_options(DataPathConfig::default())
             .ring_pool_slots;
@@ -391,6 +441,8 @@ impl Config {
             static_src_mac: [0; 6],
             static_dst_mac: [0; 6],
             static_mtu: 0,
+            icmp_rate: self.icmp.rate_per_cpu,
+            icmp_burst: self.icmp.burst,
         };
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             config.next_hop_mode = NEXT_HOP_STATIC;
@@ -492,6 +544,7 @@ pub fn effective_specs(
                 vip: v.vip(),
                 table_size: v.table_size,
                 hash_source_only: v.hash_source_only,
+                icmp_echo: v.icmp_echo,
                 backends: v
                     .backends
                     .iter()
@@ -543,23 +596,6 @@ impl VipConfig {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = text.split(':').collect();
-    if parts.len() != 6 {
-        bail!("{text:?} is not a MAC address (six hex bytes separated by ':')");
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 {
-            bail!("{text:?} is not a MAC address");
-        }
-        *byte =
-            u8::from_str_radix(part, 16).map_err(|_| anyhow!("{text:?} is not a MAC address"))?;
-    }
-    Ok(mac)
-}
-
 /// Removes `//` comments outside strings, keeping line structure so error
 /// positions still match the file.
 fn strip_comments(text: &str) -> String {
@@ -604,6 +640,35 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).expect_err("must be rejected"))
+    }
+
+    #[test]
+    fn icmp_settings_default_and_are_checked() {
+        let config = Config::parse(GOOD).expect("valid");
+        assert!(config.vips[0].icmp_echo, "echo is on by default");
+        assert_eq!(config.icmp, IcmpConfig::default());
+        let dp = config.data_path_config([0; 6]).expect("data path config");
+        assert_eq!(
+            (dp.icmp_rate, dp.icmp_burst),
+            (DEFAULT_ICMP_RATE, DEFAULT_ICMP_BURST)
+        );
+        let with =
+            |extra: &str| GOOD.replacen("\"interface\"", &format!("{extra}, \"interface\""), 1);
+        let config = Config::parse(&with(r#""icmp": {"rate_per_cpu": 0}"#)).expect("rate 0 is off");
+        assert_eq!(
+            config.data_path_config([0; 6]).expect("config").icmp_rate,
+            0
+        );
+        assert!(err(&with(r#""icmp": {"rate_per_cpu": 2000000}"#)).contains("icmp.rate_per_cpu"));
+        assert!(err(&with(r#""icmp": {"burst": 0}"#)).contains("icmp.burst"));
+        assert!(err(&with(r#""icmp": {"rate": 5}"#)).contains("unknown field"));
+        let off = GOOD.replace(
+            "\"protocol\": \"tcp\",",
+            "\"protocol\": \"tcp\", \"icmp_echo\": false,",
+        );
+        let config = Config::parse(&off).expect("valid");
+        assert!(!config.vips[0].icmp_echo);
+        assert!(!vip_specs(&config.vips)[0].icmp_echo);
     }
 
     #[test]

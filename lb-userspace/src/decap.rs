@@ -18,8 +18,8 @@ use lb_common::{ipv4_from_wire, ipv4_to_wire, names, DecapStats, MAX_DECAP_ADDRS
 use serde::Serialize;
 
 use crate::{
-    config::XdpModeSetting,
     loader,
+    loader::XdpModeSetting,
     pins::{PinnedMaps, Pins},
 };
 

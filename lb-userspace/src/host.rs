@@ -4,8 +4,6 @@ use std::ffi::CString;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::config::parse_mac;
-
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const MAX_INTERFACE_NAME: usize = 15;
 
@@ -165,6 +163,23 @@ pub fn prepare_fib_next_hop(interface: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        bail!("{text:?} is not a MAC address (six hex bytes separated by ':')");
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            bail!("{text:?} is not a MAC address");
+        }
+        *byte =
+            u8::from_str_radix(part, 16).map_err(|_| anyhow!("{text:?} is not a MAC address"))?;
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]

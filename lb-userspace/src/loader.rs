@@ -15,7 +15,9 @@ use lb_common::{
 
 use std::path::PathBuf;
 
-use crate::{config::XdpModeSetting, objects};
+use serde::{Deserialize, Serialize};
+
+use crate::objects;
 
 /// Everything fixed when `balancer` is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +141,20 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .program_mut(name)
         .with_context(|| format!("the object has no program {name}"))?
         .try_into()?)
+}
+
+/// How the XDP program is attached: chosen in the config file or on the
+/// command line, used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver (native) mode, falling back to generic mode with a warning.
+    #[default]
+    Auto,
+    /// Driver (native) mode only: fails where the driver has no XDP.
+    Native,
+    /// Generic (SKB) mode: works on any interface, slower.
+    Generic,
 }
 
 /// Attaches an XDP program to `interface` in the configured mode; `Auto`

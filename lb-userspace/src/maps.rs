@@ -9,14 +9,14 @@ use aya::{
 
 use crate::batch::{self, BatchMap};
 use lb_common::{
-    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, VipKey, VipMeta, VipStats,
-    RING_SLOTS_PER_ENTRY,
+    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, VipAddrInfo, VipKey, VipMeta,
+    VipStats, RING_SLOTS_PER_ENTRY,
 };
 
 /// The balancer's maps, taken out of a loaded [`Ebpf`].
 pub struct BalancerMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
-    vip_addrs: HashMap<MapData, u32, u32>,
+    vip_addrs: HashMap<MapData, u32, VipAddrInfo>,
     vip_filter: Array<MapData, u64>,
     rings: RingPool,
     backends: Array<MapData, Backend>,
@@ -239,14 +239,24 @@ impl BalancerMaps {
             .with_context(|| format!("removing VIP {key:?}"))
     }
 
-    /// Records how many VIPs live on `addr` (0 removes the address).
-    pub fn set_vip_address_count(&mut self, addr: u32, count: u32) -> Result<()> {
-        if count == 0 {
+    /// Records how many VIPs live on `addr` and the address's flags (no
+    /// VIPs removes the address).
+    pub fn set_vip_address(&mut self, addr: u32, info: VipAddrInfo) -> Result<()> {
+        if info.vips == 0 {
             self.vip_addrs.remove(&addr).context("removing VIP address")
         } else {
             self.vip_addrs
-                .insert(addr, count, 0)
+                .insert(addr, info, 0)
                 .context("writing VIP address")
+        }
+    }
+
+    /// What the data path knows of VIP address `addr` (wire order).
+    pub fn vip_address(&self, addr: u32) -> Result<Option<VipAddrInfo>> {
+        match self.vip_addrs.get(&addr, 0) {
+            Ok(info) => Ok(Some(info)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading VIP address"),
         }
     }
 

@@ -222,13 +222,24 @@ pub fn encode(
         "Connection-table events of VIP packets (hits, misses, reselected, pin_errors)",
         None,
     );
+    let icmp_events = counter_family(
+        &mut registry,
+        "icmp_events",
+        "ICMP events of the XDP balancer that are not verdicts (errors_forwarded: ICMP errors sent to the backend of the quoted flow)",
+        None,
+    );
     let global = &snapshot.stats.global;
     for (name, value) in GlobalStats::NAMES.iter().zip(global.values()) {
-        // `flow_*` count connection-table events; every other counter is a
-        // verdict, and each packet has exactly one (see GlobalStats).
-        match name.strip_prefix("flow_") {
-            Some(event) => events.get_or_create(&vec![("event", event.to_string())]),
-            None => packets.get_or_create(&vec![("verdict", name.to_string())]),
+        // Each packet has exactly one verdict; `flow_*` count
+        // connection-table events, the other events are ICMP's (see
+        // GlobalStats::is_verdict).
+        let label = |key: &'static str, value: &str| vec![(key, value.to_string())];
+        if GlobalStats::is_verdict(name) {
+            packets.get_or_create(&label("verdict", name))
+        } else if let Some(event) = name.strip_prefix("flow_") {
+            events.get_or_create(&label("event", event))
+        } else {
+            icmp_events.get_or_create(&label("event", name.strip_prefix("icmp_").unwrap_or(name)))
         }
         .inc_by(value);
     }
@@ -556,6 +567,7 @@ mod tests {
                 vip: vip(),
                 table_size: 65537,
                 hash_source_only: false,
+                icmp_echo: true,
                 health_check: None,
                 fail_open: true,
                 failing_open: false,
@@ -624,7 +636,11 @@ mod tests {
         // Every verdict and event counter appears once.
         let global = samples
             .iter()
-            .filter(|l| l.starts_with("lb_packets_total") || l.starts_with("lb_flow_events_total"))
+            .filter(|l| {
+                l.starts_with("lb_packets_total")
+                    || l.starts_with("lb_flow_events_total")
+                    || l.starts_with("lb_icmp_events_total")
+            })
             .count();
         assert_eq!(global, GlobalStats::NAMES.len());
     }

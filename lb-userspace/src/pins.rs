@@ -26,11 +26,11 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, RingEntry, VipKey, VipMeta,
-    VipStats, RING_SLOTS_PER_ENTRY,
+    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, RingEntry, VipAddrInfo, VipKey,
+    VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
 };
 
-use crate::{config::XdpModeSetting, loader};
+use crate::loader::{self, XdpModeSetting};
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
 
@@ -52,7 +52,7 @@ pub const BALANCER_MAPS: PinnedMaps = PinnedMaps {
 
 const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
     (names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>()),
-    (names::VIP_ADDRS, size_of::<u32>(), size_of::<u32>()),
+    (names::VIP_ADDRS, size_of::<u32>(), size_of::<VipAddrInfo>()),
     (names::VIP_FILTER, size_of::<u32>(), size_of::<u64>()),
     (names::RINGS, size_of::<u32>(), size_of::<RingEntry>()),
     (names::BACKENDS, size_of::<u32>(), size_of::<Backend>()),

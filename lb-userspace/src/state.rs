@@ -169,6 +169,7 @@ mod tests {
             protocol: Protocol::Tcp,
             table_size: 65537,
             hash_source_only: false,
+            icmp_echo: true,
             health_check: Some(crate::config::HealthCheckConfig {
                 kind: Some(crate::config::CheckType::Http),
                 path: Some("/health".into()),

@@ -8,10 +8,21 @@
 //! - a passed frame leaves exactly as it came (`balancer`), or is the inner
 //!   packet of a tunnel to a local address, byte for byte but for a carried
 //!   ECN mark (`decap`);
-//! - a transmitted frame parses back: Ethernet (tag kept) and a 20-byte
+//! - a transmitted frame is either an encapsulation or an ICMP reply;
+//! - an encapsulation parses back: Ethernet (tag kept) and a 20-byte
 //!   outer IPv4 header whose total length is the frame's, whose checksum
 //!   is right, towards a known backend, carrying exactly the client's IP
-//!   packet (its own total length, never a trailer), within the MTU.
+//!   packet (its own total length, never a trailer), within the MTU: a TCP
+//!   or UDP packet to the VIP, or an ICMP error to the VIP quoting a TCP
+//!   or UDP packet from it;
+//! - an ICMP reply goes back to the sender (MACs swapped, tag kept) from
+//!   the VIP, in an IPv4 header of 20 bytes whose total length is the
+//!   frame's, with TTL 64 and right IP and ICMP checksums (for an echo
+//!   reply: when the request's were right, as they are updated
+//!   incrementally); an echo reply answers an echo request to the VIP and
+//!   carries its identifier, sequence and data; a "fragmentation needed"
+//!   answers a DF packet to the VIP too big for the tunnel, advertises
+//!   MTU - 20 and quotes the packet's IP header and 8 bytes.
 
 use std::net::Ipv4Addr;
 
@@ -189,19 +200,24 @@ fn ipv6(rng: &mut Rng) -> Vec<u8> {
     p
 }
 
-/// An ICMP error from a router quoting a packet the VIP sent.
+/// An ICMP error from a router quoting a packet the VIP sent (TCP or UDP,
+/// maybe with options), cut anywhere near the 8 bytes after its header.
 fn icmp_quoting_vip(rng: &mut Rng) -> Vec<u8> {
-    let quoted = Ipv4::tcp(
-        VIP,
-        TCP_PORT,
-        CLIENT,
-        1024 + rng.below(60000) as u16,
-        TCP_ACK,
-    )
-    .payload(&[])
-    .bytes();
-    let keep = 28.min(quoted.len()) + rng.below(20);
-    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    let cport = 1024 + rng.below(60000) as u16;
+    let mut quoted = if rng.chance(3) {
+        Ipv4::udp(VIP, UDP_PORT, CLIENT, cport)
+    } else {
+        Ipv4::tcp(VIP, TCP_PORT, CLIENT, cport, TCP_ACK)
+    };
+    if rng.chance(4) {
+        let words = 1 + rng.below(10);
+        quoted.options = rng.bytes(4 * words);
+    }
+    let quoted = quoted.payload(&[]).bytes();
+    let ihl = (quoted[0] & 0x0f) as usize * 4;
+    let keep = (ihl + 8).saturating_sub(10) + rng.below(20);
+    let kind = [3u8, 11, 12, 3, 3][rng.below(5)];
+    let mut icmp = vec![kind, 4, 0, 0, 0, 0, 0x05, 0xdc];
     icmp.extend_from_slice(&quoted[..keep.min(quoted.len())]);
     let c = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -210,9 +226,37 @@ fn icmp_quoting_vip(rng: &mut Rng) -> Vec<u8> {
     ip.bytes()
 }
 
+/// An ICMP echo request (or another ICMP message) to the VIP, or not.
+fn icmp_echo(rng: &mut Rng) -> Vec<u8> {
+    let dst = if rng.chance(5) { NOT_VIP } else { VIP };
+    let icmp_type = if rng.chance(4) {
+        rng.next_u64() as u8
+    } else {
+        8
+    };
+    let any = rng.below(1500);
+    let len = [0, 1, 56, any][rng.below(4)];
+    let data = rng.bytes(len);
+    let mut ip = Ipv4::new(
+        CLIENT,
+        dst,
+        L4::Raw(
+            1,
+            crate::packet::icmp_message(icmp_type, 0, [0x4c, 0x42, 0, 1], &data),
+        ),
+    );
+    if rng.chance(8) {
+        ip.options = vec![1, 1, 1, 0];
+    }
+    if rng.chance(10) {
+        ip.frags = 0x2000;
+    }
+    ip.bytes()
+}
+
 /// One generated frame, before mutation.
 fn seed_frame(rng: &mut Rng) -> Vec<u8> {
-    match rng.below(20) {
+    match rng.below(22) {
         0..=9 => {
             let ip = ip_packet(rng).bytes();
             with_l2(rng, ETHERTYPE_IPV4, &ip)
@@ -231,8 +275,12 @@ fn seed_frame(rng: &mut Rng) -> Vec<u8> {
             let l3 = ipv6(rng);
             with_l2(rng, ETHERTYPE_IPV6, &l3)
         }
-        14 => {
+        14 | 20 => {
             let l3 = icmp_quoting_vip(rng);
+            with_l2(rng, ETHERTYPE_IPV4, &l3)
+        }
+        21 => {
+            let l3 = icmp_echo(rng);
             with_l2(rng, ETHERTYPE_IPV4, &l3)
         }
         15 => {
@@ -430,15 +478,127 @@ pub fn check_balancer(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), S
         XDP_DROP => Ok(()),
         XDP_PASS if output == input => Ok(()),
         XDP_PASS => Err("passed, but the frame was changed".into()),
-        XDP_TX => check_encapsulated(input, output),
+        XDP_TX => {
+            let l3 = l3_offset(input);
+            if output.len() >= l3 + 20 && output[l3 + 9] == 1 {
+                check_icmp_reply(input, output)
+            } else {
+                check_encapsulated(input, output)
+            }
+        }
         other => Err(format!("verdict {other}")),
     }
 }
 
+/// Whether `input` (from its IPv4 header on) is an ICMP error to the VIP
+/// quoting, inside its total length, a TCP or UDP packet from the VIP.
+fn is_error_about_vip(ip: &[u8]) -> bool {
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let tot = be16(ip, 2).min(ip.len());
+    let q = ihl + 8;
+    if ihl < 20 || tot < q + 20 || ![3, 11, 12].contains(&ip[ihl]) {
+        return false;
+    }
+    let inner = &ip[q..tot];
+    let inner_ihl = (inner[0] & 0x0f) as usize * 4;
+    inner[0] >> 4 == 4
+        && inner_ihl >= 20
+        && inner.len() >= inner_ihl + 8
+        && (inner[9] == 6 || inner[9] == 17)
+        && inner[12..16] == ip[16..20]
+        && ip[16..20] == VIP.octets()
+}
+
+/// Checks an ICMP message the balancer built (an echo reply or a
+/// "fragmentation needed") against the frame it answers.
+fn check_icmp_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
+    let l3 = l3_offset(input);
+    if input.len() < l3 + 20 {
+        return Err("answered a frame without an IPv4 header".into());
+    }
+    if out[..6] != input[6..12] || out[6..12] != input[..6] || out[12..l3] != input[12..l3] {
+        return Err("reply's Ethernet header: MACs not swapped or tag changed".into());
+    }
+    let (ip_in, ip) = (&input[l3..], &out[l3..]);
+    if ip[0] != 0x45 || ip[8] != 64 || ip[9] != 1 {
+        return Err(format!(
+            "reply header {:02x?}: not IHL 5/TTL 64/ICMP",
+            &ip[..20]
+        ));
+    }
+    if be16(ip, 2) != ip.len() || ip.len() < 28 {
+        return Err(format!(
+            "reply total length {}, the frame carries {}",
+            be16(ip, 2),
+            ip.len()
+        ));
+    }
+    if ip[12..16] != ip_in[16..20] || ip[16..20] != ip_in[12..16] || ip[12..16] != VIP.octets() {
+        return Err("reply addresses are not VIP -> sender".into());
+    }
+    let in_ihl = (ip_in[0] & 0x0f) as usize * 4;
+    let icmp = &ip[20..];
+    match icmp[0] {
+        0 => {
+            // Echo reply: the request's IP header and ICMP checksums were
+            // updated incrementally, so they are right if those were.
+            let tot = be16(ip_in, 2);
+            if ip_in[9] != 1
+                || in_ihl != 20
+                || tot != ip.len()
+                || tot > ip_in.len()
+                || ip_in[20] != 8
+            {
+                return Err("echo reply to something that is not an echo request".into());
+            }
+            if internet_checksum(&ip_in[..20]) == 0 && internet_checksum(&ip[..20]) != 0 {
+                return Err("echo reply's IP checksum wrong".into());
+            }
+            if internet_checksum(&ip_in[20..tot]) == 0 && internet_checksum(icmp) != 0 {
+                return Err("echo reply's ICMP checksum wrong".into());
+            }
+            if icmp[1] != 0 || icmp[4..] != ip_in[24..tot] {
+                return Err("echo reply does not carry the request's id, sequence and data".into());
+            }
+        }
+        3 => {
+            if internet_checksum(&ip[..20]) != 0 || internet_checksum(icmp) != 0 {
+                return Err("fragmentation needed: a checksum is wrong".into());
+            }
+            let quote_len = in_ihl + 8;
+            if quote_len > ip_in.len() {
+                return Err("fragmentation needed quoting more than the packet".into());
+            }
+            if icmp[1] != 4
+                || be16(icmp, 6) != MTU - 20
+                || icmp[4..6] != [0, 0]
+                || icmp.len() != 8 + quote_len
+                || icmp[8..] != ip_in[..quote_len]
+            {
+                return Err("fragmentation needed: code, MTU or quote wrong".into());
+            }
+            let too_big = be16(ip_in, 2) + 20 > MTU;
+            let df = ip_in[6] & 0x40 != 0;
+            if !too_big || !df || (ip_in[9] != 6 && ip_in[9] != 17) {
+                return Err(
+                    "fragmentation needed for a packet that fits or allows fragments".into(),
+                );
+            }
+        }
+        t => return Err(format!("sent ICMP type {t}")),
+    }
+    Ok(())
+}
+
 fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
     let l3 = l3_offset(input);
-    if input.len() < l3 + 20 || input[l3 + 9] != 6 && input[l3 + 9] != 17 {
-        return Err("sent a frame that is not IPv4 TCP or UDP".into());
+    if input.len() < l3 + 20
+        || input[l3 + 9] != 6 && input[l3 + 9] != 17 && !is_error_about_vip(&input[l3..])
+    {
+        return Err(
+            "encapsulated a frame that is not IPv4 TCP or UDP, nor an ICMP error about a VIP flow"
+                .into(),
+        );
     }
     if out.len() < l3 + 40 {
         return Err(format!("sent a {}-byte frame", out.len()));
@@ -545,6 +705,11 @@ pub struct Report {
     pub passed: u64,
     pub dropped: u64,
     pub transmitted: u64,
+    /// Of `transmitted`: ICMP replies built by the balancer (echo replies,
+    /// "fragmentation needed").
+    pub icmp_replies: u64,
+    /// Of `transmitted`: ICMP errors encapsulated to a backend.
+    pub icmp_forwarded: u64,
     pub decapsulated: u64,
     pub failures: Vec<(String, Vec<u8>, String)>,
 }
@@ -561,11 +726,13 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {}; decap stripped {}; {} failures",
+            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {} ({} ICMP replies, {} ICMP errors to backends); decap stripped {}; {} failures",
             self.frames,
             self.passed,
             self.dropped,
             self.transmitted,
+            self.icmp_replies,
+            self.icmp_forwarded,
             self.decapsulated,
             self.failures.len()
         )
@@ -613,7 +780,15 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
         match verdict {
             XDP_PASS => report.passed += 1,
             XDP_DROP => report.dropped += 1,
-            XDP_TX => report.transmitted += 1,
+            XDP_TX => {
+                report.transmitted += 1;
+                let l3 = l3_offset(&frame);
+                if out.len() > l3 + 9 && out[l3 + 9] == 1 {
+                    report.icmp_replies += 1;
+                } else if frame.len() > l3 + 9 && frame[l3 + 9] == 1 {
+                    report.icmp_forwarded += 1;
+                }
+            }
             _ => {}
         }
         report.record("balancer", &frame, check_balancer(&frame, verdict, &out));
@@ -666,6 +841,40 @@ mod tests {
         changed[20] ^= 1;
         assert!(check_balancer(&input, XDP_PASS, &changed).is_err());
         assert!(check_balancer(&input, 0, &input).is_err(), "XDP_ABORTED");
+    }
+
+    #[test]
+    fn the_oracle_checks_icmp_replies() {
+        use crate::packet::{echo_reply, echo_request, frag_needed_reply, from_router};
+        let request = from_router(&echo_request(CLIENT, VIP, b"data"));
+        let reply = ethernet(
+            ROUTER_MAC,
+            LB_MAC,
+            None,
+            ETHERTYPE_IPV4,
+            &echo_reply(CLIENT, VIP, b"data").bytes(),
+        );
+        assert_eq!(check_balancer(&request, XDP_TX, &reply), Ok(()));
+        let mut bad = reply.clone();
+        bad[14 + 20 + 2] ^= 1;
+        assert!(check_balancer(&request, XDP_TX, &bad)
+            .unwrap_err()
+            .contains("ICMP checksum"));
+        let mut other_data = reply.clone();
+        other_data[14 + 28] ^= 1;
+        other_data[14 + 22] ^= 1;
+        assert!(check_balancer(&request, XDP_TX, &other_data).is_err());
+
+        let too_big =
+            from_router(&Ipv4::tcp(CLIENT, 40000, VIP, TCP_PORT, TCP_ACK).payload(&[0; 1500 - 40]));
+        let frag = frag_needed_reply(&too_big, MTU as u16);
+        assert_eq!(check_balancer(&too_big, XDP_TX, &frag), Ok(()));
+        let wrong_mtu = frag_needed_reply(&too_big, MTU as u16 - 1);
+        assert!(check_balancer(&too_big, XDP_TX, &wrong_mtu).is_err());
+        let mut small = too_big.clone();
+        small.truncate(100);
+        small[16..18].copy_from_slice(&86u16.to_be_bytes());
+        assert!(check_balancer(&small, XDP_TX, &frag).is_err(), "it fits");
     }
 
     #[test]

@@ -257,3 +257,85 @@ pub fn ipv6_udp() -> Vec<u8> {
     p.extend_from_slice(&[0x30, 0x39, 0, 80, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o']);
     ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV6, &p)
 }
+
+/// An ICMP message: type, code, checksum (computed here), the 4
+/// type-specific bytes `rest`, then `data`.
+pub fn icmp_message(icmp_type: u8, code: u8, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(data);
+    let c = internet_checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// Identifier and sequence number of the test echo requests.
+pub const ECHO_ID_SEQ: [u8; 4] = [0x4c, 0x42, 0x00, 0x07];
+
+/// An ICMP echo request (type 8) from `src` to `dst` carrying `data`.
+pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, data: &[u8]) -> Ipv4 {
+    Ipv4::new(src, dst, L4::Raw(1, icmp_message(8, 0, ECHO_ID_SEQ, data)))
+}
+
+/// The echo reply the balancer must send for `echo_request(client, vip,
+/// data)` (same IP id, flags and TOS; TTL 64; type 0), as an IPv4 packet.
+pub fn echo_reply(client: Ipv4Addr, vip: Ipv4Addr, data: &[u8]) -> Ipv4 {
+    let mut ip = Ipv4::new(
+        vip,
+        client,
+        L4::Raw(1, icmp_message(0, 0, ECHO_ID_SEQ, data)),
+    );
+    ip.ttl = 64;
+    ip
+}
+
+/// An ICMP error (`icmp_type`, `code`, `rest`) from `from` to `to` quoting
+/// `quoted` (the bytes of the packet it is about, as many as it quotes).
+pub fn icmp_error(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Ipv4 {
+    Ipv4::new(
+        from,
+        to,
+        L4::Raw(1, icmp_message(icmp_type, code, rest, quoted)),
+    )
+}
+
+/// The ICMP "fragmentation needed" frame the balancer must send back for
+/// the client frame `input` when the egress MTU is `egress_mtu`: MACs
+/// swapped, tag kept, from the packet's destination (the VIP) to its
+/// source, TOS 0xc0, id 0, DF, TTL 64, next-hop MTU `egress_mtu - 20`,
+/// quoting the IP header (options included) and the first 8 bytes after
+/// it. Built from the input bytes with this module's own header code.
+pub fn frag_needed_reply(input: &[u8], egress_mtu: u16) -> Vec<u8> {
+    let ethertype = u16::from_be_bytes([input[12], input[13]]);
+    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
+        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
+    } else {
+        (None, 14)
+    };
+    let ip = &input[l3..];
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let quote = &ip[..ihl + 8];
+    let src = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let dst = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let mtu = (egress_mtu - 20).to_be_bytes();
+    let mut reply = icmp_error(src, dst, 3, 4, [0, 0, mtu[0], mtu[1]], quote);
+    reply.tos = 0xc0;
+    reply.ttl = 64;
+    reply.frags = 0x4000;
+    let src_mac: [u8; 6] = input[0..6].try_into().expect("6 bytes");
+    let dst_mac: [u8; 6] = input[6..12].try_into().expect("6 bytes");
+    ethernet(
+        dst_mac,
+        src_mac,
+        vlan,
+        ETHERTYPE_IPV4,
+        &reply.bytes_with_id(0),
+    )
+}

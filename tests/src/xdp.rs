@@ -54,6 +54,8 @@ pub fn static_config(mtu: u32) -> DataPathConfig {
         static_src_mac: LB_MAC,
         static_dst_mac: NEXT_HOP_MAC,
         static_mtu: mtu,
+        icmp_rate: lb_common::DEFAULT_ICMP_RATE,
+        icmp_burst: lb_common::DEFAULT_ICMP_BURST,
     }
 }
 

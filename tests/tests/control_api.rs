@@ -83,6 +83,7 @@ fn changes_through_the_socket_reach_the_traffic() {
             vip,
             table_size: Some(65537),
             hash_source_only: false,
+            icmp_echo: None,
         },
     );
     ok(
@@ -277,6 +278,7 @@ fn bad_input_gets_its_error_and_changes_nothing() {
                 vip,
                 table_size: Some(251),
                 hash_source_only: false,
+                icmp_echo: None,
             },
         );
         if !response.ok {
@@ -311,6 +313,7 @@ fn bad_input_gets_its_error_and_changes_nothing() {
             vip: wide,
             table_size: Some(4099),
             hash_source_only: false,
+            icmp_echo: None,
         },
     );
     let mut count = 0u32;

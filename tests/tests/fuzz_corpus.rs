@@ -2,7 +2,8 @@
 //! frames (every truncation, IHL, TCP data offset and lying length of a few
 //! good frames, then generated and mutated ones: VLAN stacks, QinQ, IPv4
 //! options, fragments, tunnels in tunnels, IPv6 extension chains, ICMP
-//! quoting VIP packets, random bytes) through `balancer` and `decap`, each
+//! echo requests and errors quoting VIP packets, oversized DF packets that
+//! get "fragmentation needed", random bytes) through `balancer` and `decap`, each
 //! result checked by `lb_tests::fuzz`'s oracle. `cargo xtask fuzz --runs N
 //! --seed S` runs other corpora.
 
@@ -30,4 +31,9 @@ fn two_hundred_thousand_hostile_frames() {
         report.summary()
     );
     assert!(report.decapsulated > FRAMES / 100, "{}", report.summary());
+    assert!(
+        report.icmp_replies > FRAMES / 1000 && report.icmp_forwarded > FRAMES / 1000,
+        "{}",
+        report.summary()
+    );
 }

@@ -68,6 +68,8 @@ enum Expect {
         src: Ipv4Addr,
         sport: u16,
     },
+    /// XDP_TX of exactly this frame (a reply built by the balancer).
+    Reply(Vec<u8>),
 }
 
 enum Step {
@@ -79,6 +81,8 @@ struct Case {
     name: &'static str,
     vips: Vec<VipSpec>,
     mtu: u32,
+    /// `DataPathConfig::icmp_rate` (messages per second and CPU).
+    icmp_rate: u32,
     before: Vec<Step>,
     input: Vec<u8>,
     expect: Expect,
@@ -96,6 +100,7 @@ fn case(
         name,
         vips,
         mtu: MTU,
+        icmp_rate: lb_common::DEFAULT_ICMP_RATE,
         before: Vec::new(),
         input,
         expect,
@@ -106,6 +111,18 @@ fn case(
 const TX_NEW: &[(&str, u64)] = &[("flow_misses", 1), ("tx", 1)];
 const TX_HIT: &[(&str, u64)] = &[("flow_hits", 1), ("tx", 1)];
 const PASSED: &[(&str, u64)] = &[("passed", 1)];
+const ECHO_REPLY: &[(&str, u64)] = &[("icmp_echo_replies", 1)];
+const FRAG_NEEDED: &[(&str, u64)] = &[("flow_misses", 1), ("icmp_frag_needed_sent", 1)];
+const ERROR_FORWARDED: &[(&str, u64)] = &[("icmp_errors_forwarded", 1), ("tx", 1)];
+
+/// A router on the client's side, sending ICMP errors.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+
+/// A frame the balancer sends back to the router it came from (MACs
+/// swapped) carrying `ip`.
+fn reply_from_lb(vlan: Option<u16>, ip: &Ipv4) -> Vec<u8> {
+    ethernet(ROUTER_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &ip.bytes())
+}
 const MALFORMED: &[(&str, u64)] = &[("malformed", 1)];
 
 /// The frame the LB must send for `input` towards `backend`, built from the
@@ -166,6 +183,53 @@ fn cases() -> Vec<Case> {
     // 1500-byte MTU: the inner packet may be at most 1480 bytes.
     let fits = tcp(TCP_ACK).payload(&vec![0xab; 1480 - 40]);
     let too_big = tcp(TCP_ACK).payload(&vec![0xab; 1481 - 40]);
+    let mut too_big_no_df = too_big.clone();
+    too_big_no_df.frags = 0;
+    let mut too_big_options = too_big.clone();
+    too_big_options.options = vec![1; 12];
+    let udp_too_big = udp().payload(&vec![0xcd; 1481 - 28]);
+    let mut too_big_bad_source = too_big.clone();
+    too_big_bad_source.src = Ipv4Addr::new(224, 0, 0, 5);
+
+    // ICMP.
+    let no_echo = |mut vips: Vec<VipSpec>| {
+        for v in &mut vips {
+            v.icmp_echo = false;
+        }
+        vips
+    };
+    let mut padded_echo = tagged(&echo_request(CLIENT, VIP, b""));
+    padded_echo.resize(64, 0);
+    let mut echo_with_options = echo_request(CLIENT, VIP, b"ping");
+    echo_with_options.options = vec![1, 1, 1, 0];
+    let mut echo_fragment = echo_request(CLIENT, VIP, b"ping");
+    echo_fragment.frags = 0x2000;
+    let mut icmp_cut = from_router(&echo_request(CLIENT, VIP, b""));
+    icmp_cut[16..18].copy_from_slice(&27u16.to_be_bytes());
+    // What the VIP sent the client, as a router quotes it.
+    let quoted_tcp = Ipv4::tcp(VIP, 80, CLIENT, 40000, TCP_ACK).bytes();
+    let quoted_udp = Ipv4::udp(VIP, 53, CLIENT, 40000).bytes();
+    let mut quoted_tcp_options = Ipv4::tcp(VIP, 80, CLIENT, 40000, TCP_ACK);
+    quoted_tcp_options.options = vec![1, 1, 1, 0];
+    let quoted_tcp_options = quoted_tcp_options.bytes();
+    let mut quoted_ihl_4 = quoted_tcp.clone();
+    quoted_ihl_4[0] = 0x44;
+    let mut quoted_v6 = quoted_tcp.clone();
+    quoted_v6[0] = 0x65;
+    // "Fragmentation needed" from a router on the client's side, quoting
+    // the first `keep` bytes.
+    let error_about = |quoted: &[u8], keep: usize| {
+        icmp_error(ROUTER, VIP, 3, 4, [0, 0, 0x05, 0x78], &quoted[..keep])
+    };
+    // The IP total length ends inside the ICMP header's quote: the quote's
+    // bytes are there, but as Ethernet padding.
+    let mut quote_in_padding = from_router(&error_about(&quoted_tcp, 28));
+    quote_in_padding[16..18].copy_from_slice(&(20u16 + 8 + 4).to_be_bytes());
+    let c = {
+        quote_in_padding[24..26].copy_from_slice(&[0, 0]);
+        internet_checksum(&quote_in_padding[14..34])
+    };
+    quote_in_padding[24..26].copy_from_slice(&c.to_be_bytes());
 
     let syn = from_router(&tcp(TCP_SYN));
     let ack = from_router(&tcp(TCP_ACK | TCP_PSH));
@@ -337,9 +401,16 @@ fn cases() -> Vec<Case> {
             TX_NEW,
         ),
         case(
-            "oversized with a trailer: dropped",
+            "oversized with a trailer: fragmentation needed, trailer not quoted",
             tcp_vip(),
             with_trailer(&too_big, false),
+            Expect::Reply(frag_needed_reply(&from_router(&too_big), 1500)),
+            FRAG_NEEDED,
+        ),
+        case(
+            "oversized without DF: dropped (the tunnel cannot fragment)",
+            tcp_vip(),
+            from_router(&too_big_no_df),
             Expect::Drop,
             &[("flow_misses", 1), ("drop_too_big", 1)],
         ),
@@ -351,9 +422,50 @@ fn cases() -> Vec<Case> {
             TX_NEW,
         ),
         case(
-            "oversized once encapsulated: dropped",
+            "oversized once encapsulated, DF: fragmentation needed to the client",
             tcp_vip(),
             from_router(&too_big),
+            Expect::Reply(frag_needed_reply(&from_router(&too_big), 1500)),
+            FRAG_NEEDED,
+        ),
+        Case {
+            before: vec![Step::Send(syn.clone())],
+            ..case(
+                "oversized packet of an established flow: fragmentation needed",
+                tcp_vip(),
+                from_router(&too_big),
+                Expect::Reply(frag_needed_reply(&from_router(&too_big), 1500)),
+                &[("flow_hits", 1), ("icmp_frag_needed_sent", 1)],
+            )
+        },
+        case(
+            "oversized with IP options: the quote carries them",
+            tcp_vip(),
+            from_router(&too_big_options),
+            Expect::Reply(frag_needed_reply(&from_router(&too_big_options), 1500)),
+            FRAG_NEEDED,
+        ),
+        case(
+            "oversized UDP with DF: fragmentation needed quoting the UDP header",
+            tcp_vip(),
+            from_router(&udp_too_big),
+            Expect::Reply(frag_needed_reply(&from_router(&udp_too_big), 1500)),
+            FRAG_NEEDED,
+        ),
+        Case {
+            icmp_rate: 0,
+            ..case(
+                "ICMP errors off (rate 0): oversized DF packet dropped, counted",
+                tcp_vip(),
+                from_router(&too_big),
+                Expect::Drop,
+                &[("flow_misses", 1), ("icmp_rate_limited", 1)],
+            )
+        },
+        case(
+            "oversized from a multicast source: no ICMP to it, dropped",
+            tcp_vip(),
+            from_router(&too_big_bad_source),
             Expect::Drop,
             &[("flow_misses", 1), ("drop_too_big", 1)],
         ),
@@ -379,11 +491,217 @@ fn cases() -> Vec<Case> {
             PASSED,
         ),
         case(
-            "ICMP echo to a VIP address passes",
+            "ICMP echo to a VIP address: answered by the balancer",
             tcp_vip(),
-            from_router(&Ipv4::new(CLIENT, VIP, L4::Icmp)),
+            from_router(&echo_request(CLIENT, VIP, b"ping payload")),
+            Expect::Reply(reply_from_lb(
+                None,
+                &echo_reply(CLIENT, VIP, b"ping payload"),
+            )),
+            ECHO_REPLY,
+        ),
+        case(
+            "VLAN-tagged echo with Ethernet padding: tag kept, padding trimmed",
+            tcp_vip(),
+            padded_echo,
+            Expect::Reply(reply_from_lb(Some(0x0064), &echo_reply(CLIENT, VIP, b""))),
+            ECHO_REPLY,
+        ),
+        case(
+            "echo with the VIP's icmp_echo off: passed to the kernel",
+            no_echo(tcp_vip()),
+            from_router(&echo_request(CLIENT, VIP, b"ping")),
             Expect::Pass,
             PASSED,
+        ),
+        Case {
+            before: vec![Step::Apply(no_echo(tcp_vip()))],
+            ..case(
+                "echo turned off on every VIP of the address by a change: passed",
+                tcp_vip(),
+                from_router(&echo_request(CLIENT, VIP, b"ping")),
+                Expect::Pass,
+                PASSED,
+            )
+        },
+        Case {
+            before: vec![Step::Apply(tcp_vip())],
+            ..case(
+                "echo turned on by a change: answered",
+                no_echo(tcp_vip()),
+                from_router(&echo_request(CLIENT, VIP, b"ping")),
+                Expect::Reply(reply_from_lb(None, &echo_reply(CLIENT, VIP, b"ping"))),
+                ECHO_REPLY,
+            )
+        },
+        case(
+            "echo to an address where one VIP allows it and one does not: answered",
+            {
+                let mut vips = tcp_vip();
+                vips[0].icmp_echo = false;
+                vips
+            },
+            from_router(&echo_request(CLIENT, VIP, b"ping")),
+            Expect::Reply(reply_from_lb(None, &echo_reply(CLIENT, VIP, b"ping"))),
+            ECHO_REPLY,
+        ),
+        case(
+            "echo to a non-VIP address passes",
+            tcp_vip(),
+            from_router(&echo_request(CLIENT, NOT_VIP, b"ping")),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "echo with IP options passes (the kernel processes options)",
+            tcp_vip(),
+            from_router(&echo_with_options),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "echo fragment passes",
+            tcp_vip(),
+            from_router(&echo_fragment),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "echo from a broadcast source is not answered",
+            tcp_vip(),
+            from_router(&echo_request(Ipv4Addr::BROADCAST, VIP, b"ping")),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "echo reply (type 0) to a VIP passes",
+            tcp_vip(),
+            from_router(&echo_reply(VIP, CLIENT, b"pong")),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ICMP shorter than its header",
+            tcp_vip(),
+            icmp_cut,
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error quoting a VIP packet: to the ring's backend of the reversed tuple",
+            three_backends(),
+            from_router(&error_about(&quoted_tcp, 28)),
+            Expect::TxToRingChoice {
+                src: CLIENT,
+                sport: 40000,
+            },
+            ERROR_FORWARDED,
+        ),
+        Case {
+            // The flow is pinned to B1, which then drains: the ring now
+            // says B2, the pin still says B1.
+            before: vec![
+                Step::Send(syn.clone()),
+                Step::Apply(vec![vip(80, Protocol::Tcp, &[(B1, 0), (B2, 1)])]),
+            ],
+            ..case(
+                "ICMP error about a pinned flow: to the pinned backend",
+                vec![vip(80, Protocol::Tcp, &[(B1, 1)])],
+                from_router(&error_about(&quoted_tcp, 28)),
+                Expect::TxTo(B1),
+                ERROR_FORWARDED,
+            )
+        },
+        case(
+            "time exceeded quoting a whole UDP packet, outer IP options: forwarded",
+            tcp_vip(),
+            from_router(&{
+                let mut e = icmp_error(ROUTER, VIP, 11, 0, [0; 4], &quoted_udp);
+                e.options = vec![1, 1, 1, 1];
+                e
+            }),
+            Expect::TxTo(B2),
+            ERROR_FORWARDED,
+        ),
+        case(
+            "VLAN-tagged ICMP error quoting a VIP packet with options: forwarded",
+            tcp_vip(),
+            tagged(&error_about(&quoted_tcp_options, 24 + 8)),
+            Expect::TxTo(B1),
+            ERROR_FORWARDED,
+        ),
+        case(
+            "ICMP error about a flow of a VIP without backends: dropped",
+            vec![vip(80, Protocol::Tcp, &[])],
+            from_router(&error_about(&quoted_tcp, 28)),
+            Expect::Drop,
+            &[("drop_no_backend", 1)],
+        ),
+        case(
+            "ICMP error quoting a packet to the VIP (not from it) passes",
+            tcp_vip(),
+            from_router(&error_about(&tcp(TCP_ACK).bytes(), 28)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ICMP error quoting a VIP address port that is no VIP passes",
+            tcp_vip(),
+            from_router(&error_about(
+                &Ipv4::tcp(VIP, 8080, CLIENT, 40000, TCP_ACK).bytes(),
+                28,
+            )),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ICMP error quoting an ICMP packet passes",
+            tcp_vip(),
+            from_router(&error_about(&echo_reply(CLIENT, VIP, b"x").bytes(), 28)),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "ICMP error with a quote cut inside the ports: malformed",
+            tcp_vip(),
+            from_router(&error_about(&quoted_tcp, 22)),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error with a quote cut inside the quoted header: malformed",
+            tcp_vip(),
+            from_router(&error_about(&quoted_tcp, 12)),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error whose quoted options run past the quote: malformed",
+            tcp_vip(),
+            from_router(&error_about(&quoted_tcp_options, 28)),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error quoting a header with IHL 4: malformed",
+            tcp_vip(),
+            from_router(&error_about(&quoted_ihl_4, 28)),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error quoting IP version 6: malformed",
+            tcp_vip(),
+            from_router(&error_about(&quoted_v6, 28)),
+            Expect::Pass,
+            MALFORMED,
+        ),
+        case(
+            "ICMP error whose quote lies in the Ethernet padding only: malformed",
+            tcp_vip(),
+            quote_in_padding,
+            Expect::Pass,
+            MALFORMED,
         ),
         case(
             "ARP passes",
@@ -435,11 +753,11 @@ fn cases() -> Vec<Case> {
             MALFORMED,
         ),
         case(
-            "VLAN-tagged, oversized once encapsulated: dropped",
+            "VLAN-tagged, oversized once encapsulated: fragmentation needed, tag kept",
             tcp_vip(),
             tagged(&too_big),
-            Expect::Drop,
-            &[("flow_misses", 1), ("drop_too_big", 1)],
+            Expect::Reply(frag_needed_reply(&tagged(&too_big), 1500)),
+            FRAG_NEEDED,
         ),
         case(
             "VLAN-tagged, exactly fits the MTU once encapsulated",
@@ -647,11 +965,11 @@ fn cases() -> Vec<Case> {
         Case {
             mtu: 1400,
             ..case(
-                "a smaller static MTU is honoured",
+                "a smaller static MTU is honoured: its MTU - 20 is advertised",
                 tcp_vip(),
                 from_router(&fits),
-                Expect::Drop,
-                &[("flow_misses", 1), ("drop_too_big", 1)],
+                Expect::Reply(frag_needed_reply(&from_router(&fits), 1400)),
+                FRAG_NEEDED,
             )
         },
     ]
@@ -666,7 +984,9 @@ fn balancer_fixtures() {
     );
     for case in cases {
         let name = case.name;
-        let mut lb = Balancer::load(&test_options(static_config(case.mtu)), &case.vips);
+        let mut config = static_config(case.mtu);
+        config.icmp_rate = case.icmp_rate;
+        let mut lb = Balancer::load(&test_options(config), &case.vips);
         for step in &case.before {
             match step {
                 Step::Send(frame) => {
@@ -688,6 +1008,7 @@ fn balancer_fixtures() {
             Expect::Pass => (XDP_PASS, Some(case.input.clone())),
             Expect::Drop => (XDP_DROP, None),
             Expect::TxTo(backend) => (XDP_TX, Some(encapsulated(&case.input, backend))),
+            Expect::Reply(ref frame) => (XDP_TX, Some(frame.clone())),
             Expect::TxToRingChoice { src, sport } => {
                 let vip = case.vips[0].vip;
                 let backend = lb
@@ -770,17 +1091,27 @@ fn vip_and_backend_counters() {
         (v.packets, v.bytes, v.new_flows, b)
     };
     let before = snapshot(&lb);
-    let too_big = from_router(&Ipv4::tcp(CLIENT, 1000, VIP, 80, TCP_ACK).payload(&[0; 1470]));
-    let (verdict, _) = lb.run(&too_big);
+    let mut too_big = Ipv4::tcp(CLIENT, 1000, VIP, 80, TCP_ACK).payload(&[0; 1470]);
+    too_big.frags = 0;
+    let (verdict, _) = lb.run(&from_router(&too_big));
     assert_eq!(
         verdict_name(verdict),
         "XDP_DROP",
-        "1510-byte packet, MTU 1500"
+        "1510-byte packet without DF, MTU 1500"
     );
     assert_eq!(
         snapshot(&lb),
         before,
         "a drop moved the VIP or backend counters"
+    );
+    // Nor does a "fragmentation needed" sent back instead.
+    too_big.frags = 0x4000;
+    let (verdict, _) = lb.run(&from_router(&too_big));
+    assert_eq!(verdict_name(verdict), "XDP_TX", "1510-byte packet with DF");
+    assert_eq!(
+        snapshot(&lb),
+        before,
+        "an ICMP reply moved the VIP or backend counters"
     );
 }
 
@@ -1126,4 +1457,88 @@ fn nodes_with_the_same_config_report_the_same_table_digest() {
     let before = b.dataplane.table_digest(&web_vip).expect("digest");
     let adopted = DataPlane::adopt(b.dataplane.into_maps()).expect("adopting");
     assert_eq!(adopted.table_digest(&web_vip).expect("digest"), before);
+}
+
+/// "Fragmentation needed" is rate limited per CPU: a bucket of `burst`
+/// messages refilled at `icmp_rate` per second. Past the burst, oversized
+/// packets are dropped and counted; echo replies are not limited.
+#[test]
+fn frag_needed_is_rate_limited_per_cpu() {
+    // The bucket is per CPU: every run must happen on the same one.
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning the test thread to CPU 0"
+        );
+    }
+    let mut config = static_config(MTU);
+    config.icmp_rate = 1;
+    config.icmp_burst = 3;
+    let mut lb = Balancer::load(&test_options(config), &one_backend_each());
+    let too_big = from_router(&tcp(TCP_ACK).payload(&vec![0xab; 1481 - 40]));
+    let want = frag_needed_reply(&too_big, 1500);
+    let before = lb.stats();
+    for i in 0..3 {
+        let (verdict, out) = lb.run(&too_big);
+        assert_eq!(verdict_name(verdict), "XDP_TX", "message {i} of the burst");
+        assert_eq!(hex(&out), hex(&want), "message {i} of the burst");
+    }
+    for i in 0..4 {
+        let (verdict, _) = lb.run(&too_big);
+        assert_eq!(
+            verdict_name(verdict),
+            "XDP_DROP",
+            "packet {i} past the burst"
+        );
+    }
+    let (verdict, _) = lb.run(&from_router(&echo_request(CLIENT, VIP, b"ping")));
+    assert_eq!(verdict_name(verdict), "XDP_TX", "echo is not rate limited");
+    xdp::assert_counter_deltas(
+        "rate limit",
+        &before,
+        &lb.stats(),
+        &[
+            ("flow_misses", 1),
+            ("flow_hits", 6),
+            ("icmp_frag_needed_sent", 3),
+            ("icmp_rate_limited", 4),
+            ("icmp_echo_replies", 1),
+        ],
+    );
+}
+
+/// An ICMP error about a flow without a pin is sent by the ring's choice
+/// but pins nothing: the flow's first real packet decides.
+#[test]
+fn an_icmp_error_pins_no_flow() {
+    let vips = three_backends();
+    let mut lb = Balancer::load(&test_options(static_config(MTU)), &vips);
+    let quoted = Ipv4::tcp(VIP, 80, CLIENT, 40000, TCP_ACK).bytes();
+    let error = from_router(&icmp_error(
+        ROUTER,
+        VIP,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &quoted[..28],
+    ));
+    let before = lb.stats();
+    let (verdict, _) = lb.run(&error);
+    assert_eq!(verdict_name(verdict), "XDP_TX");
+    // The same error again: still not a connection-table hit.
+    let (verdict, _) = lb.run(&error);
+    assert_eq!(verdict_name(verdict), "XDP_TX");
+    // The client's own packet of that flow is a miss: nothing was pinned.
+    let (verdict, _) = lb.run(&from_router(&tcp(TCP_ACK)));
+    assert_eq!(verdict_name(verdict), "XDP_TX");
+    xdp::assert_counter_deltas(
+        "error then packet",
+        &before,
+        &lb.stats(),
+        &[("icmp_errors_forwarded", 2), ("tx", 3), ("flow_misses", 1)],
+    );
 }

@@ -3,7 +3,8 @@
 //! `bpf_fib_lookup` outcome is exercised: resolved next hop (XDP_TX with its
 //! MACs), another egress interface (XDP_REDIRECT), unresolved neighbour
 //! (XDP_PASS of the encapsulated packet, for the kernel to forward), route
-//! MTU too small, and no route.
+//! MTU too small (ICMP "fragmentation needed" advertising the route's MTU
+//! less the outer header, or a drop without DF), and no route.
 
 use std::net::Ipv4Addr;
 
@@ -91,12 +92,15 @@ fn every_fib_outcome() {
             },
             table_size: 251,
             hash_source_only: false,
+            icmp_echo: true,
             backends: vec![BackendSpec { addr, weight: 1 }],
         })
         .collect();
     let config = DataPathConfig {
         lb_source_addr: ipv4_to_wire([198, 18, 1, 2]),
         next_hop_mode: NEXT_HOP_FIB,
+        icmp_rate: lb_common::DEFAULT_ICMP_RATE,
+        icmp_burst: lb_common::DEFAULT_ICMP_BURST,
         ..Default::default()
     };
     let mut balancer = Balancer::load(&test_options(config), &vips);
@@ -127,12 +131,12 @@ fn every_fib_outcome() {
             "fib_no_neigh",
         ),
         (
-            "route MTU too small: dropped",
+            "route MTU too small, DF: fragmentation needed for 1000 - 20",
             SMALL_MTU,
             8003,
-            XDP_DROP,
+            XDP_TX,
             None,
-            "drop_too_big",
+            "icmp_frag_needed_sent",
         ),
         (
             "no route: dropped",
@@ -153,6 +157,11 @@ fn every_fib_outcome() {
         assert_eq!(verdict, want, "{name}: got {}", verdict_name(verdict));
         let encapsulated = ipip(Ipv4Addr::new(198, 18, 1, 2), backend, &inner);
         match (verdict, macs) {
+            (XDP_TX, None) => {
+                // Back to the router it came from, with the MTU that
+                // bpf_fib_lookup reported for the route.
+                assert_eq!(out, frag_needed_reply(&frame, 1000), "{name}: output bytes");
+            }
             (XDP_TX | XDP_REDIRECT, Some((dst, src))) => {
                 assert_eq!(
                     out,
@@ -174,4 +183,23 @@ fn every_fib_outcome() {
         assert_counter_deltas(name, &before, &after, &[("flow_misses", 1), (counter, 1)]);
         println!("ok: {name}");
     }
+
+    // Without DF the sender allows fragments the tunnel cannot make.
+    let mut inner = Ipv4::tcp(CLIENT, 40001, VIP, 8003, TCP_SYN).payload(&[0x11; 1100]);
+    inner.frags = 0;
+    let frame = ethernet(eth0_mac, GATEWAY_MAC, None, ETHERTYPE_IPV4, &inner.bytes());
+    let before = balancer.stats();
+    let (verdict, _) =
+        lb.run(|| run_program_on(&mut balancer.ebpf, names::BALANCER_PROGRAM, &frame, eth0));
+    assert_eq!(
+        verdict_name(verdict),
+        "XDP_DROP",
+        "route MTU too small, no DF"
+    );
+    assert_counter_deltas(
+        "no DF",
+        &before,
+        &balancer.stats(),
+        &[("flow_misses", 1), ("drop_too_big", 1)],
+    );
 }

@@ -245,12 +245,17 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 /// Fails if a test left a network namespace, veth or pinned object of ours
-/// behind (they are all named with the `lbt` prefix).
+/// behind (they are all named with the `lbt` prefix, most as
+/// `lbt<pid>-...` after the process that made them). Objects of a process
+/// that is still running belong to someone else's run on the same machine
+/// (every test process of this run has exited), so they are not counted.
 fn leftover_check() -> Result<()> {
     let mut leftovers = Vec::new();
+    let ours = |name: &str| name.starts_with("lbt") && !owner_alive(name);
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if line.starts_with("lbt") {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if ours(name) {
                 leftovers.push(format!("network namespace {line}"));
             }
         }
@@ -258,7 +263,7 @@ fn leftover_check() -> Result<()> {
     if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some(name) = line.split(':').nth(1).map(str::trim) {
-                if name.starts_with("lbt") {
+                if ours(name) {
                     leftovers.push(format!("link {name}"));
                 }
             }
@@ -268,7 +273,7 @@ fn leftover_check() -> Result<()> {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("lbt") {
+                if ours(&name) {
                     leftovers.push(format!("pinned objects or bpffs mount {dir}/{name}"));
                 }
             }
@@ -287,6 +292,18 @@ fn run_tests_bin(bin: &str) -> Command {
     let mut cmd = cargo();
     cmd.args(["run", "--release", "-p", "lb-tests", "--bin", bin, "--"]);
     cmd
+}
+
+/// Whether `lbt<pid>-...` names a process that is still running.
+fn owner_alive(name: &str) -> bool {
+    let Some((digits, _)) = name.strip_prefix("lbt").and_then(|r| r.split_once('-')) else {
+        return false;
+    };
+    match digits.parse::<i32>() {
+        // SAFETY: signal 0 only checks that the process exists.
+        Ok(pid) if pid > 0 => unsafe { libc::kill(pid, 0) == 0 },
+        _ => false,
+    }
 }
 
 fn bench(report: bool) -> Result<()> {
@@ -332,4 +349,19 @@ fn demo(quick: bool) -> Result<()> {
         demo.arg("--quick");
     }
     run(&mut demo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_alive;
+
+    #[test]
+    fn a_running_owner_is_someone_elses_run() {
+        assert!(owner_alive(&format!("lbt{}-3-router", std::process::id())));
+        // pid_max is at most 2^22: this pid cannot exist.
+        assert!(!owner_alive("lbt99999999-1-lb"));
+        assert!(!owner_alive("lbt-agent-x"));
+        assert!(!owner_alive("lbtx-1"));
+        assert!(!owner_alive("lbt0-1-x"));
+    }
 }

@@ -420,10 +420,16 @@ fn run(args: Args) -> Result<()> {
     let service = runtime.block_on(service.lock());
     match service.dataplane.maps().global_stats() {
         Ok(s) => info!(
-            "stopping: {} packets sent to backends, {} passed, {} dropped",
+            "stopping: {} packets sent to backends, {} passed, {} dropped, {} answered with ICMP",
             s.tx + s.redirected + s.fib_no_neigh,
             s.passed + s.malformed,
-            s.drop_fragment + s.drop_too_big + s.drop_no_backend + s.encap_errors + s.fib_failures
+            s.drop_fragment
+                + s.drop_too_big
+                + s.drop_no_backend
+                + s.encap_errors
+                + s.fib_failures
+                + s.icmp_rate_limited,
+            s.icmp_echo_replies + s.icmp_frag_needed_sent
         ),
         Err(e) => warn!("stopping (counters unreadable: {e:#})"),
     }

@@ -10,9 +10,9 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use lb_userspace::{
     clidoc::{self, Generated},
-    config::XdpModeSetting,
     decap::{self, Attached, DEFAULT_DECAP_PIN_ROOT},
     host,
+    loader::XdpModeSetting,
 };
 
 /// Attach, inspect and detach the load balancer's decap XDP program.

@@ -67,6 +67,9 @@ pub enum Request {
         table_size: Option<u32>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hash_source_only: bool,
+        /// Answer echo requests to the VIP's address; default true.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        icmp_echo: Option<bool>,
     },
     RemoveVip {
         vip: VipRef,
@@ -323,6 +326,9 @@ pub struct VipInfo {
     pub vip: VipAddr,
     pub table_size: u32,
     pub hash_source_only: bool,
+    /// Whether the VIP lets the balancer answer echo requests to its
+    /// address (the address answers when any of its VIPs does).
+    pub icmp_echo: bool,
     /// The VIP's health-check settings as configured (null: no check).
     pub health_check: Option<HealthCheckConfig>,
     /// Setting: keep all enabled backends when all are unhealthy.
@@ -482,13 +488,19 @@ pub fn backend_entry(address: Ipv4Addr, weight: u32) -> BackendConfig {
     }
 }
 
-pub fn vip_entry(vip: VipAddr, table_size: u32, hash_source_only: bool) -> VipConfig {
+pub fn vip_entry(
+    vip: VipAddr,
+    table_size: u32,
+    hash_source_only: bool,
+    icmp_echo: bool,
+) -> VipConfig {
     VipConfig {
         address: vip.addr,
         port: vip.port,
         protocol: vip.proto,
         table_size,
         hash_source_only,
+        icmp_echo,
         health_check: None,
         fail_open: true,
         backends: Vec::new(),

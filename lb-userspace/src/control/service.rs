@@ -273,6 +273,7 @@ impl Service {
             vip: v.vip(),
             table_size: v.table_size,
             hash_source_only: v.hash_source_only,
+            icmp_echo: v.icmp_echo,
             health_check: v.health_check.clone(),
             fail_open: v.fail_open,
             failing_open: self.failing_open.contains(&v.vip()),
@@ -738,6 +739,7 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             vip,
             table_size,
             hash_source_only,
+            icmp_echo,
         } => {
             check_unicast("VIP address", vip.addr)?;
             if vip.port == 0 {
@@ -755,7 +757,12 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             let size = table_size.unwrap_or(DEFAULT_TABLE_SIZE);
             maglev::validate_table_size(size)
                 .map_err(|e| err(ErrorCode::InvalidValue, format!("table_size: {e}")))?;
-            vips.push(super::protocol::vip_entry(*vip, size, *hash_source_only));
+            vips.push(super::protocol::vip_entry(
+                *vip,
+                size,
+                *hash_source_only,
+                icmp_echo.unwrap_or(true),
+            ));
             Ok(format!("added VIP {vip} (table size {size})"))
         }
         Request::RemoveVip { vip } => {

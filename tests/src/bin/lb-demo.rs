@@ -364,7 +364,9 @@ fn run_phases(
     record: &Mutex<Record>,
     long_lived: &mut Vec<(String, std::net::TcpStream)>,
 ) -> Result<()> {
-    println!("     time      b1     b2     b3     b4  failed  event");
+    // `errors` counts every connection that did not complete; the summary
+    // tells failed new connections from those cut in flight by a removal.
+    println!("     time      b1     b2     b3     b4  errors  event");
     let mut ticker = Ticker::new();
     // 1: everything in service.
     ticker.run_for(phase, record, "all four backends in the VIP")?;
@@ -606,7 +608,7 @@ fn check(demo: &Demo, record: &Mutex<Record>, started: Instant) -> Result<()> {
         r.served.len(),
         started.elapsed().as_secs_f64(),
         if cut > 0 {
-            format!(" ({cut} more were in flight on a backend at the moment it was taken out)")
+            format!("; {cut} cut: already open on a backend at the moment it was taken out")
         } else {
             String::new()
         }

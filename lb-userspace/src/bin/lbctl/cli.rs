@@ -142,6 +142,10 @@ pub(crate) enum VipCommand {
         /// one backend
         #[arg(long)]
         hash_source_only: bool,
+        /// Do not let the balancer answer ICMP echo requests (ping) to the
+        /// VIP's address (it still does if another VIP there allows it)
+        #[arg(long)]
+        no_icmp_echo: bool,
     },
     /// Remove a VIP and its backends
     Remove {

@@ -103,6 +103,7 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
         ("VIP", Align::Left),
         ("TABLE-SIZE", Align::Right),
         ("HASH", Align::Left),
+        ("ECHO", Align::Left),
         ("CHECK", Align::Left),
         ("FAIL-OPEN", Align::Left),
         ("BACKENDS", Align::Left),
@@ -142,6 +143,7 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
             } else {
                 "5-tuple".to_string()
             },
+            if vip.icmp_echo { "on" } else { "off" }.to_string(),
             check,
             if vip.failing_open {
                 "ACTIVE"
@@ -581,6 +583,7 @@ mod tests {
             vip: VipAddr { port, ..vip() },
             table_size: 65537,
             hash_source_only: false,
+            icmp_echo: true,
             health_check: None,
             fail_open: true,
             failing_open: false,
@@ -612,6 +615,7 @@ mod tests {
                 vip: vip(),
                 table_size: 65537,
                 hash_source_only: false,
+                icmp_echo: true,
                 health_check: Some(HealthCheckConfig {
                     kind: Some(CheckType::Http),
                     path: Some("/health".into()),
@@ -630,6 +634,7 @@ mod tests {
                 },
                 table_size: 7,
                 hash_source_only: true,
+                icmp_echo: false,
                 health_check: None,
                 fail_open: false,
                 failing_open: false,
@@ -640,6 +645,7 @@ mod tests {
                 vip: VipAddr { port: 443, ..vip() },
                 table_size: 65537,
                 hash_source_only: false,
+                icmp_echo: true,
                 // An empty object: tcp on the VIP's port.
                 health_check: Some(HealthCheckConfig::default()),
                 fail_open: true,
@@ -650,10 +656,10 @@ mod tests {
         ];
         assert_eq!(
             render_vips(&vips),
-            "VIP                  TABLE-SIZE  HASH     CHECK         FAIL-OPEN  BACKENDS\n\
-             198.18.0.10:80/tcp        65537  5-tuple  http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
-             198.18.0.10:53/udp            7  source   -             off        0\n\
-             198.18.0.10:443/tcp       65537  5-tuple  tcp           ACTIVE     1\n"
+            "VIP                  TABLE-SIZE  HASH     ECHO  CHECK         FAIL-OPEN  BACKENDS\n\
+             198.18.0.10:80/tcp        65537  5-tuple  on    http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
+             198.18.0.10:53/udp            7  source   off   -             off        0\n\
+             198.18.0.10:443/tcp       65537  5-tuple  on    tcp           ACTIVE     1\n"
         );
         assert_eq!(render_vips(&[]), "no VIPs\n");
     }
@@ -745,8 +751,11 @@ mod tests {
              \x20 198.19.1.2            100   6400\n"
         );
         let all = render_stats(&stats, true);
-        assert!(all.contains("passed               0\n"), "{all}");
-        assert_eq!(all.lines().take_while(|l| !l.is_empty()).count(), 15);
+        assert!(all.contains("passed                     0\n"), "{all}");
+        assert_eq!(
+            all.lines().take_while(|l| !l.is_empty()).count(),
+            lb_common::GLOBAL_COUNTERS + 1
+        );
         let idle = render_stats(
             &StatsReport {
                 global: GlobalCounters::default(),

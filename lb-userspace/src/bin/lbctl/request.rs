@@ -47,10 +47,13 @@ impl Command {
                 vip,
                 table_size,
                 hash_source_only,
+                no_icmp_echo,
             }) => Request::AddVip {
                 vip: *vip,
                 table_size: *table_size,
                 hash_source_only: *hash_source_only,
+                // Unset means the agent's default (on).
+                icmp_echo: no_icmp_echo.then_some(false),
             },
             Command::Vip(VipCommand::Remove { vip }) => Request::RemoveVip { vip: *vip },
             Command::Vip(VipCommand::FailOpen { vip, fail_open }) => Request::SetFailOpen {
@@ -215,7 +218,8 @@ mod tests {
             Request::AddVip {
                 vip: vip(),
                 table_size: None,
-                hash_source_only: false
+                hash_source_only: false,
+                icmp_echo: None
             }
         );
         assert_eq!(
@@ -225,7 +229,8 @@ mod tests {
                 "198.18.0.10:53/udp",
                 "--table-size",
                 "655373",
-                "--hash-source-only"
+                "--hash-source-only",
+                "--no-icmp-echo"
             ]),
             Request::AddVip {
                 vip: VipAddr {
@@ -234,7 +239,8 @@ mod tests {
                     ..vip()
                 },
                 table_size: Some(655_373),
-                hash_source_only: true
+                hash_source_only: true,
+                icmp_echo: Some(false)
             }
         );
         assert_eq!(
