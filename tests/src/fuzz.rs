@@ -810,16 +810,7 @@ mod tests {
     }
 
     fn encapsulated(input: &[u8]) -> Vec<u8> {
-        let inner = &input[14..];
-        let mut outer = vec![0x45, inner[1]];
-        outer.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
-        outer.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
-        outer.extend_from_slice(&LB_SOURCE.octets());
-        outer.extend_from_slice(&BACKENDS[1].octets());
-        let c = internet_checksum(&outer);
-        outer[10..12].copy_from_slice(&c.to_be_bytes());
-        outer.extend_from_slice(inner);
-        ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &outer)
+        crate::xdp::encapsulated(input, BACKENDS[1])
     }
 
     #[test]

@@ -13,7 +13,9 @@ use lb_userspace::{
     maps::BalancerMaps,
 };
 
-use crate::packet::{LB_MAC, NEXT_HOP_MAC};
+use crate::packet::{
+    ethernet, internet_checksum, ETHERTYPE_IPV4, ETHERTYPE_VLAN, LB_MAC, NEXT_HOP_MAC,
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -151,4 +153,28 @@ pub fn assert_counter_deltas(
             "{case}: no counter named {name}"
         );
     }
+}
+
+/// The frame the LB must send for `input` towards `backend`, built from the
+/// input bytes with the test's own header code. Bytes past the inner IP
+/// total length (padding, a trailer) are not part of it.
+pub fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
+    let ethertype = u16::from_be_bytes([input[12], input[13]]);
+    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
+        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
+    } else {
+        (None, 14)
+    };
+    let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
+    let inner = &input[l3..l3 + inner_len];
+    let mut outer = vec![0x45, inner[1]];
+    outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
+    // Id 0 and DF set whatever the client sent (see lb-ebpf's encap.rs).
+    outer.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
+    outer.extend_from_slice(&LB_SOURCE.octets());
+    outer.extend_from_slice(&backend.octets());
+    let c = internet_checksum(&outer);
+    outer[10..12].copy_from_slice(&c.to_be_bytes());
+    outer.extend_from_slice(inner);
+    ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
 }

@@ -125,30 +125,6 @@ fn reply_from_lb(vlan: Option<u16>, ip: &Ipv4) -> Vec<u8> {
 }
 const MALFORMED: &[(&str, u64)] = &[("malformed", 1)];
 
-/// The frame the LB must send for `input` towards `backend`, built from the
-/// input bytes with the test's own header code. Bytes past the inner IP
-/// total length (padding, a trailer) are not part of it.
-fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
-    let ethertype = u16::from_be_bytes([input[12], input[13]]);
-    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
-        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
-    } else {
-        (None, 14)
-    };
-    let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
-    let inner = &input[l3..l3 + inner_len];
-    let mut outer = vec![0x45, inner[1]];
-    outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
-    // Id 0 and DF set whatever the client sent (see lb-ebpf's encap.rs).
-    outer.extend_from_slice(&[0, 0, 0x40, 0, 64, 4, 0, 0]);
-    outer.extend_from_slice(&LB_SOURCE.octets());
-    outer.extend_from_slice(&backend.octets());
-    let c = internet_checksum(&outer);
-    outer[10..12].copy_from_slice(&c.to_be_bytes());
-    outer.extend_from_slice(inner);
-    ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
-}
-
 fn cases() -> Vec<Case> {
     let tcp_vip = || one_backend_each();
     let mut with_options = tcp(TCP_SYN);
