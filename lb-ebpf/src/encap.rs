@@ -52,11 +52,12 @@ pub fn ipv4_header(tos: u8, tot_len: u16, ttl: u8, proto: u8, src: u32, dst: u32
     hdr
 }
 
-/// Cuts `excess` bytes off the end of the frame: what lies past the IP
-/// total length (Ethernet padding, a trailer) is not part of the client's
-/// packet and must not travel inside the tunnel, where it would sit inside
-/// the outer packet's length and push the frame over the MTU the caller
-/// checked.
+/// Cuts `excess` bytes off the end of the frame (no helper call when there
+/// is nothing to cut). What lies past the IP total length (Ethernet
+/// padding, a trailer) is not part of the client's packet: it must not
+/// travel inside the tunnel, where it would sit inside the outer packet's
+/// length and push the frame over the MTU the caller checked, nor end up in
+/// an ICMP reply built from the packet (`icmp.rs` uses this too).
 #[inline(always)]
 pub fn trim_tail(ctx: &XdpContext, excess: usize) -> Result<(), EncapError> {
     if excess == 0 {

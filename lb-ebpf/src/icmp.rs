@@ -17,7 +17,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use lb_common::{
@@ -98,7 +98,7 @@ fn echo(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u32 {
     // Padding or a trailer after the request is not part of the reply.
     let frame_len = l3 + pkt.tot_len as usize;
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
-    if trailer > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(trailer as i32)) } != 0 {
+    if encap::trim_tail(ctx, trailer).is_err() {
         return balancer::drop(&mut stats.encap_errors);
     }
     let (Some(eth), Some(ip), Some(icmp)) = (
@@ -226,7 +226,7 @@ pub fn frag_needed(ctx: &XdpContext, l2: L2, egress_mtu: u32, stats: &mut Global
     // headers: the quote stays where it is, nothing is copied.
     let keep = l3 + quote_len;
     let cut = (ctx.data_end() - ctx.data()).saturating_sub(keep);
-    if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(cut as i32)) } != 0 {
+    if encap::trim_tail(ctx, cut).is_err() {
         return balancer::drop(&mut stats.encap_errors);
     }
     let grow = (IPV4_MIN_LEN + ICMP_HDR_LEN) as i32;
