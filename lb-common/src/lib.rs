@@ -86,6 +86,20 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Per-CPU `GlobalStats` at index 0. Written by `balancer`, read by the agent.
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// Per-CPU `u32` by VIP id: the next slot of a `round-robin` VIP's
+    /// schedule on this CPU. Written and read by `balancer`; the agent
+    /// zeroes an id before giving it to a new VIP.
+    pub const RR_CURSORS: &str = "RR_CURSORS";
+    /// `i64` by backend id: open connections of a `least-conn` backend.
+    /// Shared by all CPUs: `balancer` adds and subtracts atomically; the
+    /// agent zeroes an id before reusing it and periodically replaces the
+    /// count with what the connection table shows (reconciliation).
+    pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    /// `AffinityKey` → `AffinityPin` (LRU): the backend of a client's last
+    /// flow, for VIPs with source-IP affinity. Written and read by
+    /// `balancer`; the agent deletes a VIP's entries when its affinity
+    /// setting changes.
+    pub const AFFINITY: &str = "AFFINITY";
     /// Load-time global `DataPathConfig` of `balancer`.
     pub const CONFIG: &str = "CONFIG";
     /// Decap program: set of local addresses (`u32` wire order → 1) whose
@@ -111,10 +125,30 @@ pub struct VipKey {
     pub _pad: u8,
 }
 
-/// Hash flows of this VIP on the source address only (no source port), so
-/// every connection of one client reaches the same backend (source-IP
-/// affinity). Set by the agent from the VIP's config; read by `balancer`.
-pub const VIP_F_HASH_NO_SRC_PORT: u32 = 1 << 0;
+/// How a VIP picks the backend of a new flow (`VipMeta::policy`). Written
+/// by the agent from the VIP's `policy`, read by `balancer` for every new
+/// flow. What the VIP's ring region holds depends on it (see
+/// `VipMeta::ring_size`).
+///
+/// Maglev on the 5-tuple hash: the same choice on every LB node.
+pub const POLICY_MAGLEV: u32 = 0;
+/// Maglev on the client's address (masked by `VipMeta::src_mask`), port
+/// left out: every connection of a client (or of its prefix) reaches one
+/// backend, on every LB node.
+pub const POLICY_MAGLEV_SOURCE: u32 = 1;
+/// Weighted random: a random slot of the VIP's weighted schedule.
+pub const POLICY_RANDOM: u32 = 2;
+/// Weighted round robin: the next slot of the VIP's weighted schedule,
+/// with one cursor per CPU (`RR_CURSORS`).
+pub const POLICY_ROUND_ROBIN: u32 = 3;
+/// Weighted least connections: the backend with the fewest active
+/// connections (`BACKEND_CONNS`) relative to its weight.
+pub const POLICY_LEAST_CONN: u32 = 4;
+
+/// Most backends a `least-conn` VIP may have: the data path scans them all
+/// for every new flow, so the bound keeps that scan (and the verifier's
+/// view of it) small. The agent refuses more.
+pub const LEAST_CONN_MAX_BACKENDS: u32 = 64;
 
 /// Answer ICMP echo requests to this VIP's address in the data path
 /// (`"icmp_echo"`, on by default). Kept in `VipMeta` so a restarted agent
@@ -150,13 +184,41 @@ pub struct VipMeta {
     pub flags: u32,
     /// First slot of this VIP's ring in the ring pool.
     pub ring_offset: u32,
-    /// Number of slots of the ring (a prime).
+    /// Number of slots of the ring region. What they hold depends on the
+    /// policy: the Maglev table (a prime number of backend ids) for
+    /// `maglev` and `maglev-source`; the weighted schedule (each backend
+    /// id as many times as its weight, interleaved) for `random` and
+    /// `round-robin`; (backend id, weight) pairs for `least-conn`. A region
+    /// of one `NO_BACKEND` slot: no backend takes new flows.
     pub ring_size: u32,
+    /// `POLICY_*`.
+    pub policy: u32,
+    /// Client address mask (wire order) for `maglev-source` hashing and
+    /// for the affinity key: the prefix of `source_prefix` bits.
+    pub src_mask: u32,
+    /// Source-IP affinity: a client's new flows go to the backend of its
+    /// last flow for this many seconds after that flow's last packet
+    /// (`AFFINITY`). 0: no affinity.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
 }
 
 /// The backend slot is in use. Cleared when the agent removes the backend,
 /// which makes `balancer` re-select flows pinned to it.
 pub const BACKEND_F_ACTIVE: u32 = 1 << 0;
+/// The backend takes no new flows (weight 0: draining) but keeps its
+/// established ones. Set by the agent; `balancer` reads it where a new flow
+/// could reach a backend without the VIP's table: an affinity entry.
+pub const BACKEND_F_DRAINING: u32 = 1 << 1;
+/// The backend's VIP is `least-conn`: `balancer` counts its open
+/// connections in `BACKEND_CONNS` (a new flow opens one; the client's FIN
+/// or RST closes it) and stamps its flows' pins with the time of their last
+/// packet, which the agent uses to reconcile the count.
+pub const BACKEND_F_COUNT_CONNS: u32 = 1 << 2;
+/// The backend's VIP has source-IP affinity: `balancer` refreshes the
+/// client's `AFFINITY` entry from its established flows' packets (once per
+/// clock tick of a flow, see `FLOW_TICK_SHIFT`).
+pub const BACKEND_F_AFFINITY: u32 = 1 << 3;
 
 /// Value of the backend array.
 #[repr(C)]
@@ -196,7 +258,51 @@ pub struct FlowPin {
     pub backend_id: u32,
     /// The backend's generation when the flow was pinned.
     pub generation: u32,
+    /// Flows of `least-conn` and affinity VIPs only (0 for the others):
+    /// `bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT` of the flow's last
+    /// packet, updated at most once per tick. Read by the agent to count a
+    /// flow idle for longer than the VIP's `idle_timeout` as closed.
+    pub last_seen_tick: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
 }
+
+/// `FlowPin::flags`: the client sent FIN or RST on a counted flow (its
+/// backend has `BACKEND_F_COUNT_CONNS`); its connection was subtracted from
+/// the backend's count, once. Set by `balancer`; read by `balancer` and by
+/// the agent's reconciliation, which does not count the flow.
+pub const FLOW_F_CLOSED: u32 = 1 << 0;
+
+/// `FlowPin::last_seen_tick` is monotonic nanoseconds shifted right by this
+/// much: a tick of 2^30 ns (about 1.07 s), so a flow's pin is rewritten at
+/// most about once a second.
+pub const FLOW_TICK_SHIFT: u32 = 30;
+
+/// Key of the affinity table: a client (its address masked by the VIP's
+/// `src_mask`) of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub vip_id: u32,
+    /// Client address & `VipMeta::src_mask`, wire order.
+    pub client: u32,
+}
+
+/// Value of the affinity table: the backend a client's new flows return to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityPin {
+    pub backend_id: u32,
+    /// The backend's generation when the entry was made: a replaced
+    /// backend id is not followed.
+    pub generation: u32,
+    /// `bpf_ktime_get_coarse_ns()` of the client's last packet (refreshed
+    /// once per flow tick, see `FLOW_TICK_SHIFT`).
+    pub last_seen_ns: u64,
+}
+
+/// Default capacity of the affinity table (clients, LRU).
+pub const DEFAULT_AFFINITY_ENTRIES: u32 = 1 << 18;
 
 /// Per-VIP counters (per CPU; userspace sums them).
 #[repr(C)]
@@ -221,7 +327,7 @@ pub struct BackendStats {
 /// in exactly one of the verdict counters (`passed`, `malformed`, `drop_*`,
 /// `encap_errors`, `fib_failures`, `fib_no_neigh`, `tx`, `redirected`,
 /// `icmp_echo_replies`, `icmp_frag_needed_sent`, `icmp_rate_limited`); the
-/// events (`flow_*`, `icmp_errors_forwarded`) count something that
+/// events (`flow_*`, `affinity_*`, `icmp_errors_forwarded`) count something that
 /// happened to a packet on its way to its verdict
 /// ([`GlobalStats::is_verdict`]).
 #[repr(C)]
@@ -275,16 +381,22 @@ pub struct GlobalStats {
     /// to the backend that owns the quoted flow (the packet's verdict is
     /// `tx`, `redirected`, `fib_no_neigh` or a drop like any VIP packet's).
     pub icmp_errors_forwarded: u64,
+    /// Event: new flows of an affinity VIP sent to the backend of the
+    /// client's affinity entry (not chosen by the policy).
+    pub affinity_hits: u64,
+    /// Event: new flows of an affinity VIP whose client had an entry older
+    /// than the VIP's timeout: chosen by the policy again.
+    pub affinity_expired: u64,
 }
 
 /// Number of counters in [`GlobalStats`].
-pub const GLOBAL_COUNTERS: usize = 18;
+pub const GLOBAL_COUNTERS: usize = 20;
 const _: () = assert!(core::mem::size_of::<GlobalStats>() == GLOBAL_COUNTERS * 8);
 
 impl GlobalStats {
     /// The counters' names, in field order (what userspace prints). Those
-    /// named `flow_*` count connection-table events, `icmp_errors_forwarded`
-    /// is an event too; the others are the verdicts (see [`Self::is_verdict`],
+    /// named `flow_*` count connection-table events, `affinity_*` and
+    /// `icmp_errors_forwarded` are events too; the others are the verdicts (see [`Self::is_verdict`],
     /// which the agent's `/metrics` relies on).
     pub const NAMES: [&'static str; GLOBAL_COUNTERS] = [
         "passed",
@@ -305,12 +417,16 @@ impl GlobalStats {
         "icmp_frag_needed_sent",
         "icmp_rate_limited",
         "icmp_errors_forwarded",
+        "affinity_hits",
+        "affinity_expired",
     ];
 
     /// Whether the counter named `name` is a verdict (every packet has
     /// exactly one) rather than an event.
     pub fn is_verdict(name: &str) -> bool {
-        !name.starts_with("flow_") && name != "icmp_errors_forwarded"
+        !name.starts_with("flow_")
+            && !name.starts_with("affinity_")
+            && name != "icmp_errors_forwarded"
     }
 
     /// The counters in field order.
@@ -426,6 +542,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowPin {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityPin {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalStats {}
@@ -456,10 +574,16 @@ mod tests {
             icmp_frag_needed_sent: 16,
             icmp_rate_limited: 17,
             icmp_errors_forwarded: 18,
+            affinity_hits: 19,
+            affinity_expired: 20,
         };
         assert_eq!(
             s.values(),
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+        );
+        assert_eq!(
+            (names_at(18), names_at(19)),
+            ("affinity_hits", "affinity_expired")
         );
         let names = super::GlobalStats::NAMES;
         assert_eq!(
@@ -480,6 +604,10 @@ mod tests {
             .iter()
             .filter(|n| super::GlobalStats::is_verdict(n))
             .count();
-        assert_eq!(verdicts, super::GLOBAL_COUNTERS - 5);
+        assert_eq!(verdicts, super::GLOBAL_COUNTERS - 7);
+    }
+
+    fn names_at(i: usize) -> &'static str {
+        super::GlobalStats::NAMES[i]
     }
 }

@@ -1,6 +1,7 @@
 //! The `balancer` program, top to bottom:
-//! parse → classify (address filter) → connection table → VIP and ring for
-//! new flows → next hop → encapsulate → verdict. ICMP branches off after
+//! parse → classify (address filter) → connection table → VIP and its
+//! policy (affinity, Maglev, random, round robin, least-conn) for new
+//! flows → next hop → encapsulate → verdict. ICMP branches off after
 //! the parse (`icmp`), and comes back to the one [`forward`] for errors
 //! about a VIP flow; a DF packet too big for the tunnel turns into an ICMP
 //! "fragmentation needed" in [`forward`].
@@ -13,7 +14,7 @@ use core::net::Ipv4Addr;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{GlobalStats, IPIP_OVERHEAD};
+use lb_common::{GlobalStats, IPIP_OVERHEAD, POLICY_RANDOM};
 
 use crate::{
     classify, encap, icmp,
@@ -95,7 +96,7 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
     let pinned = if pkt.tcp_syn {
         Pinned::Miss
     } else {
-        select::pinned(&pkt.flow)
+        select::pinned(&pkt.flow, pkt.tcp_fin_rst)
     };
     let (selected, vip_id) = match pinned {
         Pinned::Hit(selected) => {
@@ -107,11 +108,19 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
             let Some(vip) = classify::lookup_vip(&pkt.flow) else {
                 return Err(pass(&mut stats.passed));
             };
+            // A policy whose choice is no function of the tuple would send
+            // a retransmitted SYN elsewhere: it keeps its open pin.
+            if pkt.tcp_syn && vip.policy >= POLICY_RANDOM {
+                if let Some(selected) = select::open_pin(&pkt.flow) {
+                    stats.flow_hits += 1;
+                    return Ok(outbound(pkt, selected, vip.vip_id));
+                }
+            }
             if matches!(pinned, Pinned::Stale) {
                 stats.flow_reselected += 1;
             }
             stats.flow_misses += 1;
-            let Some(selected) = select::from_ring(&pkt.flow, &vip, stats) else {
+            let Some(selected) = select::new_flow(&pkt.flow, &vip, stats) else {
                 debug!(
                     ctx,
                     "VIP {}: no backend takes new flows, dropped", vip.vip_id
@@ -121,7 +130,12 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
             (selected, vip.vip_id)
         }
     };
-    Ok(Outbound {
+    Ok(outbound(pkt, selected, vip_id))
+}
+
+#[inline(always)]
+fn outbound(pkt: &Ipv4Flow, selected: Selected, vip_id: u32) -> Outbound {
+    Outbound {
         l2: pkt.l2,
         tot_len: pkt.tot_len,
         tos: pkt.tos,
@@ -132,7 +146,7 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
         } else {
             OnTooBig::Drop
         },
-    })
+    }
 }
 
 /// Encapsulates the packet to its selected backend and sends it on: the

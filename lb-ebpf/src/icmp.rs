@@ -311,7 +311,7 @@ fn error_about_flow(
         _pad: 0,
         _pad2: 0,
     };
-    let (selected, vip_id) = match select::pinned(&flow) {
+    let (selected, vip_id) = match select::pinned(&flow, false) {
         Pinned::Hit(selected) => {
             let vip_id = selected.backend.vip_id;
             (selected, vip_id)

@@ -6,6 +6,9 @@
 //! and ICMP errors about VIP flows. [`decap`] is the backends' half. Maps live in
 //! [`maps`], counters in [`stats`], checksum arithmetic in [`csum`].
 #![no_std]
+// `select` counts least-conn connections with the atomic-add intrinsic.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[cfg(feature = "balancer")]
 pub mod balancer;

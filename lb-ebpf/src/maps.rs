@@ -8,10 +8,10 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats, IcmpBucket, RingEntry,
-    VipAddrInfo, VipKey, VipMeta, VipStats, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST,
-    DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY,
-    VIP_FILTER_WORDS,
+    AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, FlowKey, FlowPin,
+    GlobalStats, IcmpBucket, RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats,
+    DEFAULT_AFFINITY_ENTRIES, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE,
+    DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
 };
 
 /// Virtual services. Written by the agent, read per packet.
@@ -49,6 +49,29 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowPin> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Each CPU's position in each `round-robin` VIP's schedule, by VIP id.
+/// Per-CPU so CPUs never contend on it (see docs/policies.md for what that
+/// means for the shares). Written and read by `balancer`; zeroed by the
+/// agent when it gives the id to a new VIP.
+#[map]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Open connections of each `least-conn` backend, by backend id. One
+/// shared count (not per CPU: the scan must compare totals), changed with
+/// atomic adds by `balancer`; the agent reconciles it from the connection
+/// table and zeroes an id before reusing it. Signed: a close seen after a
+/// reconciliation that already dropped the flow may take it below zero,
+/// which the scan reads as zero.
+#[map]
+pub static BACKEND_CONNS: Array<i64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Source-IP affinity: (VIP id, masked client address) → the backend of the
+/// client's last flow and when it was last seen. Written and read by
+/// `balancer`; the agent deletes a VIP's entries when its affinity changes.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityPin> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_ENTRIES, 0);
 
 /// Per-VIP counters by VIP id. Written by `balancer`, read by the agent
 /// (which zeroes an id before reusing it).

@@ -22,7 +22,9 @@ pub const IPV4_MIN_LEN: usize = size_of::<Ipv4Hdr>();
 pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET_MASK: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Pointer to a `T` at `offset` from the start of the packet, or `None` if
@@ -63,6 +65,9 @@ pub struct Ipv4Flow {
     /// TOS (DSCP and ECN) of the packet, inherited by the outer header.
     pub tos: u8,
     pub tcp_syn: bool,
+    /// TCP FIN or RST: the client ends the connection (what `least-conn`
+    /// counts as a close).
+    pub tcp_fin_rst: bool,
     /// The client set DF: it wants "fragmentation needed" rather than
     /// fragments (RFC 1191).
     pub df: bool,
@@ -159,6 +164,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         _pad2: 0,
     };
     let mut tcp_syn = false;
+    let mut tcp_fin_rst = false;
     if proto == IPPROTO_TCP {
         if tot_len as usize - ihl < size_of::<TcpHdr>() {
             return Parsed::Malformed;
@@ -173,6 +179,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
         // A connection opener: SYN without ACK (a SYN-ACK is a reply).
         tcp_syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        tcp_fin_rst = flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
     } else {
         if tot_len as usize - ihl < size_of::<UdpHdr>() {
             return Parsed::Malformed;
@@ -190,6 +197,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         tot_len,
         tos: ip.tos,
         tcp_syn,
+        tcp_fin_rst,
         df: frags & IP_DF != 0,
     })
 }

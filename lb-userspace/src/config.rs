@@ -17,6 +17,7 @@ use crate::{
     health::{self, CheckKind, CheckSpec},
     loader::BalancerOptions,
     maglev::DEFAULT_TABLE_SIZE,
+    policy::{self, Policy},
 };
 
 // Types the layers below config own (config reads them, they never read
@@ -169,8 +170,24 @@ pub struct VipConfig {
     pub protocol: Protocol,
     #[serde(default = "default_table_size")]
     pub table_size: u32,
-    /// Hash on the client's address only: all its connections reach one backend.
+    /// How new flows pick their backend (docs/policies.md); default maglev.
     #[serde(default)]
+    pub policy: Policy,
+    /// `maglev-source` and affinity: clients whose addresses share this
+    /// many leading bits count as one client (1-32; default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix: Option<u8>,
+    /// Source-IP affinity, for any policy: a client's new connections go
+    /// to the backend of its last one for this many seconds after that
+    /// connection's last packet. Absent: no affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
+    /// `least-conn`: a connection without a packet for this many seconds
+    /// no longer counts (default 300 for TCP, 60 for UDP, which has no FIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
+    /// The old name of `"policy": "maglev-source"`: read, never written.
+    #[serde(default, skip_serializing)]
     pub hash_source_only: bool,
     /// The balancer answers ICMP echo requests to the VIP's address (an
     /// address answers when any of its VIPs allows it). Default true.
@@ -189,6 +206,97 @@ pub struct VipConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// `idle_timeout` of a least-conn VIP that does not set it, in seconds.
+pub fn default_idle_timeout(protocol: Protocol) -> u32 {
+    match protocol {
+        Protocol::Tcp => 300,
+        Protocol::Udp => 60,
+    }
+}
+
+/// Longest `idle_timeout` accepted, in seconds (a day).
+pub const MAX_IDLE_TIMEOUT_S: u32 = 24 * 3600;
+
+impl VipConfig {
+    /// The policy in effect (`hash_source_only` is the old name of
+    /// `maglev-source`).
+    pub fn effective_policy(&self) -> Policy {
+        if self.hash_source_only && self.policy == Policy::Maglev {
+            Policy::MaglevSource
+        } else {
+            self.policy
+        }
+    }
+
+    /// Least-conn's idle timeout in seconds.
+    pub fn effective_idle_timeout(&self) -> u32 {
+        self.idle_timeout
+            .unwrap_or_else(|| default_idle_timeout(self.protocol))
+    }
+
+    /// Checks the policy settings; the error names the field.
+    pub fn check_policy(&self) -> Result<(), String> {
+        check_policy_fields(
+            self.effective_policy(),
+            self.source_prefix,
+            self.affinity_timeout,
+            self.idle_timeout,
+        )?;
+        if self.hash_source_only && !self.effective_policy().is_hash() {
+            return Err(format!(
+                "hash_source_only: conflicts with policy {} (it is the old name of maglev-source)",
+                self.policy
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a VIP's policy settings as the config file and the control
+/// socket give them; the error starts with the field's name.
+pub fn check_policy_fields(
+    policy: Policy,
+    source_prefix: Option<u8>,
+    affinity_timeout: Option<u32>,
+    idle_timeout: Option<u32>,
+) -> Result<(), String> {
+    if let Some(p) = source_prefix {
+        if !policy::SOURCE_PREFIX_RANGE.contains(&p) {
+            return Err(format!("source_prefix: {p} is out of range 1-32"));
+        }
+        if policy != Policy::MaglevSource && affinity_timeout.is_none() {
+            return Err(format!(
+                "source_prefix: policy {policy} without affinity does not use it \
+                 (it applies to maglev-source and to affinity)"
+            ));
+        }
+    }
+    match affinity_timeout {
+        Some(0) => {
+            return Err(
+                "affinity_timeout: 0 is no timeout; leave the field out for no affinity".into(),
+            )
+        }
+        Some(t) if t > policy::MAX_AFFINITY_TIMEOUT_S => {
+            return Err(format!(
+                "affinity_timeout: {t} s is above the maximum {} s",
+                policy::MAX_AFFINITY_TIMEOUT_S
+            ))
+        }
+        _ => {}
+    }
+    match idle_timeout {
+        Some(_) if policy != Policy::LeastConn => Err(format!(
+            "idle_timeout: policy {policy} does not use it (only least-conn counts connections)"
+        )),
+        Some(0) => Err("idle_timeout: 0 would count no connection; leave it out for the default".into()),
+        Some(t) if t > MAX_IDLE_TIMEOUT_S => Err(format!(
+            "idle_timeout: {t} s is above the maximum {MAX_IDLE_TIMEOUT_S} s"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The operator's say on a backend.
@@ -480,6 +588,9 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
         if vip.port == 0 {
             bail!("vips[{i}].port: 0 is not a service port");
         }
+        if let Err(e) = vip.check_policy() {
+            bail!("vips[{i}].{e}");
+        }
         if let Some(check) = &vip.health_check {
             if let Err(e) = check.resolve(vip.port) {
                 bail!("vips[{i}].health_check.{e}");
@@ -543,7 +654,9 @@ pub fn effective_specs(
             VipSpec {
                 vip: v.vip(),
                 table_size: v.table_size,
-                hash_source_only: v.hash_source_only,
+                policy: v.effective_policy(),
+                source_prefix: v.source_prefix.unwrap_or(32),
+                affinity_timeout: v.affinity_timeout.unwrap_or(0),
                 icmp_echo: v.icmp_echo,
                 backends: v
                     .backends

@@ -21,8 +21,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::{
     flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipAddrInfo, VipKey,
-    VipMeta, BACKEND_F_ACTIVE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_ADDR_F_ICMP_ECHO, VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO,
+    VipMeta, BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING,
+    FLOW_F_CLOSED, FLOW_TICK_SHIFT, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_ADDR_F_ICMP_ECHO,
+    VIP_F_ICMP_ECHO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,7 @@ use crate::{
     instrument::{Instruments, VipLabel},
     maglev::{self, MaglevBackend},
     maps::BalancerMaps,
+    policy::{self, Policy},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -90,11 +92,16 @@ impl fmt::Display for VipAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipSpec {
     pub vip: VipAddr,
-    /// Maglev table size (a prime).
+    /// Maglev table size (a prime); for `random` and `round-robin`, the
+    /// most schedule slots (the weights' sum) it may take.
     pub table_size: u32,
-    /// Hash on the source address only (every connection of a client goes
-    /// to the same backend).
-    pub hash_source_only: bool,
+    /// How new flows pick their backend.
+    pub policy: Policy,
+    /// Client prefix length for `maglev-source` hashing and the affinity
+    /// key (32: each address on its own).
+    pub source_prefix: u8,
+    /// Source-IP affinity timeout in seconds (0: none).
+    pub affinity_timeout: u32,
     /// Answer ICMP echo requests to the VIP's address in the data path.
     /// An address answers when any of its VIPs says so.
     pub icmp_echo: bool,
@@ -102,13 +109,15 @@ pub struct VipSpec {
 }
 
 impl VipSpec {
-    /// A VIP with the default table size (65537), hashing the whole
-    /// 5-tuple, and these (address, weight) backends.
+    /// A VIP with the default table size (65537), the default policy
+    /// (Maglev on the 5-tuple), and these (address, weight) backends.
     pub fn new(vip: VipAddr, backends: &[(Ipv4Addr, u32)]) -> Self {
         Self {
             vip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
-            hash_source_only: false,
+            policy: Policy::Maglev,
+            source_prefix: 32,
+            affinity_timeout: 0,
             icmp_echo: true,
             backends: backends
                 .iter()
@@ -151,17 +160,62 @@ impl VipState {
     fn meta(&self) -> VipMeta {
         VipMeta {
             vip_id: self.vip_id,
-            flags: if self.spec.hash_source_only {
-                VIP_F_HASH_NO_SRC_PORT
-            } else {
-                0
-            } | if self.spec.icmp_echo {
+            flags: if self.spec.icmp_echo {
                 VIP_F_ICMP_ECHO
             } else {
                 0
             },
             ring_offset: self.ring_offset,
-            ring_size: self.spec.table_size,
+            ring_size: self.ring.len() as u32,
+            policy: self.spec.policy.code(),
+            src_mask: policy::source_mask(self.spec.source_prefix),
+            affinity_timeout_s: self.spec.affinity_timeout,
+            _pad: 0,
+        }
+    }
+
+    /// The flags the data path should see on each of this VIP's backends.
+    fn backend_flags(&self, weight: u32) -> u32 {
+        let mut flags = BACKEND_F_ACTIVE;
+        if weight == 0 {
+            flags |= BACKEND_F_DRAINING;
+        }
+        if self.spec.policy == Policy::LeastConn {
+            flags |= BACKEND_F_COUNT_CONNS;
+        }
+        if self.spec.affinity_timeout != 0 {
+            flags |= BACKEND_F_AFFINITY;
+        }
+        flags
+    }
+}
+
+/// Every `id_step`-th slot of a region holds a backend id.
+fn id_step(policy: Policy) -> usize {
+    if policy == Policy::LeastConn {
+        2
+    } else {
+        1
+    }
+}
+
+/// What `VipMeta` carries besides the ring: when it changes, the VIP's
+/// metadata is rewritten even if the ring is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VipSettings {
+    policy: Policy,
+    source_prefix: u8,
+    affinity_timeout: u32,
+    icmp_echo: bool,
+}
+
+impl VipSettings {
+    fn of(spec: &VipSpec) -> Self {
+        Self {
+            policy: spec.policy,
+            source_prefix: spec.source_prefix,
+            affinity_timeout: spec.affinity_timeout,
+            icmp_echo: spec.icmp_echo,
         }
     }
 }
@@ -287,6 +341,8 @@ pub struct DataPlane {
     backend_ids: IdAllocator,
     /// Generation last written for each backend id.
     generations: Vec<u32>,
+    /// `BACKEND_F_*` flags last written for each backend id.
+    backend_flags: Vec<u32>,
     pool: RingAllocator,
     /// Where table rebuilds and swap durations are recorded.
     instruments: Instruments,
@@ -309,6 +365,7 @@ impl DataPlane {
             vip_ids: IdAllocator::new(MAX_VIPS),
             backend_ids: IdAllocator::new(MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
+            backend_flags: vec![0; MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
             instruments: Instruments::new(),
         }
@@ -332,6 +389,9 @@ impl DataPlane {
         for (id, b) in &backends {
             if let Some(g) = dp.generations.get_mut(*id as usize) {
                 *g = b.generation;
+            }
+            if let Some(f) = dp.backend_flags.get_mut(*id as usize) {
+                *f = b.flags;
             }
         }
         let mut stray = Vec::new();
@@ -379,7 +439,11 @@ impl DataPlane {
             let spec = VipSpec {
                 vip,
                 table_size: meta.ring_size,
-                hash_source_only: meta.flags & VIP_F_HASH_NO_SRC_PORT != 0,
+                policy: Policy::from_code(meta.policy).with_context(|| {
+                    format!("VIP {vip}: the pinned VIP map holds policy {}", meta.policy)
+                })?,
+                source_prefix: policy::prefix_of_mask(meta.src_mask),
+                affinity_timeout: meta.affinity_timeout_s,
                 icmp_echo: meta.flags & VIP_F_ICMP_ECHO != 0,
                 backends: backend_ids
                     .keys()
@@ -440,7 +504,9 @@ impl DataPlane {
     }
 
     /// The backend the ring gives a new flow, computed exactly as the data
-    /// path does (same hash, same table).
+    /// path does (same hash, same table). `None` also for a VIP whose
+    /// policy is not a hash (its choice depends on more than the packet)
+    /// and for one with affinity (the client's entry decides first).
     pub fn ring_choice(
         &self,
         vip: &VipAddr,
@@ -448,6 +514,9 @@ impl DataPlane {
         src_port: u16,
     ) -> Option<Ipv4Addr> {
         let state = self.vips.get(vip)?;
+        if !state.spec.policy.is_hash() || state.spec.affinity_timeout != 0 {
+            return None;
+        }
         let id = *state
             .ring
             .get(ring_slot(&state.spec, src_addr, src_port) as usize)?;
@@ -469,22 +538,35 @@ impl DataPlane {
         (self.generations.get(pin.backend_id as usize) == Some(&pin.generation)).then_some(*addr)
     }
 
-    /// Share of the VIP's ring slots held by each backend address.
+    /// Share of the VIP's new flows each backend address is given: its
+    /// share of the table or schedule slots, or for least-conn its share
+    /// of the weights (what it gets when connections last alike).
     pub fn ring_shares(&self, vip: &VipAddr) -> BTreeMap<Ipv4Addr, f64> {
         let Some(state) = self.vips.get(vip) else {
             return BTreeMap::new();
         };
         let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
-        for &id in &state.ring {
-            *counts.entry(id).or_default() += 1;
+        if state.spec.policy == Policy::LeastConn {
+            for pair in state.ring.chunks_exact(2) {
+                *counts.entry(pair[0]).or_default() += pair[1] as u64;
+            }
+        } else {
+            for &id in &state.ring {
+                *counts.entry(id).or_default() += 1;
+            }
         }
+        let total: u64 = counts
+            .iter()
+            .filter(|(&id, _)| id != NO_BACKEND)
+            .map(|(_, &c)| c)
+            .sum();
         state
             .backend_ids
             .iter()
             .map(|(addr, id)| {
                 (
                     *addr,
-                    counts.get(id).copied().unwrap_or(0) as f64 / state.ring.len().max(1) as f64,
+                    counts.get(id).copied().unwrap_or(0) as f64 / total.max(1) as f64,
                 )
             })
             .collect()
@@ -502,23 +584,84 @@ impl DataPlane {
         };
         let ring = self
             .maps
-            .ring_region(state.ring_offset, state.spec.table_size)
+            .ring_region(state.ring_offset, state.ring.len() as u32)
             .with_context(|| format!("VIP {vip}: ring region outside the pool"))?;
         let addrs: BTreeMap<u32, Ipv4Addr> =
             state.backend_ids.iter().map(|(a, &id)| (id, *a)).collect();
+        let step = id_step(state.spec.policy);
         let slots = ring
             .iter()
-            .map(|&id| {
-                if id == NO_BACKEND {
-                    Ok(None)
+            .enumerate()
+            .map(|(i, &id)| {
+                if i % step != 0 {
+                    Ok(Slot::Weight(id))
+                } else if id == NO_BACKEND {
+                    Ok(Slot::Empty)
                 } else {
-                    addrs.get(&id).copied().map(Some).with_context(|| {
+                    addrs.get(&id).copied().map(Slot::Backend).with_context(|| {
                         format!("VIP {vip}: its ring holds backend id {id}, which is none of its backends")
                     })
                 }
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(table_digest(&state.spec, slots.into_iter())))
+    }
+
+    /// A least-conn backend's open connections as the data path counts
+    /// them; `None` for other policies or an unknown backend.
+    pub fn backend_connections(&self, vip: &VipAddr, backend: Ipv4Addr) -> Option<i64> {
+        let state = self.vips.get(vip)?;
+        if state.spec.policy != Policy::LeastConn {
+            return None;
+        }
+        let id = *state.backend_ids.get(&backend)?;
+        self.maps.backend_conns(id).ok().map(|n| n.max(0))
+    }
+
+    /// Replaces the connection count of every least-conn backend with the
+    /// number of its connection-table entries that are neither closed (the
+    /// client's FIN or RST was seen) nor idle for longer than
+    /// `idle_timeout_s` of their VIP: what repairs the counts the data path
+    /// cannot keep itself (connections that end silently, an LRU eviction,
+    /// a SYN on a reused tuple). One walk of the table, only when some VIP
+    /// is least-conn; returns how many backends were written.
+    pub fn reconcile_connections(&mut self, idle_timeout_s: impl Fn(&VipAddr) -> u32) -> Result<usize> {
+        // Backend id → (generation, idle limit in ticks) of least-conn backends.
+        let mut counted: Vec<Option<(u32, u32)>> = vec![None; MAX_BACKENDS as usize];
+        let mut any = false;
+        for (vip, state) in &self.vips {
+            if state.spec.policy != Policy::LeastConn {
+                continue;
+            }
+            let idle_ticks = idle_ticks(idle_timeout_s(vip));
+            for &id in state.backend_ids.values() {
+                counted[id as usize] = Some((self.generations[id as usize], idle_ticks));
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(0);
+        }
+        let now = monotonic_tick()?;
+        let mut counts = vec![0i64; MAX_BACKENDS as usize];
+        self.maps.for_each_flow(|_, pin| {
+            if let Some(Some((generation, idle))) = counted.get(pin.backend_id as usize) {
+                if pin.generation == *generation
+                    && pin.flags & FLOW_F_CLOSED == 0
+                    && now.wrapping_sub(pin.last_seen_tick) <= *idle
+                {
+                    counts[pin.backend_id as usize] += 1;
+                }
+            }
+        })?;
+        let mut written = 0;
+        for (id, c) in counted.iter().enumerate() {
+            if c.is_some() {
+                self.maps.set_backend_conns(id as u32, counts[id])?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     pub fn maps_mut(&mut self) -> &mut BalancerMaps {
@@ -598,7 +741,7 @@ impl DataPlane {
             .collect();
         for vip in removed {
             let state = &self.vips[&vip];
-            plan.pool.release(state.ring_offset, state.spec.table_size);
+            plan.pool.release(state.ring_offset, state.ring.len() as u32);
             plan.vip_ids.release(state.vip_id);
             for &id in state.backend_ids.values() {
                 plan.backend_ids.release(id);
@@ -617,13 +760,13 @@ impl DataPlane {
 
         for (vip, spec) in desired {
             let old = self.vips.get(vip);
-            // (vip id, ring offset, table size, flags) of the VIP as written.
+            // (vip id, ring offset, region length, VIP settings) as written.
             let old_facts = old.map(|o| {
                 (
                     o.vip_id,
                     o.ring_offset,
-                    o.spec.table_size,
-                    (o.spec.hash_source_only, o.spec.icmp_echo),
+                    o.ring.len() as u32,
+                    VipSettings::of(&o.spec),
                 )
             });
             // Backend ids: keep those of backends still present (found by
@@ -669,8 +812,9 @@ impl DataPlane {
             // `None`: the VIP keeps its ring (moved over, not copied).
             let ring: Option<Vec<u32>> = match (write, tables.get_mut(vip), old) {
                 (false, Some(table), _) => {
-                    // Slot values are indexes into the spec's backend list.
-                    for slot in table.iter_mut() {
+                    // Slot values are indexes into the spec's backend list
+                    // (least-conn: every other slot is a weight).
+                    for slot in table.iter_mut().step_by(id_step(spec.policy)) {
                         if let Some(&id) = ids.get(*slot as usize) {
                             *slot = id;
                         }
@@ -681,13 +825,23 @@ impl DataPlane {
                 (_, None, Some(_)) => None,
                 (_, None, None) => bail!("VIP {vip}: no table was built"),
             };
+            let region_len = tables
+                .get(vip)
+                .or(ring.as_ref())
+                .map(|r| r.len() as u32)
+                .or(old_facts.map(|(_, _, len, _)| len))
+                .unwrap_or_default();
             let ring_changed = match (tables.get(vip).or(ring.as_ref()), old) {
                 (Some(new), Some(old)) => old.ring != *new,
                 (_, None) => true,
                 (None, Some(_)) => false,
             };
-            let flags_changed = old_facts
-                .is_none_or(|(_, _, _, flags)| flags != (spec.hash_source_only, spec.icmp_echo));
+            let settings = VipSettings::of(spec);
+            let flags_changed = old_facts.is_none_or(|(_, _, _, old)| old != settings);
+            let affinity_reset = old_facts.is_some_and(|(_, _, _, old)| {
+                old.affinity_timeout != 0
+                    && (settings.affinity_timeout == 0 || old.source_prefix != settings.source_prefix)
+            });
             let old = old_facts;
             let vip_id = match old {
                 Some((vip_id, ..)) => vip_id,
@@ -696,10 +850,9 @@ impl DataPlane {
                 })?,
             };
             let ring_offset = if ring_changed {
-                let offset = plan.pool.alloc(spec.table_size).with_context(|| {
+                let offset = plan.pool.alloc(region_len).with_context(|| {
                     format!(
-                        "no room in the ring pool for the {}-slot table of VIP {vip} ({} slots free)",
-                        spec.table_size,
+                        "no room in the ring pool for the {region_len}-slot table of VIP {vip} ({} slots free)",
                         plan.pool.free_slots()
                     )
                 })?;
@@ -740,11 +893,26 @@ impl DataPlane {
             }
             if ring_changed || flags_changed {
                 if old.is_none() {
-                    // A reused VIP id must not show its last owner's counters.
+                    // A reused VIP id must not show its last owner's
+                    // counters, cursor or clients.
                     self.maps.reset_vip_stats(vip_id)?;
+                    self.maps.reset_rr_cursor(vip_id)?;
+                    self.maps.clear_affinity(vip_id)?;
                     self.open_vip_filter(vip.addr)?;
                 }
                 self.maps.set_vip(&vip.key(), &state.meta())?;
+            }
+            if affinity_reset {
+                // Entries keyed by the old prefix, or of affinity turned off.
+                self.maps.clear_affinity(vip_id)?;
+            }
+            // Flags follow the policy, the affinity and the weight (drain);
+            // rewriting them keeps the generation, so pins stay valid.
+            for (b, &id) in spec.backends.iter().zip(&ids) {
+                let flags = state.backend_flags(b.weight);
+                if self.backend_flags[id as usize] != flags {
+                    self.set_backend_flags(id, b.addr, vip_id, flags)?;
+                }
             }
             // Only now that no ring points at them.
             for &id in &gone {
@@ -807,24 +975,34 @@ impl DataPlane {
         self.maps.set_vip_filter_word(word, bits)
     }
 
-    /// Gives backend id `id` to a new backend: fresh counters, a new
-    /// generation (so flows pinned to the id's last owner re-select), active.
+    /// Gives backend id `id` to a new backend: fresh counters and
+    /// connection count, a new generation (so flows pinned to the id's last
+    /// owner re-select), active. The policy's flags follow in `walk`.
     fn activate_backend(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32) -> Result<()> {
         self.maps.reset_backend_stats(id)?;
+        self.maps.set_backend_conns(id, 0)?;
         let generation = &mut self.generations[id as usize];
         *generation = generation.wrapping_add(1);
+        self.set_backend_flags(id, addr, vip_id, BACKEND_F_ACTIVE)
+    }
+
+    /// Writes backend id `id` with its current generation and `flags`.
+    fn set_backend_flags(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32, flags: u32) -> Result<()> {
         self.maps.set_backend(
             id,
             &Backend {
                 addr: ipv4_to_wire(addr.octets()),
-                generation: *generation,
-                flags: BACKEND_F_ACTIVE,
+                generation: self.generations[id as usize],
+                flags,
                 vip_id,
             },
-        )
+        )?;
+        self.backend_flags[id as usize] = flags;
+        Ok(())
     }
 
     fn deactivate_backend(&mut self, id: u32) -> Result<()> {
+        self.backend_flags[id as usize] = 0;
         self.maps.set_backend(
             id,
             &Backend {
@@ -837,46 +1015,91 @@ impl DataPlane {
     }
 }
 
-/// Slot of a VIP's ring that a new flow from `src_addr:src_port` hashes to.
+/// How often the agent reconciles least-conn connection counts with the
+/// connection table.
+pub const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The data path's flow clock now: `CLOCK_MONOTONIC` (which
+/// `bpf_ktime_get_coarse_ns` reads, coarsely) in ticks of
+/// `2^FLOW_TICK_SHIFT` ns.
+fn monotonic_tick() -> Result<u32> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading CLOCK_MONOTONIC");
+    }
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    Ok((ns >> FLOW_TICK_SHIFT) as u32)
+}
+
+/// An idle timeout in flow-clock ticks, rounded up, plus one tick: a pin is
+/// stamped at most once a tick, so its stamp may lag its last packet by one.
+fn idle_ticks(seconds: u32) -> u32 {
+    let ns = seconds as u64 * 1_000_000_000;
+    (ns.div_ceil(1 << FLOW_TICK_SHIFT) + 1).min(u32::MAX as u64) as u32
+}
+
+/// Slot of a `maglev` or `maglev-source` VIP's table that a new flow from
+/// `src_addr:src_port` hashes to (as the data path's `select::ring_choice`).
 pub fn ring_slot(spec: &VipSpec, src_addr: Ipv4Addr, src_port: u16) -> u32 {
     let key = spec.vip.key();
-    let src_port = if spec.hash_source_only {
+    let mut src = ipv4_to_wire(src_addr.octets());
+    let src_port = if spec.policy == Policy::MaglevSource {
+        src &= policy::source_mask(spec.source_prefix);
         0
     } else {
         port_to_wire(src_port)
     };
-    flow_hash(
-        ipv4_to_wire(src_addr.octets()),
-        key.addr,
-        src_port,
-        key.port,
-        key.proto,
-    ) % spec.table_size
+    flow_hash(src, key.addr, src_port, key.port, key.proto) % spec.table_size
 }
 
 /// Keys of the table digest's SipHash (fixed: every node and every version
 /// must hash alike; the digest detects differences, it is no signature).
 const DIGEST_KEYS: (u64, u64) = (0x6c62_2d64_6967_6573, 0x7420_7461_626c_6531);
 
-/// The table digest of a VIP whose ring sends slot `i` to the `i`-th item
-/// of `slots` (`None`: no backend). It covers what decides a new flow's
-/// backend: the VIP, the hash mode, the table size and every slot's backend
-/// address; 128-bit SipHash-1-3, 32 hex digits.
-pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Option<Ipv4Addr>>) -> String {
+/// One slot of a VIP's region as the digest sees it: backend ids turned
+/// into addresses (ids differ between nodes, addresses do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Backend(Ipv4Addr),
+    /// `NO_BACKEND`.
+    Empty,
+    /// A least-conn backend's weight (the slot after its id).
+    Weight(u32),
+}
+
+/// The table digest of a VIP whose region holds `slots`. It covers what
+/// decides a new flow's backend: the VIP, the policy (and its prefix and
+/// affinity), the table size and every slot; 128-bit SipHash-1-3, 32 hex
+/// digits. A `maglev` or `maglev-source` VIP with the default prefix and
+/// no affinity digests as it did before policies existed.
+pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Slot>) -> String {
     use std::hash::Hasher;
     let mut h = siphasher::sip128::SipHasher13::new_with_keys(DIGEST_KEYS.0, DIGEST_KEYS.1);
     h.write(&spec.vip.addr.octets());
     h.write(&spec.vip.port.to_be_bytes());
-    h.write(&[spec.vip.proto.number(), u8::from(spec.hash_source_only)]);
+    // The policy code is where the 0/1 "hash on the source only" byte was.
+    h.write(&[spec.vip.proto.number(), spec.policy.code() as u8]);
+    if spec.source_prefix != 32 || spec.affinity_timeout != 0 {
+        h.write(&[spec.source_prefix]);
+        h.write(&spec.affinity_timeout.to_be_bytes());
+    }
     h.write(&spec.table_size.to_be_bytes());
     for slot in slots {
+        // A tag byte keeps "no backend" and weights apart from addresses.
         match slot {
-            // A tag byte keeps "no backend" apart from any address.
-            Some(addr) => {
+            Slot::Backend(addr) => {
                 h.write(&[1]);
                 h.write(&addr.octets());
             }
-            None => h.write(&[0]),
+            Slot::Empty => h.write(&[0]),
+            Slot::Weight(w) => {
+                h.write(&[2]);
+                h.write(&w.to_be_bytes());
+            }
         }
     }
     format!(
@@ -885,10 +1108,17 @@ pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Option<Ipv4Addr>
     )
 }
 
-/// The Maglev table of a spec. Backend ids are not known here, so slots
-/// hold indexes into the spec's backend list (`DataPlane::apply` maps them
-/// to ids).
+/// The region of a spec: its Maglev table, schedule or least-conn pairs
+/// (see [`crate::policy`]). Backend ids are not known here, so slots hold
+/// indexes into the spec's backend list (`DataPlane::apply` maps them to
+/// ids).
 fn spec_table(spec: &VipSpec) -> Result<Vec<u32>> {
+    let weights = || spec.backends.iter().map(|b| b.weight).collect::<Vec<u32>>();
+    match spec.policy {
+        Policy::Maglev | Policy::MaglevSource => {}
+        Policy::Random | Policy::RoundRobin => return Ok(policy::schedule(&weights())),
+        Policy::LeastConn => return Ok(policy::least_conn_pairs(&weights())),
+    }
     let backends: Vec<MaglevBackend> = spec
         .backends
         .iter()
@@ -922,20 +1152,29 @@ impl RingModel {
     /// The digest [`DataPlane::table_digest`] reports for a node that
     /// serves this spec, computed without any map.
     pub fn digest(&self) -> String {
+        let step = id_step(self.spec.policy);
         table_digest(
             &self.spec,
-            self.table.iter().map(|&i| {
-                if i == NO_BACKEND {
-                    None
+            self.table.iter().enumerate().map(|(k, &i)| {
+                if k % step != 0 {
+                    Slot::Weight(i)
                 } else {
-                    self.spec.backends.get(i as usize).map(|b| b.addr)
+                    match self.spec.backends.get(i as usize) {
+                        Some(b) => Slot::Backend(b.addr),
+                        None => Slot::Empty,
+                    }
                 }
             }),
         )
     }
 
-    /// The backend a new flow from `src_addr:src_port` gets.
+    /// The backend a new flow from `src_addr:src_port` gets; `None` for a
+    /// policy that is not a hash, or with affinity (see
+    /// [`DataPlane::ring_choice`]).
     pub fn choose(&self, src_addr: Ipv4Addr, src_port: u16) -> Option<Ipv4Addr> {
+        if !self.spec.policy.is_hash() || self.spec.affinity_timeout != 0 {
+            return None;
+        }
         let index = *self
             .table
             .get(ring_slot(&self.spec, src_addr, src_port) as usize)?;
@@ -960,6 +1199,24 @@ pub fn validate(desired: &[VipSpec]) -> Result<()> {
         }
         maglev::validate_table_size(spec.table_size)
             .with_context(|| format!("VIP {}: table_size {}", spec.vip, spec.table_size))?;
+        let weights: Vec<u32> = spec.backends.iter().map(|b| b.weight).collect();
+        policy::check_backends(spec.policy, &weights, spec.table_size)
+            .with_context(|| format!("VIP {}", spec.vip))?;
+        if !policy::SOURCE_PREFIX_RANGE.contains(&spec.source_prefix) {
+            bail!(
+                "VIP {}: source prefix /{} is out of range /1-/32",
+                spec.vip,
+                spec.source_prefix
+            );
+        }
+        if spec.affinity_timeout > policy::MAX_AFFINITY_TIMEOUT_S {
+            bail!(
+                "VIP {}: affinity timeout {} s is above the maximum {} s",
+                spec.vip,
+                spec.affinity_timeout,
+                policy::MAX_AFFINITY_TIMEOUT_S
+            );
+        }
         if spec.backends.len() >= spec.table_size as usize {
             bail!(
                 "VIP {}: {} backends need a table larger than {}",
@@ -1042,7 +1299,9 @@ mod tests {
                 proto: Protocol::Tcp,
             },
             table_size: 65537,
-            hash_source_only: false,
+            policy: Policy::Maglev,
+            source_prefix: 32,
+            affinity_timeout: 0,
             icmp_echo: true,
             backends: backends
                 .iter()

@@ -36,5 +36,6 @@ pub mod maps;
 pub mod metrics;
 pub mod objects;
 pub mod pins;
+pub mod policy;
 pub mod state;
 pub mod trace;

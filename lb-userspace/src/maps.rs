@@ -9,8 +9,8 @@ use aya::{
 
 use crate::batch::{self, BatchMap};
 use lb_common::{
-    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, VipAddrInfo, VipKey, VipMeta,
-    VipStats, RING_SLOTS_PER_ENTRY,
+    names, AffinityKey, AffinityPin, Backend, BackendStats, FlowKey, FlowPin, GlobalStats,
+    VipAddrInfo, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
 };
 
 /// The balancer's maps, taken out of a loaded [`Ebpf`].
@@ -24,6 +24,10 @@ pub struct BalancerMaps {
     /// The same connection table, for batch walks and deletes.
     flows_batch: FlowTable,
     counters: Counters,
+    /// Policy state the data path keeps (see `lb_common::names`).
+    rr_cursors: PerCpuArray<MapData, u32>,
+    backend_conns: Array<MapData, i64>,
+    affinity: HashMap<MapData, AffinityKey, AffinityPin>,
 }
 
 /// The data path's counters: per VIP id, per backend id, and global.
@@ -165,7 +169,68 @@ impl BalancerMaps {
             flows,
             flows_batch,
             counters: Counters::take_from(ebpf)?,
+            rr_cursors: take(ebpf, names::RR_CURSORS)?,
+            backend_conns: take(ebpf, names::BACKEND_CONNS)?,
+            affinity: take(ebpf, names::AFFINITY)?,
         })
+    }
+
+    /// Puts every CPU's round-robin cursor of a VIP id back to the start,
+    /// before the id is given to a new VIP.
+    pub fn reset_rr_cursor(&mut self, vip_id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.rr_cursors, vip_id)
+            .with_context(|| format!("zeroing the round-robin cursor of VIP id {vip_id}"))
+    }
+
+    /// A least-conn backend's open connections as the data path counts them.
+    pub fn backend_conns(&self, backend_id: u32) -> Result<i64> {
+        self.backend_conns
+            .get(&backend_id, 0)
+            .with_context(|| format!("reading the connection count of backend id {backend_id}"))
+    }
+
+    /// Replaces a backend's open-connection count (zero before the id is
+    /// reused; the reconciled count from the connection table).
+    pub fn set_backend_conns(&mut self, backend_id: u32, conns: i64) -> Result<()> {
+        self.backend_conns
+            .set(backend_id, conns, 0)
+            .with_context(|| format!("writing the connection count of backend id {backend_id}"))
+    }
+
+    /// A client's affinity entry, if any.
+    pub fn affinity(&self, key: &AffinityKey) -> Result<Option<AffinityPin>> {
+        match self.affinity.get(key, 0) {
+            Ok(pin) => Ok(Some(pin)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the affinity table"),
+        }
+    }
+
+    /// Writes a client's affinity entry (tests age one this way).
+    pub fn set_affinity(&mut self, key: &AffinityKey, pin: &AffinityPin) -> Result<()> {
+        self.affinity
+            .insert(key, pin, 0)
+            .context("writing the affinity table")
+    }
+
+    /// Deletes every affinity entry of a VIP id (its affinity was turned
+    /// off or changed, or the id goes to a new VIP); returns how many.
+    pub fn clear_affinity(&mut self, vip_id: u32) -> Result<usize> {
+        let keys: Vec<AffinityKey> = self
+            .affinity
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.vip_id == vip_id)
+            .collect();
+        let mut removed = 0;
+        for key in keys {
+            match self.affinity.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("clearing the affinity table"),
+            }
+        }
+        Ok(removed)
     }
 
     /// Number of slots in the ring pool.

@@ -528,6 +528,7 @@ mod tests {
             consecutive_fail: 0,
             last_transition_unix_ms: None,
             ring_share: 0.5,
+            connections: None,
         }
     }
 
@@ -566,7 +567,7 @@ mod tests {
             vips: vec![VipInfo {
                 vip: vip(),
                 table_size: 65537,
-                hash_source_only: false,
+                policy: Default::default(),
                 icmp_echo: true,
                 health_check: None,
                 fail_open: true,

@@ -26,8 +26,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    names, Backend, BackendStats, FlowKey, FlowPin, GlobalStats, RingEntry, VipAddrInfo, VipKey,
-    VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
+    names, AffinityKey, AffinityPin, Backend, BackendStats, FlowKey, FlowPin, GlobalStats,
+    RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
 };
 
 use crate::loader::{self, XdpModeSetting};
@@ -67,6 +67,13 @@ const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
         names::GLOBAL_STATS,
         size_of::<u32>(),
         size_of::<GlobalStats>(),
+    ),
+    (names::RR_CURSORS, size_of::<u32>(), size_of::<u32>()),
+    (names::BACKEND_CONNS, size_of::<u32>(), size_of::<i64>()),
+    (
+        names::AFFINITY,
+        size_of::<AffinityKey>(),
+        size_of::<AffinityPin>(),
     ),
 ];
 

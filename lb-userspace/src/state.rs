@@ -168,6 +168,10 @@ mod tests {
             port: 80,
             protocol: Protocol::Tcp,
             table_size: 65537,
+            policy: Default::default(),
+            source_prefix: None,
+            affinity_timeout: None,
+            idle_timeout: None,
             hash_source_only: false,
             icmp_echo: true,
             health_check: Some(crate::config::HealthCheckConfig {

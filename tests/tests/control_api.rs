@@ -82,7 +82,10 @@ fn changes_through_the_socket_reach_the_traffic() {
         Request::AddVip {
             vip,
             table_size: Some(65537),
-            hash_source_only: false,
+            policy: Default::default(),
+            source_prefix: None,
+            affinity_timeout: None,
+            idle_timeout: None,
             icmp_echo: None,
         },
     );
@@ -277,7 +280,10 @@ fn bad_input_gets_its_error_and_changes_nothing() {
             Request::AddVip {
                 vip,
                 table_size: Some(251),
-                hash_source_only: false,
+                policy: Default::default(),
+            source_prefix: None,
+            affinity_timeout: None,
+            idle_timeout: None,
                 icmp_echo: None,
             },
         );
@@ -312,7 +318,10 @@ fn bad_input_gets_its_error_and_changes_nothing() {
         Request::AddVip {
             vip: wide,
             table_size: Some(4099),
-            hash_source_only: false,
+            policy: Default::default(),
+            source_prefix: None,
+            affinity_timeout: None,
+            idle_timeout: None,
             icmp_echo: None,
         },
     );

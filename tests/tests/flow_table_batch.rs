@@ -47,6 +47,7 @@ fn batch_walk_and_delete_match_the_entry_by_entry_way() {
     fill(&table, &keys, |i| FlowPin {
         backend_id: i as u32 % 7,
         generation: 1,
+        ..FlowPin::default()
     })
     .expect("filling");
 

@@ -237,7 +237,7 @@ fn cases() -> Vec<Case> {
     };
 
     let mut source_affinity = vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)]);
-    source_affinity.hash_source_only = true;
+    source_affinity.policy = lb_userspace::policy::Policy::MaglevSource;
 
     vec![
         case(

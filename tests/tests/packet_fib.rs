@@ -91,7 +91,9 @@ fn every_fib_outcome() {
                 proto: Protocol::Tcp,
             },
             table_size: 251,
-            hash_source_only: false,
+            policy: Default::default(),
+            source_prefix: 32,
+            affinity_timeout: 0,
             icmp_echo: true,
             backends: vec![BackendSpec { addr, weight: 1 }],
         })

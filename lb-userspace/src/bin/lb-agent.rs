@@ -375,6 +375,19 @@ fn run(args: Args) -> Result<()> {
         }
     });
 
+    // least-conn counts: connections that end without a FIN or RST the
+    // data path saw (idle, evicted) are dropped from the counts here.
+    let reconcile_service = Arc::clone(&service);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(lb_userspace::dataplane::RECONCILE_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = reconcile_service.lock().await.reconcile_connections() {
+                warn!("least-conn: reconciling the connection counts failed: {e:#}");
+            }
+        }
+    });
+
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

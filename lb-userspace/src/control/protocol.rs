@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
+    policy::Policy,
     dataplane::{ApplyReport, Protocol, VipAddr},
     health::{CheckSpec, Health, ProbeResult},
     trace::packet::{Headers, PacketSpec},
@@ -40,6 +41,7 @@ pub const OPERATIONS: &[&str] = &[
     "enable",
     "set_health_check",
     "set_fail_open",
+    "set_policy",
     "show_config",
     "stats",
     "lookup_flow",
@@ -65,8 +67,19 @@ pub enum Request {
         /// Maglev table size (a prime); default 65537.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         table_size: Option<u32>,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        hash_source_only: bool,
+        /// Scheduling policy (docs/policies.md); default maglev.
+        #[serde(default, skip_serializing_if = "is_default_policy")]
+        policy: Policy,
+        /// maglev-source and affinity: client prefix length (1-32).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_prefix: Option<u8>,
+        /// Source-IP affinity timeout in seconds; absent: none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        affinity_timeout: Option<u32>,
+        /// least-conn: seconds of silence after which a connection stops
+        /// counting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idle_timeout: Option<u32>,
         /// Answer echo requests to the VIP's address; default true.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         icmp_echo: Option<bool>,
@@ -128,6 +141,25 @@ pub enum Request {
         vip: VipRef,
         fail_open: bool,
     },
+    /// Replaces the VIP's scheduling policy and all its settings (fields
+    /// left out take their defaults). Established connections stay on
+    /// their backends; new ones follow the new policy.
+    SetPolicy {
+        vip: VipRef,
+        /// Scheduling policy (docs/policies.md); default maglev.
+        #[serde(default, skip_serializing_if = "is_default_policy")]
+        policy: Policy,
+        /// maglev-source and affinity: client prefix length (1-32).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_prefix: Option<u8>,
+        /// Source-IP affinity timeout in seconds; absent: none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        affinity_timeout: Option<u32>,
+        /// least-conn: seconds of silence after which a connection stops
+        /// counting.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idle_timeout: Option<u32>,
+    },
     /// The running configuration (config file settings plus every change).
     ShowConfig {},
     /// Counters per VIP, per backend and global, summed over CPUs.
@@ -175,6 +207,7 @@ impl Request {
                 | Request::Enable { .. }
                 | Request::SetHealthCheck { .. }
                 | Request::SetFailOpen { .. }
+                | Request::SetPolicy { .. }
                 | Request::FlushFlows { .. }
         )
     }
@@ -321,11 +354,52 @@ pub struct VersionInfo {
     pub protocol: u32,
 }
 
+/// A VIP's scheduling policy and its settings, as requests carry them
+/// (see `VipConfig` for each field's meaning).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySettings {
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
+}
+
+fn is_default_policy(policy: &Policy) -> bool {
+    *policy == Policy::Maglev
+}
+
+impl PolicySettings {
+    /// The settings of a configured VIP.
+    pub fn of(vip: &VipConfig) -> Self {
+        Self {
+            policy: vip.effective_policy(),
+            source_prefix: vip.source_prefix,
+            affinity_timeout: vip.affinity_timeout,
+            idle_timeout: vip.idle_timeout,
+        }
+    }
+
+    /// Writes these settings into a VIP's configuration.
+    pub fn apply_to(&self, vip: &mut VipConfig) {
+        vip.policy = self.policy;
+        vip.hash_source_only = false;
+        vip.source_prefix = self.source_prefix;
+        vip.affinity_timeout = self.affinity_timeout;
+        vip.idle_timeout = self.idle_timeout;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VipInfo {
     pub vip: VipAddr,
     pub table_size: u32,
-    pub hash_source_only: bool,
+    /// Scheduling policy and its settings.
+    #[serde(flatten)]
+    pub policy: PolicySettings,
     /// Whether the VIP lets the balancer answer echo requests to its
     /// address (the address answers when any of its VIPs does).
     pub icmp_echo: bool,
@@ -364,6 +438,10 @@ pub struct BackendInfo {
     pub last_transition_unix_ms: Option<u64>,
     /// Share of the VIP's ring slots (new flows), 0.0 to 1.0.
     pub ring_share: f64,
+    /// least-conn VIPs: the open connections the data path counts for the
+    /// backend (what the policy compares); null for other policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,20 +569,26 @@ pub fn backend_entry(address: Ipv4Addr, weight: u32) -> BackendConfig {
 pub fn vip_entry(
     vip: VipAddr,
     table_size: u32,
-    hash_source_only: bool,
+    policy: &PolicySettings,
     icmp_echo: bool,
 ) -> VipConfig {
-    VipConfig {
+    let mut entry = VipConfig {
         address: vip.addr,
         port: vip.port,
         protocol: vip.proto,
         table_size,
-        hash_source_only,
+        policy: Policy::Maglev,
+        source_prefix: None,
+        affinity_timeout: None,
+        idle_timeout: None,
+        hash_source_only: false,
         icmp_echo,
         health_check: None,
         fail_open: true,
         backends: Vec::new(),
-    }
+    };
+    policy.apply_to(&mut entry);
+    entry
 }
 
 /// Parses a `address:port/protocol` VIP as written on `lbctl`'s command line.

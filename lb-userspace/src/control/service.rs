@@ -15,6 +15,7 @@ use crate::{
     dataplane::{DataPlane, Protocol, VipAddr},
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
+    policy::Policy,
     state::StateFile,
     trace::{packet as trace_packet, packet::PacketSpec, Tracer},
 };
@@ -272,7 +273,7 @@ impl Service {
             digest,
             vip: v.vip(),
             table_size: v.table_size,
-            hash_source_only: v.hash_source_only,
+            policy: PolicySettings::of(v),
             icmp_echo: v.icmp_echo,
             health_check: v.health_check.clone(),
             fail_open: v.fail_open,
@@ -305,10 +306,25 @@ impl Service {
                         consecutive_fail: status.consecutive_fail,
                         last_transition_unix_ms: status.last_transition_unix_ms,
                         ring_share: shares.get(&b.address).copied().unwrap_or(0.0),
+                        connections: self.dataplane.backend_connections(&v.vip(), b.address),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// Replaces every least-conn backend's connection count with what the
+    /// connection table shows (see [`DataPlane::reconcile_connections`]);
+    /// the agent calls it every [`crate::dataplane::RECONCILE_INTERVAL`].
+    pub fn reconcile_connections(&mut self) -> anyhow::Result<usize> {
+        let idle: HashMap<VipAddr, u32> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| (v.vip(), v.effective_idle_timeout()))
+            .collect();
+        self.dataplane
+            .reconcile_connections(|vip| idle.get(vip).copied().unwrap_or(u32::MAX))
     }
 
     /// Applies a change to a copy of the VIPs; commits it to the data path
@@ -629,6 +645,7 @@ impl Service {
             let pin = FlowPin {
                 backend_id,
                 generation,
+                ..FlowPin::default()
             };
             match self
                 .dataplane
@@ -696,6 +713,23 @@ fn classify(e: &anyhow::Error) -> ErrorCode {
     }
 }
 
+/// The policy settings of a request, checked field by field.
+fn policy_settings(
+    policy: Policy,
+    source_prefix: Option<u8>,
+    affinity_timeout: Option<u32>,
+    idle_timeout: Option<u32>,
+) -> Result<PolicySettings, ApiError> {
+    config::check_policy_fields(policy, source_prefix, affinity_timeout, idle_timeout)
+        .map_err(|e| err(ErrorCode::InvalidValue, e))?;
+    Ok(PolicySettings {
+        policy,
+        source_prefix,
+        affinity_timeout,
+        idle_timeout,
+    })
+}
+
 fn check_weight(weight: u32) -> Result<(), ApiError> {
     if weight > MAX_WEIGHT {
         return Err(err(
@@ -738,9 +772,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
         Request::AddVip {
             vip,
             table_size,
-            hash_source_only,
+            policy,
+            source_prefix,
+            affinity_timeout,
+            idle_timeout,
             icmp_echo,
         } => {
+            let policy = policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
             check_unicast("VIP address", vip.addr)?;
             if vip.port == 0 {
                 return Err(err(ErrorCode::InvalidValue, "port 0 is not a service port"));
@@ -760,10 +798,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             vips.push(super::protocol::vip_entry(
                 *vip,
                 size,
-                *hash_source_only,
+                &policy,
                 icmp_echo.unwrap_or(true),
             ));
-            Ok(format!("added VIP {vip} (table size {size})"))
+            Ok(format!(
+                "added VIP {vip} (table size {size}, policy {})",
+                policy.policy
+            ))
         }
         Request::RemoveVip { vip } => {
             let i = find(vips, vip)?;
@@ -867,6 +908,19 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             let i = find(vips, vip)?;
             vips[i].fail_open = *fail_open;
             Ok(format!("VIP {vip} fail-open set to {fail_open}"))
+        }
+        Request::SetPolicy {
+            vip,
+            policy,
+            source_prefix,
+            affinity_timeout,
+            idle_timeout,
+        } => {
+            let settings =
+                policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
+            let i = find(vips, vip)?;
+            settings.apply_to(&mut vips[i]);
+            Ok(format!("VIP {vip} policy set to {settings:?}"))
         }
         other => Err(err(
             ErrorCode::Internal,

@@ -415,7 +415,7 @@ impl BenchService {
         let _context = runtime.enter();
         let mut ebpf = loader::load_balancer(options)?;
         let dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
-        let mut vip_config = lb_userspace::control::protocol::vip_entry(vip, 65537, false, true);
+        let mut vip_config = lb_userspace::control::protocol::vip_entry(vip, 65537, &Default::default(), true);
         vip_config.backends = backends
             .iter()
             .map(|&a| lb_userspace::control::protocol::backend_entry(a, 1))
@@ -477,6 +477,7 @@ fn flow_table_benchmark() -> Result<serde_json::Value> {
             Ok(FlowPin {
                 backend_id: id,
                 generation: service.dataplane.maps().backend(id)?.generation,
+                ..FlowPin::default()
             })
         })
         .collect::<Result<_>>()?;

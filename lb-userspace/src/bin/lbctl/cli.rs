@@ -16,6 +16,7 @@ use lb_userspace::{
     config::{CheckType, HealthCheckConfig},
     control::protocol,
     dataplane::{Protocol, VipAddr},
+    policy::Policy,
     trace::packet::TcpFlag,
 };
 
@@ -138,9 +139,10 @@ pub(crate) enum VipCommand {
         /// Maglev table size, a prime (the agent's default: 65537)
         #[arg(long, value_name = "N")]
         table_size: Option<u32>,
-        /// Hash on the client's address only: all its connections reach
-        /// one backend
-        #[arg(long)]
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Old name of --policy maglev-source
+        #[arg(long, conflicts_with = "policy")]
         hash_source_only: bool,
         /// Do not let the balancer answer ICMP echo requests (ping) to the
         /// VIP's address (it still does if another VIP there allows it)
@@ -152,6 +154,15 @@ pub(crate) enum VipCommand {
         /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
+    },
+    /// Change the VIP's scheduling policy (established connections stay on
+    /// their backends); settings left out take their defaults
+    Policy {
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        #[arg(value_parser = protocol::parse_vip)]
+        vip: VipAddr,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Set whether the VIP keeps all its enabled backends when every one is
     /// unhealthy (on, the default) or drops its new flows (off)
@@ -167,6 +178,30 @@ pub(crate) enum VipCommand {
         )]
         fail_open: bool,
     },
+}
+
+/// A VIP's scheduling policy and its settings (docs/policies.md).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// How new flows pick a backend: maglev (default), maglev-source,
+    /// random, round-robin or least-conn
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub(crate) policy: Option<Policy>,
+    /// maglev-source and affinity: clients sharing this many leading
+    /// address bits count as one (1-32)
+    #[arg(long, value_name = "BITS")]
+    pub(crate) source_prefix: Option<u8>,
+    /// Source-IP affinity: a client returns to its last backend for this
+    /// many seconds after its last packet
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) affinity_timeout: Option<u32>,
+    /// least-conn: a connection silent for this many seconds stops counting
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) idle_timeout: Option<u32>,
+}
+
+fn parse_policy(text: &str) -> Result<Policy, String> {
+    text.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

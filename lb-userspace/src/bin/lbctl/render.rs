@@ -3,8 +3,8 @@
 use lb_userspace::{
     config::AdminState,
     control::protocol::{
-        self, BackendInfo, ChangeReport, FlowLookup, FlowSummary, GlobalCounters, Response,
-        ResponseData, StatsReport, VersionInfo, VipInfo,
+        self, BackendInfo, ChangeReport, FlowLookup, FlowSummary, GlobalCounters, PolicySettings,
+        Response, ResponseData, StatsReport, VersionInfo, VipInfo,
     },
     health::{CheckKind, CheckSpec, Health},
 };
@@ -95,6 +95,19 @@ pub(crate) fn render_digests(vips: &[VipInfo]) -> String {
     table.render()
 }
 
+/// A VIP's policy in a few characters: `maglev`, `maglev-source/24`,
+/// `random+affinity 300s`.
+fn policy_label(p: &PolicySettings) -> String {
+    let mut label = p.policy.to_string();
+    if let Some(prefix) = p.source_prefix {
+        label.push_str(&format!("/{prefix}"));
+    }
+    if let Some(t) = p.affinity_timeout {
+        label.push_str(&format!("+affinity {t}s"));
+    }
+    label
+}
+
 pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
     if vips.is_empty() {
         return "no VIPs\n".into();
@@ -102,7 +115,7 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
     let mut table = Table::new(&[
         ("VIP", Align::Left),
         ("TABLE-SIZE", Align::Right),
-        ("HASH", Align::Left),
+        ("POLICY", Align::Left),
         ("ECHO", Align::Left),
         ("CHECK", Align::Left),
         ("FAIL-OPEN", Align::Left),
@@ -138,11 +151,7 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
         table.row([
             vip.vip.to_string(),
             vip.table_size.to_string(),
-            if vip.hash_source_only {
-                "source".to_string()
-            } else {
-                "5-tuple".to_string()
-            },
+            policy_label(&vip.policy),
             if vip.icmp_echo { "on" } else { "off" }.to_string(),
             check,
             if vip.failing_open {
@@ -467,6 +476,8 @@ mod tests {
         health::ProbeResult,
     };
 
+    use lb_userspace::policy::Policy;
+
     use super::*;
     use crate::testutil::*;
 
@@ -486,6 +497,7 @@ mod tests {
             consecutive_fail: 0,
             last_transition_unix_ms: None,
             ring_share,
+            connections: None,
         }
     }
 
@@ -582,7 +594,7 @@ mod tests {
         let info = |port: u16, digest: Option<&str>| VipInfo {
             vip: VipAddr { port, ..vip() },
             table_size: 65537,
-            hash_source_only: false,
+            policy: PolicySettings::default(),
             icmp_echo: true,
             health_check: None,
             fail_open: true,
@@ -614,7 +626,7 @@ mod tests {
             VipInfo {
                 vip: vip(),
                 table_size: 65537,
-                hash_source_only: false,
+                policy: PolicySettings::default(),
                 icmp_echo: true,
                 health_check: Some(HealthCheckConfig {
                     kind: Some(CheckType::Http),
@@ -633,7 +645,11 @@ mod tests {
                     ..vip()
                 },
                 table_size: 7,
-                hash_source_only: true,
+                policy: PolicySettings {
+                    policy: Policy::MaglevSource,
+                    source_prefix: Some(24),
+                    ..PolicySettings::default()
+                },
                 icmp_echo: false,
                 health_check: None,
                 fail_open: false,
@@ -644,7 +660,7 @@ mod tests {
             VipInfo {
                 vip: VipAddr { port: 443, ..vip() },
                 table_size: 65537,
-                hash_source_only: false,
+                policy: PolicySettings::default(),
                 icmp_echo: true,
                 // An empty object: tcp on the VIP's port.
                 health_check: Some(HealthCheckConfig::default()),
@@ -656,10 +672,10 @@ mod tests {
         ];
         assert_eq!(
             render_vips(&vips),
-            "VIP                  TABLE-SIZE  HASH     ECHO  CHECK         FAIL-OPEN  BACKENDS\n\
-             198.18.0.10:80/tcp        65537  5-tuple  on    http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
-             198.18.0.10:53/udp            7  source   off   -             off        0\n\
-             198.18.0.10:443/tcp       65537  5-tuple  on    tcp           ACTIVE     1\n"
+            "VIP                  TABLE-SIZE  POLICY            ECHO  CHECK         FAIL-OPEN  BACKENDS\n\
+             198.18.0.10:80/tcp        65537  maglev            on    http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
+             198.18.0.10:53/udp            7  maglev-source/24  off   -             off        0\n\
+             198.18.0.10:443/tcp       65537  maglev            on    tcp           ACTIVE     1\n"
         );
         assert_eq!(render_vips(&[]), "no VIPs\n");
     }

@@ -1,6 +1,8 @@
 //! From the command line to the one control request it sends.
 
-use lb_userspace::{control::protocol::Request, dataplane::Protocol, trace::packet::PacketSpec};
+use lb_userspace::{
+    control::protocol::Request, dataplane::Protocol, policy::Policy, trace::packet::PacketSpec,
+};
 
 use crate::cli::{BackendCommand, Command, FlowCommand, HealthCommand, TraceArgs, VipCommand};
 
@@ -46,14 +48,29 @@ impl Command {
             Command::Vip(VipCommand::Add {
                 vip,
                 table_size,
+                policy,
                 hash_source_only,
                 no_icmp_echo,
             }) => Request::AddVip {
                 vip: *vip,
                 table_size: *table_size,
-                hash_source_only: *hash_source_only,
+                policy: if *hash_source_only {
+                    Policy::MaglevSource
+                } else {
+                    policy.policy.unwrap_or_default()
+                },
+                source_prefix: policy.source_prefix,
+                affinity_timeout: policy.affinity_timeout,
+                idle_timeout: policy.idle_timeout,
                 // Unset means the agent's default (on).
                 icmp_echo: no_icmp_echo.then_some(false),
+            },
+            Command::Vip(VipCommand::Policy { vip, policy }) => Request::SetPolicy {
+                vip: *vip,
+                policy: policy.policy.unwrap_or_default(),
+                source_prefix: policy.source_prefix,
+                affinity_timeout: policy.affinity_timeout,
+                idle_timeout: policy.idle_timeout,
             },
             Command::Vip(VipCommand::Remove { vip }) => Request::RemoveVip { vip: *vip },
             Command::Vip(VipCommand::FailOpen { vip, fail_open }) => Request::SetFailOpen {
@@ -218,7 +235,10 @@ mod tests {
             Request::AddVip {
                 vip: vip(),
                 table_size: None,
-                hash_source_only: false,
+                policy: Policy::Maglev,
+                source_prefix: None,
+                affinity_timeout: None,
+                idle_timeout: None,
                 icmp_echo: None
             }
         );
@@ -239,10 +259,57 @@ mod tests {
                     ..vip()
                 },
                 table_size: Some(655_373),
-                hash_source_only: true,
+                policy: Policy::MaglevSource,
+                source_prefix: None,
+                affinity_timeout: None,
+                idle_timeout: None,
                 icmp_echo: Some(false)
             }
         );
+        assert_eq!(
+            req(&[
+                "vip",
+                "add",
+                "198.18.0.10:80/tcp",
+                "--policy",
+                "least-conn",
+                "--idle-timeout",
+                "120",
+                "--affinity-timeout",
+                "30",
+                "--source-prefix",
+                "24"
+            ]),
+            Request::AddVip {
+                vip: vip(),
+                table_size: None,
+                policy: Policy::LeastConn,
+                source_prefix: Some(24),
+                affinity_timeout: Some(30),
+                idle_timeout: Some(120),
+                icmp_echo: None
+            }
+        );
+        assert_eq!(
+            req(&["vip", "policy", "198.18.0.10:80/tcp", "--policy", "round-robin"]),
+            Request::SetPolicy {
+                vip: vip(),
+                policy: Policy::RoundRobin,
+                source_prefix: None,
+                affinity_timeout: None,
+                idle_timeout: None,
+            }
+        );
+        let e = usage_error(&["vip", "policy", "198.18.0.10:80/tcp", "--policy", "fastest"]).to_string();
+        assert!(e.contains("unknown policy") && e.contains("least-conn"), "{e}");
+        usage_error(&[
+            "vip",
+            "add",
+            "198.18.0.10:80/tcp",
+            "--policy",
+            "random",
+            "--hash-source-only",
+        ]);
         assert_eq!(
             req(&["vip", "remove", "198.18.0.10:80/tcp"]),
             Request::RemoveVip { vip: vip() }
