@@ -267,10 +267,11 @@ pub struct FlowPin {
     pub flags: u32,
 }
 
-/// `FlowPin::flags`: the client sent FIN or RST on a counted flow (its
-/// backend has `BACKEND_F_COUNT_CONNS`); its connection was subtracted from
-/// the backend's count, once. Set by `balancer`; read by `balancer` and by
-/// the agent's reconciliation, which does not count the flow.
+/// `FlowPin::flags`: the client sent FIN or RST on the flow. Set by
+/// `balancer` (which then subtracts a least-conn connection from its
+/// backend's count, once); read by `balancer` (a SYN on a closed pin is a
+/// new connection, even for policies that keep a retransmitted SYN on its
+/// pin) and by the agent's reconciliation, which does not count the flow.
 pub const FLOW_F_CLOSED: u32 = 1 << 0;
 
 /// `FlowPin::last_seen_tick` is monotonic nanoseconds shifted right by this

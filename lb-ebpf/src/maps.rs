@@ -8,10 +8,10 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, FlowKey, FlowPin,
-    GlobalStats, IcmpBucket, RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats,
-    DEFAULT_AFFINITY_ENTRIES, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE,
-    DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
+    AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats,
+    IcmpBucket, RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats, DEFAULT_AFFINITY_ENTRIES,
+    DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS,
+    MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
 };
 
 /// Virtual services. Written by the agent, read per packet.

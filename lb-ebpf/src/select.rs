@@ -8,9 +8,9 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use lb_common::{
     flow_hash, AffinityKey, AffinityPin, Backend, FlowKey, FlowPin, GlobalStats, VipMeta,
-    BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING,
-    FLOW_F_CLOSED, FLOW_TICK_SHIFT, LEAST_CONN_MAX_BACKENDS, NO_BACKEND, POLICY_LEAST_CONN,
-    POLICY_MAGLEV, POLICY_MAGLEV_SOURCE, POLICY_RANDOM, POLICY_ROUND_ROBIN, RING_SLOTS_PER_ENTRY,
+    BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING, FLOW_F_CLOSED,
+    FLOW_TICK_SHIFT, LEAST_CONN_MAX_BACKENDS, NO_BACKEND, POLICY_LEAST_CONN, POLICY_MAGLEV,
+    POLICY_MAGLEV_SOURCE, POLICY_RANDOM, POLICY_ROUND_ROBIN, RING_SLOTS_PER_ENTRY,
 };
 
 use crate::{
@@ -54,8 +54,18 @@ pub fn pinned(flow: &FlowKey, closing: bool) -> Pinned {
     let Some(backend) = live_backend(pin.backend_id, pin.generation) else {
         return Pinned::Stale;
     };
+    // The client's first FIN or RST marks the pin (any policy: a SYN that
+    // reuses the tuple is then a new connection), and closes a least-conn
+    // connection's count once.
+    let closes = closing && pin.flags & FLOW_F_CLOSED == 0;
+    if closes {
+        pin.flags |= FLOW_F_CLOSED;
+        if backend.flags & BACKEND_F_COUNT_CONNS != 0 {
+            add_conns(pin.backend_id, -1);
+        }
+    }
     if backend.flags & TRACKED != 0 {
-        track(flow, pin, &backend, closing);
+        track(flow, pin, &backend, closes);
     }
     Pinned::Hit(Selected {
         backend_id: pin.backend_id,
@@ -88,18 +98,13 @@ fn live_backend(id: u32, generation: u32) -> Option<Backend> {
     (backend.flags & BACKEND_F_ACTIVE != 0 && backend.generation == generation).then_some(*backend)
 }
 
-/// An established packet of a least-conn or affinity flow: closes the
-/// connection's count on the client's FIN or RST (once), and once per tick
-/// stamps the pin and refreshes the client's affinity.
+/// An established packet of a least-conn or affinity flow: once per tick
+/// (and when the client closes) stamps the pin and refreshes the client's
+/// affinity.
 #[inline(always)]
-fn track(flow: &FlowKey, pin: &mut FlowPin, backend: &Backend, closing: bool) {
+fn track(flow: &FlowKey, pin: &mut FlowPin, backend: &Backend, closes: bool) {
     let now = coarse_now();
     let tick = (now >> FLOW_TICK_SHIFT) as u32;
-    let closes = closing && pin.flags & FLOW_F_CLOSED == 0;
-    if closes && backend.flags & BACKEND_F_COUNT_CONNS != 0 {
-        pin.flags |= FLOW_F_CLOSED;
-        add_conns(pin.backend_id, -1);
-    }
     if tick == pin.last_seen_tick && !closes {
         return;
     }
@@ -228,7 +233,11 @@ fn policy_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
             // SAFETY: this CPU's element, valid for the program's run.
             let cursor = unsafe { &mut *cursor };
             let slot = *cursor % vip.ring_size;
-            *cursor = if slot + 1 == vip.ring_size { 0 } else { slot + 1 };
+            *cursor = if slot + 1 == vip.ring_size {
+                0
+            } else {
+                slot + 1
+            };
             slot
         }
         POLICY_LEAST_CONN => return least_conn(vip),
@@ -263,7 +272,9 @@ pub fn ring_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
     if vip.ring_size == 0 {
         return None;
     }
-    backend_at(ring_slot(vip.ring_offset.wrapping_add(hash % vip.ring_size))?)
+    backend_at(ring_slot(
+        vip.ring_offset.wrapping_add(hash % vip.ring_size),
+    )?)
 }
 
 /// Weighted least connections over the VIP's (backend id, weight) pairs:

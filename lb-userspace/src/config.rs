@@ -291,7 +291,9 @@ pub fn check_policy_fields(
         Some(_) if policy != Policy::LeastConn => Err(format!(
             "idle_timeout: policy {policy} does not use it (only least-conn counts connections)"
         )),
-        Some(0) => Err("idle_timeout: 0 would count no connection; leave it out for the default".into()),
+        Some(0) => {
+            Err("idle_timeout: 0 would count no connection; leave it out for the default".into())
+        }
         Some(t) if t > MAX_IDLE_TIMEOUT_S => Err(format!(
             "idle_timeout: {t} s is above the maximum {MAX_IDLE_TIMEOUT_S} s"
         )),
@@ -753,6 +755,110 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).expect_err("must be rejected"))
+    }
+
+    /// GOOD with `fields` added to its VIP.
+    fn with_vip_fields(fields: &str) -> String {
+        GOOD.replace(
+            "\"protocol\": \"tcp\",",
+            &format!("\"protocol\": \"tcp\", {fields},"),
+        )
+    }
+
+    #[test]
+    fn policies_parse_with_their_settings() {
+        let c = Config::parse(GOOD).expect("GOOD");
+        assert_eq!(c.vips[0].effective_policy(), Policy::Maglev);
+        let c = Config::parse(&with_vip_fields(
+            r#""policy": "least-conn", "idle_timeout": 30, "affinity_timeout": 600, "source_prefix": 24"#,
+        ))
+        .expect("least-conn with affinity");
+        let v = &c.vips[0];
+        assert_eq!(
+            (
+                v.policy,
+                v.effective_idle_timeout(),
+                v.affinity_timeout,
+                v.source_prefix
+            ),
+            (Policy::LeastConn, 30, Some(600), Some(24))
+        );
+        let spec = &vip_specs(&c.vips)[0];
+        assert_eq!(
+            (spec.policy, spec.source_prefix, spec.affinity_timeout),
+            (Policy::LeastConn, 24, 600)
+        );
+        // The old spelling of maglev-source still reads.
+        let c = Config::parse(&with_vip_fields(r#""hash_source_only": true"#)).expect("old name");
+        assert_eq!(c.vips[0].effective_policy(), Policy::MaglevSource);
+        for p in ["maglev-source", "random", "round-robin"] {
+            Config::parse(&with_vip_fields(&format!(r#""policy": "{p}""#)))
+                .unwrap_or_else(|e| panic!("{p}: {e:#}"));
+        }
+        assert_eq!(default_idle_timeout(Protocol::Udp), 60);
+    }
+
+    #[test]
+    fn bad_policy_settings_name_the_field() {
+        let bad = |fields: &str, needle: &str| {
+            let e = err(&with_vip_fields(fields));
+            assert!(e.contains(needle), "{fields}: {e}");
+        };
+        bad(r#""policy": "fastest""#, "unknown variant `fastest`");
+        bad(
+            r#""policy": "maglev-source", "source_prefix": 0"#,
+            "vips[0].source_prefix: 0 is out of range",
+        );
+        bad(
+            r#""policy": "maglev-source", "source_prefix": 33"#,
+            "vips[0].source_prefix: 33 is out of range",
+        );
+        bad(
+            r#""source_prefix": 24"#,
+            "vips[0].source_prefix: policy maglev without affinity",
+        );
+        bad(
+            r#""affinity_timeout": 0"#,
+            "vips[0].affinity_timeout: 0 is no timeout",
+        );
+        bad(
+            r#""affinity_timeout": 604801"#,
+            "vips[0].affinity_timeout: 604801 s is above",
+        );
+        bad(
+            r#""idle_timeout": 30"#,
+            "vips[0].idle_timeout: policy maglev does not use it",
+        );
+        bad(
+            r#""policy": "least-conn", "idle_timeout": 0"#,
+            "vips[0].idle_timeout: 0",
+        );
+        bad(
+            r#""policy": "random", "hash_source_only": true"#,
+            "hash_source_only: conflicts with policy random",
+        );
+        // Weights that do not fit the schedule, and too many least-conn backends.
+        let heavy = GOOD.replace("\"weight\": 3", "\"weight\": 10000");
+        let e = format!(
+            "{:#}",
+            Config::parse(&heavy.replace(
+                "\"protocol\": \"tcp\",",
+                "\"protocol\": \"tcp\", \"policy\": \"round-robin\", \"table_size\": 4099,"
+            ))
+            .expect_err("schedule too long")
+        );
+        assert!(e.contains("add up to 10001"), "{e}");
+        let backends: Vec<String> = (1..=65)
+            .map(|i| format!(r#"{{"address": "198.19.{}.{}"}}"#, i / 200, i % 200 + 1))
+            .collect();
+        let many = format!(
+            r#"{{"interface": "eth0", "source_address": "198.18.1.2",
+                "vips": [{{"address": "198.18.0.10", "port": 80, "protocol": "tcp",
+                          "policy": "least-conn", "backends": [{}]}}]}}"#,
+            backends.join(",")
+        );
+        let e = err(&many);
+        assert!(e.contains("least-conn supports at most 64 backends"), "{e}");
     }
 
     #[test]

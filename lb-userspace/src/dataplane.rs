@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use lb_common::{
     flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipAddrInfo, VipKey,
     VipMeta, BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING,
-    FLOW_F_CLOSED, FLOW_TICK_SHIFT, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_ADDR_F_ICMP_ECHO,
-    VIP_F_ICMP_ECHO,
+    FLOW_F_CLOSED, FLOW_TICK_SHIFT, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
+    VIP_ADDR_F_ICMP_ECHO, VIP_F_ICMP_ECHO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -625,7 +625,10 @@ impl DataPlane {
     /// cannot keep itself (connections that end silently, an LRU eviction,
     /// a SYN on a reused tuple). One walk of the table, only when some VIP
     /// is least-conn; returns how many backends were written.
-    pub fn reconcile_connections(&mut self, idle_timeout_s: impl Fn(&VipAddr) -> u32) -> Result<usize> {
+    pub fn reconcile_connections(
+        &mut self,
+        idle_timeout_s: impl Fn(&VipAddr) -> u32,
+    ) -> Result<usize> {
         // Backend id → (generation, idle limit in ticks) of least-conn backends.
         let mut counted: Vec<Option<(u32, u32)>> = vec![None; MAX_BACKENDS as usize];
         let mut any = false;
@@ -741,7 +744,8 @@ impl DataPlane {
             .collect();
         for vip in removed {
             let state = &self.vips[&vip];
-            plan.pool.release(state.ring_offset, state.ring.len() as u32);
+            plan.pool
+                .release(state.ring_offset, state.ring.len() as u32);
             plan.vip_ids.release(state.vip_id);
             for &id in state.backend_ids.values() {
                 plan.backend_ids.release(id);
@@ -840,7 +844,8 @@ impl DataPlane {
             let flags_changed = old_facts.is_none_or(|(_, _, _, old)| old != settings);
             let affinity_reset = old_facts.is_some_and(|(_, _, _, old)| {
                 old.affinity_timeout != 0
-                    && (settings.affinity_timeout == 0 || old.source_prefix != settings.source_prefix)
+                    && (settings.affinity_timeout == 0
+                        || old.source_prefix != settings.source_prefix)
             });
             let old = old_facts;
             let vip_id = match old {
@@ -987,7 +992,13 @@ impl DataPlane {
     }
 
     /// Writes backend id `id` with its current generation and `flags`.
-    fn set_backend_flags(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32, flags: u32) -> Result<()> {
+    fn set_backend_flags(
+        &mut self,
+        id: u32,
+        addr: Ipv4Addr,
+        vip_id: u32,
+        flags: u32,
+    ) -> Result<()> {
         self.maps.set_backend(
             id,
             &Backend {

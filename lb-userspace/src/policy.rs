@@ -135,11 +135,7 @@ pub const MAX_AFFINITY_TIMEOUT_S: u32 = 7 * 24 * 3600;
 /// another is owed a turn. A single `NO_BACKEND` slot when no backend takes
 /// new flows.
 pub fn schedule(weights: &[u32]) -> Vec<u32> {
-    let g = weights
-        .iter()
-        .copied()
-        .filter(|&w| w > 0)
-        .fold(0, gcd);
+    let g = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd);
     if g == 0 {
         return vec![NO_BACKEND];
     }
@@ -279,8 +275,14 @@ mod tests {
     #[test]
     fn bad_policies_and_backend_sets_are_named() {
         let e = "weighted".parse::<Policy>().unwrap_err().to_string();
-        assert!(e.contains("maglev-source") && e.contains("least-conn"), "{e}");
-        assert_eq!("round-robin".parse::<Policy>().ok(), Some(Policy::RoundRobin));
+        assert!(
+            e.contains("maglev-source") && e.contains("least-conn"),
+            "{e}"
+        );
+        assert_eq!(
+            "round-robin".parse::<Policy>().ok(),
+            Some(Policy::RoundRobin)
+        );
         for p in Policy::ALL {
             assert_eq!(Policy::from_code(p.code()), Some(p));
             assert_eq!(p.name().parse::<Policy>().ok(), Some(p));

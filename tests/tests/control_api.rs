@@ -281,9 +281,9 @@ fn bad_input_gets_its_error_and_changes_nothing() {
                 vip,
                 table_size: Some(251),
                 policy: Default::default(),
-            source_prefix: None,
-            affinity_timeout: None,
-            idle_timeout: None,
+                source_prefix: None,
+                affinity_timeout: None,
+                idle_timeout: None,
                 icmp_echo: None,
             },
         );

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
-    policy::Policy,
     dataplane::{ApplyReport, Protocol, VipAddr},
     health::{CheckSpec, Health, ProbeResult},
+    policy::Policy,
     trace::packet::{Headers, PacketSpec},
 };
 

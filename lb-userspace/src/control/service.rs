@@ -778,7 +778,8 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             idle_timeout,
             icmp_echo,
         } => {
-            let policy = policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
+            let policy =
+                policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
             check_unicast("VIP address", vip.addr)?;
             if vip.port == 0 {
                 return Err(err(ErrorCode::InvalidValue, "port 0 is not a service port"));

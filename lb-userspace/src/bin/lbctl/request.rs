@@ -291,7 +291,13 @@ mod tests {
             }
         );
         assert_eq!(
-            req(&["vip", "policy", "198.18.0.10:80/tcp", "--policy", "round-robin"]),
+            req(&[
+                "vip",
+                "policy",
+                "198.18.0.10:80/tcp",
+                "--policy",
+                "round-robin"
+            ]),
             Request::SetPolicy {
                 vip: vip(),
                 policy: Policy::RoundRobin,
@@ -300,8 +306,12 @@ mod tests {
                 idle_timeout: None,
             }
         );
-        let e = usage_error(&["vip", "policy", "198.18.0.10:80/tcp", "--policy", "fastest"]).to_string();
-        assert!(e.contains("unknown policy") && e.contains("least-conn"), "{e}");
+        let e = usage_error(&["vip", "policy", "198.18.0.10:80/tcp", "--policy", "fastest"])
+            .to_string();
+        assert!(
+            e.contains("unknown policy") && e.contains("least-conn"),
+            "{e}"
+        );
         usage_error(&[
             "vip",
             "add",
