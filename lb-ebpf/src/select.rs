@@ -137,7 +137,7 @@ pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Optio
                     generation: selected.backend.generation,
                     last_seen_ns: now,
                 };
-                let _ = AFFINITY.insert(&affinity_key(flow, vip), &pin, 0);
+                let _ = AFFINITY.insert(affinity_key(flow, vip), pin, 0);
             }
             selected
         }
@@ -148,7 +148,7 @@ pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Optio
         last_seen_tick: (now >> FLOW_TICK_SHIFT) as u32,
         flags: 0,
     };
-    if FLOWS.insert(flow, &pin, 0).is_err() {
+    if FLOWS.insert(flow, pin, 0).is_err() {
         stats.flow_pin_errors += 1;
     }
     if vip.policy == POLICY_LEAST_CONN {
@@ -166,7 +166,7 @@ fn affinity_choice(
     now: u64,
     stats: &mut GlobalStats,
 ) -> Option<Selected> {
-    let entry = AFFINITY.get_ptr_mut(&affinity_key(flow, vip))?;
+    let entry = AFFINITY.get_ptr_mut(affinity_key(flow, vip))?;
     // SAFETY: a map value pointer, valid for the program's run.
     let entry = unsafe { &mut *entry };
     if now.wrapping_sub(entry.last_seen_ns) > vip.affinity_timeout_s as u64 * 1_000_000_000 {
@@ -192,7 +192,7 @@ fn affinity_choice(
 #[inline(always)]
 fn refresh_affinity(flow: &FlowKey, vip: &VipMeta, backend_id: u32, generation: u32, now: u64) {
     let key = affinity_key(flow, vip);
-    match AFFINITY.get_ptr_mut(&key) {
+    match AFFINITY.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: a map value pointer, valid for the program's run.
             let entry = unsafe { &mut *entry };
@@ -206,7 +206,7 @@ fn refresh_affinity(flow: &FlowKey, vip: &VipMeta, backend_id: u32, generation: 
                 generation,
                 last_seen_ns: now,
             };
-            let _ = AFFINITY.insert(&key, &pin, 0);
+            let _ = AFFINITY.insert(key, pin, 0);
         }
     }
 }
