@@ -7,7 +7,7 @@
 //! [`maps`], counters in [`stats`], checksum arithmetic in [`csum`].
 #![no_std]
 // `select` counts least-conn connections with the atomic-add intrinsic.
-#![feature(core_intrinsics)]
+#![cfg_attr(feature = "balancer", feature(core_intrinsics))]
 #![allow(internal_features)]
 
 #[cfg(feature = "balancer")]
