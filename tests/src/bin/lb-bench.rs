@@ -13,7 +13,9 @@ use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_common::{FlowKey, FlowPin, GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES};
+use lb_common::{
+    FlowKey, FlowPin, GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES, LEAST_CONN_MAX_BACKENDS,
+};
 use lb_tests::{
     flows,
     packet::{from_router, Ipv4, TCP_ACK, TCP_SYN},
@@ -31,6 +33,7 @@ use lb_userspace::{
     maglev::{self, MaglevBackend},
     maps::BalancerMaps,
     objects,
+    policy::Policy,
     state::StateFile,
 };
 use serde_json::json;
@@ -46,6 +49,17 @@ const PROGRAMS: &[&str] = &[
     "bench_established",
     "bench_new_flow",
     "bench_wrapper_floor",
+];
+
+/// The policies whose new-flow cost the XDP case measures: label, VIP
+/// port, policy, affinity timeout, backends.
+const POLICY_CASES: &[(&str, u16, Policy, u32, u32)] = &[
+    ("maglev-source", 81, Policy::MaglevSource, 0, 10),
+    ("random", 82, Policy::Random, 0, 10),
+    ("round-robin", 83, Policy::RoundRobin, 0, 10),
+    ("least-conn", 84, Policy::LeastConn, 0, 10),
+    ("least-conn, 64 backends", 85, Policy::LeastConn, 0, 64),
+    ("random + affinity (hit)", 86, Policy::Random, 300, 10),
 ];
 
 struct Stat {
@@ -83,7 +97,7 @@ fn time_program(ebpf: &mut Ebpf, name: &str, frame: &[u8], want: u32) -> Result<
 /// A named counter of `GlobalStats` that must move by `REPEAT` per batch.
 type CounterCheck<'a> = (&'a str, fn(&GlobalStats) -> u64);
 
-/// Runs `rounds` timed batches and checks that counters moved by `repeat`
+/// Runs `ROUNDS` timed batches and checks that counters moved by `REPEAT`
 /// for each of the named fields per batch.
 fn measure(
     ebpf: &mut Ebpf,
@@ -93,19 +107,36 @@ fn measure(
     want: u32,
     check: &[CounterCheck],
 ) -> Result<Stat> {
-    let mut samples = Vec::new();
+    measure_interleaved(ebpf, dataplane, name, &[frame.to_vec()], want, check)?
+        .pop()
+        .context("one frame, one result")
+}
+
+/// Like [`measure`] for several frames of one program: each of the
+/// `ROUNDS` rounds times every frame once, in turn.
+fn measure_interleaved(
+    ebpf: &mut Ebpf,
+    dataplane: &DataPlane,
+    name: &str,
+    frames: &[Vec<u8>],
+    want: u32,
+    check: &[CounterCheck],
+) -> Result<Vec<Stat>> {
+    let mut samples = vec![Vec::new(); frames.len()];
     for _ in 0..ROUNDS {
-        let before = dataplane.maps().global_stats()?;
-        samples.push(time_program(ebpf, name, frame, want)?);
-        let after = dataplane.maps().global_stats()?;
-        for (counter, get) in check {
-            let moved = get(&after) - get(&before);
-            if moved != REPEAT as u64 {
-                bail!("{name}: counter {counter} moved by {moved}, not {REPEAT}: not every run took the timed path");
+        for (frame, samples) in frames.iter().zip(&mut samples) {
+            let before = dataplane.maps().global_stats()?;
+            samples.push(time_program(ebpf, name, frame, want)?);
+            let after = dataplane.maps().global_stats()?;
+            for (counter, get) in check {
+                let moved = get(&after) - get(&before);
+                if moved != REPEAT as u64 {
+                    bail!("{name}: counter {counter} moved by {moved}, not {REPEAT}: not every run took the timed path");
+                }
             }
         }
     }
-    Ok(summarize(samples))
+    Ok(samples.into_iter().map(summarize).collect())
 }
 
 fn xdp_benchmarks() -> Result<serde_json::Value> {
@@ -120,14 +151,25 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let backends: Vec<(Ipv4Addr, u32)> = (1..=10)
         .map(|i| (Ipv4Addr::new(198, 19, 0, i), 1))
         .collect();
-    dataplane.apply(&[VipSpec::new(
-        VipAddr {
-            addr: VIP,
-            port: 80,
-            proto: Protocol::Tcp,
-        },
-        &backends,
-    )])?;
+    let vip_on = |port: u16| VipAddr {
+        addr: VIP,
+        port,
+        proto: Protocol::Tcp,
+    };
+    // Port 80: the default policy, which every other case is measured on;
+    // the other ports: one VIP per policy, for the new-flow cost of each.
+    let many: Vec<(Ipv4Addr, u32)> = (1..=LEAST_CONN_MAX_BACKENDS)
+        .map(|i| (Ipv4Addr::new(198, 19, 1, i as u8), 1))
+        .collect();
+    let mut specs = vec![VipSpec::new(vip_on(80), &backends)];
+    for &(_, port, policy, affinity, n) in POLICY_CASES {
+        specs.push(VipSpec {
+            policy,
+            affinity_timeout: affinity,
+            ..VipSpec::new(vip_on(port), if n > 10 { &many } else { &backends })
+        });
+    }
+    dataplane.apply(&specs)?;
 
     let established = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).payload(&[0; 64]));
     let syn = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN).payload(&[0; 64]));
@@ -201,14 +243,31 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
     )?;
-    let new_flow = measure(
+    // New flows on every policy's VIP, rounds interleaved so that load on
+    // the machine hits them alike, after one untimed batch that fills the
+    // connection table: every timed insert then evicts, as on a busy node.
+    time_program(&mut ebpf, "bench_new_flow", &syn, XDP_TX)?;
+    let mut frames = vec![syn.clone()];
+    for &(_, port, ..) in POLICY_CASES {
+        frames.push(from_router(
+            &Ipv4::tcp(CLIENT, 40000, VIP, port, TCP_SYN).payload(&[0; 64]),
+        ));
+    }
+    let mut stats = measure_interleaved(
         &mut ebpf,
         &dataplane,
         "bench_new_flow",
-        &syn,
+        &frames,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)],
-    )?;
+    )?
+    .into_iter();
+    let new_flow = stats.next().context("the default policy's new flows")?;
+    let policy_new_flow: Vec<(&str, Stat)> = POLICY_CASES
+        .iter()
+        .map(|&(label, ..)| label)
+        .zip(stats)
+        .collect();
 
     println!("XDP, ns per packet over {ROUNDS} rounds of {REPEAT} runs (static next hop, 1M-entry flow table):");
     println!("  {:<34} {:>8} {:>8}", "path", "min", "median");
@@ -221,6 +280,22 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         ("VIP new flow (SYN, table insert)", &new_flow),
     ] {
         println!("  {label:<34} {:>8.1} {:>8.1}", s.min, s.median);
+    }
+    println!("  new flow by policy (10 backends unless said), median / floor in the same run:");
+    println!(
+        "  {:<34} {:>8.1} {:>8.1} {:>7.1}x",
+        "maglev (the default)",
+        new_flow.min,
+        new_flow.median,
+        new_flow.median / floor.median
+    );
+    for (label, s) in &policy_new_flow {
+        println!(
+            "  {label:<34} {:>8.1} {:>8.1} {:>7.1}x",
+            s.min,
+            s.median,
+            s.median / floor.median
+        );
     }
     // The wrapper's undo (one bpf_xdp_adjust_head and a 14-byte copy) is
     // the same work as the trivial encapsulation it wraps: half its cost.
@@ -250,6 +325,10 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         "vip_new_flow": new_flow.median,
         "vip_established": est.median,
         "wrapper_floor": wrapper.median,
+        "policy_new_flow": policy_new_flow
+            .iter()
+            .map(|(label, s)| (label.to_string(), json!({"min": s.min, "median": s.median, "x_floor": s.median / floor.median})))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "min": {
             "floor": floor.min,
             "floor_lookup": lookup.min,
