@@ -30,6 +30,14 @@ impl Churn {
     /// One thread per namespace (given by its path, e.g. `Netns::path`,
     /// so the test keeps its topology to change it meanwhile).
     pub fn start(clients: Vec<PathBuf>, target: SocketAddr) -> Churn {
+        Self::paced(clients, target, Duration::ZERO)
+    }
+
+    /// Like [`Churn::start`], each thread pausing `pause` after every
+    /// connection: a rate a person can follow (the demo), and far from the
+    /// clients' ~28,000 ephemeral ports per minute (TIME_WAIT), which
+    /// connecting flat out exhausts within seconds and then slows.
+    pub fn paced(clients: Vec<PathBuf>, target: SocketAddr, pause: Duration) -> Churn {
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicUsize::new(0));
         let served: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
@@ -41,7 +49,7 @@ impl Churn {
                     served: served.clone(),
                 };
                 let stop = stop.clone();
-                std::thread::spawn(move || run(ns, target, &stop, &counts))
+                std::thread::spawn(move || run(ns, target, pause, &stop, &counts))
             })
             .collect();
         Churn {
@@ -86,7 +94,7 @@ struct Counts {
     served: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
-fn run(ns: PathBuf, target: SocketAddr, stop: &AtomicBool, counts: &Counts) {
+fn run(ns: PathBuf, target: SocketAddr, pause: Duration, stop: &AtomicBool, counts: &Counts) {
     let Counts { failed, served } = counts;
     // Entered once: this thread's sockets live in the client's namespace.
     let entered = std::fs::File::open(&ns).is_ok_and(|f| {
@@ -114,6 +122,9 @@ fn run(ns: PathBuf, target: SocketAddr, stop: &AtomicBool, counts: &Counts) {
             _ => {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
         }
     }
 }

@@ -335,24 +335,23 @@ impl Cluster {
             .with_context(|| format!("node {k}'s digest"))
     }
 
-    /// Node `k`'s count of flows selected from its table (new connections
-    /// and flows taken over from another node); none if its agent does not
-    /// answer (a dead node).
+    /// Node `k`'s count of flows selected from its table; see
+    /// [`new_flows`].
     pub fn new_flows(&self, k: usize) -> Option<u64> {
-        let r = client::request(
-            &self.agents[k].socket(),
-            &Request::Stats {},
-            Duration::from_millis(500),
-        )
-        .ok()?;
-        match r.data {
-            Some(ResponseData::Stats { stats }) => stats
-                .vips
-                .iter()
-                .find(|v| v.vip == vip())
-                .map(|v| v.new_flows),
-            _ => None,
-        }
+        new_flows(&self.agents[k].socket())
+    }
+
+    /// The router's kernel route to the VIP (`ip route show`), as an
+    /// operator would look at it.
+    pub fn router_route(&self) -> Result<String> {
+        self.topo
+            .router_ns()
+            .ip(&["route", "show", &format!("{TEST_VIP}/32")])
+    }
+
+    /// `birdc ARGS` on the router.
+    pub fn router_birdc(&self, args: &[&str]) -> Result<String> {
+        self.router_bird.birdc(args)
     }
 
     /// Empties every node's connection table of the VIP, so that each new
@@ -367,6 +366,22 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+}
+
+/// The count of flows selected from the VIP's table (new connections and
+/// flows taken over from another node) by the agent at `socket`; none if
+/// it does not answer (a dead node). A free function so that a thread can
+/// watch the nodes while another changes the cluster.
+pub fn new_flows(socket: &std::path::Path) -> Option<u64> {
+    let r = client::request(socket, &Request::Stats {}, Duration::from_millis(500)).ok()?;
+    match r.data {
+        Some(ResponseData::Stats { stats }) => stats
+            .vips
+            .iter()
+            .find(|v| v.vip == vip())
+            .map(|v| v.new_flows),
+        _ => None,
     }
 }
 
