@@ -311,6 +311,32 @@ pub fn wait_or_kill(
     }
 }
 
+/// The VIP addresses routed in an agent's announce table (`table`,
+/// routes of `protocol`) in `ns`: what it announces now (the table does
+/// not exist before its first route: nothing).
+pub fn announced_routes(
+    ns: &crate::netns::Netns,
+    table: u32,
+    protocol: u8,
+) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+    use lb_userspace::announce::{is_missing_table, parse_routes};
+    let out = match ns.ip(&[
+        "-json",
+        "-4",
+        "route",
+        "show",
+        "table",
+        &table.to_string(),
+        "proto",
+        &protocol.to_string(),
+    ]) {
+        Ok(out) => out,
+        Err(e) if is_missing_table(&format!("{e:#}")) => String::new(),
+        Err(e) => return Err(e.context("ip route show")),
+    };
+    parse_routes(&out).context("ip -json output")
+}
+
 /// Where a test's agent pins its data path.
 pub fn pin_root_for(lb_ns: &str) -> PathBuf {
     PathBuf::from(format!("/run/{lb_ns}-bpf"))

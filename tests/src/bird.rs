@@ -21,6 +21,18 @@ use crate::{agent::wait_or_kill, netns::Netns, topology::Topology};
 pub const ROUTER_AS: u32 = 64512;
 pub const LB_AS: u32 = 64513;
 
+/// How soon a BGP session starts, and restarts after an error, on both
+/// ends. How fast a failed node leaves does not depend on these: a killed
+/// BIRD's connection is closed by the kernel and a lost link is seen at
+/// once ("Error: Link down"), both withdraw within milliseconds; a node
+/// that dies silently (a hung kernel, its link up) leaves when the 3 s
+/// hold timer expires. What these set is how fast it *returns*: BIRD waits
+/// `connect delay time` (default 5 s) before its first connection, and after
+/// an error (the link loss) `error wait time` (default 60 s, doubling up
+/// to 300 s on repeated errors) before it tries again, on each end. The
+/// tests use 1 s; docs/deployment.md explains the production choice.
+const RESTART_TIMERS: &str = "  connect delay time 1; error wait time 1, 5; error forget time 10;";
+
 /// The router's BIRD configuration for the test bed's LB nodes.
 pub fn router_config(topo: &Topology, log: &std::path::Path) -> String {
     let mut conf = format!(
@@ -35,6 +47,7 @@ protocol kernel {{
 template bgp lb_node {{
   local as {ROUTER_AS};
   hold time 3; keepalive time 1; connect retry time 1;
+{RESTART_TIMERS}
   graceful restart off;
   ipv4 {{ import all; export none; }};
 }}
@@ -75,6 +88,7 @@ protocol bgp upstream {{
   local {addr} as {LB_AS};
   neighbor {router} as {ROUTER_AS};
   hold time 3; keepalive time 1; connect retry time 1;
+{RESTART_TIMERS}
   graceful restart off;
   ipv4 {{ import none; export where proto = "vips"; next hop self; }};
 }}

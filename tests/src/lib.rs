@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bird;
 pub mod churn;
+pub mod cluster;
 pub mod flows;
 pub mod fuzz;
 pub mod keepalived;

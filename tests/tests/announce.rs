@@ -14,10 +14,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{agent_config, Bed, TEST_VIP},
+    agent::{agent_config, announced_routes, Bed, TEST_VIP},
     topology::Topology,
 };
-use lb_userspace::announce::{is_missing_table, parse_routes};
 use serde_json::{json, Value};
 
 const TABLE: u32 = 100;
@@ -50,21 +49,7 @@ fn config(topo: &Topology, withdraw_when_all_down: bool) -> Value {
 
 /// The agent's routes in the LB namespace's announce table.
 fn routes(bed: &Bed) -> BTreeSet<Ipv4Addr> {
-    let out = match bed.topo.lb_ns().ip(&[
-        "-json",
-        "-4",
-        "route",
-        "show",
-        "table",
-        &TABLE.to_string(),
-        "proto",
-        &PROTOCOL.to_string(),
-    ]) {
-        Ok(out) => out,
-        Err(e) if is_missing_table(&format!("{e:#}")) => String::new(),
-        Err(e) => panic!("ip route show: {e:#}"),
-    };
-    parse_routes(&out).expect("ip -json output")
+    announced_routes(bed.topo.lb_ns(), TABLE, PROTOCOL).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn wait_routes(bed: &Bed, what: &str, want: &[Ipv4Addr]) -> Duration {

@@ -1,234 +1,51 @@
 //! Active-active: three LB nodes, each running BIRD and lb-agent, announce
 //! the VIP to an upstream router (BIRD, ECMP by L4 hash) in front of three
-//! backends. Real TCP connections through the router:
+//! backends (the test bed is `lb_tests::cluster`). Real TCP connections
+//! through the router:
 //! - every node computes the same table (same digest) and new connections
 //!   spread over the three nodes;
-//! - node 1 dies (BIRD and the agent killed, its link down): its route is
-//!   withdrawn, its established connections continue through the other
-//!   nodes to the same backend (they re-select with the same Maglev table),
-//!   no connection through the other nodes is disturbed and new
-//!   connections succeed throughout;
+//! - node 1 fails, in each of the three ways of `Failure`: its processes
+//!   (agent and BIRD killed, link up), its link (down, processes running),
+//!   or both. Each time its route is withdrawn, its established
+//!   connections continue through the other nodes to the same backend
+//!   (they re-select with the same Maglev table), no connection through the
+//!   other nodes is disturbed and new connections succeed throughout;
 //! - node 1 comes back and takes its share again without breaking any
 //!   established connection.
 //!
 //! Timing comes from polling with deadlines; spreads are checked against
 //! binomial bounds.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_tests::{
-    agent::{node_config, Agent, TEST_VIP},
-    bird::{self, Bird},
+    agent::TEST_VIP,
     churn::Churn,
-    topology::{echo_roundtrip, Topology, TopologySpec},
+    cluster::{vip, Cluster, Conn, Failure, NODES, PORT},
+    topology::echo_roundtrip,
 };
-use lb_userspace::{
-    control::{
-        client,
-        protocol::{Request, ResponseData},
-    },
-    dataplane::{Protocol, VipAddr},
-};
-use serde_json::json;
+use lb_userspace::control::{client, protocol::Request};
+use std::time::{Duration, Instant};
 
-const NODES: usize = 3;
-const PORT: u16 = 8080;
-const TABLE: u32 = 100;
-const PROTOCOL: u8 = 201;
 const CONNECTIONS: usize = 300;
-const DEADLINE: Duration = Duration::from_secs(30);
+/// The node that fails.
+const DEAD: usize = 1;
+/// How long the failed node stays down at least: longer than its health
+/// checks take to call every backend down (fall 3 × 500 ms), so a node
+/// whose link failed has withdrawn on its own, re-selected its flows and
+/// comes back through its health checks rising again, as after a real
+/// outage.
+const DOWN_FOR: Duration = Duration::from_secs(3);
 
-fn vip() -> VipAddr {
-    VipAddr {
-        addr: TEST_VIP,
-        port: PORT,
-        proto: Protocol::Tcp,
-    }
+fn start(backends: usize) -> Cluster {
+    lb_tests::xdp::require_root();
+    Cluster::start(backends).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Fields drop in order: agents, then the daemons, then the namespaces.
-struct Cluster {
-    agents: Vec<Agent>,
-    lb_birds: Vec<Option<Bird>>,
-    _router_bird: Bird,
-    topo: Topology,
-    dir: std::path::PathBuf,
-}
-
-impl Cluster {
-    /// Three nodes in front of `backends` backends, of which the first
-    /// three are in the VIP.
-    fn start(backends: usize) -> Cluster {
-        lb_tests::xdp::require_root();
-        let topo = Topology::build_multi(
-            TopologySpec {
-                clients: 2,
-                backends,
-                vips: vec![TEST_VIP],
-                ports: vec![PORT],
-            },
-            NODES,
-        )
-        .expect("building the test bed");
-        let dir = std::env::temp_dir().join(format!("lbt-bird-{}", topo.router_ns().name()));
-        std::fs::create_dir_all(&dir).expect("bird dir");
-        let router_bird = Bird::start(
-            topo.router_ns(),
-            &dir,
-            "router",
-            &bird::router_config(&topo, &dir.join("router.log")),
-        )
-        .expect("starting the router's BIRD");
-        let mut agents = Vec::new();
-        let mut lb_birds = Vec::new();
-        for k in 0..NODES {
-            let mut config = node_config(
-                &topo,
-                k,
-                "native",
-                vec![json!({
-                    "address": TEST_VIP.to_string(), "port": PORT, "protocol": "tcp",
-                    "health_check": {"type": "tcp", "interval_ms": 500, "timeout_ms": 500, "rise": 2, "fall": 3},
-                    "backends": (0..3).map(|j| json!({"address": topo.backend_addr(j).to_string()})).collect::<Vec<_>>(),
-                })],
-            );
-            config["announce"] = json!({"table": TABLE, "protocol": PROTOCOL});
-            agents.push(
-                Agent::start_on(&topo, k, &config, "info", &[])
-                    .unwrap_or_else(|e| panic!("agent on node {k}: {e:#}")),
-            );
-            lb_birds.push(Some(
-                bird::start_lb(&topo, k, &dir, TABLE, PROTOCOL)
-                    .unwrap_or_else(|e| panic!("BIRD on node {k}: {e:#}")),
-            ));
-        }
-        Cluster {
-            agents,
-            lb_birds,
-            _router_bird: router_bird,
-            topo,
-            dir,
-        }
-    }
-
-    fn node_addrs(&self, nodes: &[usize]) -> Vec<Ipv4Addr> {
-        nodes.iter().map(|&k| self.topo.lb_host(k).addr).collect()
-    }
-
-    fn wait_routes(&self, nodes: &[usize], what: &str) -> Duration {
-        bird::wait_next_hops(
-            self.topo.router_ns(),
-            TEST_VIP,
-            &self.node_addrs(nodes),
-            DEADLINE,
-        )
-        .unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", self.diagnose()))
-    }
-
-    /// The routing state of every daemon and node, for failure messages.
-    fn diagnose(&self) -> String {
-        let mut text = format!(
-            "router BIRD:\n{}\n",
-            self._router_bird
-                .birdc(&["show", "protocols", "all"])
-                .unwrap_or_else(|e| format!("{e:#}"))
-        );
-        for (k, b) in self.lb_birds.iter().enumerate() {
-            let host = self.topo.lb_host(k);
-            text += &format!(
-                "node {k} table {TABLE}: {}\nnode {k} BIRD routes: {}\n",
-                host.ns
-                    .ip(&["route", "show", "table", &TABLE.to_string()])
-                    .unwrap_or_else(|e| format!("{e:#}")),
-                b.as_ref().map_or("not running".into(), |b| b
-                    .birdc(&["show", "route", "all"])
-                    .unwrap_or_else(|e| format!("{e:#}")))
-            );
-        }
-        text
-    }
-
-    /// The node whose connection table pins this flow (each node asked).
-    fn carriers(&self, source: Ipv4Addr, source_port: u16) -> Vec<usize> {
-        (0..NODES)
-            .filter(|&k| {
-                let request = Request::LookupFlow {
-                    vip: vip(),
-                    source,
-                    source_port,
-                };
-                match client::request(&self.agents[k].socket(), &request, Duration::from_secs(5)) {
-                    Ok(r) => matches!(r.data, Some(ResponseData::Flow { flow }) if flow.pinned_backend.is_some()),
-                    // A dead node carries nothing.
-                    Err(_) => false,
-                }
-            })
-            .collect()
-    }
-
-    /// Opens connection `i` (from client i % 2) and finds the node that
-    /// carries it: exactly one node's table must hold it.
-    fn open(&self, i: usize) -> Conn {
-        let client = i % 2;
-        let (backend, stream) = self
-            .topo
-            .tcp_connect(client, TEST_VIP, PORT, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
-        let port = stream.local_addr().expect("local address").port();
-        let carriers = self.carriers(self.topo.client_addr(client), port);
-        assert_eq!(
-            carriers.len(),
-            1,
-            "connection {i} in the tables of {carriers:?}"
-        );
-        Conn {
-            client,
-            port,
-            backend,
-            stream,
-            node: carriers[0],
-        }
-    }
-
-    /// Node 1 dies: its BIRD, its agent and its link; returns once the
-    /// router no longer routes to it.
-    fn kill_node1(&mut self) -> Duration {
-        let died = Instant::now();
-        if let Some(mut b) = self.lb_birds[1].take() {
-            b.kill().expect("killing BIRD");
-        }
-        self.agents[1].kill9().expect("killing the agent");
-        let node1 = self.topo.lb_host(1);
-        node1
-            .ns
-            .ip(&["link", "set", &node1.ifname, "down"])
-            .expect("link down");
-        self.wait_routes(&[0, 2], "node 1 withdrawn");
-        died.elapsed()
-    }
-
-    fn digest(&self, k: usize) -> String {
-        self.agents[k].first_digest().expect("the VIP's digest")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A long-lived connection: its client, source port, backend and stream.
-struct Conn {
-    client: usize,
-    port: u16,
-    backend: String,
-    stream: TcpStream,
-    node: usize,
+fn open_all(c: &Cluster) -> Vec<Conn> {
+    (0..CONNECTIONS)
+        .map(|i| c.open(i).unwrap_or_else(|e| panic!("{e:#}")))
+        .collect()
 }
 
 /// Binomial bounds: each of `nodes` equally likely; every count within
@@ -246,23 +63,39 @@ fn assert_spread(counts: &BTreeMap<usize, usize>, n: usize, nodes: &[usize], wha
 }
 
 #[test]
-fn a_node_dies_and_returns_without_breaking_connections() {
-    let mut c = Cluster::start(3);
-    let t = c.wait_routes(&[0, 1, 2], "all three nodes announced");
-    println!("router has 3 next hops {t:?} after the last node started");
-    let digests: Vec<String> = (0..NODES).map(|k| c.digest(k)).collect();
+fn a_node_whose_processes_die_returns_without_breaking_connections() {
+    a_node_fails_and_returns(Failure::Processes);
+}
+
+#[test]
+fn a_node_whose_link_fails_returns_without_breaking_connections() {
+    a_node_fails_and_returns(Failure::Link);
+}
+
+#[test]
+fn a_node_that_dies_returns_without_breaking_connections() {
+    a_node_fails_and_returns(Failure::Node);
+}
+
+/// Node [`DEAD`] fails as `how` says, then returns; checks everything the
+/// module's documentation lists.
+fn a_node_fails_and_returns(how: Failure) {
+    let what = how.describe();
+    let mut c = start(3);
+    let t = c
+        .wait_routes(&[0, 1, 2], "all three nodes announced")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("[{what}] router has 3 next hops {t:?} after the last node started");
+    let digests: Vec<String> = (0..NODES).map(|k| digest(&c, k)).collect();
     assert!(
         digests.iter().all(|d| *d == digests[0]),
         "nodes disagree: {digests:?}"
     );
 
     // Established connections, each found in exactly one node's table.
-    let mut conns: Vec<Conn> = (0..CONNECTIONS).map(|i| c.open(i)).collect();
-    let mut per_node = BTreeMap::new();
-    for conn in &conns {
-        *per_node.entry(conn.node).or_insert(0) += 1;
-    }
-    println!("{CONNECTIONS} connections per node: {per_node:?}");
+    let mut conns = open_all(&c);
+    let per_node = count_nodes(&conns);
+    println!("[{what}] {CONNECTIONS} connections per node: {per_node:?}");
     assert_spread(&per_node, CONNECTIONS, &[0, 1, 2], "new connections");
 
     let churn = Churn::start(
@@ -270,8 +103,9 @@ fn a_node_dies_and_returns_without_breaking_connections() {
         SocketAddr::from((TEST_VIP, PORT)),
     );
     {
-        let t = c.kill_node1();
-        println!("node 1's route withdrawn {t:?} after it died");
+        let died = Instant::now();
+        let t = c.fail(DEAD, how).unwrap_or_else(|e| panic!("{e:#}"));
+        println!("[{what}] node {DEAD}'s route withdrawn {t:?} after it failed");
 
         let mut survived: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
         for conn in &mut conns {
@@ -281,52 +115,59 @@ fn a_node_dies_and_returns_without_breaking_connections() {
             e.0 += usize::from(alive);
             e.1 += 1;
         }
-        println!("established connections alive after the failure, per first node: {survived:?}");
-        let (alive1, total1) = survived[&1];
+        let (alive, total) = survived[&DEAD];
+        println!(
+            "[{what}] established connections alive after the failure, per first node: {survived:?} \
+             ({:.1}% of node {DEAD}'s continued)",
+            alive as f64 * 100.0 / total as f64
+        );
         assert!(
-            alive1 * 100 >= total1 * 99,
-            "only {alive1} of node 1's {total1} connections survived"
+            alive * 100 >= total * 99,
+            "only {alive} of node {DEAD}'s {total} connections survived"
         );
         for k in [0, 2] {
             let (alive, total) = survived[&k];
             assert_eq!(alive, total, "node {k}'s connections were disturbed");
         }
-        // Node 1's connections now live in the other nodes' tables.
+        // Node 1's connections now live in the other nodes' tables, pinned
+        // to the backend they began on (a node whose link failed still
+        // holds its old pins: it is not asked).
         let mut moved = BTreeMap::new();
-        for conn in conns.iter().filter(|x| x.node == 1) {
-            let carriers = c.carriers(c.topo.client_addr(conn.client), conn.port);
-            assert!(!carriers.contains(&1), "node 1 is dead");
-            for k in carriers {
+        for conn in conns.iter().filter(|x| x.node == DEAD) {
+            let backend = c
+                .topo
+                .backend_index(&conn.backend)
+                .map(|j| c.topo.backend_addr(j))
+                .expect("a backend's name");
+            let pins: Vec<_> = c
+                .pins(c.topo.client_addr(conn.client), conn.port)
+                .into_iter()
+                .filter(|(k, _)| *k != DEAD)
+                .collect();
+            assert!(
+                !pins.is_empty() && pins.iter().all(|(_, b)| *b == backend),
+                "a connection of node {DEAD} to {} is pinned as {pins:?}",
+                conn.backend
+            );
+            for (k, _) in pins {
                 *moved.entry(k).or_insert(0) += 1;
             }
         }
-        println!("node 1's connections taken over: {moved:?}");
+        println!("[{what}] node {DEAD}'s connections taken over, same backend: {moved:?}");
 
-        // Node 1 returns: link, agent (adopting its pinned data path), BIRD.
-        let node1 = c.topo.lb_host(1);
-        node1
-            .ns
-            .ip(&["link", "set", &node1.ifname, "up"])
-            .expect("link up");
-        // The link going down took the node's default route with it
-        // (as a rebooted node, it configures it again); without it the
-        // agent's health checks fail and it rightly announces nothing.
-        node1
-            .ns
-            .ip(&[
-                "route",
-                "replace",
-                "default",
-                "via",
-                &node1.gateway.to_string(),
-            ])
-            .expect("default route");
-        c.agents[1].relaunch().expect("relaunching node 1's agent");
-        c.lb_birds[1] = Some(
-            bird::start_lb(&c.topo, 1, &c.dir, TABLE, PROTOCOL).expect("restarting BIRD on node 1"),
-        );
-        let t = c.wait_routes(&[0, 1, 2], "node 1 back");
-        println!("node 1 announced again {t:?} after BIRD restarted");
+        if how == Failure::Link {
+            // Cut off, its agent sees every backend down and withdraws
+            // itself: the node comes back through its health checks.
+            c.wait_own_withdrawal(DEAD)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            println!(
+                "[{what}] node {DEAD}'s agent, cut off, withdrew its own route {:?} after the link failed",
+                died.elapsed()
+            );
+        }
+        std::thread::sleep(DOWN_FOR.saturating_sub(died.elapsed()));
+        let t = c.revive(DEAD, how).unwrap_or_else(|e| panic!("{e:#}"));
+        println!("[{what}] node {DEAD} announced again {t:?} after it was brought back");
         for (i, conn) in conns.iter_mut().enumerate() {
             let back = echo_roundtrip(&mut conn.stream, b"and now?").unwrap_or_else(|e| {
                 panic!(
@@ -338,12 +179,12 @@ fn a_node_dies_and_returns_without_breaking_connections() {
         }
     }
     let (ok, failed) = churn.stop();
-    println!("new connections during failure and return: {ok} succeeded, {failed} failed");
+    println!("[{what}] new connections during failure and return: {ok} succeeded, {failed} failed");
     assert_eq!(failed, 0, "new connections failed");
     assert!(ok > 0);
     assert_eq!(
-        c.digest(1),
-        c.digest(0),
+        digest(&c, DEAD),
+        digest(&c, 0),
         "the returned node builds the same table"
     );
 
@@ -352,19 +193,23 @@ fn a_node_dies_and_returns_without_breaking_connections() {
     // first, so each new connection is found in exactly one table (kept
     // open, so no two of them share a source port).
     drop(conns);
-    for k in 0..NODES {
-        let flush = Request::FlushFlows { vip: vip() };
-        let r = client::request(&c.agents[k].socket(), &flush, Duration::from_secs(30))
-            .expect("flush_flows");
-        assert!(r.ok, "{r:?}");
-    }
-    let fresh: Vec<Conn> = (0..CONNECTIONS).map(|i| c.open(i)).collect();
+    c.flush_flows().unwrap_or_else(|e| panic!("{e:#}"));
+    let fresh = open_all(&c);
+    let per_node = count_nodes(&fresh);
+    println!("[{what}] after the return, {CONNECTIONS} new connections per node: {per_node:?}");
+    assert_spread(&per_node, CONNECTIONS, &[0, 1, 2], "after the return");
+}
+
+fn digest(c: &Cluster, k: usize) -> String {
+    c.digest(k).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn count_nodes(conns: &[Conn]) -> BTreeMap<usize, usize> {
     let mut per_node = BTreeMap::new();
-    for conn in &fresh {
+    for conn in conns {
         *per_node.entry(conn.node).or_insert(0) += 1;
     }
-    println!("after the return, {CONNECTIONS} new connections per node: {per_node:?}");
-    assert_spread(&per_node, CONNECTIONS, &[0, 1, 2], "after the return");
+    per_node
 }
 
 /// The case Maglev's paper discusses: a flow's backend set changes (a
@@ -377,9 +222,10 @@ fn a_node_dies_and_returns_without_breaking_connections() {
 /// surviving nodes keep their pins and all survive.
 #[test]
 fn a_flow_whose_backend_set_changed_while_it_moved() {
-    let mut c = Cluster::start(4);
-    c.wait_routes(&[0, 1, 2], "all three nodes announced");
-    let mut conns: Vec<Conn> = (0..CONNECTIONS).map(|i| c.open(i)).collect();
+    let mut c = start(4);
+    c.wait_routes(&[0, 1, 2], "all three nodes announced")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut conns = open_all(&c);
     let b4 = c.topo.backend_addr(3);
     for k in 0..NODES {
         let add = Request::AddBackend {
@@ -391,7 +237,7 @@ fn a_flow_whose_backend_set_changed_while_it_moved() {
             .expect("add_backend");
         assert!(r.ok, "node {k}: {r:?}");
     }
-    let digests: Vec<String> = (0..NODES).map(|k| c.digest(k)).collect();
+    let digests: Vec<String> = (0..NODES).map(|k| digest(&c, k)).collect();
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     let new_table =
         lb_userspace::dataplane::RingModel::new(&lb_userspace::dataplane::VipSpec::new(
@@ -407,12 +253,14 @@ fn a_flow_whose_backend_set_changed_while_it_moved() {
         "the model is the nodes' table"
     );
 
-    let t = c.kill_node1();
-    println!("node 1's route withdrawn {t:?} after it died");
+    let t = c
+        .fail(DEAD, Failure::Node)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("node {DEAD}'s route withdrawn {t:?} after it died");
     let (mut kept, mut reset, mut others) = (0, 0, 0);
     for (i, conn) in conns.iter_mut().enumerate() {
         let alive = echo_roundtrip(&mut conn.stream, b"moved?").is_ok_and(|b| b == b"moved?");
-        if conn.node != 1 {
+        if conn.node != DEAD {
             assert!(
                 alive,
                 "connection {i} through node {} was disturbed",

@@ -44,6 +44,10 @@ enum Cmd {
         /// Shorter phases (CI runs this on every clean clone).
         #[arg(long)]
         quick: bool,
+        /// The active-active demo instead: three LB nodes (lb-agent and
+        /// BIRD each) behind a BIRD router doing ECMP; one fails and returns.
+        #[arg(long)]
+        ha: bool,
     },
     /// Run N frames of the hostile-input corpus through the XDP programs,
     /// checking every verdict and output frame (needs root).
@@ -97,7 +101,7 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::Bench { report } => bench(report),
-        Cmd::Demo { quick } => demo(quick),
+        Cmd::Demo { quick, ha } => demo(quick, ha),
         Cmd::Fuzz { runs, seed } => fuzz(runs, seed),
         Cmd::Deb => deb::deb(&root(), &mut cargo()).map(|_| ()),
     }
@@ -328,7 +332,9 @@ fn fuzz(runs: u64, seed: Option<u64>) -> Result<()> {
 }
 
 /// The binaries the demo runs: the demo itself starts the agent, the
-/// backends' servers and `lbctl` from the directory it sits in.
+/// backends' servers and `lbctl` from the directory it sits in (`--ha`
+/// too, and BIRD: `bird2`, which `setup` installs with the other
+/// [`RUNTIME_PACKAGES`]).
 const DEMO_BINS: &[(&str, &str)] = &[
     ("lb-tests", "lb-demo"),
     ("lb-tests", "lb-backend-server"),
@@ -336,7 +342,7 @@ const DEMO_BINS: &[(&str, &str)] = &[
     ("lb-userspace", "lbctl"),
 ];
 
-fn demo(quick: bool) -> Result<()> {
+fn demo(quick: bool, ha: bool) -> Result<()> {
     say("building the demo (release)");
     let mut build = cargo();
     build.args(["build", "--release"]);
@@ -347,6 +353,9 @@ fn demo(quick: bool) -> Result<()> {
     let mut demo = Command::new(root().join("target/release/lb-demo"));
     if quick {
         demo.arg("--quick");
+    }
+    if ha {
+        demo.arg("--ha");
     }
     run(&mut demo)
 }

@@ -13,9 +13,14 @@
 //! all with zero failed new connections. It exits non-zero if any of that
 //! does not hold, so CI runs it (`--quick`: shorter phases). Everything is
 //! removed at the end, on error, and on Ctrl-C.
+//!
+//! `--ha` runs the active-active demo instead (see `ha`): three LB nodes
+//! behind ECMP, one of which fails and returns.
+
+mod ha;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -100,26 +105,8 @@ impl Demo<'_> {
         self.topo.backend_addr(j).to_string()
     }
 
-    /// Runs `lbctl ARGS` as an operator would and prints the command and
-    /// its answer.
     fn lbctl(&self, args: &[&str]) -> Result<()> {
-        println!("    $ lbctl {}", args.join(" "));
-        let out = Command::new(&self.lbctl)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", self.lbctl.display()))?;
-        for line in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .chain(String::from_utf8_lossy(&out.stderr).lines())
-        {
-            println!("      {line}");
-        }
-        if !out.status.success() {
-            bail!("lbctl {} failed with {}", args.join(" "), out.status);
-        }
-        Ok(())
+        lbctl(&self.lbctl, &self.socket, args)
     }
 
     fn vip_info(&self) -> Result<VipInfo> {
@@ -210,36 +197,70 @@ impl Demo<'_> {
     }
 }
 
-struct Args {
-    quick: bool,
+/// Runs `lbctl --socket SOCKET ARGS` as an operator would and prints the
+/// command and its answer.
+fn lbctl(lbctl: &Path, socket: &Path, args: &[&str]) -> Result<()> {
+    println!("    $ lbctl {}", args.join(" "));
+    let out = Command::new(lbctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", lbctl.display()))?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        println!("      {line}");
+    }
+    if !out.status.success() {
+        bail!("lbctl {} failed with {}", args.join(" "), out.status);
+    }
+    Ok(())
 }
 
+struct Args {
+    quick: bool,
+    ha: bool,
+}
+
+const USAGE: &str = "usage: lb-demo [--quick] [--ha]";
+
 fn parse_args() -> Result<Args> {
-    let mut quick = false;
+    let mut args = Args {
+        quick: false,
+        ha: false,
+    };
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
-            "--quick" => quick = true,
+            "--quick" => args.quick = true,
+            "--ha" => args.ha = true,
             "-h" | "--help" => {
-                println!("usage: lb-demo [--quick]   (needs root; `cargo xtask demo` builds and runs it)");
+                println!(
+                    "{USAGE}   (needs root; `cargo xtask demo [--quick] [--ha]` builds and runs it)"
+                );
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?} (usage: lb-demo [--quick])"),
+            other => bail!("unknown argument {other:?} ({USAGE})"),
         }
     }
-    Ok(Args { quick })
+    Ok(args)
 }
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    let lbctl = locate_bin("lbctl", LBCTL_ENV)?;
+    if args.ha {
+        return ha::run(args.quick, &lbctl);
+    }
     let phase = if args.quick {
         Duration::from_secs(2)
     } else {
         Duration::from_secs(6)
     };
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-    let lbctl = locate_bin("lbctl", LBCTL_ENV)?;
 
     say("building the topology: 2 clients, a router, the LB, 4 backends (network namespaces, 198.18.0.0/15)");
     say(&format!(
