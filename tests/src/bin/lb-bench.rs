@@ -94,6 +94,18 @@ fn time_program(ebpf: &mut Ebpf, name: &str, frame: &[u8], want: u32) -> Result<
     Ok(result.duration.as_nanos() as f64)
 }
 
+/// Runs program `name` once on `frame` (pins its flow).
+fn run_once(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> Result<()> {
+    let program = loader::xdp_program(ebpf, name)?;
+    let mut out = vec![0u8; frame.len() + 64];
+    program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::new()
+    })?;
+    Ok(())
+}
+
 /// A named counter of `GlobalStats` that must move by `REPEAT` per batch.
 type CounterCheck<'a> = (&'a str, fn(&GlobalStats) -> u64);
 
@@ -178,13 +190,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     );
 
     // Pin the established flow once.
-    let program = loader::xdp_program(&mut ebpf, "bench_established")?;
-    let mut out = vec![0u8; established.len() + 64];
-    program.test_run(TestRunOptions {
-        data_in: Some(&established),
-        data_out: Some(&mut out),
-        ..TestRunOptions::new()
-    })?;
+    run_once(&mut ebpf, "bench_established", &established)?;
 
     let floor = measure(
         &mut ebpf,
@@ -235,14 +241,39 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         )?;
         (pass, size)
     };
-    let est = measure(
+    // Established flows of the default VIP and of the policies whose
+    // packets do more than a lookup (least-conn and affinity stamp their
+    // pins), interleaved.
+    let tracked: Vec<(&str, u16)> = POLICY_CASES
+        .iter()
+        .filter(|&&(_, _, policy, affinity, n)| {
+            n == 10 && (policy == Policy::LeastConn || affinity != 0)
+        })
+        .map(|&(label, port, ..)| (label, port))
+        .collect();
+    let mut est_frames = vec![established.clone()];
+    for &(_, port) in &tracked {
+        let frame = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, port, TCP_ACK).payload(&[0; 64]));
+        run_once(&mut ebpf, "bench_established", &frame)?;
+        est_frames.push(frame);
+    }
+    let mut est_stats = measure_interleaved(
         &mut ebpf,
         &dataplane,
         "bench_established",
-        &established,
+        &est_frames,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
-    )?;
+    )?
+    .into_iter();
+    let est = est_stats
+        .next()
+        .context("the default policy's established flows")?;
+    let policy_established: Vec<(&str, Stat)> = tracked
+        .iter()
+        .map(|&(label, _)| label)
+        .zip(est_stats)
+        .collect();
     // New flows on every policy's VIP, rounds interleaved so that load on
     // the machine hits them alike, after one untimed batch that fills the
     // connection table: every timed insert then evicts, as on a busy node.
@@ -297,6 +328,17 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
             s.median / floor.median
         );
     }
+    println!("  established flow by policy, median / floor in the same run:");
+    for (label, s) in std::iter::once(("maglev (the default)", &est))
+        .chain(policy_established.iter().map(|(l, s)| (*l, s)))
+    {
+        println!(
+            "  {label:<34} {:>8.1} {:>8.1} {:>7.1}x",
+            s.min,
+            s.median,
+            s.median / floor.median
+        );
+    }
     // The wrapper's undo (one bpf_xdp_adjust_head and a 14-byte copy) is
     // the same work as the trivial encapsulation it wraps: half its cost.
     let undo = (wrapper.median - floor.median) / 2.0;
@@ -325,6 +367,10 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         "vip_new_flow": new_flow.median,
         "vip_established": est.median,
         "wrapper_floor": wrapper.median,
+        "policy_established": policy_established
+            .iter()
+            .map(|(label, s)| (label.to_string(), json!({"min": s.min, "median": s.median, "x_floor": s.median / floor.median})))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "policy_new_flow": policy_new_flow
             .iter()
             .map(|(label, s)| (label.to_string(), json!({"min": s.min, "median": s.median, "x_floor": s.median / floor.median})))
