@@ -149,6 +149,26 @@ pub fn charts(results: &Value) -> Result<Vec<Chart>> {
             reference: false,
         });
     }
+    // New flows per scheduling policy, when the run measured them.
+    if let Some(policies) = results
+        .pointer("/xdp_ns/policy_new_flow")
+        .and_then(Value::as_object)
+    {
+        for (label, stat) in policies {
+            let value = stat
+                .get("median")
+                .and_then(Value::as_f64)
+                .with_context(|| {
+                    format!("xdp_ns.policy_new_flow.{label}.median is not a number")
+                })?;
+            xdp.bars.push(Bar {
+                label: format!("new flow, {label}"),
+                value,
+                note: format!("{value:.0} ns = {:.2} x floor", value / floor),
+                reference: false,
+            });
+        }
+    }
 
     let shares = results
         .pointer("/maglev_distribution/shares")
@@ -254,6 +274,15 @@ mod tests {
             (widths[0] / widths[6] - 30.0 / 900.0).abs() < 1e-3,
             "{widths:?}"
         );
+        let mut with_policies = results();
+        with_policies["xdp_ns"]["policy_new_flow"] =
+            json!({"least-conn": {"min": 1700.0, "median": 1800.0, "x_floor": 60.0}});
+        let charts_p = super::charts(&with_policies).expect("charts with policies");
+        let svg = charts_p[0].svg();
+        assert!(svg.contains("new flow, least-conn"), "{svg}");
+        let widths_p = bar_widths(&svg);
+        assert_eq!(widths_p.len(), 8);
+        assert!((widths_p[7] - PLOT_WIDTH).abs() < 0.01, "{widths_p:?}");
         let shares = bar_widths(&charts[1].svg());
         assert!((shares[0] - 2.0 * shares[1]).abs() < 0.01, "{shares:?}");
     }
