@@ -721,10 +721,41 @@ impl Topology {
         port: u16,
         timeout: Duration,
     ) -> Result<(String, TcpStream)> {
+        self.tcp_connect_from(client, addr, port, timeout, None)
+    }
+
+    /// [`Topology::tcp_connect`] from a thread pinned to CPU `cpu`: its SYN
+    /// is sent, and handled by every veth and XDP program on the way, on
+    /// that CPU (a veth's peer processes a frame on the sender's CPU). What
+    /// makes per-CPU state such as round robin's cursor observable.
+    pub fn tcp_connect_on_cpu(
+        &self,
+        client: usize,
+        addr: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+        cpu: usize,
+    ) -> Result<(String, TcpStream)> {
+        self.tcp_connect_from(client, addr, port, timeout, Some(cpu))
+    }
+
+    fn tcp_connect_from(
+        &self,
+        client: usize,
+        addr: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+        cpu: Option<usize>,
+    ) -> Result<(String, TcpStream)> {
         let c = self.clients.get(client).context("no such client")?;
         let target = SocketAddr::from((addr, port));
-        c.ns.run(|| connect_and_read_name(target, timeout))
-            .with_context(|| format!("TCP from {} to {target}", c.name))
+        c.ns.run(|| {
+            if let Some(cpu) = cpu {
+                pin_thread_to_cpu(cpu)?;
+            }
+            connect_and_read_name(target, timeout)
+        })
+        .with_context(|| format!("TCP from {} to {target}", c.name))
     }
 
     /// Sends one UDP datagram from client `client` (source port `src_port`,
@@ -837,6 +868,22 @@ impl Drop for Topology {
         }
         // The namespaces (fields) are deleted next, in Netns::drop.
     }
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_thread_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
+    // only read and write it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning to CPU {cpu}"));
+    }
+    Ok(())
 }
 
 /// Connects to `target` (in the calling thread's namespace) and reads the

@@ -51,23 +51,8 @@ fn frame(src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
     from_router(&Ipv4::tcp(src, sport, VIP, 80, flags))
 }
 
-/// Pins the calling thread to CPU 0 (see the module comment).
-fn pin_to_one_cpu() {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity
-    // only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning the test thread to CPU 0"
-        );
-    }
-}
-
 fn load(specs: &[VipSpec]) -> Balancer {
-    pin_to_one_cpu();
+    lb_tests::topology::pin_thread_to_cpu(0).expect("pinning the test thread to CPU 0");
     Balancer::load(&test_options(static_config(1500)), specs)
 }
 
