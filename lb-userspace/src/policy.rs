@@ -257,6 +257,25 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_schedule_allowed_is_exact() {
+        // 1000 backends whose weights add up to 65537, the most a default
+        // table allows: every backend gets exactly its weight.
+        let weights: Vec<u32> = (0..1000).map(|i| 65 + u32::from(i < 537)).collect();
+        assert_eq!(weights.iter().sum::<u32>(), 65537);
+        let started = std::time::Instant::now();
+        let s = schedule(&weights);
+        println!(
+            "schedule of 65537 slots over 1000 backends: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(s.len(), 65537);
+        assert_eq!(
+            counts(&s, 1000),
+            weights.iter().map(|&w| w as usize).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn least_conn_pairs_skip_drained_backends() {
         assert_eq!(least_conn_pairs(&[2, 0, 1]), vec![0, 2, 2, 1]);
         assert_eq!(least_conn_pairs(&[0]), vec![NO_BACKEND]);
