@@ -141,20 +141,117 @@ pub fn schedule(weights: &[u32]) -> Vec<u32> {
     }
     let shares: Vec<i64> = weights.iter().map(|&w| (w / g) as i64).collect();
     let total: i64 = shares.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, share) in shares.iter().enumerate() {
-            current[i] += share;
-            if current[i] > current[best] {
-                best = i;
-            }
+    let mut race = Race::new(&shares);
+    (1..=total)
+        .map(|step| {
+            let best = race.leader(step);
+            race.fall_back(best, total);
+            best as u32
+        })
+        .collect()
+}
+
+/// Smooth weighted round robin as a race, so that building a schedule costs
+/// O(Σshares × log backends) rather than O(Σshares × backends): backend i's
+/// credit after step t's increment is `shares[i] * t + offset[i]`, a line in
+/// t; each turn goes to the highest line (ties to the lowest index) and
+/// lowers its offset by the total. A kinetic tournament tree keeps the
+/// leader of every subtree together with the first step at which that
+/// leader can be overtaken, so a step only revisits the subtrees whose
+/// leader changes.
+struct Race<'a> {
+    shares: &'a [i64],
+    offsets: Vec<i64>,
+    /// Complete binary tree over the backends, the root at 1: each node's
+    /// leader, if any, and the first step at which it may no longer lead.
+    nodes: Vec<(Option<usize>, i64)>,
+    leaves: usize,
+}
+
+impl<'a> Race<'a> {
+    fn new(shares: &'a [i64]) -> Self {
+        let leaves = shares.len().next_power_of_two();
+        // Inner nodes start stale; a leaf's leader never changes by itself.
+        let mut nodes = vec![(None, i64::MIN); leaves];
+        nodes.extend((0..leaves).map(|i| {
+            let runs = shares.get(i).is_some_and(|&share| share > 0);
+            (runs.then_some(i), i64::MAX)
+        }));
+        Race {
+            shares,
+            offsets: vec![0; shares.len()],
+            nodes,
+            leaves,
         }
-        current[best] -= total;
-        out.push(best as u32);
     }
-    out
+
+    fn credit(&self, i: usize, step: i64) -> i64 {
+        self.shares[i] * step + self.offsets[i]
+    }
+
+    /// Whether `a` leads `b` at `step`.
+    fn leads(&self, a: usize, b: usize, step: i64) -> bool {
+        let (ca, cb) = (self.credit(a, step), self.credit(b, step));
+        ca > cb || (ca == cb && a < b)
+    }
+
+    /// The first step after `step` at which `chaser` leads `leader`.
+    fn overtakes(&self, chaser: usize, leader: usize, step: i64) -> i64 {
+        let gain = self.shares[chaser] - self.shares[leader];
+        if gain <= 0 {
+            return i64::MAX;
+        }
+        let gap = self.credit(leader, step) - self.credit(chaser, step);
+        let steps = if chaser < leader {
+            (gap + gain - 1) / gain
+        } else {
+            gap / gain + 1
+        };
+        step.saturating_add(steps.max(1))
+    }
+
+    fn refresh(&mut self, node: usize, step: i64) {
+        if self.nodes[node].1 > step || node >= self.leaves {
+            return;
+        }
+        let (left, right) = (2 * node, 2 * node + 1);
+        self.refresh(left, step);
+        self.refresh(right, step);
+        let (l, r) = (self.nodes[left], self.nodes[right]);
+        let until = l.1.min(r.1);
+        self.nodes[node] = match (l.0, r.0) {
+            (Some(a), Some(b)) => {
+                let (leader, chaser) = if self.leads(a, b, step) {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                (
+                    Some(leader),
+                    until.min(self.overtakes(chaser, leader, step)),
+                )
+            }
+            (leader, None) | (None, leader) => (leader, until),
+        };
+    }
+
+    fn leader(&mut self, step: i64) -> usize {
+        self.refresh(1, step);
+        self.nodes[1]
+            .0
+            .expect("a schedule has a backend with a share")
+    }
+
+    /// Lowers `backend`'s credit by `total` after its turn; its ancestors'
+    /// leaders are recomputed at the next step.
+    fn fall_back(&mut self, backend: usize, total: i64) {
+        self.offsets[backend] -= total;
+        let mut node = (self.leaves + backend) / 2;
+        while node >= 1 {
+            self.nodes[node].1 = i64::MIN;
+            node /= 2;
+        }
+    }
 }
 
 /// The region of a `least-conn` VIP: (index, weight) of each backend with
@@ -210,6 +307,8 @@ fn gcd(a: u32, b: u32) -> u32 {
 mod tests {
     use super::*;
 
+    use proptest::prelude::Just;
+
     fn counts(schedule: &[u32], n: usize) -> Vec<usize> {
         let mut c = vec![0; n];
         for &i in schedule {
@@ -233,6 +332,64 @@ mod tests {
         // is owed a turn (weights 3:3:1).
         let s = schedule(&[3, 3, 1]);
         assert!(s.windows(2).all(|w| w[0] != w[1]), "{s:?}");
+    }
+
+    /// Smooth weighted round robin as nginx spells it: every turn, each
+    /// backend's credit grows by its share and the richest (the first on a
+    /// tie) pays the total. O(Σshares × backends): the reference the race
+    /// must reproduce exactly.
+    fn reference_schedule(weights: &[u32]) -> Vec<u32> {
+        let g = weights.iter().copied().filter(|&w| w > 0).fold(0, gcd);
+        if g == 0 {
+            return vec![NO_BACKEND];
+        }
+        let shares: Vec<i64> = weights.iter().map(|&w| (w / g) as i64).collect();
+        let total: i64 = shares.iter().sum();
+        let mut credit = vec![0i64; weights.len()];
+        let mut out = Vec::new();
+        for _ in 0..total {
+            let mut best = 0;
+            for (i, share) in shares.iter().enumerate() {
+                credit[i] += share;
+                if credit[i] > credit[best] {
+                    best = i;
+                }
+            }
+            credit[best] -= total;
+            out.push(best as u32);
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        #[test]
+        fn the_race_is_smooth_weighted_round_robin(
+            weights in proptest::collection::vec(
+                proptest::prop_oneof![Just(0u32), 1u32..5, 1u32..200, 900u32..1000],
+                0..40,
+            )
+        ) {
+            proptest::prop_assert_eq!(schedule(&weights), reference_schedule(&weights));
+        }
+    }
+
+    #[test]
+    fn the_race_matches_the_reference_on_skewed_weights() {
+        for weights in [
+            vec![1, 1000],
+            vec![1000, 1],
+            vec![3, 3, 3, 1000, 1, 1],
+            (1..=64).collect::<Vec<u32>>(),
+            (1..=64).rev().collect::<Vec<u32>>(),
+            vec![7; 300],
+        ] {
+            assert_eq!(
+                schedule(&weights),
+                reference_schedule(&weights),
+                "{weights:?}"
+            );
+        }
     }
 
     #[test]
@@ -269,6 +426,9 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(s.len(), 65537);
+        let started = std::time::Instant::now();
+        assert_eq!(s, reference_schedule(&weights));
+        println!("the O(slots × backends) reference: {:?}", started.elapsed());
         assert_eq!(
             counts(&s, 1000),
             weights.iter().map(|&w| w as usize).collect::<Vec<_>>()
