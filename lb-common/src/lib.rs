@@ -18,8 +18,27 @@ pub const IPPROTO_ICMP: u8 = 1;
 
 /// Size of the outer IPv4 header that IP-in-IP encapsulation adds.
 pub const IPIP_OVERHEAD: u16 = 20;
+/// What GUE encapsulation adds: an outer IPv4 header and a UDP header,
+/// with the client's IP packet right after it (GUE variant 1, "direct IP
+/// encapsulation": no GUE header, the inner IP version nibble tells the
+/// family, which is what Linux's `fou`/`gue` receive path accepts).
+pub const GUE_OVERHEAD: u16 = 20 + 8;
 /// TTL of the outer header.
 pub const OUTER_TTL: u8 = 64;
+/// Outer UDP destination port of a GUE VIP unless its config names one.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// How many GUE ports one `decap` program strips (`DECAP_GUE_PORTS`).
+pub const MAX_DECAP_GUE_PORTS: u32 = 16;
+
+/// The outer UDP source port (host order) of a GUE packet of a flow with
+/// this `flow_hash`: in the dynamic range 49152-65535, so that the
+/// backend's NIC (RSS) and the routers (ECMP) spread tunnels over their
+/// queues and paths the way they spread the flows themselves, while every
+/// packet of one flow keeps one outer 5-tuple (no reordering).
+#[inline(always)]
+pub const fn gue_source_port(flow_hash: u32) -> u16 {
+    0xc000 | ((flow_hash ^ (flow_hash >> 16)) as u16 & 0x3fff)
+}
 
 /// Capacity of the VIP map and of the per-VIP counters (VIP ids are `0..MAX_VIPS`).
 pub const MAX_VIPS: u32 = 512;
@@ -107,6 +126,10 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// Per-CPU `DecapStats` at index 0. Written by `decap`, read by tests and tools.
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Decap program: set of UDP destination ports (`u16` wire order → 1)
+    /// whose GUE packets to a `DECAP_ADDRS` address it strips. Written by
+    /// its loader, read by `decap`.
+    pub const DECAP_GUE_PORTS: &str = "DECAP_GUE_PORTS";
     /// Program names inside the object files.
     pub const BALANCER_PROGRAM: &str = "balancer";
     pub const DECAP_PROGRAM: &str = "decap";
@@ -200,7 +223,12 @@ pub struct VipMeta {
     /// last flow for this many seconds after that flow's last packet
     /// (`AFFINITY`). 0: no affinity.
     pub affinity_timeout_s: u32,
-    pub _pad: u32,
+    /// Encapsulation: 0 for IP-in-IP, else GUE to this UDP port (wire
+    /// order). What the data path reads per packet is the copy in each of
+    /// the VIP's `Backend`s; this one lets a restarted agent read the
+    /// setting back.
+    pub gue_port: u16,
+    pub _pad: u16,
 }
 
 /// The backend slot is in use. Cleared when the agent removes the backend,
@@ -236,6 +264,11 @@ pub struct Backend {
     /// makes the pinned maps self-describing, so a restarted agent can
     /// rebuild its id assignments from them.
     pub vip_id: u32,
+    /// Its VIP's encapsulation, copied here by the agent so an established
+    /// flow needs no VIP lookup to know it: 0 for IP-in-IP, else GUE to
+    /// this UDP destination port (wire order).
+    pub gue_port: u16,
+    pub _pad: u16,
 }
 
 /// Key of the connection table: the 5-tuple as it appears in the packet.
@@ -455,10 +488,13 @@ impl GlobalStats {
 pub struct DecapStats {
     /// IP-in-IP packets to a local address, stripped and passed on.
     pub decapsulated: u64,
+    /// GUE packets to a local address and port, stripped and passed on.
+    pub gue_decapsulated: u64,
     /// Everything else, passed untouched.
     pub passed: u64,
-    /// IP-in-IP to a local address that could not be stripped (truncated
-    /// inner header, fragment, adjust failure): passed untouched.
+    /// IP-in-IP or GUE to a local address (and GUE port) that could not be
+    /// stripped (truncated or lying headers, a fragment, an inner packet
+    /// that is not IPv4, adjust failure): passed untouched.
     pub malformed: u64,
 }
 

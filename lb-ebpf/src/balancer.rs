@@ -14,7 +14,7 @@ use core::net::Ipv4Addr;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{GlobalStats, IPIP_OVERHEAD, POLICY_RANDOM};
+use lb_common::{GlobalStats, POLICY_RANDOM};
 
 use crate::{
     classify, encap, icmp,
@@ -35,6 +35,7 @@ pub struct Outbound {
     pub selected: Selected,
     /// The VIP whose counters the packet moves.
     pub vip_id: u32,
+    pub tunnel: encap::Tunnel,
     pub on_too_big: OnTooBig,
 }
 
@@ -139,6 +140,7 @@ fn outbound(pkt: &Ipv4Flow, selected: Selected, vip_id: u32) -> Outbound {
         l2: pkt.l2,
         tot_len: pkt.tot_len,
         tos: pkt.tos,
+        tunnel: encap::Tunnel::of_flow(&pkt.flow, selected.backend.gue_port),
         selected,
         vip_id,
         on_too_big: if pkt.df {
@@ -159,6 +161,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         tos,
         ref selected,
         vip_id,
+        tunnel,
         on_too_big,
     } = *out;
     // The client's frame ends with its IP packet; anything after that is
@@ -169,7 +172,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
     let config = CONFIG.load();
     let outer_dst = selected.backend.addr;
     // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
-    let Some(outer_len) = tot_len.checked_add(IPIP_OVERHEAD) else {
+    let Some(outer_len) = tot_len.checked_add(tunnel.overhead()) else {
         return drop(&mut stats.drop_too_big);
     };
     let next_hop = transmit::next_hop(
@@ -189,7 +192,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
         NextHop::TooBig { mtu } => {
             if on_too_big == OnTooBig::FragNeeded {
-                return icmp::frag_needed(ctx, l2, mtu, stats);
+                return icmp::frag_needed(ctx, l2, mtu, tunnel.overhead(), stats);
             }
             debug!(
                 ctx,
@@ -209,7 +212,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         }
     };
 
-    let outer = encap::outer_ipv4_header(tos, outer_len, config.lb_source_addr, outer_dst);
+    let outer = encap::outer_headers(tunnel, tos, outer_len, config.lb_source_addr, outer_dst);
     if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, l2, &outer).is_err() {
         debug!(
             ctx,

@@ -1,5 +1,12 @@
-//! IP-in-IP encapsulation (RFC 2003): a new outer IPv4 header between the
-//! Ethernet header (and its VLAN tag, kept as is) and the client's packet.
+//! Encapsulation: a new outer IPv4 header between the Ethernet header (and
+//! its VLAN tag, kept as is) and the client's packet: IP-in-IP (RFC 2003),
+//! or GUE, which puts a UDP header after it (variant 1, the inner packet
+//! straight after the UDP header) so that the backend's NIC can spread
+//! tunnels over its receive queues by the outer ports.
+//!
+//! The GUE UDP checksum is 0, which IPv4 allows (RFC 768): the inner
+//! packet carries its own checksums, and Linux's fou/gue receive path
+//! accepts it.
 //!
 //! The outer header always carries DF, as Linux's own ipip tunnels do by
 //! default (`pmtudisc`): an outer fragment could not be reassembled through
@@ -11,8 +18,11 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{IPIP_OVERHEAD, IPPROTO_IPIP, OUTER_TTL};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
+use lb_common::{
+    flow_hash, gue_source_port, FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP,
+    OUTER_TTL,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vlan::VlanHdr};
 
 use crate::{
     csum,
@@ -22,11 +32,82 @@ use crate::{
 /// The packet could not be grown or rewritten: the caller drops it.
 pub struct EncapError;
 
-/// The outer header (checksum included) of `tot_len` bytes from `src` to
-/// `dst`, with the client packet's TOS (DSCP and ECN, RFC 6040).
+/// How a packet travels to its backend: IP-in-IP when `dst_port` is 0,
+/// else GUE in UDP from `src_port` to `dst_port` (wire order). A plain
+/// struct rather than an enum: the compiler copies an enum's payload even
+/// for the variant without one, and the verifier refuses to read those
+/// uninitialised registers.
+#[derive(Clone, Copy)]
+pub struct Tunnel {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Tunnel {
+    /// The tunnel of a flow to a backend whose `gue_port` (wire order, 0
+    /// for IP-in-IP) is given. The flow hash is computed only for GUE.
+    #[inline(always)]
+    pub fn of_flow(flow: &FlowKey, gue_port: u16) -> Self {
+        if gue_port == 0 {
+            return Tunnel {
+                src_port: 0,
+                dst_port: 0,
+            };
+        }
+        let hash = flow_hash(
+            flow.src_addr,
+            flow.dst_addr,
+            flow.src_port,
+            flow.dst_port,
+            flow.proto,
+        );
+        Tunnel {
+            src_port: gue_source_port(hash).to_be(),
+            dst_port: gue_port,
+        }
+    }
+
+    #[inline(always)]
+    pub fn is_gue(self) -> bool {
+        self.dst_port != 0
+    }
+
+    /// Bytes the outer headers add.
+    #[inline(always)]
+    pub fn overhead(self) -> u16 {
+        if self.is_gue() {
+            GUE_OVERHEAD
+        } else {
+            IPIP_OVERHEAD
+        }
+    }
+}
+
+/// The outer headers of a tunnel packet: the IPv4 header, and for GUE the
+/// UDP header after it.
+pub struct Outer {
+    pub ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+    pub gue: bool,
+}
+
+/// The outer headers (IP checksum included) of a packet of `outer_len`
+/// bytes in all from `src` to `dst`, with the client packet's TOS (DSCP and
+/// ECN, RFC 6040).
 #[inline(always)]
-pub fn outer_ipv4_header(tos: u8, tot_len: u16, src: u32, dst: u32) -> Ipv4Hdr {
-    ipv4_header(tos, tot_len, OUTER_TTL, IPPROTO_IPIP, src, dst)
+pub fn outer_headers(tunnel: Tunnel, tos: u8, outer_len: u16, src: u32, dst: u32) -> Outer {
+    let gue = tunnel.is_gue();
+    let proto = if gue { IPPROTO_UDP } else { IPPROTO_IPIP };
+    Outer {
+        ip: ipv4_header(tos, outer_len, OUTER_TTL, proto, src, dst),
+        udp: UdpHdr {
+            src: tunnel.src_port.to_ne_bytes(),
+            dst: tunnel.dst_port.to_ne_bytes(),
+            len: outer_len.wrapping_sub(IPIP_OVERHEAD).to_be_bytes(),
+            check: [0; 2],
+        },
+        gue,
+    }
 }
 
 /// A 20-byte IPv4 header with DF and id 0 (an atomic datagram, RFC 6864),
@@ -69,16 +150,22 @@ pub fn trim_tail(ctx: &XdpContext, excess: usize) -> Result<(), EncapError> {
     Ok(())
 }
 
-/// Grows the head by one IPv4 header and writes the L2 header and `outer`
-/// in front of the client's packet. On error the caller must drop the packet.
+/// Grows the head by the outer headers and writes the L2 header and
+/// `outer` in front of the client's packet. On error the caller must drop
+/// the packet.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Ipv4Hdr) -> Result<(), EncapError> {
+pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Outer) -> Result<(), EncapError> {
     let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? };
     let vlan: Option<VlanHdr> = match l2 {
         L2::Plain => None,
         L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? }),
     };
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
+    let overhead = if outer.gue {
+        GUE_OVERHEAD
+    } else {
+        IPIP_OVERHEAD
+    };
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Err(EncapError);
     }
     unsafe {
@@ -86,7 +173,11 @@ pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Ipv4Hdr) -> Result<(), Enca
         if let Some(vlan) = vlan {
             *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? = vlan;
         }
-        *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = *outer;
+        *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = outer.ip;
+        if outer.gue {
+            *ptr_at::<UdpHdr>(ctx, l2.header_len() + IPIP_OVERHEAD as usize).ok_or(EncapError)? =
+                outer.udp;
+        }
     }
     Ok(())
 }

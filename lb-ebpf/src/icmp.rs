@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    DataPathConfig, FlowKey, GlobalStats, IPIP_OVERHEAD, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    DataPathConfig, FlowKey, GlobalStats, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     VIP_ADDR_F_ICMP_ECHO,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
@@ -160,7 +160,13 @@ fn take_token(config: &DataPathConfig) -> bool {
 /// encapsulated) into an ICMP "fragmentation needed" from the VIP to the
 /// client, in place, and sends it back where it came from.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, l2: L2, egress_mtu: u32, stats: &mut GlobalStats) -> u32 {
+pub fn frag_needed(
+    ctx: &XdpContext,
+    l2: L2,
+    egress_mtu: u32,
+    overhead: u16,
+    stats: &mut GlobalStats,
+) -> u32 {
     let config = CONFIG.load();
     let l3 = l2.header_len();
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
@@ -193,7 +199,7 @@ pub fn frag_needed(ctx: &XdpContext, l2: L2, egress_mtu: u32, stats: &mut Global
         i += 1;
     }
     // The next hop's MTU for the client: what is left inside the tunnel.
-    let mtu = (egress_mtu.min(u16::MAX as u32) as u16).saturating_sub(IPIP_OVERHEAD);
+    let mtu = (egress_mtu.min(u16::MAX as u32) as u16).saturating_sub(overhead);
     let mtu = mtu.to_be_bytes();
     let type_code = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED];
     sum += u16::from_ne_bytes(type_code) as u64 + u16::from_ne_bytes(mtu) as u64;
@@ -331,6 +337,7 @@ fn error_about_flow(
         l2: pkt.l2,
         tot_len: pkt.tot_len,
         tos: pkt.tos,
+        tunnel: encap::Tunnel::of_flow(&flow, selected.backend.gue_port),
         selected,
         vip_id,
         // No ICMP about an ICMP error (RFC 1122 3.2.2).

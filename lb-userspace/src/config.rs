@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     announce::AnnounceConfig,
     dataplane::{self, BackendSpec, Protocol, VipAddr, VipSpec},
+    encap::{Encap, EncapKind},
     health::{self, CheckKind, CheckSpec},
     loader::BalancerOptions,
     maglev::DEFAULT_TABLE_SIZE,
@@ -193,6 +194,12 @@ pub struct VipConfig {
     /// address answers when any of its VIPs allows it). Default true.
     #[serde(default = "default_true")]
     pub icmp_echo: bool,
+    /// How packets travel to the backends: `ipip` (absent) or `gue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<EncapKind>,
+    /// `gue`: the outer UDP destination port (default 6080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gue_port: Option<u16>,
     /// Health check of the VIP's backends (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
@@ -234,6 +241,12 @@ impl VipConfig {
     pub fn effective_idle_timeout(&self) -> u32 {
         self.idle_timeout
             .unwrap_or_else(|| default_idle_timeout(self.protocol))
+    }
+
+    /// The encapsulation of `encap` and `gue_port`; the error names the
+    /// field.
+    pub fn encapsulation(&self) -> Result<Encap, String> {
+        Encap::from_fields(self.encap, self.gue_port).map_err(|e| e.to_string())
     }
 
     /// Checks the policy settings; the error names the field.
@@ -593,6 +606,9 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
         if let Err(e) = vip.check_policy() {
             bail!("vips[{i}].{e}");
         }
+        if let Err(e) = vip.encapsulation() {
+            bail!("vips[{i}].{e}");
+        }
         if let Some(check) = &vip.health_check {
             if let Err(e) = check.resolve(vip.port) {
                 bail!("vips[{i}].health_check.{e}");
@@ -660,6 +676,8 @@ pub fn effective_specs(
                 source_prefix: v.source_prefix.unwrap_or(32),
                 affinity_timeout: v.affinity_timeout.unwrap_or(0),
                 icmp_echo: v.icmp_echo,
+                // Checked when the config was read or the VIP added.
+                encap: v.encapsulation().unwrap_or_default(),
                 backends: v
                     .backends
                     .iter()

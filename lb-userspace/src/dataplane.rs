@@ -28,6 +28,7 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    encap::Encap,
     instrument::{Instruments, VipLabel},
     maglev::{self, MaglevBackend},
     maps::BalancerMaps,
@@ -105,6 +106,8 @@ pub struct VipSpec {
     /// Answer ICMP echo requests to the VIP's address in the data path.
     /// An address answers when any of its VIPs says so.
     pub icmp_echo: bool,
+    /// How packets travel to the backends.
+    pub encap: Encap,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -119,6 +122,7 @@ impl VipSpec {
             source_prefix: 32,
             affinity_timeout: 0,
             icmp_echo: true,
+            encap: Encap::Ipip,
             backends: backends
                 .iter()
                 .map(|&(addr, weight)| BackendSpec { addr, weight })
@@ -170,6 +174,7 @@ impl VipState {
             policy: self.spec.policy.code(),
             src_mask: policy::source_mask(self.spec.source_prefix),
             affinity_timeout_s: self.spec.affinity_timeout,
+            gue_port: self.spec.encap.wire_port(),
             _pad: 0,
         }
     }
@@ -207,6 +212,7 @@ struct VipSettings {
     source_prefix: u8,
     affinity_timeout: u32,
     icmp_echo: bool,
+    encap: Encap,
 }
 
 impl VipSettings {
@@ -216,6 +222,7 @@ impl VipSettings {
             source_prefix: spec.source_prefix,
             affinity_timeout: spec.affinity_timeout,
             icmp_echo: spec.icmp_echo,
+            encap: spec.encap,
         }
     }
 }
@@ -343,6 +350,8 @@ pub struct DataPlane {
     generations: Vec<u32>,
     /// `BACKEND_F_*` flags last written for each backend id.
     backend_flags: Vec<u32>,
+    /// `gue_port` last written for each backend id.
+    backend_gue_ports: Vec<u16>,
     pool: RingAllocator,
     /// Where table rebuilds and swap durations are recorded.
     instruments: Instruments,
@@ -366,6 +375,7 @@ impl DataPlane {
             backend_ids: IdAllocator::new(MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
             backend_flags: vec![0; MAX_BACKENDS as usize],
+            backend_gue_ports: vec![0; MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
             instruments: Instruments::new(),
         }
@@ -392,6 +402,9 @@ impl DataPlane {
             }
             if let Some(f) = dp.backend_flags.get_mut(*id as usize) {
                 *f = b.flags;
+            }
+            if let Some(p) = dp.backend_gue_ports.get_mut(*id as usize) {
+                *p = b.gue_port;
             }
         }
         let mut stray = Vec::new();
@@ -445,6 +458,7 @@ impl DataPlane {
                 source_prefix: policy::prefix_of_mask(meta.src_mask),
                 affinity_timeout: meta.affinity_timeout_s,
                 icmp_echo: meta.flags & VIP_F_ICMP_ECHO != 0,
+                encap: Encap::from_wire_port(meta.gue_port),
                 backends: backend_ids
                     .keys()
                     .map(|&addr| BackendSpec { addr, weight: 0 })
@@ -875,8 +889,9 @@ impl DataPlane {
                 continue;
             }
 
+            let gue_port = spec.encap.wire_port();
             for &(id, addr) in &added {
-                self.activate_backend(id, addr, vip_id)?;
+                self.activate_backend(id, addr, vip_id, gue_port)?;
             }
             let ring = match ring {
                 Some(ring) => ring,
@@ -911,12 +926,15 @@ impl DataPlane {
                 // Entries keyed by the old prefix, or of affinity turned off.
                 self.maps.clear_affinity(vip_id)?;
             }
-            // Flags follow the policy, the affinity and the weight (drain);
-            // rewriting them keeps the generation, so pins stay valid.
+            // Flags follow the policy, the affinity and the weight (drain),
+            // the GUE port the encapsulation; rewriting them keeps the
+            // generation, so pins stay valid.
             for (b, &id) in spec.backends.iter().zip(&ids) {
                 let flags = state.backend_flags(b.weight);
-                if self.backend_flags[id as usize] != flags {
-                    self.set_backend_flags(id, b.addr, vip_id, flags)?;
+                if self.backend_flags[id as usize] != flags
+                    || self.backend_gue_ports[id as usize] != gue_port
+                {
+                    self.set_backend_flags(id, b.addr, vip_id, flags, gue_port)?;
                 }
             }
             // Only now that no ring points at them.
@@ -983,21 +1001,29 @@ impl DataPlane {
     /// Gives backend id `id` to a new backend: fresh counters and
     /// connection count, a new generation (so flows pinned to the id's last
     /// owner re-select), active. The policy's flags follow in `walk`.
-    fn activate_backend(&mut self, id: u32, addr: Ipv4Addr, vip_id: u32) -> Result<()> {
+    fn activate_backend(
+        &mut self,
+        id: u32,
+        addr: Ipv4Addr,
+        vip_id: u32,
+        gue_port: u16,
+    ) -> Result<()> {
         self.maps.reset_backend_stats(id)?;
         self.maps.set_backend_conns(id, 0)?;
         let generation = &mut self.generations[id as usize];
         *generation = generation.wrapping_add(1);
-        self.set_backend_flags(id, addr, vip_id, BACKEND_F_ACTIVE)
+        self.set_backend_flags(id, addr, vip_id, BACKEND_F_ACTIVE, gue_port)
     }
 
-    /// Writes backend id `id` with its current generation and `flags`.
+    /// Writes backend id `id` with its current generation, `flags` and
+    /// `gue_port` (wire order).
     fn set_backend_flags(
         &mut self,
         id: u32,
         addr: Ipv4Addr,
         vip_id: u32,
         flags: u32,
+        gue_port: u16,
     ) -> Result<()> {
         self.maps.set_backend(
             id,
@@ -1006,14 +1032,18 @@ impl DataPlane {
                 generation: self.generations[id as usize],
                 flags,
                 vip_id,
+                gue_port,
+                _pad: 0,
             },
         )?;
         self.backend_flags[id as usize] = flags;
+        self.backend_gue_ports[id as usize] = gue_port;
         Ok(())
     }
 
     fn deactivate_backend(&mut self, id: u32) -> Result<()> {
         self.backend_flags[id as usize] = 0;
+        self.backend_gue_ports[id as usize] = 0;
         self.maps.set_backend(
             id,
             &Backend {
@@ -1021,6 +1051,8 @@ impl DataPlane {
                 generation: self.generations[id as usize],
                 flags: 0,
                 vip_id: 0,
+                gue_port: 0,
+                _pad: 0,
             },
         )
     }
@@ -1314,6 +1346,7 @@ mod tests {
             source_prefix: 32,
             affinity_timeout: 0,
             icmp_echo: true,
+            encap: Encap::Ipip,
             backends: backends
                 .iter()
                 .map(|&(last, weight)| BackendSpec {

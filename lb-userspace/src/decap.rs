@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{ipv4_from_wire, ipv4_to_wire, names, DecapStats, MAX_DECAP_ADDRS};
+use lb_common::{
+    ipv4_from_wire, ipv4_to_wire, names, port_from_wire, port_to_wire, DecapStats, MAX_DECAP_ADDRS,
+    MAX_DECAP_GUE_PORTS,
+};
 use serde::Serialize;
 
 use crate::{
@@ -29,6 +32,7 @@ pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
 pub const DECAP_MAPS: PinnedMaps = PinnedMaps {
     maps: &[
         (names::DECAP_ADDRS, size_of::<u32>(), size_of::<u8>()),
+        (names::DECAP_GUE_PORTS, size_of::<u16>(), size_of::<u8>()),
         (
             names::DECAP_STATS,
             size_of::<u32>(),
@@ -54,16 +58,28 @@ pub enum Attached {
 }
 
 /// Attaches `decap` to `interface` with `addrs` as its local addresses and
-/// pins it, or, when it is pinned there already, swaps the new program into
-/// the pinned link and makes the address set exactly `addrs`. Traffic to an
-/// address that stays in the set is never passed undecapsulated.
+/// `gue_ports` as the UDP ports of its GUE packets, and pins it, or, when it
+/// is pinned there already, swaps the new program into the pinned link and
+/// makes the address and port sets exactly these. Traffic to an address
+/// and port that stay in the sets is never passed undecapsulated.
 pub fn attach(
     pins: &Pins,
     interface: &str,
     addrs: &[Ipv4Addr],
+    gue_ports: &[u16],
     mode: XdpModeSetting,
 ) -> Result<Attached> {
     let wanted: BTreeSet<Ipv4Addr> = addrs.iter().copied().collect();
+    let ports: BTreeSet<u16> = gue_ports.iter().copied().collect();
+    if ports.contains(&0) {
+        bail!("gue-port: 0 is not a UDP port");
+    }
+    if ports.len() > MAX_DECAP_GUE_PORTS as usize {
+        bail!(
+            "gue-port: at most {MAX_DECAP_GUE_PORTS} GUE ports, not {}",
+            ports.len()
+        );
+    }
     if wanted.is_empty() {
         bail!("address: at least one local address is needed (--address)");
     }
@@ -79,7 +95,7 @@ pub fn attach(
     if updating {
         pins.check_compatible(0, 0)?;
     }
-    let result = load_and_attach(pins, interface, &wanted, mode);
+    let result = load_and_attach(pins, interface, &wanted, &ports, mode);
     if result.is_err() && !updating {
         // A first attach that failed leaves nothing pinned behind.
         if let Err(e) = pins.remove() {
@@ -93,9 +109,30 @@ fn load_and_attach(
     pins: &Pins,
     interface: &str,
     wanted: &BTreeSet<Ipv4Addr>,
+    ports: &BTreeSet<u16>,
     mode: XdpModeSetting,
 ) -> Result<Attached> {
     let mut ebpf = loader::load_decap_pinned(&pins.map_paths())?;
+    let mut port_set: HashMap<&mut MapData, u16, u8> = HashMap::try_from(
+        ebpf.map_mut(names::DECAP_GUE_PORTS)
+            .context("the decap object has no DECAP_GUE_PORTS map")?,
+    )
+    .context("DECAP_GUE_PORTS is not a hash map")?;
+    for &port in ports {
+        port_set
+            .insert(port_to_wire(port), 1, 0)
+            .with_context(|| format!("adding GUE port {port}"))?;
+    }
+    let stale: Vec<u16> = port_set
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !ports.contains(&port_from_wire(*k)))
+        .collect();
+    for key in stale {
+        port_set
+            .remove(&key)
+            .with_context(|| format!("removing GUE port {}", port_from_wire(key)))?;
+    }
     // Through the pinned map, so the running program (if any) sees the new
     // set at once; added before the old ones go, so no address that stays
     // is ever missing.
@@ -134,6 +171,8 @@ pub struct Status {
     pub link_id: u32,
     pub program_id: u32,
     pub addresses: Vec<Ipv4Addr>,
+    /// UDP ports whose GUE packets it strips.
+    pub gue_ports: Vec<u16>,
     /// Summed over CPUs.
     pub counters: Counters,
 }
@@ -142,6 +181,7 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Counters {
     pub decapsulated: u64,
+    pub gue_decapsulated: u64,
     pub passed: u64,
     pub malformed: u64,
 }
@@ -160,6 +200,15 @@ pub fn status(pins: &Pins, interface: &str) -> Result<Option<Status>> {
         .collect::<Result<_, _>>()
         .context("reading DECAP_ADDRS")?;
     addresses.sort();
+    let mut ports_map = open_pinned(pins, names::DECAP_GUE_PORTS, Map::HashMap)?;
+    let ports: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(&mut ports_map).context("DECAP_GUE_PORTS is not a hash map")?;
+    let mut gue_ports: Vec<u16> = ports
+        .keys()
+        .map(|k| k.map(port_from_wire))
+        .collect::<Result<_, _>>()
+        .context("reading DECAP_GUE_PORTS")?;
+    gue_ports.sort();
     let stats_map = open_pinned(pins, names::DECAP_STATS, Map::PerCpuArray)?;
     let stats: PerCpuArray<_, DecapStats> =
         PerCpuArray::try_from(&stats_map).context("DECAP_STATS is not a per-CPU array")?;
@@ -169,6 +218,7 @@ pub fn status(pins: &Pins, interface: &str) -> Result<Option<Status>> {
         .iter()
         .fold(Counters::default(), |acc, s| Counters {
             decapsulated: acc.decapsulated + s.decapsulated,
+            gue_decapsulated: acc.gue_decapsulated + s.gue_decapsulated,
             passed: acc.passed + s.passed,
             malformed: acc.malformed + s.malformed,
         });
@@ -178,6 +228,7 @@ pub fn status(pins: &Pins, interface: &str) -> Result<Option<Status>> {
         link_id: info.id(),
         program_id: info.program_id(),
         addresses,
+        gue_ports,
         counters,
     }))
 }

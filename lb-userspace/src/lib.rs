@@ -27,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod decap;
+pub mod encap;
 pub mod health;
 pub mod host;
 pub mod instrument;

@@ -94,7 +94,7 @@ pub fn load_balancer_object(
 }
 
 /// Loads `decap` (not attached) and fills its set of local addresses.
-pub fn load_decap(local_addrs: &[Ipv4Addr]) -> Result<Ebpf> {
+pub fn load_decap(local_addrs: &[Ipv4Addr], gue_ports: &[u16]) -> Result<Ebpf> {
     let mut ebpf = load_decap_pinned(&[])?;
     {
         let map = ebpf
@@ -106,6 +106,15 @@ pub fn load_decap(local_addrs: &[Ipv4Addr]) -> Result<Ebpf> {
                 .insert(ipv4_to_wire(addr.octets()), 1, 0)
                 .with_context(|| format!("adding decap address {addr}"))?;
         }
+    }
+    let map = ebpf
+        .map_mut(names::DECAP_GUE_PORTS)
+        .context("the decap object has no DECAP_GUE_PORTS map")?;
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map)?;
+    for &port in gue_ports {
+        ports
+            .insert(lb_common::port_to_wire(port), 1, 0)
+            .with_context(|| format!("adding GUE port {port}"))?;
     }
     Ok(ebpf)
 }

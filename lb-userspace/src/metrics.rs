@@ -569,6 +569,8 @@ mod tests {
                 table_size: 65537,
                 policy: Default::default(),
                 icmp_echo: true,
+                encap: Default::default(),
+                gue_port: None,
                 health_check: None,
                 fail_open: true,
                 failing_open: false,

@@ -174,6 +174,8 @@ mod tests {
             idle_timeout: None,
             hash_source_only: false,
             icmp_echo: true,
+            encap: Some(crate::encap::EncapKind::Gue),
+            gue_port: Some(9000),
             health_check: Some(crate::config::HealthCheckConfig {
                 kind: Some(crate::config::CheckType::Http),
                 path: Some("/health".into()),

@@ -770,7 +770,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
             VipSpec::new(vip(UDP_PORT, Protocol::Udp), &backends[..1]),
         ],
     );
-    let mut decap = loader::load_decap(&[BACKENDS[0]])?;
+    let mut decap = loader::load_decap(&[BACKENDS[0]], &[lb_common::DEFAULT_GUE_PORT])?;
     let mut corpus = Corpus::new(seed);
     let mut report = Report::default();
     for _ in 0..frames {

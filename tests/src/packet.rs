@@ -228,6 +228,57 @@ pub fn ipip(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &Ipv4) -> Vec<u8> {
     .bytes_with_id(0)
 }
 
+/// The outer UDP destination port of the tests' GUE VIPs (the default).
+pub const GUE_PORT: u16 = lb_common::DEFAULT_GUE_PORT;
+
+/// The outer UDP source port the LB must use for the flow of `packet`
+/// (from the flow hash of its 5-tuple, as the data path computes it).
+pub fn gue_source_port(packet: &Ipv4) -> u16 {
+    let (sport, dport) = match packet.l4 {
+        L4::Tcp { src, dst, .. } | L4::Udp { src, dst } => (src, dst),
+        _ => (0, 0),
+    };
+    let (proto, _) = packet.l4_bytes();
+    let hash = lb_common::flow_hash(
+        u32::from_ne_bytes(packet.src.octets()),
+        u32::from_ne_bytes(packet.dst.octets()),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    );
+    lb_common::gue_source_port(hash)
+}
+
+/// A GUE packet (variant 1: the inner IP packet right after the UDP
+/// header) as the LB must send it: outer TTL 64, protocol 17, `tos`
+/// inherited, DF, id 0, UDP checksum 0.
+pub fn gue(
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    src_port: u16,
+    dst_port: u16,
+    tos: u8,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + inner.len());
+    udp.extend_from_slice(&src_port.to_be_bytes());
+    udp.extend_from_slice(&dst_port.to_be_bytes());
+    udp.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(inner);
+    Ipv4 {
+        src: outer_src,
+        dst: outer_dst,
+        tos,
+        ttl: 64,
+        frags: 0x4000,
+        options: Vec::new(),
+        l4: L4::Raw(17, udp),
+        payload: Vec::new(),
+    }
+    .bytes_with_id(0)
+}
+
 impl Ipv4 {
     /// Like `bytes` with a given IP id (the LB's outer header uses 0).
     pub fn bytes_with_id(&self, id: u16) -> Vec<u8> {
@@ -315,6 +366,12 @@ pub fn icmp_error(
 /// quoting the IP header (options included) and the first 8 bytes after
 /// it. Built from the input bytes with this module's own header code.
 pub fn frag_needed_reply(input: &[u8], egress_mtu: u16) -> Vec<u8> {
+    frag_needed_reply_with_overhead(input, egress_mtu, 20)
+}
+
+/// [`frag_needed_reply`] for a tunnel that adds `overhead` bytes (28 for
+/// GUE): it advertises `egress_mtu - overhead`.
+pub fn frag_needed_reply_with_overhead(input: &[u8], egress_mtu: u16, overhead: u16) -> Vec<u8> {
     let ethertype = u16::from_be_bytes([input[12], input[13]]);
     let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
         (Some(u16::from_be_bytes([input[14], input[15]])), 18)
@@ -326,7 +383,7 @@ pub fn frag_needed_reply(input: &[u8], egress_mtu: u16) -> Vec<u8> {
     let quote = &ip[..ihl + 8];
     let src = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let dst = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let mtu = (egress_mtu - 20).to_be_bytes();
+    let mtu = (egress_mtu - overhead).to_be_bytes();
     let mut reply = icmp_error(src, dst, 3, 4, [0, 0, mtu[0], mtu[1]], quote);
     reply.tos = 0xc0;
     reply.ttl = 64;

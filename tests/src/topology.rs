@@ -443,8 +443,8 @@ impl Topology {
     fn attach_router_xdp(&mut self) -> Result<()> {
         let ifnames: Vec<String> = self.lb_hosts().map(|h| h.router_if.clone()).collect();
         for ifname in ifnames {
-            let mut ebpf =
-                loader::load_decap(&[]).context("loading the router's pass-through XDP program")?;
+            let mut ebpf = loader::load_decap(&[], &[])
+                .context("loading the router's pass-through XDP program")?;
             let attached = self.router.run(|| -> Result<()> {
                 loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?
                     .attach(&ifname, XdpMode::Driver)
@@ -461,7 +461,8 @@ impl Topology {
 
     fn attach_decap(&mut self) -> Result<()> {
         for b in &self.backends {
-            let mut ebpf = loader::load_decap(&[b.addr])
+            // GUE VIPs of the tests use the default port.
+            let mut ebpf = loader::load_decap(&[b.addr], &[lb_common::DEFAULT_GUE_PORT])
                 .with_context(|| format!("loading decap for backend {}", b.name))?;
             let ifname = b.ifname.as_str();
             let mode = b.ns.run(|| -> Result<XdpMode> {

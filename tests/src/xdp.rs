@@ -14,7 +14,7 @@ use lb_userspace::{
 };
 
 use crate::packet::{
-    ethernet, internet_checksum, ETHERTYPE_IPV4, ETHERTYPE_VLAN, LB_MAC, NEXT_HOP_MAC,
+    ethernet, gue, internet_checksum, ETHERTYPE_IPV4, ETHERTYPE_VLAN, LB_MAC, NEXT_HOP_MAC,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -153,6 +153,33 @@ pub fn assert_counter_deltas(
             "{case}: no counter named {name}"
         );
     }
+}
+
+/// The frame the LB must send for `input` towards `backend` of a GUE VIP
+/// on `port`: the client's TCP or UDP packet, its outer source port from
+/// its own 5-tuple. Built like [`encapsulated`].
+pub fn gue_encapsulated(input: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
+    let ethertype = u16::from_be_bytes([input[12], input[13]]);
+    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
+        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
+    } else {
+        (None, 14)
+    };
+    let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
+    let inner = &input[l3..l3 + inner_len];
+    let ihl = (inner[0] & 0x0f) as usize * 4;
+    let word = |at: usize| u32::from_ne_bytes(inner[at..at + 4].try_into().expect("4 bytes"));
+    let port_at = |at: usize| u16::from_ne_bytes([inner[at], inner[at + 1]]);
+    let hash = lb_common::flow_hash(word(12), word(16), port_at(ihl), port_at(ihl + 2), inner[9]);
+    let outer = gue(
+        LB_SOURCE,
+        backend,
+        lb_common::gue_source_port(hash),
+        port,
+        inner[1],
+        inner,
+    );
+    ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
 }
 
 /// The frame the LB must send for `input` towards `backend`, built from the

@@ -87,6 +87,8 @@ fn changes_through_the_socket_reach_the_traffic() {
             affinity_timeout: None,
             idle_timeout: None,
             icmp_echo: None,
+            encap: None,
+            gue_port: None,
         },
     );
     ok(
@@ -285,6 +287,8 @@ fn bad_input_gets_its_error_and_changes_nothing() {
                 affinity_timeout: None,
                 idle_timeout: None,
                 icmp_echo: None,
+                encap: None,
+                gue_port: None,
             },
         );
         if !response.ok {
@@ -323,6 +327,8 @@ fn bad_input_gets_its_error_and_changes_nothing() {
             affinity_timeout: None,
             idle_timeout: None,
             icmp_echo: None,
+            encap: None,
+            gue_port: None,
         },
     );
     let mut count = 0u32;

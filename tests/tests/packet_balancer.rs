@@ -13,7 +13,10 @@ use lb_tests::{
     packet::*,
     xdp::{self, *},
 };
-use lb_userspace::dataplane::{DataPlane, Protocol, VipAddr, VipSpec};
+use lb_userspace::{
+    dataplane::{DataPlane, Protocol, VipAddr, VipSpec},
+    encap::Encap,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 8);
@@ -62,6 +65,8 @@ enum Expect {
     Drop,
     /// XDP_TX of the input encapsulated towards this backend.
     TxTo(Ipv4Addr),
+    /// XDP_TX of the input in GUE towards this backend, on `GUE_PORT`.
+    GueTo(Ipv4Addr),
     /// XDP_TX towards whichever backend the userspace model computes for
     /// the flow (checks that kernel and agent agree).
     TxToRingChoice {
@@ -239,7 +244,7 @@ fn cases() -> Vec<Case> {
     let mut source_affinity = vip(80, Protocol::Tcp, &[(B1, 1), (B2, 1), (B3, 1)]);
     source_affinity.policy = lb_userspace::policy::Policy::MaglevSource;
 
-    vec![
+    let mut cases = vec![
         case(
             "TCP SYN to a VIP: new flow, encapsulated to the backend",
             tcp_vip(),
@@ -948,6 +953,142 @@ fn cases() -> Vec<Case> {
                 FRAG_NEEDED,
             )
         },
+    ];
+    cases.extend(gue_cases());
+    cases
+}
+
+/// `one_backend_each` with GUE to `GUE_PORT` on both VIPs.
+fn gue_vips() -> Vec<VipSpec> {
+    let mut vips = one_backend_each();
+    for v in &mut vips {
+        v.encap = Encap::Gue { port: GUE_PORT };
+    }
+    vips
+}
+
+/// GUE VIPs: the same paths as IP-in-IP, with an outer UDP header whose
+/// source port follows the flow hash, and 8 bytes less room for the client.
+fn gue_cases() -> Vec<Case> {
+    // 1500-byte MTU: the inner packet may be at most 1472 bytes in GUE.
+    let fits = tcp(TCP_ACK).payload(&vec![0xab; 1472 - 40]);
+    let too_big = tcp(TCP_ACK).payload(&vec![0xab; 1473 - 40]);
+    let mut tos_udp = udp();
+    tos_udp.tos = 0xb9;
+    let mut trailer = from_router(&tcp(TCP_SYN));
+    trailer.extend_from_slice(&[0xee; 6]);
+    let other_flow = Ipv4::tcp(OTHER_CLIENT, 50123, VIP, 80, TCP_SYN);
+    // An ICMP error about the flow of `tcp(..)` goes to its backend in GUE,
+    // on that flow's own outer source port.
+    let quoted = Ipv4::tcp(VIP, 80, CLIENT, 40000, TCP_ACK).bytes();
+    let error = icmp_error(ROUTER, VIP, 3, 4, [0, 0, 0x05, 0x78], &quoted[..28]);
+    let error_in_gue = ethernet(
+        NEXT_HOP_MAC,
+        LB_MAC,
+        None,
+        ETHERTYPE_IPV4,
+        &gue(
+            xdp::LB_SOURCE,
+            B1,
+            gue_source_port(&tcp(TCP_SYN)),
+            GUE_PORT,
+            error.tos,
+            &error.bytes(),
+        ),
+    );
+    vec![
+        case(
+            "GUE: a SYN goes out in UDP to the GUE port",
+            gue_vips(),
+            from_router(&tcp(TCP_SYN)),
+            Expect::GueTo(B1),
+            TX_NEW,
+        ),
+        Case {
+            before: vec![Step::Send(from_router(&tcp(TCP_SYN)))],
+            ..case(
+                "GUE: an established packet, the same outer ports",
+                gue_vips(),
+                from_router(&tcp(TCP_ACK | TCP_PSH)),
+                Expect::GueTo(B1),
+                TX_HIT,
+            )
+        },
+        case(
+            "GUE: another flow, another outer source port",
+            gue_vips(),
+            from_router(&other_flow),
+            Expect::GueTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "GUE: UDP, TOS inherited by the outer header",
+            gue_vips(),
+            from_router(&tos_udp),
+            Expect::GueTo(B2),
+            TX_NEW,
+        ),
+        case(
+            "GUE: VLAN tag kept",
+            gue_vips(),
+            ethernet(
+                LB_MAC,
+                ROUTER_MAC,
+                Some(0x0064),
+                ETHERTYPE_IPV4,
+                &tcp(TCP_SYN).bytes(),
+            ),
+            Expect::GueTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "GUE: a trailer is trimmed, not tunnelled",
+            gue_vips(),
+            trailer,
+            Expect::GueTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "GUE: the inner packet exactly fits the MTU with 28 bytes of outer headers",
+            gue_vips(),
+            from_router(&fits),
+            Expect::GueTo(B1),
+            TX_NEW,
+        ),
+        case(
+            "GUE: one byte more gets fragmentation needed with MTU - 28",
+            gue_vips(),
+            from_router(&too_big),
+            Expect::Reply(frag_needed_reply_with_overhead(
+                &from_router(&too_big),
+                1500,
+                28,
+            )),
+            FRAG_NEEDED,
+        ),
+        Case {
+            before: vec![Step::Send(from_router(&tcp(TCP_SYN)))],
+            ..case(
+                "GUE: an ICMP error about a flow reaches its backend on the flow's tunnel",
+                gue_vips(),
+                from_router(&error),
+                Expect::Reply(error_in_gue),
+                ERROR_FORWARDED,
+            )
+        },
+        Case {
+            before: vec![
+                Step::Send(from_router(&tcp(TCP_SYN))),
+                Step::Apply(one_backend_each()),
+            ],
+            ..case(
+                "GUE turned off: the established flow goes on in IP-in-IP",
+                gue_vips(),
+                from_router(&tcp(TCP_ACK)),
+                Expect::TxTo(B1),
+                TX_HIT,
+            )
+        },
     ]
 }
 
@@ -984,6 +1125,10 @@ fn balancer_fixtures() {
             Expect::Pass => (XDP_PASS, Some(case.input.clone())),
             Expect::Drop => (XDP_DROP, None),
             Expect::TxTo(backend) => (XDP_TX, Some(encapsulated(&case.input, backend))),
+            Expect::GueTo(backend) => (
+                XDP_TX,
+                Some(gue_encapsulated(&case.input, backend, GUE_PORT)),
+            ),
             Expect::Reply(ref frame) => (XDP_TX, Some(frame.clone())),
             Expect::TxToRingChoice { src, sport } => {
                 let vip = case.vips[0].vip;
@@ -1209,6 +1354,7 @@ fn adoption_takes_over_the_maps_and_drops_a_duplicate_id() {
             generation: 7,
             flags: lb_common::BACKEND_F_ACTIVE,
             vip_id,
+            ..Default::default()
         },
     )
     .expect("writing the duplicate");

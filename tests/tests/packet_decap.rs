@@ -8,6 +8,7 @@ use lb_common::{names, DecapStats};
 use lb_tests::{packet::*, xdp::*};
 use lb_userspace::{
     dataplane::{Protocol, VipAddr, VipSpec},
+    encap::Encap,
     loader,
 };
 
@@ -18,7 +19,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 
 fn load_decap() -> Ebpf {
     require_root();
-    loader::load_decap(&[BACKEND]).expect("loading decap")
+    loader::load_decap(&[BACKEND], &[GUE_PORT]).expect("loading decap")
 }
 
 fn decap_stats(ebpf: &Ebpf) -> DecapStats {
@@ -29,6 +30,7 @@ fn decap_stats(ebpf: &Ebpf) -> DecapStats {
         .iter()
         .fold(DecapStats::default(), |a, s| DecapStats {
             decapsulated: a.decapsulated + s.decapsulated,
+            gue_decapsulated: a.gue_decapsulated + s.gue_decapsulated,
             passed: a.passed + s.passed,
             malformed: a.malformed + s.malformed,
         })
@@ -84,6 +86,29 @@ fn decap_fixtures() {
     outer_ihl_too_small[0] = 0x44;
     let mut not_ipv4_inside = ipip(Ipv4Addr::new(198, 18, 1, 1), BACKEND, &inner);
     not_ipv4_inside[20] = 0x60;
+
+    // GUE: UDP to the GUE port, the inner IPv4 or IPv6 packet after it.
+    let lb = Ipv4Addr::new(198, 18, 1, 1);
+    let gue_to =
+        |dst: Ipv4Addr, port: u16, tos: u8, inner: &[u8]| gue(lb, dst, 50000, port, tos, inner);
+    let inner6 = ipv6_udp()[14..].to_vec();
+    let mut inner6_ect0 = inner6.clone();
+    inner6_ect0[1] |= 0x20; // traffic class ECN bits = ECT(0)
+    let mut inner6_ce = inner6.clone();
+    inner6_ce[1] |= 0x30;
+    let mut gue_udp_len_long = gue_to(BACKEND, GUE_PORT, 0, &inner.bytes());
+    gue_udp_len_long[24..26].copy_from_slice(&(8 + inner.bytes().len() as u16 + 1).to_be_bytes());
+    let mut gue_udp_len_short = gue_to(BACKEND, GUE_PORT, 0, &inner.bytes());
+    gue_udp_len_short[24..26].copy_from_slice(&8u16.to_be_bytes());
+    let mut gue_variant0 = gue_to(BACKEND, GUE_PORT, 0, &inner.bytes());
+    gue_variant0[28] = 0x00; // a GUE header (variant 0) instead of IPv4
+    let mut gue_fragment = gue_to(BACKEND, GUE_PORT, 0, &inner.bytes());
+    gue_fragment[6] |= 0x20; // MF
+    let gue_empty = gue_to(BACKEND, GUE_PORT, 0, &[]);
+    let gue_stripped = DecapStats {
+        gue_decapsulated: 1,
+        ..Default::default()
+    };
 
     type Case = (&'static str, Vec<u8>, Expect, DecapStats);
     let stripped = DecapStats {
@@ -178,6 +203,117 @@ fn decap_fixtures() {
             Expect::Untouched,
             malformed,
         ),
+        (
+            "GUE TCP to this host and port: stripped",
+            frame(None, &gue_to(BACKEND, GUE_PORT, 0, &inner.bytes())),
+            Expect::Stripped(frame(None, &inner.bytes())),
+            gue_stripped,
+        ),
+        (
+            "GUE UDP, VLAN-tagged: stripped, tag kept",
+            frame(
+                Some(0x0064),
+                &gue_to(BACKEND, GUE_PORT, 0, &udp_inner.bytes()),
+            ),
+            Expect::Stripped(frame(Some(0x0064), &udp_inner.bytes())),
+            gue_stripped,
+        ),
+        (
+            "GUE around IPv6: stripped, ethertype IPv6",
+            frame(None, &gue_to(BACKEND, GUE_PORT, 0, &inner6)),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &inner6,
+            )),
+            gue_stripped,
+        ),
+        (
+            "GUE around IPv6, VLAN-tagged: the tag's ethertype becomes IPv6",
+            frame(Some(0x0064), &gue_to(BACKEND, GUE_PORT, 0, &inner6)),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                Some(0x0064),
+                ETHERTYPE_IPV6,
+                &inner6,
+            )),
+            gue_stripped,
+        ),
+        (
+            "GUE outer CE around ECT(0) IPv4: CE carried in, checksum updated",
+            frame(None, &gue_to(BACKEND, GUE_PORT, 0x03, &ect0_inner.bytes())),
+            Expect::Stripped(frame(None, &with_tos(&inner, 0x03).bytes())),
+            gue_stripped,
+        ),
+        (
+            "GUE outer CE around ECT(0) IPv6: CE carried into the traffic class",
+            frame(None, &gue_to(BACKEND, GUE_PORT, 0x03, &inner6_ect0)),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &inner6_ce,
+            )),
+            gue_stripped,
+        ),
+        (
+            "GUE outer CE around Not-ECT IPv6: left as it is",
+            frame(None, &gue_to(BACKEND, GUE_PORT, 0x03, &inner6)),
+            Expect::Stripped(ethernet(
+                LB_MAC,
+                NEXT_HOP_MAC,
+                None,
+                ETHERTYPE_IPV6,
+                &inner6,
+            )),
+            gue_stripped,
+        ),
+        (
+            "UDP to this host on another port: untouched",
+            frame(None, &gue_to(BACKEND, GUE_PORT + 1, 0, &inner.bytes())),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "GUE to another host: untouched",
+            frame(None, &gue_to(OTHER_HOST, GUE_PORT, 0, &inner.bytes())),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "GUE whose UDP length runs past the IP length: untouched",
+            frame(None, &gue_udp_len_long),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "GUE whose UDP length stops short: untouched",
+            frame(None, &gue_udp_len_short),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "GUE with a GUE header (variant 0): left to the kernel",
+            frame(None, &gue_variant0),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "fragmented GUE outer packet: untouched",
+            frame(None, &gue_fragment),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "GUE with nothing inside: untouched",
+            frame(None, &gue_empty),
+            Expect::Untouched,
+            malformed,
+        ),
     ];
     for (name, input, expect, counters) in cases {
         let mut ebpf = load_decap();
@@ -229,4 +365,39 @@ fn balancer_then_decap_round_trip() {
             "packet {i}"
         );
     }
+}
+
+/// The same through a GUE VIP: decap strips the UDP header too.
+#[test]
+fn balancer_then_decap_round_trip_over_gue() {
+    let mut spec = VipSpec::new(
+        VipAddr {
+            addr: VIP,
+            port: 80,
+            proto: Protocol::Tcp,
+        },
+        &[(BACKEND, 1)],
+    );
+    spec.encap = Encap::Gue { port: GUE_PORT };
+    let mut lb = Balancer::load(&test_options(static_config(1500)), &[spec]);
+    let mut decap = load_decap();
+    for (i, ip) in [
+        Ipv4::tcp(CLIENT, 40000, VIP, 80, TCP_SYN),
+        Ipv4::tcp(CLIENT, 40001, VIP, 80, TCP_ACK).payload(&[7; 1000]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (verdict, encapsulated) = lb.run(&from_router(ip));
+        assert_eq!(verdict, XDP_TX, "packet {i}");
+        assert_eq!(encapsulated[14 + 9], 17, "packet {i}: outer protocol UDP");
+        let (verdict, stripped) = run_program(&mut decap, names::DECAP_PROGRAM, &encapsulated);
+        assert_eq!(verdict, XDP_PASS, "packet {i}");
+        assert_eq!(
+            stripped,
+            ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV4, &ip.bytes()),
+            "packet {i}"
+        );
+    }
+    assert_eq!(decap_stats(&decap).gue_decapsulated, 2);
 }

@@ -1,5 +1,5 @@
 //! `lb-decap`: attaches the backends' `decap` XDP program, which strips the
-//! balancer's IP-in-IP header from packets to this host's own addresses,
+//! balancer's IP-in-IP or GUE headers from packets to this host's own addresses,
 //! and pins it in bpffs so it keeps working after the command exits. For
 //! backends whose kernel has no ipip tunnel device. This file only wires
 //! `lb_userspace::decap`.
@@ -18,8 +18,9 @@ use lb_userspace::{
 /// Attach, inspect and detach the load balancer's decap XDP program.
 ///
 /// On a backend: the balancer sends each packet to its backend inside an
-/// IP-in-IP header; `decap` removes it from packets whose outer destination
-/// is one of the local addresses given here and hands the inner packet
+/// IP-in-IP header, or IPv4 and UDP for a GUE VIP; `decap` removes them from
+/// packets whose outer destination is one of the local addresses given here
+/// (and, for GUE, whose UDP port is one of the GUE ports) and hands the inner packet
 /// (to a VIP configured on `lo`) to the kernel. Everything else passes
 /// untouched. The program and its maps are pinned in bpffs, one directory
 /// per interface, so they outlive this command and survive its upgrade.
@@ -55,6 +56,11 @@ enum Cmd {
         /// flag or separate addresses with commas.
         #[arg(long, short, required = true, value_delimiter = ',')]
         address: Vec<Ipv4Addr>,
+        /// A UDP port of the balancer's GUE VIPs (their `gue_port`, 6080 by
+        /// default): UDP to it and a local address is stripped as GUE.
+        /// Repeat the flag or separate ports with commas; none: IP-in-IP only.
+        #[arg(long, short = 'g', value_delimiter = ',')]
+        gue_port: Vec<u16>,
         /// XDP mode: auto tries native (driver) mode first, then generic.
         #[arg(long, short, value_enum, default_value_t = XdpModeSetting::Auto)]
         mode: XdpModeSetting,
@@ -104,6 +110,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Attach {
             interface,
             address,
+            gue_port,
             mode,
         } => {
             let pins = decap::pins(&cli.pin_root, &interface);
@@ -112,7 +119,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(Ipv4Addr::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            match decap::attach(&pins, &interface, &address, mode)? {
+            let list = if gue_port.is_empty() {
+                list
+            } else {
+                let ports: Vec<String> = gue_port.iter().map(u16::to_string).collect();
+                format!("{list} (GUE on UDP port {})", ports.join(", "))
+            };
+            match decap::attach(&pins, &interface, &address, &gue_port, mode)? {
                 Attached::New(mode) => println!(
                     "decap attached to {interface} in {} mode, pinned in {}; decapsulating for {list}",
                     mode_name(mode),
@@ -158,12 +171,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "link          id {} (program id {})",
                     status.link_id, status.program_id
                 );
+                let ports: Vec<String> = status.gue_ports.iter().map(u16::to_string).collect();
                 println!("addresses     {addresses}");
+                println!(
+                    "gue ports     {}",
+                    if ports.is_empty() {
+                        "-".to_string()
+                    } else {
+                        ports.join(", ")
+                    }
+                );
                 println!();
-                println!("COUNTER       VALUE");
-                println!("decapsulated  {}", status.counters.decapsulated);
-                println!("passed        {}", status.counters.passed);
-                println!("malformed     {}", status.counters.malformed);
+                println!("COUNTER           VALUE");
+                println!("decapsulated      {}", status.counters.decapsulated);
+                println!("gue_decapsulated  {}", status.counters.gue_decapsulated);
+                println!("passed            {}", status.counters.passed);
+                println!("malformed         {}", status.counters.malformed);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
     dataplane::{ApplyReport, Protocol, VipAddr},
+    encap::{Encap, EncapKind},
     health::{CheckSpec, Health, ProbeResult},
     policy::Policy,
     trace::packet::{Headers, PacketSpec},
@@ -83,6 +84,12 @@ pub enum Request {
         /// Answer echo requests to the VIP's address; default true.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         icmp_echo: Option<bool>,
+        /// `ipip` (default) or `gue`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encap: Option<EncapKind>,
+        /// `gue`: the outer UDP destination port; default 6080.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gue_port: Option<u16>,
     },
     RemoveVip {
         vip: VipRef,
@@ -403,6 +410,11 @@ pub struct VipInfo {
     /// Whether the VIP lets the balancer answer echo requests to its
     /// address (the address answers when any of its VIPs does).
     pub icmp_echo: bool,
+    /// How packets travel to the backends: `ipip` or `gue`.
+    pub encap: EncapKind,
+    /// `gue`: the outer UDP destination port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gue_port: Option<u16>,
     /// The VIP's health-check settings as configured (null: no check).
     pub health_check: Option<HealthCheckConfig>,
     /// Setting: keep all enabled backends when all are unhealthy.
@@ -571,6 +583,7 @@ pub fn vip_entry(
     table_size: u32,
     policy: &PolicySettings,
     icmp_echo: bool,
+    encap: Encap,
 ) -> VipConfig {
     let mut entry = VipConfig {
         address: vip.addr,
@@ -583,6 +596,8 @@ pub fn vip_entry(
         idle_timeout: None,
         hash_source_only: false,
         icmp_echo,
+        encap: (encap != Encap::Ipip).then_some(encap.kind()),
+        gue_port: encap.gue_port(),
         health_check: None,
         fail_open: true,
         backends: Vec::new(),

@@ -13,6 +13,7 @@ use super::protocol::*;
 use crate::{
     config::{self, AdminState, BackendConfig, Config, VipConfig, MAX_WEIGHT},
     dataplane::{DataPlane, Protocol, VipAddr},
+    encap::Encap,
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
     policy::Policy,
@@ -275,6 +276,8 @@ impl Service {
             table_size: v.table_size,
             policy: PolicySettings::of(v),
             icmp_echo: v.icmp_echo,
+            encap: v.encapsulation().unwrap_or_default().kind(),
+            gue_port: v.encapsulation().unwrap_or_default().gue_port(),
             health_check: v.health_check.clone(),
             fail_open: v.fail_open,
             failing_open: self.failing_open.contains(&v.vip()),
@@ -777,9 +780,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             affinity_timeout,
             idle_timeout,
             icmp_echo,
+            encap,
+            gue_port,
         } => {
             let policy =
                 policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
+            let encap = Encap::from_fields(*encap, *gue_port)
+                .map_err(|e| err(ErrorCode::InvalidValue, e.to_string()))?;
             check_unicast("VIP address", vip.addr)?;
             if vip.port == 0 {
                 return Err(err(ErrorCode::InvalidValue, "port 0 is not a service port"));
@@ -801,9 +808,10 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
                 size,
                 &policy,
                 icmp_echo.unwrap_or(true),
+                encap,
             ));
             Ok(format!(
-                "added VIP {vip} (table size {size}, policy {})",
+                "added VIP {vip} (table size {size}, policy {}, encap {encap})",
                 policy.policy
             ))
         }

@@ -540,8 +540,13 @@ impl BenchService {
         let _context = runtime.enter();
         let mut ebpf = loader::load_balancer(options)?;
         let dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
-        let mut vip_config =
-            lb_userspace::control::protocol::vip_entry(vip, 65537, &Default::default(), true);
+        let mut vip_config = lb_userspace::control::protocol::vip_entry(
+            vip,
+            65537,
+            &Default::default(),
+            true,
+            Default::default(),
+        );
         vip_config.backends = backends
             .iter()
             .map(|&a| lb_userspace::control::protocol::backend_entry(a, 1))

@@ -16,6 +16,7 @@ use lb_userspace::{
     config::{CheckType, HealthCheckConfig},
     control::protocol,
     dataplane::{Protocol, VipAddr},
+    encap::EncapKind,
     policy::Policy,
     trace::packet::TcpFlag,
 };
@@ -148,6 +149,13 @@ pub(crate) enum VipCommand {
         /// VIP's address (it still does if another VIP there allows it)
         #[arg(long)]
         no_icmp_echo: bool,
+        /// How packets travel to the backends: ipip (the agent's default)
+        /// or gue (UDP, spread over the backend's receive queues)
+        #[arg(long, value_name = "ipip|gue", value_parser = parse_encap)]
+        encap: Option<EncapKind>,
+        /// gue: the outer UDP destination port (the agent's default: 6080)
+        #[arg(long, value_name = "PORT", requires = "encap")]
+        gue_port: Option<u16>,
     },
     /// Remove a VIP and its backends
     Remove {
@@ -201,6 +209,10 @@ pub(crate) struct PolicyArgs {
 }
 
 fn parse_policy(text: &str) -> Result<Policy, String> {
+    text.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+fn parse_encap(text: &str) -> Result<EncapKind, String> {
     text.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 

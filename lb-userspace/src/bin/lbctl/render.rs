@@ -116,6 +116,7 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
         ("VIP", Align::Left),
         ("TABLE-SIZE", Align::Right),
         ("POLICY", Align::Left),
+        ("ENCAP", Align::Left),
         ("ECHO", Align::Left),
         ("CHECK", Align::Left),
         ("FAIL-OPEN", Align::Left),
@@ -152,6 +153,10 @@ pub(crate) fn render_vips(vips: &[VipInfo]) -> String {
             vip.vip.to_string(),
             vip.table_size.to_string(),
             policy_label(&vip.policy),
+            match vip.gue_port {
+                Some(port) => format!("{}:{port}", vip.encap),
+                None => vip.encap.to_string(),
+            },
             if vip.icmp_echo { "on" } else { "off" }.to_string(),
             check,
             if vip.failing_open {
@@ -473,6 +478,7 @@ mod tests {
         config::{CheckType, HealthCheckConfig},
         control::protocol::{BackendCounters, BackendFlows, VipCounters},
         dataplane::{ApplyReport, Protocol, VipAddr},
+        encap::EncapKind,
         health::ProbeResult,
     };
 
@@ -596,6 +602,8 @@ mod tests {
             table_size: 65537,
             policy: PolicySettings::default(),
             icmp_echo: true,
+            encap: EncapKind::Ipip,
+            gue_port: None,
             health_check: None,
             fail_open: true,
             failing_open: false,
@@ -628,6 +636,8 @@ mod tests {
                 table_size: 65537,
                 policy: PolicySettings::default(),
                 icmp_echo: true,
+                encap: EncapKind::Ipip,
+                gue_port: None,
                 health_check: Some(HealthCheckConfig {
                     kind: Some(CheckType::Http),
                     path: Some("/health".into()),
@@ -651,6 +661,8 @@ mod tests {
                     ..PolicySettings::default()
                 },
                 icmp_echo: false,
+                encap: EncapKind::Gue,
+                gue_port: Some(6080),
                 health_check: None,
                 fail_open: false,
                 failing_open: false,
@@ -662,6 +674,8 @@ mod tests {
                 table_size: 65537,
                 policy: PolicySettings::default(),
                 icmp_echo: true,
+                encap: EncapKind::Ipip,
+                gue_port: None,
                 // An empty object: tcp on the VIP's port.
                 health_check: Some(HealthCheckConfig::default()),
                 fail_open: true,
@@ -672,10 +686,10 @@ mod tests {
         ];
         assert_eq!(
             render_vips(&vips),
-            "VIP                  TABLE-SIZE  POLICY            ECHO  CHECK         FAIL-OPEN  BACKENDS\n\
-             198.18.0.10:80/tcp        65537  maglev            on    http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
-             198.18.0.10:53/udp            7  maglev-source/24  off   -             off        0\n\
-             198.18.0.10:443/tcp       65537  maglev            on    tcp           ACTIVE     1\n"
+            "VIP                  TABLE-SIZE  POLICY            ENCAP     ECHO  CHECK         FAIL-OPEN  BACKENDS\n\
+             198.18.0.10:80/tcp        65537  maglev            ipip      on    http /health  on         5 (1 draining, 1 disabled, 1 unhealthy)\n\
+             198.18.0.10:53/udp            7  maglev-source/24  gue:6080  off   -             off        0\n\
+             198.18.0.10:443/tcp       65537  maglev            ipip      on    tcp           ACTIVE     1\n"
         );
         assert_eq!(render_vips(&[]), "no VIPs\n");
     }

@@ -51,6 +51,8 @@ impl Command {
                 policy,
                 hash_source_only,
                 no_icmp_echo,
+                encap,
+                gue_port,
             }) => Request::AddVip {
                 vip: *vip,
                 table_size: *table_size,
@@ -64,6 +66,8 @@ impl Command {
                 idle_timeout: policy.idle_timeout,
                 // Unset means the agent's default (on).
                 icmp_echo: no_icmp_echo.then_some(false),
+                encap: *encap,
+                gue_port: *gue_port,
             },
             Command::Vip(VipCommand::Policy { vip, policy }) => Request::SetPolicy {
                 vip: *vip,
@@ -208,6 +212,7 @@ mod tests {
         config::{CheckType, HealthCheckConfig},
         control::{client, protocol},
         dataplane::{Protocol, VipAddr},
+        encap::EncapKind,
     };
 
     use super::*;
@@ -239,9 +244,36 @@ mod tests {
                 source_prefix: None,
                 affinity_timeout: None,
                 idle_timeout: None,
-                icmp_echo: None
+                icmp_echo: None,
+                encap: None,
+                gue_port: None,
             }
         );
+        assert_eq!(
+            req(&[
+                "vip",
+                "add",
+                "198.18.0.10:80/tcp",
+                "--encap",
+                "gue",
+                "--gue-port",
+                "9000"
+            ]),
+            Request::AddVip {
+                vip: vip(),
+                table_size: None,
+                policy: Policy::Maglev,
+                source_prefix: None,
+                affinity_timeout: None,
+                idle_timeout: None,
+                icmp_echo: None,
+                encap: Some(EncapKind::Gue),
+                gue_port: Some(9000),
+            }
+        );
+        let e = usage_error(&["vip", "add", "198.18.0.10:80/tcp", "--encap", "vxlan"]).to_string();
+        assert!(e.contains("ipip or gue"), "{e}");
+        usage_error(&["vip", "add", "198.18.0.10:80/tcp", "--gue-port", "9000"]);
         assert_eq!(
             req(&[
                 "vip",
@@ -263,7 +295,9 @@ mod tests {
                 source_prefix: None,
                 affinity_timeout: None,
                 idle_timeout: None,
-                icmp_echo: Some(false)
+                icmp_echo: Some(false),
+                encap: None,
+                gue_port: None,
             }
         );
         assert_eq!(
@@ -287,7 +321,9 @@ mod tests {
                 source_prefix: Some(24),
                 affinity_timeout: Some(30),
                 idle_timeout: Some(120),
-                icmp_echo: None
+                icmp_echo: None,
+                encap: None,
+                gue_port: None,
             }
         );
         assert_eq!(
