@@ -95,6 +95,7 @@ fn every_fib_outcome() {
             source_prefix: 32,
             affinity_timeout: 0,
             icmp_echo: true,
+            encap: Default::default(),
             backends: vec![BackendSpec { addr, weight: 1 }],
         })
         .collect();

@@ -1,0 +1,176 @@
+//! GUE end to end: a VIP whose packets travel to the backends in UDP, real
+//! TCP and UDP through the test bed, the backends' `decap` stripping GUE,
+//! and a switch between GUE and IP-in-IP under open connections.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use aya::maps::PerCpuArray;
+use lb_common::{names, DecapStats, DEFAULT_GUE_PORT};
+use lb_tests::{
+    agent::{Bed, TEST_VIP},
+    topology::{echo_roundtrip, Topology},
+};
+use serde_json::Value;
+
+/// The bed's usual VIPs (TCP and UDP on 8080, three backends of weight 1),
+/// with `encap` set on both (`None`: the default, IP-in-IP).
+fn config(topo: &Topology, encap: Option<&str>) -> Value {
+    let mut config = Bed::config_for(topo, "native", 8080, &[Some(1), Some(1), Some(1)]);
+    if let (Some(encap), Some(vips)) = (encap, config["vips"].as_array_mut()) {
+        for vip in vips {
+            vip["encap"] = encap.into();
+            vip["gue_port"] = DEFAULT_GUE_PORT.into();
+        }
+    }
+    config
+}
+
+/// Backend `j`'s decap counters, summed over CPUs.
+fn decap_stats(bed: &Bed, j: usize) -> DecapStats {
+    let ebpf = bed
+        .topo
+        .decap_ebpf(j)
+        .unwrap_or_else(|| panic!("backend {j} runs no decap program"));
+    let map: PerCpuArray<_, DecapStats> =
+        PerCpuArray::try_from(ebpf.map(names::DECAP_STATS).expect("DECAP_STATS"))
+            .expect("DECAP_STATS is a per-CPU array");
+    map.get(&0, 0)
+        .expect("reading DECAP_STATS")
+        .iter()
+        .fold(DecapStats::default(), |a, s| DecapStats {
+            decapsulated: a.decapsulated + s.decapsulated,
+            gue_decapsulated: a.gue_decapsulated + s.gue_decapsulated,
+            passed: a.passed + s.passed,
+            malformed: a.malformed + s.malformed,
+        })
+}
+
+fn all_decap_stats(bed: &Bed) -> Vec<DecapStats> {
+    (0..3).map(|j| decap_stats(bed, j)).collect()
+}
+
+/// Echoes a round of data on every connection; panics naming the one that
+/// failed.
+fn echo_all(connections: &mut [(String, std::net::TcpStream)], round: u8, size: usize) {
+    for (i, (name, stream)) in connections.iter_mut().enumerate() {
+        let data = vec![round ^ i as u8; size];
+        let back = echo_roundtrip(stream, &data)
+            .unwrap_or_else(|e| panic!("connection {i} to {name}, round {round}: {e:#}"));
+        assert_eq!(back, data, "connection {i} to {name}, round {round}");
+    }
+}
+
+#[test]
+fn tcp_and_udp_over_gue_reach_every_backend_and_stay() {
+    let bed = Bed::start_with(3, "native", |topo| config(topo, Some("gue")));
+    let before = all_decap_stats(&bed);
+    let mut connections = bed.open(30);
+    for round in 0..4u8 {
+        // Round 2: 200 kB, many full-size segments in GUE.
+        echo_all(
+            &mut connections,
+            round,
+            if round == 2 { 200_000 } else { 1000 },
+        );
+    }
+    let spread: BTreeMap<&str, usize> =
+        connections.iter().fold(BTreeMap::new(), |mut m, (n, _)| {
+            *m.entry(n.as_str()).or_default() += 1;
+            m
+        });
+    assert_eq!(
+        spread.len(),
+        3,
+        "30 connections reach all three backends: {spread:?}"
+    );
+
+    let mut udp_backends = BTreeMap::new();
+    for src_port in 31000..31020u16 {
+        let ask = |payload: &[u8]| {
+            bed.topo.udp_ask(
+                (src_port % 2) as usize,
+                src_port,
+                TEST_VIP,
+                bed.port,
+                payload,
+                Duration::from_secs(3),
+            )
+        };
+        let first = ask(b"first").unwrap_or_else(|e| panic!("UDP port {src_port}: {e:#}"));
+        for k in 0..5 {
+            let name = ask(format!("datagram {k}").as_bytes())
+                .unwrap_or_else(|e| panic!("UDP port {src_port}, datagram {k}: {e:#}"));
+            assert_eq!(name, first, "UDP flow from port {src_port} moved");
+        }
+        *udp_backends.entry(first).or_insert(0) += 1;
+    }
+    assert!(
+        udp_backends.len() >= 2,
+        "20 UDP flows over GUE: {udp_backends:?}"
+    );
+
+    let after = all_decap_stats(&bed);
+    for j in 0..3 {
+        let gue = after[j].gue_decapsulated - before[j].gue_decapsulated;
+        let ipip = after[j].decapsulated - before[j].decapsulated;
+        assert!(
+            gue > 0,
+            "backend {j} stripped no GUE packet: {:?}",
+            after[j]
+        );
+        assert_eq!(
+            ipip, 0,
+            "backend {j} got IP-in-IP from a GUE VIP: {:?}",
+            after[j]
+        );
+        assert_eq!(
+            after[j].malformed, before[j].malformed,
+            "backend {j}: malformed tunnel packets"
+        );
+    }
+    println!(
+        "GUE decapsulated per backend: {:?}",
+        after.iter().map(|s| s.gue_decapsulated).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn switching_encapsulation_keeps_open_connections() {
+    let mut bed = Bed::start_with(3, "native", |topo| config(topo, None));
+    let mut connections = bed.open(24);
+    echo_all(&mut connections, 0, 1000);
+    let ipip_before = all_decap_stats(&bed);
+    assert!(
+        ipip_before
+            .iter()
+            .all(|s| s.decapsulated > 0 && s.gue_decapsulated == 0),
+        "IP-in-IP first: {ipip_before:?}"
+    );
+
+    for (round, encap) in [(1u8, Some("gue")), (2, None), (3, Some("gue"))] {
+        let before = all_decap_stats(&bed);
+        bed.agent
+            .reload(&config(&bed.topo, encap))
+            .unwrap_or_else(|e| panic!("reload to {encap:?}: {e:#}"));
+        echo_all(&mut connections, round, 20_000);
+        let after = all_decap_stats(&bed);
+        let gue: u64 = (0..3)
+            .map(|j| after[j].gue_decapsulated - before[j].gue_decapsulated)
+            .sum();
+        let ipip: u64 = (0..3)
+            .map(|j| after[j].decapsulated - before[j].decapsulated)
+            .sum();
+        match encap {
+            Some(_) => assert!(
+                gue > 0 && ipip == 0,
+                "round {round} in GUE: {gue} GUE, {ipip} IP-in-IP"
+            ),
+            None => assert!(
+                ipip > 0 && gue == 0,
+                "round {round} in IP-in-IP: {gue} GUE, {ipip} IP-in-IP"
+            ),
+        }
+    }
+    // The same connections on the same backends throughout.
+    echo_all(&mut connections, 4, 1000);
+}
