@@ -32,6 +32,8 @@ use crate::{
 const ECN_MASK: u8 = 0b11;
 const ECN_CE: u8 = 0b11;
 const ECN_NOT_ECT: u8 = 0;
+/// Length of the fixed IPv6 header.
+const IPV6_LEN: usize = 40;
 
 /// Local addresses (wire order → 1) whose IP-in-IP packets are stripped.
 /// Written by the decap loader, read per packet.
@@ -162,6 +164,11 @@ fn strip(ctx: &XdpContext) -> Outcome {
             unsafe { mark_congestion(&mut *inner) };
         }
     } else {
+        // A whole IPv6 header, as a whole IPv4 one above: a truncated
+        // inner packet is not decapsulated.
+        if outer_tot_len < strip + IPV6_LEN || ptr_at::<[u8; IPV6_LEN]>(ctx, l3 + strip).is_none() {
+            return Outcome::Malformed;
+        }
         // The IPv6 traffic class spans the first two bytes; ECN is bits
         // 4-5 of the second. No header checksum to fix.
         if congested {

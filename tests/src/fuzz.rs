@@ -14,7 +14,10 @@
 //!   is right, towards a known backend, carrying exactly the client's IP
 //!   packet (its own total length, never a trailer), within the MTU: a TCP
 //!   or UDP packet to the VIP, or an ICMP error to the VIP quoting a TCP
-//!   or UDP packet from it;
+//!   or UDP packet from it; for the GUE VIP (UDP) with a UDP header in
+//!   between whose length is the outer length less 20, checksum 0, source
+//!   port in 49152-65535 (the flow's own for a TCP or UDP packet) and
+//!   destination the GUE port;
 //! - an ICMP reply goes back to the sender (MACs swapped, tag kept) from
 //!   the VIP, in an IPv4 header of 20 bytes whose total length is the
 //!   frame's, with TTL 64 and right IP and ICMP checksums (for an echo
@@ -22,7 +25,11 @@
 //!   incrementally); an echo reply answers an echo request to the VIP and
 //!   carries its identifier, sequence and data; a "fragmentation needed"
 //!   answers a DF packet to the VIP too big for the tunnel, advertises
-//!   MTU - 20 and quotes the packet's IP header and 8 bytes.
+//!   the MTU less the tunnel's overhead (20, 28 for GUE) and quotes the
+//!   packet's IP header and 8 bytes;
+//! - `decap` strips IP-in-IP and GUE (to the GUE port, IPv4 or IPv6
+//!   inside, the ethertype following the inner family) to its address
+//!   only, and nothing else.
 
 use std::net::Ipv4Addr;
 
@@ -56,6 +63,9 @@ pub const MTU: usize = 1500;
 /// The VIP's TCP and UDP ports.
 pub const TCP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 53;
+/// The UDP VIP's encapsulation is GUE to this port (the TCP VIP's is
+/// IP-in-IP), and `decap` strips GUE sent to it.
+pub const GUE_PORT: u16 = lb_common::DEFAULT_GUE_PORT;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 /// BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header
 /// (EINVAL), as no NIC delivers one: shorter frames are padded to it.
@@ -167,6 +177,30 @@ fn tunnel(rng: &mut Rng, dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
     outer.bytes()
 }
 
+/// GUE around `inner` (UDP, variant 1), to `dst`: mostly to the GUE port,
+/// sometimes to another one.
+fn gue_tunnel(rng: &mut Rng, dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
+    let port = if rng.chance(5) {
+        GUE_PORT + 1
+    } else {
+        GUE_PORT
+    };
+    let mut outer = crate::packet::gue(
+        LB_SOURCE,
+        dst,
+        0xc000 | rng.next_u64() as u16,
+        port,
+        rng.next_u64() as u8,
+        &inner,
+    );
+    if rng.chance(4) {
+        // A UDP length that lies.
+        let lie = [0u16, 8, 0xffff, rng.next_u64() as u16][rng.below(4)];
+        outer[24..26].copy_from_slice(&lie.to_be_bytes());
+    }
+    outer
+}
+
 /// An IPv6 packet with a chain of extension headers that may run past the
 /// end of the packet.
 fn ipv6(rng: &mut Rng) -> Vec<u8> {
@@ -263,12 +297,20 @@ fn seed_frame(rng: &mut Rng) -> Vec<u8> {
         }
         10 | 11 => {
             // A tunnel to the decap address, or to the VIP, maybe nested.
-            let mut inner = ip_packet(rng).bytes();
+            let mut inner = if rng.chance(4) {
+                ipv6(rng)
+            } else {
+                ip_packet(rng).bytes()
+            };
             if rng.chance(3) {
                 inner = tunnel(rng, BACKENDS[0], inner);
             }
             let dst = if rng.chance(2) { BACKENDS[0] } else { VIP };
-            let l3 = tunnel(rng, dst, inner);
+            let l3 = if rng.chance(2) {
+                gue_tunnel(rng, dst, inner)
+            } else {
+                tunnel(rng, dst, inner)
+            };
             with_l2(rng, ETHERTYPE_IPV4, &l3)
         }
         12 | 13 => {
@@ -569,15 +611,17 @@ fn check_icmp_reply(input: &[u8], out: &[u8]) -> Result<(), String> {
             if quote_len > ip_in.len() {
                 return Err("fragmentation needed quoting more than the packet".into());
             }
+            // The UDP VIP is GUE: 8 bytes more of outer headers.
+            let overhead = if ip_in[9] == 17 { 28 } else { 20 };
             if icmp[1] != 4
-                || be16(icmp, 6) != MTU - 20
+                || be16(icmp, 6) != MTU - overhead
                 || icmp[4..6] != [0, 0]
                 || icmp.len() != 8 + quote_len
                 || icmp[8..] != ip_in[..quote_len]
             {
                 return Err("fragmentation needed: code, MTU or quote wrong".into());
             }
-            let too_big = be16(ip_in, 2) + 20 > MTU;
+            let too_big = be16(ip_in, 2) + overhead > MTU;
             let df = ip_in[6] & 0x40 != 0;
             if !too_big || !df || (ip_in[9] != 6 && ip_in[9] != 17) {
                 return Err(
@@ -607,10 +651,22 @@ fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
         return Err("Ethernet header (addresses or tag) wrong".into());
     }
     let outer = &out[l3..l3 + 20];
-    if outer[0] != 0x45 || outer[9] != 4 || outer[8] != 64 {
+    // The UDP VIP is GUE, the TCP VIP IP-in-IP; an ICMP error travels as
+    // its flow does.
+    let gue_vip = if input[l3 + 9] == 1 {
+        let ihl = (input[l3] & 0x0f) as usize * 4;
+        input[l3 + ihl + 8 + 9] == 17
+    } else {
+        input[l3 + 9] == 17
+    };
+    let (outer_proto, overhead) = if gue_vip { (17, 28) } else { (4, 20) };
+    if outer[0] != 0x45 || outer[9] != outer_proto || outer[8] != 64 {
         return Err(format!(
-            "outer header {outer:02x?}: not IPv4/IHL 5/IPIP/TTL 64"
+            "outer header {outer:02x?}: not IPv4/IHL 5/protocol {outer_proto}/TTL 64"
         ));
+    }
+    if out.len() < l3 + overhead + 20 {
+        return Err(format!("sent a {}-byte frame", out.len()));
     }
     if internet_checksum(outer) != 0 {
         return Err("outer header checksum wrong".into());
@@ -638,7 +694,36 @@ fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
             input.len() - l3
         ));
     }
-    if out[l3 + 20..] != input[l3..l3 + inner_len] {
+    if gue_vip {
+        let udp = &out[l3 + 20..l3 + 28];
+        let src_port = be16(udp, 0) as u16;
+        if be16(udp, 2) != GUE_PORT as usize
+            || be16(udp, 4) != outer_len - 20
+            || udp[6..8] != [0, 0]
+            || src_port < 0xc000
+        {
+            return Err(format!(
+                "GUE header {udp:02x?}: not (49152.., {GUE_PORT}, length {}, checksum 0)",
+                outer_len - 20
+            ));
+        }
+        if input[l3 + 9] != 1 {
+            let ihl = (input[l3] & 0x0f) as usize * 4;
+            let word = |at: usize| u32::from_ne_bytes(input[at..at + 4].try_into().expect("4"));
+            let port = |at: usize| u16::from_ne_bytes([input[at], input[at + 1]]);
+            let hash = lb_common::flow_hash(
+                word(l3 + 12),
+                word(l3 + 16),
+                port(l3 + ihl),
+                port(l3 + ihl + 2),
+                17,
+            );
+            if src_port != lb_common::gue_source_port(hash) {
+                return Err(format!("GUE source port {src_port} is not the flow's"));
+            }
+        }
+    }
+    if out[l3 + overhead..] != input[l3..l3 + inner_len] {
         return Err("the inner packet is not the client's IP packet".into());
     }
     if input[l3 + 16..l3 + 20] != VIP.octets() {
@@ -661,20 +746,50 @@ pub fn check_decap(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), Stri
         return Err("changed a frame too short to be a tunnel".into());
     }
     let outer_ihl = (input[l3] & 0x0f) as usize * 4;
-    if input[l3 + 9] != 4 || input[l3 + 16..l3 + 20] != BACKENDS[0].octets() {
+    let gue = input[l3 + 9] == 17
+        && input.len() >= l3 + outer_ihl + 8
+        && be16(input, l3 + outer_ihl + 2) == GUE_PORT as usize;
+    if !gue && input[l3 + 9] != 4 || input[l3 + 16..l3 + 20] != BACKENDS[0].octets() {
         return Err("changed a frame that is not a tunnel to the local address".into());
     }
-    if output.len() + outer_ihl != input.len() {
+    let outer_len = if gue { outer_ihl + 8 } else { outer_ihl };
+    if output.len() + outer_len != input.len() {
         return Err(format!(
-            "stripped {} bytes, the outer header has {outer_ihl}",
+            "stripped {} bytes, the outer headers have {outer_len}",
             input.len() - output.len()
         ));
     }
-    if output[..l3] != input[..l3] {
-        return Err("Ethernet header changed".into());
+    if gue && be16(input, l3 + outer_ihl + 4) + outer_ihl != be16(input, l3 + 2) {
+        return Err("stripped GUE whose UDP length disagrees with the IP length".into());
     }
-    let inner_in = &input[l3 + outer_ihl..];
+    let inner_in = &input[l3 + outer_len..];
     let inner_out = &output[l3..];
+    let ethertype_at = l3 - 2;
+    let inner_v6 = gue && inner_out.first().is_some_and(|b| b >> 4 == 6);
+    let want_ethertype = if inner_v6 {
+        ETHERTYPE_IPV6
+    } else {
+        ETHERTYPE_IPV4
+    };
+    if output[..ethertype_at] != input[..ethertype_at]
+        || be16(output, ethertype_at) != want_ethertype as usize
+    {
+        return Err("Ethernet header changed beyond the inner packet's ethertype".into());
+    }
+    if inner_v6 {
+        // Only the ECN bits of the traffic class may differ.
+        let mut expected = inner_in.to_vec();
+        if let (Some(e), Some(&o)) = (expected.get_mut(1), inner_out.get(1)) {
+            *e = o;
+        }
+        if inner_out.len() < 40
+            || inner_out != expected
+            || (inner_out[1] ^ inner_in[1]) & !0x30 != 0
+        {
+            return Err("the inner IPv6 packet changed beyond its ECN field".into());
+        }
+        return Ok(());
+    }
     if inner_out.len() < 20 || inner_out[0] >> 4 != 4 {
         return Err("passed an inner packet that is not IPv4".into());
     }
@@ -710,6 +825,10 @@ pub struct Report {
     pub icmp_replies: u64,
     /// Of `transmitted`: ICMP errors encapsulated to a backend.
     pub icmp_forwarded: u64,
+    /// Of `transmitted`: sent in GUE (outer protocol UDP).
+    pub gue_sent: u64,
+    /// Of `decapsulated`: GUE packets stripped.
+    pub gue_decapsulated: u64,
     pub decapsulated: u64,
     pub failures: Vec<(String, Vec<u8>, String)>,
 }
@@ -726,14 +845,16 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {} ({} ICMP replies, {} ICMP errors to backends); decap stripped {}; {} failures",
+            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {} ({} ICMP replies, {} ICMP errors to backends, {} in GUE); decap stripped {} ({} GUE); {} failures",
             self.frames,
             self.passed,
             self.dropped,
             self.transmitted,
             self.icmp_replies,
             self.icmp_forwarded,
+            self.gue_sent,
             self.decapsulated,
+            self.gue_decapsulated,
             self.failures.len()
         )
     }
@@ -767,10 +888,13 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
         &test_options(static_config(MTU as u32)),
         &[
             VipSpec::new(vip(TCP_PORT, Protocol::Tcp), &backends),
-            VipSpec::new(vip(UDP_PORT, Protocol::Udp), &backends[..1]),
+            VipSpec {
+                encap: lb_userspace::encap::Encap::Gue { port: GUE_PORT },
+                ..VipSpec::new(vip(UDP_PORT, Protocol::Udp), &backends[..1])
+            },
         ],
     );
-    let mut decap = loader::load_decap(&[BACKENDS[0]], &[lb_common::DEFAULT_GUE_PORT])?;
+    let mut decap = loader::load_decap(&[BACKENDS[0]], &[GUE_PORT])?;
     let mut corpus = Corpus::new(seed);
     let mut report = Report::default();
     for _ in 0..frames {
@@ -788,6 +912,9 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
                 } else if frame.len() > l3 + 9 && frame[l3 + 9] == 1 {
                     report.icmp_forwarded += 1;
                 }
+                if out.len() > l3 + 9 && out[l3 + 9] == 17 {
+                    report.gue_sent += 1;
+                }
             }
             _ => {}
         }
@@ -795,6 +922,10 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
         let (verdict, out) = run_program(&mut decap, names::DECAP_PROGRAM, &frame);
         if out != frame {
             report.decapsulated += 1;
+            let l3 = l3_offset(&frame);
+            if frame.len() > l3 + 9 && frame[l3 + 9] == 17 {
+                report.gue_decapsulated += 1;
+            }
         }
         report.record("decap", &frame, check_decap(&frame, verdict, &out));
     }

@@ -36,4 +36,9 @@ fn two_hundred_thousand_hostile_frames() {
         "{}",
         report.summary()
     );
+    assert!(
+        report.gue_sent > FRAMES / 100 && report.gue_decapsulated > FRAMES / 1000,
+        "{}",
+        report.summary()
+    );
 }

@@ -105,6 +105,7 @@ fn decap_fixtures() {
     let mut gue_fragment = gue_to(BACKEND, GUE_PORT, 0, &inner.bytes());
     gue_fragment[6] |= 0x20; // MF
     let gue_empty = gue_to(BACKEND, GUE_PORT, 0, &[]);
+    let gue_short_v6 = gue_to(BACKEND, GUE_PORT, 0, &inner6[..39]);
     let gue_stripped = DecapStats {
         gue_decapsulated: 1,
         ..Default::default()
@@ -305,6 +306,12 @@ fn decap_fixtures() {
         (
             "fragmented GUE outer packet: untouched",
             frame(None, &gue_fragment),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "GUE around a truncated IPv6 header: untouched",
+            frame(None, &gue_short_v6),
             Expect::Untouched,
             malformed,
         ),
