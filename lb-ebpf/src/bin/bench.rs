@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp,
     maps::PerCpuArray, programs::XdpContext,
 };
-use lb_common::{FlowKey, IPIP_OVERHEAD, IPPROTO_TCP};
+use lb_common::{FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP};
 use lb_ebpf::{balancer::balance, maps::FLOWS, parse::ptr_at};
 use network_types::eth::EthHdr;
 
@@ -76,9 +76,15 @@ fn wrapped(ctx: &XdpContext, run: impl FnOnce(&XdpContext) -> u32) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let saved = unsafe { *eth };
+    let len_before = ctx.data_end() - ctx.data();
     let action = run(ctx);
     if action == xdp_action::XDP_TX {
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPIP_OVERHEAD as i32) } != 0 {
+        // IP-in-IP or GUE: undo exactly what the balancer added.
+        let grown = (ctx.data_end() - ctx.data()).wrapping_sub(len_before);
+        if grown != IPIP_OVERHEAD as usize && grown != GUE_OVERHEAD as usize {
+            return xdp_action::XDP_DROP;
+        }
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, grown as i32) } != 0 {
             return xdp_action::XDP_DROP;
         }
         let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {

@@ -39,6 +39,8 @@ use lb_userspace::{
 use serde_json::json;
 
 const REPEAT: u32 = 1_000_000;
+/// The port of the benchmark's GUE VIP (the default policy, in GUE).
+const GUE_VIP_PORT: u16 = 90;
 const ROUNDS: usize = 5;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
@@ -173,7 +175,16 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let many: Vec<(Ipv4Addr, u32)> = (1..=LEAST_CONN_MAX_BACKENDS)
         .map(|i| (Ipv4Addr::new(198, 19, 1, i as u8), 1))
         .collect();
-    let mut specs = vec![VipSpec::new(vip_on(80), &backends)];
+    let mut specs = vec![
+        VipSpec::new(vip_on(80), &backends),
+        // The default policy in GUE.
+        VipSpec {
+            encap: lb_userspace::encap::Encap::Gue {
+                port: lb_common::DEFAULT_GUE_PORT,
+            },
+            ..VipSpec::new(vip_on(GUE_VIP_PORT), &backends)
+        },
+    ];
     for &(_, port, policy, affinity, n) in POLICY_CASES {
         specs.push(VipSpec {
             policy,
@@ -251,7 +262,10 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         })
         .map(|&(label, port, ..)| (label, port))
         .collect();
-    let mut est_frames = vec![established.clone()];
+    let gue_established =
+        from_router(&Ipv4::tcp(CLIENT, 40000, VIP, GUE_VIP_PORT, TCP_ACK).payload(&[0; 64]));
+    run_once(&mut ebpf, "bench_established", &gue_established)?;
+    let mut est_frames = vec![established.clone(), gue_established];
     for &(_, port) in &tracked {
         let frame = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, port, TCP_ACK).payload(&[0; 64]));
         run_once(&mut ebpf, "bench_established", &frame)?;
@@ -269,6 +283,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let est = est_stats
         .next()
         .context("the default policy's established flows")?;
+    let gue_est = est_stats.next().context("the GUE VIP's established flows")?;
     let policy_established: Vec<(&str, Stat)> = tracked
         .iter()
         .map(|&(label, _)| label)
@@ -329,7 +344,8 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         );
     }
     println!("  established flow by policy, median / floor in the same run:");
-    for (label, s) in std::iter::once(("maglev (the default)", &est))
+    for (label, s) in [("maglev (the default)", &est), ("maglev in GUE", &gue_est)]
+        .into_iter()
         .chain(policy_established.iter().map(|(l, s)| (*l, s)))
     {
         println!(
@@ -366,6 +382,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         "pass_non_vip": pass.median,
         "vip_new_flow": new_flow.median,
         "vip_established": est.median,
+        "gue_established": gue_est.median,
         "wrapper_floor": wrapper.median,
         "policy_established": policy_established
             .iter()
@@ -381,6 +398,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
             "pass_non_vip": pass.min,
             "vip_new_flow": new_flow.min,
             "vip_established": est.min,
+            "gue_established": gue_est.min,
             "wrapper_floor": wrapper.min,
         },
     }))
