@@ -212,8 +212,18 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         }
     };
 
-    let outer = encap::outer_headers(tunnel, tos, outer_len, config.lb_source_addr, outer_dst);
-    if encap::trim_tail(ctx, trailer).is_err() || encap::encapsulate(ctx, l2, &outer).is_err() {
+    if encap::trim_tail(ctx, trailer).is_err()
+        || encap::encapsulate(
+            ctx,
+            l2,
+            tunnel,
+            tos,
+            outer_len,
+            config.lb_source_addr,
+            outer_dst,
+        )
+        .is_err()
+    {
         debug!(
             ctx,
             "encapsulation towards {:i} failed, dropped",

@@ -83,33 +83,6 @@ impl Tunnel {
     }
 }
 
-/// The outer headers of a tunnel packet: the IPv4 header, and for GUE the
-/// UDP header after it.
-pub struct Outer {
-    pub ip: Ipv4Hdr,
-    pub udp: UdpHdr,
-    pub gue: bool,
-}
-
-/// The outer headers (IP checksum included) of a packet of `outer_len`
-/// bytes in all from `src` to `dst`, with the client packet's TOS (DSCP and
-/// ECN, RFC 6040).
-#[inline(always)]
-pub fn outer_headers(tunnel: Tunnel, tos: u8, outer_len: u16, src: u32, dst: u32) -> Outer {
-    let gue = tunnel.is_gue();
-    let proto = if gue { IPPROTO_UDP } else { IPPROTO_IPIP };
-    Outer {
-        ip: ipv4_header(tos, outer_len, OUTER_TTL, proto, src, dst),
-        udp: UdpHdr {
-            src: tunnel.src_port.to_ne_bytes(),
-            dst: tunnel.dst_port.to_ne_bytes(),
-            len: outer_len.wrapping_sub(IPIP_OVERHEAD).to_be_bytes(),
-            check: [0; 2],
-        },
-        gue,
-    }
-}
-
 /// A 20-byte IPv4 header with DF and id 0 (an atomic datagram, RFC 6864),
 /// checksum included: what the balancer originates, outer headers and
 /// ICMP errors alike. Addresses in wire order.
@@ -150,33 +123,61 @@ pub fn trim_tail(ctx: &XdpContext, excess: usize) -> Result<(), EncapError> {
     Ok(())
 }
 
-/// Grows the head by the outer headers and writes the L2 header and
-/// `outer` in front of the client's packet. On error the caller must drop
-/// the packet.
+/// Grows the head by the tunnel's outer headers and writes the L2 header
+/// and them, for a packet of `outer_len` bytes in all from `src` to `dst`
+/// with the client packet's TOS (DSCP and ECN, RFC 6040), in front of the
+/// client's packet. The two tunnels are separate branches with constant
+/// sizes and protocols, so that IP-in-IP costs what it did before GUE
+/// existed. On error the caller must drop the packet.
 #[inline(always)]
-pub fn encapsulate(ctx: &XdpContext, l2: L2, outer: &Outer) -> Result<(), EncapError> {
+pub fn encapsulate(
+    ctx: &XdpContext,
+    l2: L2,
+    tunnel: Tunnel,
+    tos: u8,
+    outer_len: u16,
+    src: u32,
+    dst: u32,
+) -> Result<(), EncapError> {
     let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? };
     let vlan: Option<VlanHdr> = match l2 {
         L2::Plain => None,
         L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? }),
     };
-    let overhead = if outer.gue {
-        GUE_OVERHEAD
-    } else {
-        IPIP_OVERHEAD
+    if !tunnel.is_gue() {
+        let ip = ipv4_header(tos, outer_len, OUTER_TTL, IPPROTO_IPIP, src, dst);
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
+            return Err(EncapError);
+        }
+        restore_l2(ctx, eth, vlan)?;
+        unsafe { *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip };
+        return Ok(());
+    }
+    let ip = ipv4_header(tos, outer_len, OUTER_TTL, IPPROTO_UDP, src, dst);
+    let udp = UdpHdr {
+        src: tunnel.src_port.to_ne_bytes(),
+        dst: tunnel.dst_port.to_ne_bytes(),
+        len: (outer_len - IPIP_OVERHEAD).to_be_bytes(),
+        check: [0; 2],
     };
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GUE_OVERHEAD as i32)) } != 0 {
         return Err(EncapError);
     }
+    restore_l2(ctx, eth, vlan)?;
+    unsafe {
+        *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip;
+        *ptr_at::<UdpHdr>(ctx, l2.header_len() + IPIP_OVERHEAD as usize).ok_or(EncapError)? = udp;
+    }
+    Ok(())
+}
+
+/// Writes the saved L2 header (and VLAN tag) back at the new frame start.
+#[inline(always)]
+fn restore_l2(ctx: &XdpContext, eth: EthHdr, vlan: Option<VlanHdr>) -> Result<(), EncapError> {
     unsafe {
         *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? = eth;
         if let Some(vlan) = vlan {
             *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? = vlan;
-        }
-        *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = outer.ip;
-        if outer.gue {
-            *ptr_at::<UdpHdr>(ctx, l2.header_len() + IPIP_OVERHEAD as usize).ok_or(EncapError)? =
-                outer.udp;
         }
     }
     Ok(())

@@ -283,7 +283,9 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let est = est_stats
         .next()
         .context("the default policy's established flows")?;
-    let gue_est = est_stats.next().context("the GUE VIP's established flows")?;
+    let gue_est = est_stats
+        .next()
+        .context("the GUE VIP's established flows")?;
     let policy_established: Vec<(&str, Stat)> = tracked
         .iter()
         .map(|&(label, _)| label)
