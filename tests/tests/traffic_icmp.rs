@@ -182,6 +182,42 @@ fn a_client_with_a_larger_path_mtu_completes_a_1_mib_transfer() {
     );
 }
 
+/// The same through a GUE VIP: the tunnel takes 28 bytes, so the client
+/// learns a PMTU of 1400 - 28.
+#[test]
+fn a_client_of_a_gue_vip_completes_a_1_mib_transfer() {
+    let bed = Bed::start_with(2, "native", |topo| {
+        let mut config = config(topo, true);
+        if let Some(vips) = config["vips"].as_array_mut() {
+            for v in vips {
+                v["encap"] = "gue".into();
+            }
+        }
+        config
+    });
+    shrink_tunnel_path(&bed);
+    let before = global_stats(&bed);
+
+    transfer_1_mib(&bed);
+
+    let after = global_stats(&bed);
+    let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
+    assert!(
+        sent >= 1,
+        "the client was told about the tunnel's MTU: {after:?}"
+    );
+    let route = bed
+        .topo
+        .client_ns(0)
+        .ip(&["route", "get", &TEST_VIP.to_string()])
+        .expect("ip route get");
+    assert!(
+        route.contains("mtu 1372"),
+        "the client's PMTU to a GUE VIP: {route}"
+    );
+    println!("1 MiB through a GUE VIP; fragmentation needed sent {sent}; {route}");
+}
+
 /// The control: with "fragmentation needed" off (`icmp.rate_per_cpu` 0)
 /// the same path is a PMTU black hole, and the transfer stalls.
 #[test]
