@@ -14,7 +14,7 @@ use core::net::Ipv4Addr;
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{GlobalStats, POLICY_RANDOM};
+use lb_common::{FlowKey, GlobalStats, POLICY_RANDOM};
 
 use crate::{
     classify, encap, icmp,
@@ -32,11 +32,42 @@ pub struct Outbound {
     pub tot_len: u16,
     /// Its TOS, inherited by the outer header.
     pub tos: u8,
-    pub selected: Selected,
+    /// The backend: its id (for its counters) and address (the outer
+    /// destination); only what the tail needs, so that the struct stays
+    /// small on the stack.
+    pub backend_id: u32,
+    pub backend_addr: u32,
+    /// Chosen for a new flow rather than found in the connection table.
+    pub new_flow: bool,
     /// The VIP whose counters the packet moves.
     pub vip_id: u32,
     pub tunnel: encap::Tunnel,
     pub on_too_big: OnTooBig,
+}
+
+impl Outbound {
+    /// The packet described by (`l2`, `tot_len`, `tos`) of `flow` to the
+    /// `selected` backend of VIP `vip_id`, on the backend's tunnel.
+    #[inline(always)]
+    pub fn to_backend(
+        (l2, tot_len, tos): (L2, u16, u8),
+        flow: &FlowKey,
+        selected: &Selected,
+        vip_id: u32,
+        on_too_big: OnTooBig,
+    ) -> Self {
+        Outbound {
+            l2,
+            tot_len,
+            tos,
+            backend_id: selected.backend_id,
+            backend_addr: selected.backend.addr,
+            new_flow: selected.new_flow,
+            vip_id,
+            tunnel: encap::Tunnel::of_flow(flow, selected.backend.gue_port),
+            on_too_big,
+        }
+    }
 }
 
 /// What to do with a packet that would exceed the egress MTU once
@@ -136,19 +167,18 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
 
 #[inline(always)]
 fn outbound(pkt: &Ipv4Flow, selected: Selected, vip_id: u32) -> Outbound {
-    Outbound {
-        l2: pkt.l2,
-        tot_len: pkt.tot_len,
-        tos: pkt.tos,
-        tunnel: encap::Tunnel::of_flow(&pkt.flow, selected.backend.gue_port),
-        selected,
+    let on_too_big = if pkt.df {
+        OnTooBig::FragNeeded
+    } else {
+        OnTooBig::Drop
+    };
+    Outbound::to_backend(
+        (pkt.l2, pkt.tot_len, pkt.tos),
+        &pkt.flow,
+        &selected,
         vip_id,
-        on_too_big: if pkt.df {
-            OnTooBig::FragNeeded
-        } else {
-            OnTooBig::Drop
-        },
-    }
+        on_too_big,
+    )
 }
 
 /// Encapsulates the packet to its selected backend and sends it on: the
@@ -159,7 +189,9 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         l2,
         tot_len,
         tos,
-        ref selected,
+        backend_id,
+        backend_addr,
+        new_flow,
         vip_id,
         tunnel,
         on_too_big,
@@ -170,7 +202,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
     let config = CONFIG.load();
-    let outer_dst = selected.backend.addr;
+    let outer_dst = backend_addr;
     // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
     let Some(outer_len) = tot_len.checked_add(tunnel.overhead()) else {
         return drop(&mut stats.drop_too_big);
@@ -232,8 +264,8 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         return drop(&mut stats.encap_errors);
     }
     // VIP and backend counters count what was sent on, not drops.
-    stats::count_vip(vip_id, frame_len as u64, selected.new_flow);
-    stats::count_backend(selected.backend_id, frame_len as u64);
+    stats::count_vip(vip_id, frame_len as u64, new_flow);
+    stats::count_backend(backend_id, frame_len as u64);
     match macs {
         None => {
             stats.fib_no_neigh += 1;

@@ -333,14 +333,12 @@ fn error_about_flow(
         }
     };
     stats.icmp_errors_forwarded += 1;
-    Ok(Outbound {
-        l2: pkt.l2,
-        tot_len: pkt.tot_len,
-        tos: pkt.tos,
-        tunnel: encap::Tunnel::of_flow(&flow, selected.backend.gue_port),
-        selected,
+    Ok(Outbound::to_backend(
+        (pkt.l2, pkt.tot_len, pkt.tos),
+        &flow,
+        &selected,
         vip_id,
         // No ICMP about an ICMP error (RFC 1122 3.2.2).
-        on_too_big: OnTooBig::Drop,
-    })
+        OnTooBig::Drop,
+    ))
 }
