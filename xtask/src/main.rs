@@ -78,6 +78,9 @@ const RUNTIME_PACKAGES: &[(&str, &str)] = &[
     // active-passive test's VRRP daemon.
     ("bird", "bird2"),
     ("keepalived", "keepalived"),
+    // The reset-counting test's backends and load (tests/traffic_resets.rs).
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
 ];
 /// Debian packages needed only to build bpf-linker.
 const LINKER_BUILD_PACKAGES: &[&str] = &[
