@@ -8,6 +8,7 @@ pub mod churn;
 pub mod cluster;
 pub mod flows;
 pub mod fuzz;
+pub mod httpload;
 pub mod keepalived;
 pub mod netns;
 pub mod packet;

@@ -6,13 +6,12 @@
 //! run): a SYN answered with a reset (a reused port sent to the wrong
 //! backend), or an established connection reset from the other side, is
 //! the balancer's fault.
-//!
-//! Needs `nginx` and `wrk` (installed by `cargo xtask setup`).
 
-use std::{collections::BTreeMap, path::PathBuf, process::Child, time::Duration};
+use std::collections::BTreeMap;
 
 use lb_tests::{
     agent::{agent_config, vip_config, Bed, TEST_VIP},
+    httpload::{wrk, Nginx, WrkRun},
     netns::Netns,
 };
 
@@ -26,45 +25,6 @@ const COUNTERS: [&str; 5] = [
     "TcpExtTCPAbortOnClose",
     "TcpExtTCPAbortOnData",
 ];
-
-/// nginx in a backend's namespace, answering every request with its name;
-/// killed and its directory removed on drop.
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(ns: &Netns, name: &str) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("lbt-nginx-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("nginx directory");
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen {PORT} backlog=4096; location / {{ return 200 \"{name}\\n\"; }} }} }}\n"
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).expect("nginx.conf");
-        let child = ns
-            .spawn(
-                "nginx",
-                &["-c", &path.display().to_string(), "-p", &d.to_string()],
-            )
-            .unwrap_or_else(|e| panic!("starting nginx ({e:#}); `cargo xtask setup` installs it"));
-        Nginx { child, dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The client's counters since the last call (`nstat` keeps the history).
 fn counters(ns: &Netns) -> BTreeMap<String, u64> {
@@ -80,8 +40,7 @@ fn counters(ns: &Netns) -> BTreeMap<String, u64> {
 }
 
 struct Run {
-    requests: u64,
-    wrk: String,
+    wrk: WrkRun,
     counters: BTreeMap<String, u64>,
 }
 
@@ -98,29 +57,12 @@ impl Run {
     }
 }
 
-fn wrk(client: &Netns, url: &str) -> Run {
+fn short_connections(client: &Netns, url: &str) -> Run {
     counters(client);
-    let wrk = client
-        .exec(&[
-            "wrk",
-            "-t2",
-            "-c32",
-            &format!("-d{SECONDS}s"),
-            "-H",
-            "Connection: close",
-            url,
-        ])
-        .unwrap_or_else(|e| panic!("wrk {url}: {e:#}; `cargo xtask setup` installs it"));
-    let counters = counters(client);
-    let requests = wrk
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.parse().ok())
-        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{wrk}"));
+    let wrk = wrk(client, url, SECONDS, 32, true).unwrap_or_else(|e| panic!("{e:#}"));
     Run {
-        requests,
         wrk,
-        counters,
+        counters: counters(client),
     }
 }
 
@@ -135,33 +77,22 @@ fn short_connections_through_the_balancer_get_no_resets_of_their_own() {
         )
     });
     let _servers: Vec<Nginx> = (0..3)
-        .map(|j| Nginx::start(bed.topo.backend_ns(j), &format!("b{}", j + 1)))
+        .map(|j| {
+            Nginx::start(bed.topo.backend_ns(j), &format!("b{}", j + 1), PORT, 0)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        })
         .collect();
     let client = bed.topo.client_ns(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for j in 0..3 {
-        let ns = bed.topo.backend_ns(j);
-        while !ns
-            .exec(&["ss", "-ltnH", &format!("sport = :{PORT}")])
-            .is_ok_and(|out| !out.trim().is_empty())
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nginx on backend {j} did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 
-    let direct = wrk(
+    let direct = short_connections(
         client,
         &format!("http://{}:{PORT}/", bed.topo.backend_addr(0)),
     );
-    let via = wrk(client, &format!("http://{TEST_VIP}:{PORT}/"));
+    let via = short_connections(client, &format!("http://{TEST_VIP}:{PORT}/"));
     for (what, run) in [("straight to b1", &direct), ("through the balancer", &via)] {
         println!(
             "{what}: {} requests in {SECONDS} s, counters {:?}, unexplained resets {}",
-            run.requests,
+            run.wrk.requests,
             run.counters,
             run.unexplained_resets()
         );
@@ -169,17 +100,16 @@ fn short_connections_through_the_balancer_get_no_resets_of_their_own() {
     // Enough connections that the client reuses its ports (more than its
     // ephemeral range holds in the run) through the balancer as well.
     assert!(
-        via.requests > 10_000,
+        via.wrk.requests > 10_000,
         "too few requests to tell:\n{}",
-        via.wrk
+        via.wrk.output
     );
-    for line in via.wrk.lines() {
-        assert!(
-            !line.contains("Non-2xx") && !line.contains("Socket errors"),
-            "wrk through the balancer: {line}\n{}",
-            via.wrk
-        );
-    }
+    assert!(
+        via.wrk.errors.is_empty(),
+        "wrk through the balancer: {:?}\n{}",
+        via.wrk.errors,
+        via.wrk.output
+    );
     assert_eq!(
         via.get("TcpAttemptFails"),
         0,
