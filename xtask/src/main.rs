@@ -315,6 +315,8 @@ fn owner_alive(name: &str) -> bool {
 
 fn bench(report: bool) -> Result<()> {
     say("running the benchmarks (release build)");
+    // The real-traffic case starts lb-agent and the test servers.
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let mut cmd = run_tests_bin("lb-bench");
     cmd.arg(root().join("target/bench/results.json"));
     if report {

@@ -17,7 +17,8 @@ use lb_common::{
     FlowKey, FlowPin, GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES, LEAST_CONN_MAX_BACKENDS,
 };
 use lb_tests::{
-    flows,
+    agent::{agent_config, vip_config, Bed, TEST_VIP},
+    flows, httpload,
     packet::{from_router, Ipv4, TCP_ACK, TCP_SYN},
     xdp::{require_root, static_config, XDP_PASS, XDP_TX},
 };
@@ -777,9 +778,132 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
+/// Real HTTP through the test bed, once straight to a backend and once
+/// through the balancer to that same backend (the VIP's only one, so that
+/// both serve from one nginx), interleaved round by round:
+/// short connections (`Connection: close`), keep-alive requests and a bulk
+/// download, with nginx backends and wrk on a client. Reports the whole
+/// machine's busy CPU time per request (every namespace: client, router,
+/// LB, backends) and the bulk throughput, and the balancer's added cost as
+/// a difference and a ratio.
+fn traffic_benchmark() -> Result<serde_json::Value> {
+    require_root();
+    // wrk and nginx get every CPU, not the one the benchmark is pinned to.
+    unpin();
+    const PORT: u16 = 8081;
+    const SECONDS: u32 = 3;
+    const TRAFFIC_ROUNDS: usize = 3;
+    const BULK_MIB: usize = 64;
+    let bed = Bed::try_start_with(1, "native", |topo| {
+        agent_config(
+            topo,
+            "native",
+            vec![vip_config(
+                TEST_VIP,
+                PORT,
+                "tcp",
+                &[(topo.backend_addr(0), 1)],
+            )],
+        )
+    })?;
+    let _server = httpload::Nginx::start(bed.topo.backend_ns(0), "b1", PORT, BULK_MIB)?;
+    let client = bed.topo.client_ns(0);
+    // (name, path, connections, Connection: close)
+    let kinds: [(&str, &str, u32, bool); 3] = [
+        ("short", "/", 32, true),
+        ("keepalive", "/", 32, false),
+        ("bulk", "/bulk", 4, false),
+    ];
+    let targets = [("direct", bed.topo.backend_addr(0)), ("balancer", TEST_VIP)];
+    // [kind][target] → (CPU µs per request, Gbit/s) per round
+    let mut samples = vec![vec![Vec::new(); targets.len()]; kinds.len()];
+    for _ in 0..TRAFFIC_ROUNDS {
+        for (k, &(_, path, connections, close)) in kinds.iter().enumerate() {
+            for (t, &(_, addr)) in targets.iter().enumerate() {
+                let url = format!("http://{addr}:{PORT}{path}");
+                let busy = httpload::machine_busy_us()?;
+                let run = httpload::wrk(client, &url, SECONDS, connections, close)?;
+                let busy = httpload::machine_busy_us()? - busy;
+                ensure!(
+                    run.errors.is_empty() && run.requests > 0,
+                    "wrk {url}: {:?}\n{}",
+                    run.errors,
+                    run.output
+                );
+                // Bulk: per MiB rather than per 64 MiB request.
+                let units = if path == "/bulk" {
+                    run.bytes / (1 << 20) as f64
+                } else {
+                    run.requests as f64
+                };
+                samples[k][t].push((busy / units, run.bytes * 8.0 / run.seconds / 1e9));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "Real traffic, one nginx backend, wrk from one client, {TRAFFIC_ROUNDS} interleaved rounds of {SECONDS} s, medians (machine CPU per request, bulk per MiB, every namespace):"
+    );
+    println!(
+        "  {:<10} {:>12} {:>12} {:>10} {:>7} {:>10} {:>10} {:>7}",
+        "load", "direct µs", "via LB µs", "added µs", "ratio", "direct Gb/s", "via Gb/s", "ratio"
+    );
+    let mut out = serde_json::Map::new();
+    for (k, &(name, ..)) in kinds.iter().enumerate() {
+        let cpu: Vec<f64> = (0..2)
+            .map(|t| median(samples[k][t].iter().map(|s| s.0).collect()))
+            .collect();
+        let gbit: Vec<f64> = (0..2)
+            .map(|t| median(samples[k][t].iter().map(|s| s.1).collect()))
+            .collect();
+        println!(
+            "  {name:<10} {:>12.1} {:>12.1} {:>+10.1} {:>7.2} {:>10.2} {:>10.2} {:>7.2}",
+            cpu[0],
+            cpu[1],
+            cpu[1] - cpu[0],
+            cpu[1] / cpu[0],
+            gbit[0],
+            gbit[1],
+            gbit[1] / gbit[0]
+        );
+        out.insert(
+            name.into(),
+            json!({
+                "direct_cpu_us_per_request": cpu[0],
+                "balancer_cpu_us_per_request": cpu[1],
+                "added_cpu_us_per_request": cpu[1] - cpu[0],
+                "cpu_ratio": cpu[1] / cpu[0],
+                "direct_gbit_s": gbit[0],
+                "balancer_gbit_s": gbit[1],
+                "throughput_ratio": gbit[1] / gbit[0],
+            }),
+        );
+    }
+    println!("  (targets: bulk at least 95% of direct; added CPU per request half of the issue's +27 µs short / +7 µs keep-alive)");
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Lets this process (and what it spawns) run on every CPU again.
+fn unpin() {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("warning: could not unpin the benchmark");
+        }
+    }
+}
+
 /// `lb-bench [RESULTS.json [CASE...]] [--report REPORT.html]`: every case,
 /// or only those named (`xdp`, `maglev`, `distribution`, `ring`, `swap`,
-/// `health`, `flow_table`); the report needs `xdp` and `distribution`.
+/// `health`, `flow_table`, `traffic`); the report needs `xdp` and
+/// `distribution`.
 const USAGE: &str = "usage: lb-bench [RESULTS.json [CASE...]] [--report REPORT.html]";
 
 fn main() -> Result<()> {
@@ -806,7 +930,7 @@ fn main() -> Result<()> {
         &'static str,
         fn() -> Result<serde_json::Value>,
     );
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("xdp", "xdp_ns", xdp_benchmarks),
         ("maglev", "maglev_build_ms", maglev_benchmarks),
         ("distribution", "maglev_distribution", maglev_distribution),
@@ -814,6 +938,7 @@ fn main() -> Result<()> {
         ("swap", "swap_ms", swap_benchmark),
         ("health", "health", health_benchmark),
         ("flow_table", "flow_table", flow_table_benchmark),
+        ("traffic", "traffic", traffic_benchmark),
     ];
     let wanted = &positional[positional.len().min(1)..];
     if let Some(unknown) = wanted
