@@ -875,6 +875,16 @@ impl Schedule {
         let mut order = vec![0u32; size as usize + 1];
         let mut ends = Vec::with_capacity(rounds);
         let mut len = 0;
+        // A round in which every class acts is every backend in order, and
+        // one in which a single class acts is that class's backends: both
+        // are copies, not a pass over the backends (with a weight change of
+        // one backend, the rounds are all of one or the other kind).
+        let every_class = u64::MAX >> (64 - classes.len());
+        let everyone: Vec<u32> = (0u32..).take(class_of.len()).collect();
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); classes.len()];
+        for (backend, &class) in (0u32..).zip(&class_of) {
+            members[class as usize].push(backend);
+        }
         for round in 0..=self.overflow_round {
             let mut acting = 0u64;
             for (class, turns) in class_rounds.iter_mut().enumerate() {
@@ -883,7 +893,17 @@ impl Schedule {
                     acting |= 1 << class;
                 }
             }
-            if acting != 0 {
+            let copied = if acting == every_class {
+                Some(&everyone)
+            } else if acting.count_ones() == 1 {
+                Some(&members[acting.trailing_zeros() as usize])
+            } else {
+                None
+            };
+            if let Some(turns) = copied {
+                order[len..len + turns.len()].copy_from_slice(turns);
+                len += turns.len();
+            } else if acting != 0 {
                 for (backend, &class) in (0u32..).zip(&class_of) {
                     order[len] = backend;
                     len += ((acting >> class) & 1) as usize;
