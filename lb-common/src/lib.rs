@@ -498,6 +498,18 @@ pub struct DecapStats {
     pub malformed: u64,
 }
 
+impl DecapStats {
+    /// Field-by-field sum (per-CPU values into one).
+    pub fn sum(&self, other: &DecapStats) -> DecapStats {
+        DecapStats {
+            decapsulated: self.decapsulated + other.decapsulated,
+            gue_decapsulated: self.gue_decapsulated + other.gue_decapsulated,
+            passed: self.passed + other.passed,
+            malformed: self.malformed + other.malformed,
+        }
+    }
+}
+
 /// Choose the next hop with `bpf_fib_lookup` (default).
 pub const NEXT_HOP_FIB: u32 = 0;
 /// Send every encapsulated packet out of the receiving interface to a fixed

@@ -348,10 +348,9 @@ pub struct DataPlane {
     backend_ids: IdAllocator,
     /// Generation last written for each backend id.
     generations: Vec<u32>,
-    /// `BACKEND_F_*` flags last written for each backend id.
-    backend_flags: Vec<u32>,
-    /// `gue_port` last written for each backend id.
-    backend_gue_ports: Vec<u16>,
+    /// (`BACKEND_F_*` flags, `gue_port`) last written for each backend id:
+    /// a backend is rewritten when either differs from what it should be.
+    backend_written: Vec<(u32, u16)>,
     pool: RingAllocator,
     /// Where table rebuilds and swap durations are recorded.
     instruments: Instruments,
@@ -374,8 +373,7 @@ impl DataPlane {
             vip_ids: IdAllocator::new(MAX_VIPS),
             backend_ids: IdAllocator::new(MAX_BACKENDS),
             generations: vec![0; MAX_BACKENDS as usize],
-            backend_flags: vec![0; MAX_BACKENDS as usize],
-            backend_gue_ports: vec![0; MAX_BACKENDS as usize],
+            backend_written: vec![(0, 0); MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
             instruments: Instruments::new(),
         }
@@ -400,11 +398,8 @@ impl DataPlane {
             if let Some(g) = dp.generations.get_mut(*id as usize) {
                 *g = b.generation;
             }
-            if let Some(f) = dp.backend_flags.get_mut(*id as usize) {
-                *f = b.flags;
-            }
-            if let Some(p) = dp.backend_gue_ports.get_mut(*id as usize) {
-                *p = b.gue_port;
+            if let Some(written) = dp.backend_written.get_mut(*id as usize) {
+                *written = (b.flags, b.gue_port);
             }
         }
         let mut stray = Vec::new();
@@ -931,9 +926,7 @@ impl DataPlane {
             // generation, so pins stay valid.
             for (b, &id) in spec.backends.iter().zip(&ids) {
                 let flags = state.backend_flags(b.weight);
-                if self.backend_flags[id as usize] != flags
-                    || self.backend_gue_ports[id as usize] != gue_port
-                {
+                if self.backend_written[id as usize] != (flags, gue_port) {
                     self.set_backend_flags(id, b.addr, vip_id, flags, gue_port)?;
                 }
             }
@@ -1036,14 +1029,12 @@ impl DataPlane {
                 _pad: 0,
             },
         )?;
-        self.backend_flags[id as usize] = flags;
-        self.backend_gue_ports[id as usize] = gue_port;
+        self.backend_written[id as usize] = (flags, gue_port);
         Ok(())
     }
 
     fn deactivate_backend(&mut self, id: u32) -> Result<()> {
-        self.backend_flags[id as usize] = 0;
-        self.backend_gue_ports[id as usize] = 0;
+        self.backend_written[id as usize] = (0, 0);
         self.maps.set_backend(
             id,
             &Backend {

@@ -212,16 +212,17 @@ pub fn status(pins: &Pins, interface: &str) -> Result<Option<Status>> {
     let stats_map = open_pinned(pins, names::DECAP_STATS, Map::PerCpuArray)?;
     let stats: PerCpuArray<_, DecapStats> =
         PerCpuArray::try_from(&stats_map).context("DECAP_STATS is not a per-CPU array")?;
-    let counters = stats
+    let sum = stats
         .get(&0, 0)
         .context("reading DECAP_STATS")?
         .iter()
-        .fold(Counters::default(), |acc, s| Counters {
-            decapsulated: acc.decapsulated + s.decapsulated,
-            gue_decapsulated: acc.gue_decapsulated + s.gue_decapsulated,
-            passed: acc.passed + s.passed,
-            malformed: acc.malformed + s.malformed,
-        });
+        .fold(DecapStats::default(), |acc, s| acc.sum(s));
+    let counters = Counters {
+        decapsulated: sum.decapsulated,
+        gue_decapsulated: sum.gue_decapsulated,
+        passed: sum.passed,
+        malformed: sum.malformed,
+    };
     Ok(Some(Status {
         interface: interface.to_string(),
         pin_dir: pins.dir().to_path_buf(),

@@ -502,6 +502,41 @@ impl Bed {
             .collect()
     }
 
+    /// Sends a first datagram and then `datagrams` more from each source
+    /// port of `ports` (from alternating clients) to the VIP's UDP port;
+    /// panics when a flow's datagrams reach more than one backend. Returns
+    /// how many flows each backend took.
+    pub fn udp_flows_stay(
+        &self,
+        ports: std::ops::Range<u16>,
+        datagrams: usize,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        for src_port in ports {
+            let ask = |payload: &[u8]| {
+                self.topo.udp_ask(
+                    (src_port % 2) as usize,
+                    src_port,
+                    TEST_VIP,
+                    self.port,
+                    payload,
+                    Duration::from_secs(3),
+                )
+            };
+            let first = ask(b"first").unwrap_or_else(|e| panic!("port {src_port}: {e:#}"));
+            for k in 0..datagrams {
+                let name = ask(format!("datagram {k}").as_bytes())
+                    .unwrap_or_else(|e| panic!("port {src_port}, datagram {k}: {e:#}"));
+                assert_eq!(
+                    name, first,
+                    "UDP flow from port {src_port} moved from {first} to {name}"
+                );
+            }
+            *seen.entry(first).or_insert(0) += 1;
+        }
+        seen
+    }
+
     /// Opens and closes `n` connections; returns how many each backend took.
     pub fn count_new(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
         let mut counts = std::collections::BTreeMap::new();

@@ -708,16 +708,7 @@ fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
             ));
         }
         if input[l3 + 9] != 1 {
-            let ihl = (input[l3] & 0x0f) as usize * 4;
-            let word = |at: usize| u32::from_ne_bytes(input[at..at + 4].try_into().expect("4"));
-            let port = |at: usize| u16::from_ne_bytes([input[at], input[at + 1]]);
-            let hash = lb_common::flow_hash(
-                word(l3 + 12),
-                word(l3 + 16),
-                port(l3 + ihl),
-                port(l3 + ihl + 2),
-                17,
-            );
+            let hash = crate::packet::flow_hash_of(&input[l3..]);
             if src_port != lb_common::gue_source_port(hash) {
                 return Err(format!("GUE source port {src_port} is not the flow's"));
             }

@@ -234,19 +234,16 @@ pub const GUE_PORT: u16 = lb_common::DEFAULT_GUE_PORT;
 /// The outer UDP source port the LB must use for the flow of `packet`
 /// (from the flow hash of its 5-tuple, as the data path computes it).
 pub fn gue_source_port(packet: &Ipv4) -> u16 {
-    let (sport, dport) = match packet.l4 {
-        L4::Tcp { src, dst, .. } | L4::Udp { src, dst } => (src, dst),
-        _ => (0, 0),
-    };
-    let (proto, _) = packet.l4_bytes();
-    let hash = lb_common::flow_hash(
-        u32::from_ne_bytes(packet.src.octets()),
-        u32::from_ne_bytes(packet.dst.octets()),
-        sport.to_be(),
-        dport.to_be(),
-        proto,
-    );
-    lb_common::gue_source_port(hash)
+    lb_common::gue_source_port(flow_hash_of(&packet.bytes()))
+}
+
+/// The data path's flow hash of an IPv4 TCP or UDP packet (its bytes from
+/// the IP header on; the ports right after the IHL).
+pub fn flow_hash_of(ip: &[u8]) -> u32 {
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let word = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
+    let port = |at: usize| u16::from_ne_bytes([ip[at], ip[at + 1]]);
+    lb_common::flow_hash(word(12), word(16), port(ihl), port(ihl + 2), ip[9])
 }
 
 /// A GUE packet (variant 1: the inner IP packet right after the UDP

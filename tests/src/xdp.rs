@@ -14,7 +14,8 @@ use lb_userspace::{
 };
 
 use crate::packet::{
-    ethernet, gue, internet_checksum, ETHERTYPE_IPV4, ETHERTYPE_VLAN, LB_MAC, NEXT_HOP_MAC,
+    ethernet, flow_hash_of, gue, internet_checksum, ETHERTYPE_IPV4, ETHERTYPE_VLAN, LB_MAC,
+    NEXT_HOP_MAC,
 };
 
 pub const XDP_ABORTED: u32 = 0;
@@ -155,10 +156,9 @@ pub fn assert_counter_deltas(
     }
 }
 
-/// The frame the LB must send for `input` towards `backend` of a GUE VIP
-/// on `port`: the client's TCP or UDP packet, its outer source port from
-/// its own 5-tuple. Built like [`encapsulated`].
-pub fn gue_encapsulated(input: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
+/// The VLAN tag (if any) and the client's IP packet of a frame, up to its
+/// IP total length (without padding or a trailer).
+fn client_packet(input: &[u8]) -> (Option<u16>, &[u8]) {
     let ethertype = u16::from_be_bytes([input[12], input[13]]);
     let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
         (Some(u16::from_be_bytes([input[14], input[15]])), 18)
@@ -166,19 +166,16 @@ pub fn gue_encapsulated(input: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
         (None, 14)
     };
     let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
-    let inner = &input[l3..l3 + inner_len];
-    let ihl = (inner[0] & 0x0f) as usize * 4;
-    let word = |at: usize| u32::from_ne_bytes(inner[at..at + 4].try_into().expect("4 bytes"));
-    let port_at = |at: usize| u16::from_ne_bytes([inner[at], inner[at + 1]]);
-    let hash = lb_common::flow_hash(word(12), word(16), port_at(ihl), port_at(ihl + 2), inner[9]);
-    let outer = gue(
-        LB_SOURCE,
-        backend,
-        lb_common::gue_source_port(hash),
-        port,
-        inner[1],
-        inner,
-    );
+    (vlan, &input[l3..l3 + inner_len])
+}
+
+/// The frame the LB must send for `input` towards `backend` of a GUE VIP
+/// on `port`: the client's TCP or UDP packet, its outer source port from
+/// its own 5-tuple. Built like [`encapsulated`].
+pub fn gue_encapsulated(input: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
+    let (vlan, inner) = client_packet(input);
+    let src_port = lb_common::gue_source_port(flow_hash_of(inner));
+    let outer = gue(LB_SOURCE, backend, src_port, port, inner[1], inner);
     ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
 }
 
@@ -186,14 +183,8 @@ pub fn gue_encapsulated(input: &[u8], backend: Ipv4Addr, port: u16) -> Vec<u8> {
 /// input bytes with the test's own header code. Bytes past the inner IP
 /// total length (padding, a trailer) are not part of it.
 pub fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
-    let ethertype = u16::from_be_bytes([input[12], input[13]]);
-    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
-        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
-    } else {
-        (None, 14)
-    };
-    let inner_len = u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]) as usize;
-    let inner = &input[l3..l3 + inner_len];
+    let (vlan, inner) = client_packet(input);
+    let inner_len = inner.len();
     let mut outer = vec![0x45, inner[1]];
     outer.extend_from_slice(&((inner_len + 20) as u16).to_be_bytes());
     // Id 0 and DF set whatever the client sent (see lb-ebpf's encap.rs).
@@ -204,4 +195,17 @@ pub fn encapsulated(input: &[u8], backend: Ipv4Addr) -> Vec<u8> {
     outer[10..12].copy_from_slice(&c.to_be_bytes());
     outer.extend_from_slice(inner);
     ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV4, &outer)
+}
+
+/// The `decap` program's counters, summed over CPUs.
+pub fn decap_stats(ebpf: &Ebpf) -> lb_common::DecapStats {
+    let map: aya::maps::PerCpuArray<_, lb_common::DecapStats> = aya::maps::PerCpuArray::try_from(
+        ebpf.map(names::DECAP_STATS)
+            .expect("the decap object has DECAP_STATS"),
+    )
+    .expect("DECAP_STATS is a per-CPU array");
+    map.get(&0, 0)
+        .expect("reading DECAP_STATS")
+        .iter()
+        .fold(Default::default(), |a, s| a.sum(s))
 }

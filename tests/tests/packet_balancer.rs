@@ -123,6 +123,17 @@ const ERROR_FORWARDED: &[(&str, u64)] = &[("icmp_errors_forwarded", 1), ("tx", 1
 /// A router on the client's side, sending ICMP errors.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 
+/// A client frame from the router with VLAN tag 100.
+fn tagged(ip: &Ipv4) -> Vec<u8> {
+    ethernet(
+        LB_MAC,
+        ROUTER_MAC,
+        Some(0x0064),
+        ETHERTYPE_IPV4,
+        &ip.bytes(),
+    )
+}
+
 /// A frame the balancer sends back to the router it came from (MACs
 /// swapped) carrying `ip`.
 fn reply_from_lb(vlan: Option<u16>, ip: &Ipv4) -> Vec<u8> {
@@ -144,15 +155,6 @@ fn cases() -> Vec<Case> {
     fragment_elsewhere.frags = 0x2000;
     let mut tcp_fragment = tcp(TCP_ACK);
     tcp_fragment.frags = 0x2000; // MF
-    let tagged = |ip: &Ipv4| {
-        ethernet(
-            LB_MAC,
-            ROUTER_MAC,
-            Some(0x0064),
-            ETHERTYPE_IPV4,
-            &ip.bytes(),
-        )
-    };
     let mut tagged_truncated = tagged(&tcp(TCP_ACK));
     tagged_truncated.truncate(18 + 19);
     let mut udp_len_too_short = from_router(&udp());
@@ -343,13 +345,7 @@ fn cases() -> Vec<Case> {
         case(
             "VLAN-tagged TCP to a VIP: tag kept",
             tcp_vip(),
-            ethernet(
-                LB_MAC,
-                ROUTER_MAC,
-                Some(0x0064),
-                ETHERTYPE_IPV4,
-                &tcp(TCP_SYN).bytes(),
-            ),
+            tagged(&tcp(TCP_SYN)),
             Expect::TxTo(B1),
             TX_NEW,
         ),
@@ -1031,13 +1027,7 @@ fn gue_cases() -> Vec<Case> {
         case(
             "GUE: VLAN tag kept",
             gue_vips(),
-            ethernet(
-                LB_MAC,
-                ROUTER_MAC,
-                Some(0x0064),
-                ETHERTYPE_IPV4,
-                &tcp(TCP_SYN).bytes(),
-            ),
+            tagged(&tcp(TCP_SYN)),
             Expect::GueTo(B1),
             TX_NEW,
         ),

@@ -2,13 +2,13 @@
 //! TCP and UDP through the test bed, the backends' `decap` stripping GUE,
 //! and a switch between GUE and IP-in-IP under open connections.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
-use aya::maps::PerCpuArray;
-use lb_common::{names, DecapStats, DEFAULT_GUE_PORT};
+use lb_common::{DecapStats, DEFAULT_GUE_PORT};
 use lb_tests::{
-    agent::{Bed, TEST_VIP},
+    agent::Bed,
     topology::{echo_roundtrip, Topology},
+    xdp::decap_stats,
 };
 use serde_json::Value;
 
@@ -25,28 +25,16 @@ fn config(topo: &Topology, encap: Option<&str>) -> Value {
     config
 }
 
-/// Backend `j`'s decap counters, summed over CPUs.
-fn decap_stats(bed: &Bed, j: usize) -> DecapStats {
-    let ebpf = bed
-        .topo
-        .decap_ebpf(j)
-        .unwrap_or_else(|| panic!("backend {j} runs no decap program"));
-    let map: PerCpuArray<_, DecapStats> =
-        PerCpuArray::try_from(ebpf.map(names::DECAP_STATS).expect("DECAP_STATS"))
-            .expect("DECAP_STATS is a per-CPU array");
-    map.get(&0, 0)
-        .expect("reading DECAP_STATS")
-        .iter()
-        .fold(DecapStats::default(), |a, s| DecapStats {
-            decapsulated: a.decapsulated + s.decapsulated,
-            gue_decapsulated: a.gue_decapsulated + s.gue_decapsulated,
-            passed: a.passed + s.passed,
-            malformed: a.malformed + s.malformed,
-        })
-}
-
 fn all_decap_stats(bed: &Bed) -> Vec<DecapStats> {
-    (0..3).map(|j| decap_stats(bed, j)).collect()
+    (0..3)
+        .map(|j| {
+            let ebpf = bed
+                .topo
+                .decap_ebpf(j)
+                .unwrap_or_else(|| panic!("backend {j} runs no decap program"));
+            decap_stats(ebpf)
+        })
+        .collect()
 }
 
 /// Echoes a round of data on every connection; panics naming the one that
@@ -84,26 +72,7 @@ fn tcp_and_udp_over_gue_reach_every_backend_and_stay() {
         "30 connections reach all three backends: {spread:?}"
     );
 
-    let mut udp_backends = BTreeMap::new();
-    for src_port in 31000..31020u16 {
-        let ask = |payload: &[u8]| {
-            bed.topo.udp_ask(
-                (src_port % 2) as usize,
-                src_port,
-                TEST_VIP,
-                bed.port,
-                payload,
-                Duration::from_secs(3),
-            )
-        };
-        let first = ask(b"first").unwrap_or_else(|e| panic!("UDP port {src_port}: {e:#}"));
-        for k in 0..5 {
-            let name = ask(format!("datagram {k}").as_bytes())
-                .unwrap_or_else(|e| panic!("UDP port {src_port}, datagram {k}: {e:#}"));
-            assert_eq!(name, first, "UDP flow from port {src_port} moved");
-        }
-        *udp_backends.entry(first).or_insert(0) += 1;
-    }
+    let udp_backends = bed.udp_flows_stay(31000..31020, 5);
     assert!(
         udp_backends.len() >= 2,
         "20 UDP flows over GUE: {udp_backends:?}"

@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use lb_tests::{
-    agent::{Bed, TEST_VIP},
-    topology::echo_roundtrip,
-};
+use lb_tests::{agent::Bed, topology::echo_roundtrip};
 
 #[test]
 fn tcp_connections_stay_on_their_backend() {
@@ -46,29 +43,7 @@ fn tcp_connections_stay_on_their_backend() {
 #[test]
 fn udp_flows_stay_on_their_backend() {
     let bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
-    let mut seen = BTreeMap::new();
-    for src_port in 30000..30030u16 {
-        let ask = |payload: &[u8]| {
-            bed.topo.udp_ask(
-                (src_port % 2) as usize,
-                src_port,
-                TEST_VIP,
-                bed.port,
-                payload,
-                Duration::from_secs(3),
-            )
-        };
-        let first = ask(b"first").unwrap_or_else(|e| panic!("port {src_port}: {e:#}"));
-        for k in 0..10 {
-            let name = ask(format!("datagram {k}").as_bytes())
-                .unwrap_or_else(|e| panic!("port {src_port}, datagram {k}: {e:#}"));
-            assert_eq!(
-                name, first,
-                "UDP flow from port {src_port} moved from {first} to {name}"
-            );
-        }
-        *seen.entry(first).or_insert(0) += 1;
-    }
+    let seen = bed.udp_flows_stay(30000..30030, 10);
     assert!(
         seen.len() >= 2,
         "30 UDP flows use more than one backend: {seen:?}"

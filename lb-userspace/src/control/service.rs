@@ -270,14 +270,16 @@ impl Service {
             log::error!("table digest: {e:#}");
             None
         });
+        // Checked when the config was read or the VIP added.
+        let encap = v.encapsulation().unwrap_or_default();
         VipInfo {
             digest,
             vip: v.vip(),
             table_size: v.table_size,
             policy: PolicySettings::of(v),
             icmp_echo: v.icmp_echo,
-            encap: v.encapsulation().unwrap_or_default().kind(),
-            gue_port: v.encapsulation().unwrap_or_default().gue_port(),
+            encap: encap.kind(),
+            gue_port: encap.gue_port(),
             health_check: v.health_check.clone(),
             fail_open: v.fail_open,
             failing_open: self.failing_open.contains(&v.vip()),
