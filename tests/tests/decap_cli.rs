@@ -209,6 +209,30 @@ fn bad_input_is_refused_with_a_clear_error() {
         ),
         (&["attach", "-a", "198.18.0.2"], "--interface"),
         (&["detach"], "--interface"),
+        (
+            &[
+                "attach",
+                "-i",
+                "eth0",
+                "-a",
+                "198.18.0.2",
+                "--gue-port",
+                "0",
+            ],
+            "gue-port: 0 is not a UDP port",
+        ),
+        (
+            &[
+                "attach",
+                "-i",
+                "eth0",
+                "-a",
+                "198.18.0.2",
+                "--gue-port",
+                "70000",
+            ],
+            "--gue-port",
+        ),
     ];
     for (args, message) in cases {
         let (code, stdout, stderr) = cli.run(args);
