@@ -52,6 +52,34 @@ pub const fn flow_hash(
     jhash_3words(src_addr, dst_addr, ports, FLOW_HASH_SEED ^ proto as u32)
 }
 
+/// An IPv6 address (wire order) folded to 32 bits for the flow hash and
+/// the VIP filter: the XOR of its words. Addresses of one prefix differ in
+/// their low words, which the fold keeps; a collision only means two flows
+/// share a hash value, never a connection-table entry (the table is keyed
+/// by the full addresses).
+#[inline(always)]
+pub const fn fold_ipv6(addr: &[u32; 4]) -> u32 {
+    addr[0] ^ addr[1] ^ addr[2] ^ addr[3]
+}
+
+/// Hash of an IPv6 flow: [`flow_hash`] over the folded addresses.
+#[inline(always)]
+pub const fn flow_hash6(
+    src_addr: &[u32; 4],
+    dst_addr: &[u32; 4],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
+    flow_hash(
+        fold_ipv6(src_addr),
+        fold_ipv6(dst_addr),
+        src_port,
+        dst_port,
+        proto,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

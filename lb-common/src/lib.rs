@@ -8,13 +8,40 @@
 #![no_std]
 
 mod hash;
-pub use hash::{flow_hash, jhash_3words, FLOW_HASH_SEED};
+pub use hash::{flow_hash, flow_hash6, fold_ipv6, jhash_3words, FLOW_HASH_SEED};
 
 /// IP protocol numbers the balancer understands.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_ICMP: u8 = 1;
+/// IPv6 in IP (IP6IP6 over IPv6, "6in4" over IPv4), and IPv6's next-header
+/// numbers the balancer walks or acts on.
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPV6_EXT_HOP_BY_HOP: u8 = 0;
+pub const IPV6_EXT_ROUTING: u8 = 43;
+pub const IPV6_EXT_FRAGMENT: u8 = 44;
+pub const IPV6_EXT_DEST_OPTS: u8 = 60;
+/// Most IPv6 extension headers the balancer walks before the transport
+/// header: a packet with more is not classified (it passes untouched).
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+/// An IPv6 address as the maps hold it: four 32-bit words in memory
+/// (wire) order, as read from the packet.
+pub type Ipv6Wire = [u32; 4];
+
+/// Size of the outer IPv6 header that IP6IP6 and IPv4-in-IPv6 add.
+pub const IPV6_OVERHEAD: u16 = 40;
+/// Hop limit of an outer IPv6 header.
+pub const OUTER_HOP_LIMIT: u8 = 64;
+/// The flow label (low 20 bits) of an outer IPv6 header, from the flow
+/// hash: routers (ECMP) and the backend's NIC (RSS) spread tunnels by it,
+/// every packet of one flow keeps one label.
+#[inline(always)]
+pub const fn outer_flow_label(flow_hash: u32) -> u32 {
+    (flow_hash ^ (flow_hash >> 20)) & 0x000f_ffff
+}
 
 /// Size of the outer IPv4 header that IP-in-IP encapsulation adds.
 pub const IPIP_OVERHEAD: u16 = 20;
@@ -71,6 +98,13 @@ pub const fn vip_filter_position(addr: u32) -> (u32, u32) {
 pub const RING_SLOTS_PER_ENTRY: u32 = 2;
 /// One element of the `RINGS` array.
 pub type RingEntry = [u32; RING_SLOTS_PER_ENTRY as usize];
+
+/// Position of an IPv6 address (wire order) in the VIP address filter: the
+/// same filter as IPv4's, indexed by the folded address.
+#[inline(always)]
+pub const fn vip6_filter_position(addr: &Ipv6Wire) -> (u32, u32) {
+    vip_filter_position(fold_ipv6(addr))
+}
 
 /// Ring slot value meaning "no backend takes new flows for this VIP".
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -130,6 +164,28 @@ pub mod names {
     /// whose GUE packets to a `DECAP_ADDRS` address it strips. Written by
     /// its loader, read by `decap`.
     pub const DECAP_GUE_PORTS: &str = "DECAP_GUE_PORTS";
+    /// `Vip6Key` → `VipMeta`: IPv6 VIPs. Written by the agent, read by
+    /// `balancer` for IPv6 packets (IPv4 never looks here).
+    pub const VIPS6: &str = "VIPS6";
+    /// IPv6 VIP address (`Ipv6Wire`) → `VipAddrInfo`. Written by the agent,
+    /// read by `balancer` for IPv6 fragments and ICMPv6 to a VIP address.
+    pub const VIP6_ADDRS: &str = "VIP6_ADDRS";
+    /// `Flow6Key` → `FlowPin` (LRU, per-CPU lists): the IPv6 connection
+    /// table. Written by `balancer`, read by `balancer`; the agent reads it
+    /// for summaries, lookups and flushes, as `FLOWS`.
+    pub const FLOWS6: &str = "FLOWS6";
+    /// Backend id → `Ipv6Wire`: the outer destination of a backend whose
+    /// `Backend::flags` has `BACKEND_F_IPV6`. Written by the agent with
+    /// the backend, read by `balancer` only for such backends.
+    pub const BACKEND_ADDRS6: &str = "BACKEND_ADDRS6";
+    /// `Affinity6Key` → `AffinityPin` (LRU): source-IP affinity of IPv6
+    /// clients. Written and read by `balancer`; the agent deletes a VIP's
+    /// entries when its affinity setting changes, as `AFFINITY`.
+    pub const AFFINITY6: &str = "AFFINITY6";
+    /// Decap program: set of local IPv6 addresses (`Ipv6Wire` → 1) whose
+    /// IP6IP6 and IPv4-in-IPv6 packets it strips. Written by its loader,
+    /// read by `decap`.
+    pub const DECAP_ADDRS6: &str = "DECAP_ADDRS6";
     /// Program names inside the object files.
     pub const BALANCER_PROGRAM: &str = "balancer";
     pub const DECAP_PROGRAM: &str = "decap";
@@ -141,6 +197,18 @@ pub mod names {
 pub struct VipKey {
     /// IPv4 address, wire order.
     pub addr: u32,
+    /// Port, wire order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of the IPv6 VIP map (`VIPS6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Vip6Key {
+    pub addr: Ipv6Wire,
     /// Port, wire order.
     pub port: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
@@ -217,7 +285,8 @@ pub struct VipMeta {
     /// `POLICY_*`.
     pub policy: u32,
     /// Client address mask (wire order) for `maglev-source` hashing and
-    /// for the affinity key: the prefix of `source_prefix` bits.
+    /// for the affinity key of an IPv4 VIP: the prefix of `source_prefix`
+    /// bits.
     pub src_mask: u32,
     /// Source-IP affinity: a client's new flows go to the backend of its
     /// last flow for this many seconds after that flow's last packet
@@ -228,7 +297,34 @@ pub struct VipMeta {
     /// the VIP's `Backend`s; this one lets a restarted agent read the
     /// setting back.
     pub gue_port: u16,
-    pub _pad: u16,
+    /// The client prefix length (0..=32 for IPv4, 0..=128 for IPv6): an
+    /// IPv6 VIP masks its clients with it (`ipv6_prefix_mask`), an IPv4
+    /// one with `src_mask`.
+    pub source_prefix: u16,
+}
+
+/// The wire-order mask of the first `prefix` bits of an IPv6 address.
+#[inline(always)]
+pub const fn ipv6_prefix_mask(prefix: u16) -> Ipv6Wire {
+    let mut mask = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        let start = 32 * i as u16;
+        let bits = if prefix <= start {
+            0
+        } else if prefix - start >= 32 {
+            32
+        } else {
+            prefix - start
+        };
+        mask[i] = if bits == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - bits)).to_be()
+        };
+        i += 1;
+    }
+    mask
 }
 
 /// The backend slot is in use. Cleared when the agent removes the backend,
@@ -247,12 +343,18 @@ pub const BACKEND_F_COUNT_CONNS: u32 = 1 << 2;
 /// client's `AFFINITY` entry from its established flows' packets (once per
 /// clock tick of a flow, see `FLOW_TICK_SHIFT`).
 pub const BACKEND_F_AFFINITY: u32 = 1 << 3;
+/// The backend is reached over IPv6: its outer destination is its
+/// `BACKEND_ADDRS6` entry (`Backend::addr` is 0), the outer header IPv6
+/// from `DataPathConfig::lb_source_addr6`. Set by the agent, read by
+/// `balancer` for every packet to the backend.
+pub const BACKEND_F_IPV6: u32 = 1 << 4;
 
 /// Value of the backend array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// IPv4 address, wire order: the outer destination of encapsulated packets.
+    /// IPv4 address, wire order: the outer destination of encapsulated
+    /// packets (0 for an IPv6 backend, see `BACKEND_F_IPV6`).
     pub addr: u32,
     /// Bumped by the agent every time the slot is given to a different
     /// backend; a pinned flow whose generation differs is re-selected.
@@ -277,6 +379,20 @@ pub struct Backend {
 pub struct FlowKey {
     pub src_addr: u32,
     pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+/// Key of the IPv6 connection table (`FLOWS6`): the 5-tuple as it appears
+/// in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow6Key {
+    pub src_addr: Ipv6Wire,
+    pub dst_addr: Ipv6Wire,
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
@@ -320,6 +436,15 @@ pub struct AffinityKey {
     pub vip_id: u32,
     /// Client address & `VipMeta::src_mask`, wire order.
     pub client: u32,
+}
+
+/// Key of the IPv6 affinity table (`AFFINITY6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Affinity6Key {
+    pub vip_id: u32,
+    /// Client address masked to the VIP's `source_prefix`, wire order.
+    pub client: Ipv6Wire,
 }
 
 /// Value of the affinity table: the backend a client's new flows return to.
@@ -370,8 +495,9 @@ pub struct BackendStats {
 pub struct GlobalStats {
     /// Not for a VIP: passed to the kernel untouched.
     pub passed: u64,
-    /// Too short for the headers it claims, IHL < 5, or an IP version other
-    /// than 4 under the IPv4 ethertype: passed untouched,
+    /// Too short for the headers it claims, IHL < 5, an IP version other
+    /// than 4 under the IPv4 ethertype (6 under IPv6's), an IPv6 payload
+    /// length past the frame: passed untouched,
     /// the kernel drops what is really broken.
     pub malformed: u64,
     /// Established flows found in the connection table.
@@ -383,7 +509,8 @@ pub struct GlobalStats {
     pub flow_reselected: u64,
     /// Connection-table updates that failed (the packet is still forwarded).
     pub flow_pin_errors: u64,
-    /// IPv4 fragments to a VIP address: dropped.
+    /// IPv4 fragments, and IPv6 packets with a fragment header, to a VIP
+    /// address: dropped.
     pub drop_fragment: u64,
     /// Would exceed the egress MTU once encapsulated: dropped.
     pub drop_too_big: u64,
@@ -402,11 +529,13 @@ pub struct GlobalStats {
     pub tx: u64,
     /// Encapsulated and redirected to another interface.
     pub redirected: u64,
-    /// ICMP echo requests to a VIP address answered by the balancer
-    /// (XDP_TX of the reply).
+    /// ICMP and ICMPv6 echo requests to a VIP address answered by the
+    /// balancer (XDP_TX of the reply).
     pub icmp_echo_replies: u64,
-    /// Too big for the egress MTU once encapsulated, with DF set: answered
-    /// with an ICMP "fragmentation needed" to the client (XDP_TX).
+    /// Too big for the egress MTU once encapsulated, with DF set (or IPv6,
+    /// which routers never fragment): answered with an ICMP
+    /// "fragmentation needed" or an ICMPv6 "packet too big" to the client
+    /// (XDP_TX).
     pub icmp_frag_needed_sent: u64,
     /// Would have been answered with "fragmentation needed", but this
     /// CPU's ICMP token bucket was empty: dropped.
@@ -486,7 +615,8 @@ impl GlobalStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecapStats {
-    /// IP-in-IP packets to a local address, stripped and passed on.
+    /// IP-in-IP packets (IPv4 or IPv6 inside IPv4 or IPv6) to a local
+    /// address, stripped and passed on.
     pub decapsulated: u64,
     /// GUE packets to a local address and port, stripped and passed on.
     pub gue_decapsulated: u64,
@@ -528,7 +658,7 @@ pub struct DataPathConfig {
     pub static_src_mac: [u8; 6],
     /// Static mode: destination MAC of encapsulated frames.
     pub static_dst_mac: [u8; 6],
-    /// Static mode: largest outer IPv4 packet the link carries.
+    /// Static mode: largest outer IP packet the link carries.
     pub static_mtu: u32,
     /// ICMP "fragmentation needed" messages each CPU may send per second
     /// (a token bucket refilled at this rate); 0 sends none.
@@ -536,6 +666,10 @@ pub struct DataPathConfig {
     /// Size of that bucket: messages a CPU may send at once after a quiet
     /// spell.
     pub icmp_burst: u32,
+    /// Outer source address of packets to IPv6 backends (wire order); all
+    /// zero when the node has none, and then the agent refuses IPv6
+    /// backends.
+    pub lb_source_addr6: Ipv6Wire,
 }
 
 /// Default of `DataPathConfig::icmp_rate` (per CPU and second).
@@ -567,6 +701,35 @@ pub const fn ipv4_from_wire(addr: u32) -> [u8; 4] {
     addr.to_ne_bytes()
 }
 
+/// Converts an IPv6 address to the representation used in maps and packets.
+#[inline(always)]
+pub const fn ipv6_to_wire(octets: [u8; 16]) -> Ipv6Wire {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    words
+}
+
+/// Converts a wire-order IPv6 address from a map back to octets.
+#[inline(always)]
+pub const fn ipv6_from_wire(addr: Ipv6Wire) -> [u8; 16] {
+    let mut octets = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        octets[i] = addr[i / 4].to_ne_bytes()[i % 4];
+        i += 1;
+    }
+    octets
+}
+
 /// Converts a port to the representation used in maps and packets.
 #[inline(always)]
 pub const fn port_to_wire(port: u16) -> u16 {
@@ -585,6 +748,9 @@ mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, made of integers, and have
     // no implicit padding (explicit `_pad` fields fill every gap).
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for Vip6Key {}
+    unsafe impl aya::Pod for Flow6Key {}
+    unsafe impl aya::Pod for Affinity6Key {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for VipAddrInfo {}
     unsafe impl aya::Pod for IcmpBucket {}
@@ -602,6 +768,25 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ipv6_prefix_masks() {
+        use super::ipv6_prefix_mask as m;
+        let words = |p| m(p).map(u32::from_be);
+        assert_eq!(words(0), [0; 4]);
+        assert_eq!(words(128), [u32::MAX; 4]);
+        assert_eq!(words(64), [u32::MAX, u32::MAX, 0, 0]);
+        assert_eq!(words(56), [u32::MAX, 0xffff_ff00, 0, 0]);
+        assert_eq!(words(1), [0x8000_0000, 0, 0, 0]);
+        assert_eq!(words(127), [u32::MAX, u32::MAX, u32::MAX, 0xffff_fffe]);
+    }
+
+    #[test]
+    fn outer_flow_labels_fit_20_bits() {
+        for h in [0u32, 1, 0xffff_ffff, 0x1234_5678, 0x000f_ffff] {
+            assert!(super::outer_flow_label(h) <= 0xf_ffff);
+        }
+        assert_ne!(super::outer_flow_label(1), super::outer_flow_label(2));
+    }
     #[test]
     fn global_counter_names_follow_the_fields() {
         let s = super::GlobalStats {

@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{DecapStats, IPPROTO_IPIP, IPPROTO_UDP, MAX_DECAP_ADDRS, MAX_DECAP_GUE_PORTS};
+use lb_common::{DecapStats, Ipv6Wire, IPPROTO_IPIP, IPPROTO_UDP, MAX_DECAP_ADDRS, MAX_DECAP_GUE_PORTS};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -39,6 +39,11 @@ const IPV6_LEN: usize = 40;
 /// Written by the decap loader, read per packet.
 #[map]
 pub static DECAP_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Local IPv6 addresses (wire order → 1) whose IP6IP6 and IPv4-in-IPv6
+/// packets are stripped. Written by the decap loader, read per packet.
+#[map]
+pub static DECAP_ADDRS6: HashMap<Ipv6Wire, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 
 /// UDP destination ports (wire order → 1) whose packets to a
 /// `DECAP_ADDRS` address are GUE. Written by the decap loader, read per

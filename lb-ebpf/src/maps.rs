@@ -8,8 +8,9 @@ use aya_ebpf::{
     Global,
 };
 use lb_common::{
-    AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, FlowKey, FlowPin, GlobalStats,
-    IcmpBucket, RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats, DEFAULT_AFFINITY_ENTRIES,
+    Affinity6Key, AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, Flow6Key,
+    FlowKey, FlowPin, GlobalStats, IcmpBucket, Ipv6Wire, RingEntry, Vip6Key, VipAddrInfo, VipKey,
+    VipMeta, VipStats, DEFAULT_AFFINITY_ENTRIES,
     DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS,
     MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
 };
@@ -23,6 +24,16 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 /// carry no port.
 #[map]
 pub static VIP_ADDRS: HashMap<u32, VipAddrInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// IPv6 virtual services. Written by the agent, read per IPv6 packet
+/// that passes the address filter.
+#[map]
+pub static VIPS6: HashMap<Vip6Key, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// IPv6 VIP addresses → number of VIPs on the address and its flags.
+/// Written by the agent; read only for IPv6 fragments and ICMPv6.
+#[map]
+pub static VIP6_ADDRS: HashMap<Ipv6Wire, VipAddrInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// VIP address filter (see `lb_common::names::VIP_FILTER`). Written by the
 /// agent, read per packet before any hash-map lookup.
@@ -50,6 +61,17 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowPin> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
 
+/// The IPv6 connection table, as `FLOWS` (a separate map so that IPv4
+/// flows keep their 16-byte key). Written and read by `balancer`.
+#[map]
+pub static FLOWS6: LruHashMap<Flow6Key, FlowPin> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Outer IPv6 destinations of backends flagged `BACKEND_F_IPV6`, by
+/// backend id. Written by the agent, read by `balancer` only for them.
+#[map]
+pub static BACKEND_ADDRS6: Array<Ipv6Wire> = Array::with_max_entries(MAX_BACKENDS, 0);
+
 /// Each CPU's position in each `round-robin` VIP's schedule, by VIP id.
 /// Per-CPU so CPUs never contend on it (see docs/policies.md for what that
 /// means for the shares). Written and read by `balancer`; zeroed by the
@@ -71,6 +93,13 @@ pub static BACKEND_CONNS: Array<i64> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// `balancer`; the agent deletes a VIP's entries when its affinity changes.
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityPin> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_ENTRIES, 0);
+
+/// Source-IP affinity of IPv6 clients, as `AFFINITY`. Written and read
+/// by `balancer`; the agent deletes a VIP's entries when its affinity
+/// changes.
+#[map]
+pub static AFFINITY6: LruHashMap<Affinity6Key, AffinityPin> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_ENTRIES, 0);
 
 /// Per-VIP counters by VIP id. Written by `balancer`, read by the agent
@@ -103,4 +132,5 @@ pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {
     static_mtu: 1500,
     icmp_rate: DEFAULT_ICMP_RATE,
     icmp_burst: DEFAULT_ICMP_BURST,
+    lb_source_addr6: [0; 4],
 });

@@ -566,6 +566,7 @@ impl Config {
             static_mtu: 0,
             icmp_rate: self.icmp.rate_per_cpu,
             icmp_burst: self.icmp.burst,
+            lb_source_addr6: [0; 4],
         };
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             config.next_hop_mode = NEXT_HOP_STATIC;

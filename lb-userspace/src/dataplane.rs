@@ -175,7 +175,7 @@ impl VipState {
             src_mask: policy::source_mask(self.spec.source_prefix),
             affinity_timeout_s: self.spec.affinity_timeout,
             gue_port: self.spec.encap.wire_port(),
-            _pad: 0,
+            source_prefix: self.spec.source_prefix as u16,
         }
     }
 

@@ -1,12 +1,12 @@
 //! Running the XDP programs through BPF_PROG_TEST_RUN.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::{
     programs::{TestRun, TestRunOptions},
     Ebpf,
 };
-use lb_common::{ipv4_to_wire, names, DataPathConfig, GlobalStats, NEXT_HOP_STATIC};
+use lb_common::{ipv4_to_wire, ipv6_to_wire, names, DataPathConfig, GlobalStats, NEXT_HOP_STATIC};
 use lb_userspace::{
     dataplane::{DataPlane, VipSpec},
     loader::{self, BalancerOptions},
@@ -26,6 +26,8 @@ pub const XDP_REDIRECT: u32 = 4;
 
 /// The LB's own address: outer source of encapsulated packets in tests.
 pub const LB_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The LB's outer source towards IPv6 backends in packet tests.
+pub const LB_SOURCE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
 
 pub fn verdict_name(v: u32) -> &'static str {
     match v {
@@ -59,6 +61,7 @@ pub fn static_config(mtu: u32) -> DataPathConfig {
         static_mtu: mtu,
         icmp_rate: lb_common::DEFAULT_ICMP_RATE,
         icmp_burst: lb_common::DEFAULT_ICMP_BURST,
+        lb_source_addr6: ipv6_to_wire(LB_SOURCE6.octets()),
     }
 }
 
