@@ -10,31 +10,41 @@
 //! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
 //! a flood of drops costs nothing extra by default.
 
-use core::net::Ipv4Addr;
-
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{FlowKey, GlobalStats, POLICY_RANDOM};
+use lb_common::{GlobalStats, Ipv6Wire, POLICY_RANDOM};
+use network_types::eth::EtherType;
 
 use crate::{
-    classify, encap, icmp,
-    maps::CONFIG,
-    parse::{self, Ipv4Flow, Parsed, L2},
-    select::{self, Pinned, Selected},
+    classify, encap, icmp, icmp6,
+    maps::{BACKEND_ADDRS6, CONFIG},
+    parse::{self, Parsed, Parsed6, L2},
+    select::{self, Pinned, Selected, Tuple},
     stats,
     transmit::{self, NextHop},
 };
 
+/// What the tail needs of the client's packet, whichever its family.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub l2: L2,
+    /// Length of the whole IP packet (header included), checked against
+    /// the frame.
+    pub len: u16,
+    /// TOS or traffic class, inherited by the outer header.
+    pub tos: u8,
+    /// The client's packet is IPv6 (the outer header says 41, not 4).
+    pub inner_v6: bool,
+    pub on_too_big: OnTooBig,
+}
+
 /// A packet on its way to a backend: what [`forward`] needs.
 pub struct Outbound {
-    pub l2: L2,
-    /// IP total length (host order) of the packet to encapsulate.
-    pub tot_len: u16,
-    /// Its TOS, inherited by the outer header.
-    pub tos: u8,
-    /// The backend: its id (for its counters) and address (the outer
-    /// destination); only what the tail needs, so that the struct stays
-    /// small on the stack.
+    pub shape: Shape,
+    /// The backend: its id (for its counters and its IPv6 address) and
+    /// IPv4 address (the outer destination unless the tunnel is IPv6);
+    /// only what the tail needs, so that the struct stays small on the
+    /// stack.
     pub backend_id: u32,
     pub backend_addr: u32,
     /// Chosen for a new flow rather than found in the connection table.
@@ -42,30 +52,20 @@ pub struct Outbound {
     /// The VIP whose counters the packet moves.
     pub vip_id: u32,
     pub tunnel: encap::Tunnel,
-    pub on_too_big: OnTooBig,
 }
 
 impl Outbound {
-    /// The packet described by (`l2`, `tot_len`, `tos`) of `flow` to the
-    /// `selected` backend of VIP `vip_id`, on the backend's tunnel.
+    /// The packet of `shape` of `flow` to the `selected` backend of VIP
+    /// `vip_id`, on the backend's tunnel.
     #[inline(always)]
-    pub fn to_backend(
-        (l2, tot_len, tos): (L2, u16, u8),
-        flow: &FlowKey,
-        selected: &Selected,
-        vip_id: u32,
-        on_too_big: OnTooBig,
-    ) -> Self {
+    pub fn to_backend<T: Tuple>(shape: Shape, flow: &T, selected: &Selected, vip_id: u32) -> Self {
         Outbound {
-            l2,
-            tot_len,
-            tos,
+            shape,
             backend_id: selected.backend_id,
             backend_addr: selected.backend.addr,
             new_flow: selected.new_flow,
             vip_id,
-            tunnel: encap::Tunnel::of_flow(flow, selected.backend.gue_port),
-            on_too_big,
+            tunnel: encap::Tunnel::of_flow(flow, &selected.backend),
         }
     }
 }
@@ -80,6 +80,9 @@ pub enum OnTooBig {
     Drop,
     /// Answer with ICMP "fragmentation needed" (rate limited).
     FragNeeded,
+    /// Answer with ICMPv6 "packet too big" (rate limited): an IPv6
+    /// packet, which no router fragments.
+    PacketTooBig,
 }
 
 #[inline(always)]
@@ -92,43 +95,110 @@ pub fn balance(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
-    let out = match parse::parse(ctx) {
-        Parsed::Flow(pkt) => match vip_packet(ctx, &pkt, stats) {
+    let Some((l2, ether_type)) = parse::parse_l2(ctx) else {
+        return pass(&mut stats.malformed);
+    };
+    // Both families end at the one call of `forward`: a single copy of
+    // the tail in the program.
+    // (Each verdict returns where it is made: a `Result` carried to one
+    // match would copy the uninitialised `Outbound` of an `Err`, which
+    // the verifier refuses to read.)
+    let out = if ether_type == EtherType::Ipv4.into() {
+        match ipv4(ctx, l2, stats) {
             Ok(out) => out,
             Err(action) => return action,
-        },
-        // An ICMP error about a VIP flow joins the VIP packets at the one
-        // call of `forward`: a single copy of the tail in the program.
-        Parsed::Icmp(pkt) => match icmp::icmpv4(ctx, &pkt, stats) {
-            Ok(out) => out,
-            Err(action) => return action,
-        },
-        Parsed::Other => return pass(&mut stats.passed),
-        Parsed::Malformed => return pass(&mut stats.malformed),
-        Parsed::Fragment { dst_addr } => {
-            if classify::is_vip_address(dst_addr) {
-                return drop(&mut stats.drop_fragment);
-            }
-            return pass(&mut stats.passed);
         }
+    } else if ether_type == EtherType::Ipv6.into() {
+        match ipv6(ctx, l2, stats) {
+            Ok(out) => out,
+            Err(action) => return action,
+        }
+    } else {
+        return pass(&mut stats.passed);
     };
     forward(ctx, stats, &out)
 }
 
-/// A TCP or UDP packet: its backend if it is for a VIP, else the verdict.
 #[inline(always)]
-fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Result<Outbound, u32> {
-    // Most packets on a NIC are for no VIP: one array read tells.
-    if !classify::maybe_vip_address(pkt.flow.dst_addr) {
-        return Err(pass(&mut stats.passed));
+fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+    match parse::parse(ctx, l2) {
+        Parsed::Flow(pkt) => {
+            // Most packets on a NIC are for no VIP: one array read tells.
+            if !classify::maybe_vip_address(pkt.flow.dst_addr) {
+                return Err(pass(&mut stats.passed));
+            }
+            let shape = Shape {
+                l2,
+                len: pkt.tot_len,
+                tos: pkt.tos,
+                inner_v6: false,
+                on_too_big: if pkt.df {
+                    OnTooBig::FragNeeded
+                } else {
+                    OnTooBig::Drop
+                },
+            };
+            vip_packet(ctx, &pkt.flow, shape, (pkt.tcp_syn, pkt.tcp_fin_rst), stats)
+        }
+        // An ICMP error about a VIP flow is forwarded like the flow's packets.
+        Parsed::Icmp(pkt) => icmp::icmpv4(ctx, &pkt, stats),
+        Parsed::Other => Err(pass(&mut stats.passed)),
+        Parsed::Malformed => Err(pass(&mut stats.malformed)),
+        Parsed::Fragment { dst_addr } => {
+            if classify::is_vip_address(dst_addr) {
+                return Err(drop(&mut stats.drop_fragment));
+            }
+            Err(pass(&mut stats.passed))
+        }
     }
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+    match parse::parse6(ctx, l2) {
+        Parsed6::Flow(pkt) => {
+            if !classify::maybe_vip6_address(&pkt.flow.dst_addr) {
+                return Err(pass(&mut stats.passed));
+            }
+            let shape = Shape {
+                l2,
+                len: pkt.pkt_len,
+                tos: pkt.tclass,
+                inner_v6: true,
+                on_too_big: OnTooBig::PacketTooBig,
+            };
+            vip_packet(ctx, &pkt.flow, shape, (pkt.tcp_syn, pkt.tcp_fin_rst), stats)
+        }
+        Parsed6::Icmp(pkt) => icmp6::icmpv6(ctx, &pkt, stats),
+        Parsed6::Other => Err(pass(&mut stats.passed)),
+        Parsed6::Malformed => Err(pass(&mut stats.malformed)),
+        Parsed6::Fragment { dst_addr } => {
+            if classify::is_vip6_address(&dst_addr) {
+                return Err(drop(&mut stats.drop_fragment));
+            }
+            Err(pass(&mut stats.passed))
+        }
+    }
+}
+
+/// A TCP or UDP packet that passed the address filter: its backend if it
+/// is for a VIP, else the verdict. `(syn, fin_rst)`: the client opens a
+/// connection (SYN without ACK), or ends one.
+#[inline(always)]
+fn vip_packet<T: Tuple>(
+    ctx: &XdpContext,
+    flow: &T,
+    shape: Shape,
+    (syn, fin_rst): (bool, bool),
+    stats: &mut GlobalStats,
+) -> Result<Outbound, u32> {
     // An established flow needs only the connection table; a SYN opens a
     // new connection and always goes by the ring, so a reused tuple never
     // sticks to a stale choice.
-    let pinned = if pkt.tcp_syn {
+    let pinned = if syn {
         Pinned::Miss
     } else {
-        select::pinned(&pkt.flow, pkt.tcp_fin_rst)
+        select::pinned(flow, fin_rst)
     };
     let (selected, vip_id) = match pinned {
         Pinned::Hit(selected) => {
@@ -137,22 +207,22 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
             (selected, vip_id)
         }
         Pinned::Stale | Pinned::Miss => {
-            let Some(vip) = classify::lookup_vip(&pkt.flow) else {
+            let Some(vip) = flow.vip() else {
                 return Err(pass(&mut stats.passed));
             };
             // A policy whose choice is no function of the tuple would send
             // a retransmitted SYN elsewhere: it keeps its open pin.
-            if pkt.tcp_syn && vip.policy >= POLICY_RANDOM {
-                if let Some(selected) = select::open_pin(&pkt.flow) {
+            if syn && vip.policy >= POLICY_RANDOM {
+                if let Some(selected) = select::open_pin(flow) {
                     stats.flow_hits += 1;
-                    return Ok(outbound(pkt, selected, vip.vip_id));
+                    return Ok(Outbound::to_backend(shape, flow, &selected, vip.vip_id));
                 }
             }
             if matches!(pinned, Pinned::Stale) {
                 stats.flow_reselected += 1;
             }
             stats.flow_misses += 1;
-            let Some(selected) = select::new_flow(&pkt.flow, &vip, stats) else {
+            let Some(selected) = select::new_flow(flow, &vip, stats) else {
                 debug!(
                     ctx,
                     "VIP {}: no backend takes new flows, dropped", vip.vip_id
@@ -162,59 +232,66 @@ fn vip_packet(ctx: &XdpContext, pkt: &Ipv4Flow, stats: &mut GlobalStats) -> Resu
             (selected, vip.vip_id)
         }
     };
-    Ok(outbound(pkt, selected, vip_id))
-}
-
-#[inline(always)]
-fn outbound(pkt: &Ipv4Flow, selected: Selected, vip_id: u32) -> Outbound {
-    let on_too_big = if pkt.df {
-        OnTooBig::FragNeeded
-    } else {
-        OnTooBig::Drop
-    };
-    Outbound::to_backend(
-        (pkt.l2, pkt.tot_len, pkt.tos),
-        &pkt.flow,
-        &selected,
-        vip_id,
-        on_too_big,
-    )
+    Ok(Outbound::to_backend(shape, flow, &selected, vip_id))
 }
 
 /// Encapsulates the packet to its selected backend and sends it on: the
-/// tail shared by VIP packets and the ICMP errors about VIP flows.
+/// tail shared by VIP packets of both families and the ICMP errors about
+/// VIP flows.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32 {
     let Outbound {
-        l2,
-        tot_len,
-        tos,
+        shape,
         backend_id,
         backend_addr,
         new_flow,
         vip_id,
         tunnel,
-        on_too_big,
     } = *out;
+    let Shape {
+        l2,
+        len,
+        tos,
+        inner_v6,
+        on_too_big,
+    } = shape;
     // The client's frame ends with its IP packet; anything after that is
     // padding or a trailer, trimmed before encapsulation and not counted.
-    let frame_len = l2.header_len() + tot_len as usize;
+    let frame_len = l2.header_len() + len as usize;
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
     let config = CONFIG.load();
-    let outer_dst = backend_addr;
-    // No IPv4 packet can carry more than 65535 bytes: nor can its outer one.
-    let Some(outer_len) = tot_len.checked_add(tunnel.overhead()) else {
+    let overhead = tunnel.overhead();
+    // No IP packet can carry more than 65535 bytes (IPv6: of payload):
+    // nor can its outer one.
+    let Some(outer_len) = len.checked_add(overhead) else {
         return drop(&mut stats.drop_too_big);
     };
-    let next_hop = transmit::next_hop(
-        ctx,
-        &config,
-        config.lb_source_addr,
-        outer_dst,
-        outer_len,
-        tos,
-    );
+    // An IPv6 backend's address is read only for it.
+    let mut outer_dst6: Ipv6Wire = [0; 4];
+    let next_hop = if tunnel.outer_v6 {
+        let Some(dst) = BACKEND_ADDRS6.get(backend_id) else {
+            return drop(&mut stats.fib_failures);
+        };
+        outer_dst6 = *dst;
+        transmit::next_hop6(
+            ctx,
+            &config,
+            &config.lb_source_addr6,
+            &outer_dst6,
+            outer_len,
+            tunnel.flow_label,
+        )
+    } else {
+        transmit::next_hop(
+            ctx,
+            &config,
+            config.lb_source_addr,
+            backend_addr,
+            outer_len,
+            tos,
+        )
+    };
     let (action, macs) = match next_hop {
         NextHop::Out {
             action,
@@ -223,43 +300,57 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         } => (action, Some((src_mac, dst_mac))),
         NextHop::Kernel => (xdp_action::XDP_PASS, None),
         NextHop::TooBig { mtu } => {
-            if on_too_big == OnTooBig::FragNeeded {
-                return icmp::frag_needed(ctx, l2, mtu, tunnel.overhead(), stats);
+            match on_too_big {
+                OnTooBig::FragNeeded => return icmp::frag_needed(ctx, l2, mtu, overhead, stats),
+                OnTooBig::PacketTooBig => {
+                    return icmp6::packet_too_big(ctx, l2, mtu, overhead, stats)
+                }
+                OnTooBig::Drop => {}
             }
             debug!(
                 ctx,
-                "{} bytes to {:i}: over the MTU once encapsulated, dropped",
+                "{} bytes to backend {}: over the MTU once encapsulated, dropped",
                 outer_len,
-                wire_ip(outer_dst)
+                backend_id
             );
             return drop(&mut stats.drop_too_big);
         }
         NextHop::Unreachable => {
-            debug!(
-                ctx,
-                "no usable route to backend {:i}, dropped",
-                wire_ip(outer_dst)
-            );
+            debug!(ctx, "no usable route to backend {}, dropped", backend_id);
             return drop(&mut stats.fib_failures);
         }
     };
 
-    if encap::trim_tail(ctx, trailer).is_err()
-        || encap::encapsulate(
-            ctx,
-            l2,
-            tunnel,
-            tos,
-            outer_len,
-            config.lb_source_addr,
-            outer_dst,
-        )
-        .is_err()
-    {
+    // The trailer goes first: the outer length counts only the IP packet.
+    let encapsulated = encap::trim_tail(ctx, trailer).and_then(|()| {
+        if tunnel.outer_v6 {
+            encap::encapsulate6(
+                ctx,
+                l2,
+                tunnel,
+                inner_v6,
+                tos,
+                len,
+                &config.lb_source_addr6,
+                &outer_dst6,
+            )
+        } else {
+            encap::encapsulate(
+                ctx,
+                l2,
+                tunnel,
+                inner_v6,
+                tos,
+                outer_len,
+                config.lb_source_addr,
+                backend_addr,
+            )
+        }
+    });
+    if encapsulated.is_err() {
         debug!(
             ctx,
-            "encapsulation towards {:i} failed, dropped",
-            wire_ip(outer_dst)
+            "encapsulation towards backend {} failed, dropped", backend_id
         );
         return drop(&mut stats.encap_errors);
     }
@@ -282,12 +373,6 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         }
     }
     action
-}
-
-/// A wire-order address as an `Ipv4Addr` for the log.
-#[inline(always)]
-fn wire_ip(addr: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr.to_ne_bytes())
 }
 
 #[inline(always)]

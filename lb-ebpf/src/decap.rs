@@ -15,7 +15,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{DecapStats, Ipv6Wire, IPPROTO_IPIP, IPPROTO_UDP, MAX_DECAP_ADDRS, MAX_DECAP_GUE_PORTS};
+use lb_common::{
+    DecapStats, Ipv6Wire, IPPROTO_IPIP, IPPROTO_UDP, MAX_DECAP_ADDRS, MAX_DECAP_GUE_PORTS,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,

@@ -1,8 +1,14 @@
-//! Encapsulation: a new outer IPv4 header between the Ethernet header (and
-//! its VLAN tag, kept as is) and the client's packet: IP-in-IP (RFC 2003),
-//! or GUE, which puts a UDP header after it (variant 1, the inner packet
-//! straight after the UDP header) so that the backend's NIC can spread
-//! tunnels over its receive queues by the outer ports.
+//! Encapsulation: a new outer header between the Ethernet header (and its
+//! VLAN tag, kept as is, its ethertype set to the outer family) and the
+//! client's packet of either family:
+//! - to an IPv4 backend, an IPv4 header: IP-in-IP (protocol 4, RFC 2003;
+//!   41 for an IPv6 client packet, as Linux's `sit`), or GUE, which puts a
+//!   UDP header after it (variant 1, the inner packet straight after the
+//!   UDP header) so that the backend's NIC can spread tunnels over its
+//!   receive queues by the outer ports;
+//! - to an IPv6 backend, an IPv6 header (RFC 2473: next header 41 for
+//!   IP6IP6, 4 for IPv4-in-IPv6, as Linux's `ip6tnl`), whose flow label
+//!   comes from the flow hash so that ECMP and RSS spread tunnels.
 //!
 //! The GUE UDP checksum is 0, which IPv4 allows (RFC 768): the inner
 //! packet carries its own checksums, and Linux's fou/gue receive path
@@ -19,51 +25,71 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    flow_hash, gue_source_port, FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_UDP,
+    gue_source_port, outer_flow_label, Backend, Ipv6Wire, BACKEND_F_IPV6, GUE_OVERHEAD,
+    IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, IPV6_OVERHEAD, OUTER_HOP_LIMIT,
     OUTER_TTL,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vlan::VlanHdr};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
 
 use crate::{
     csum,
     parse::{ptr_at, ETH_LEN, IP_DF, L2},
+    select::Tuple,
 };
 
 /// The packet could not be grown or rewritten: the caller drops it.
 pub struct EncapError;
 
-/// How a packet travels to its backend: IP-in-IP when `dst_port` is 0,
-/// else GUE in UDP from `src_port` to `dst_port` (wire order). A plain
-/// struct rather than an enum: the compiler copies an enum's payload even
-/// for the variant without one, and the verifier refuses to read those
-/// uninitialised registers.
+/// How a packet travels to its backend: over IPv6 (`outer_v6`, IP6IP6 or
+/// IPv4-in-IPv6, with `flow_label`), or over IPv4: IP-in-IP (or IPv6 in
+/// IPv4) when `dst_port` is 0, else GUE in UDP from `src_port` to
+/// `dst_port` (wire order). A plain struct rather than an enum: the
+/// compiler copies an enum's payload even for the variant without one, and
+/// the verifier refuses to read those uninitialised registers.
 #[derive(Clone, Copy)]
 pub struct Tunnel {
+    pub outer_v6: bool,
     pub src_port: u16,
     pub dst_port: u16,
+    /// Of an IPv6 outer header (host order, 20 bits).
+    pub flow_label: u32,
 }
 
 impl Tunnel {
-    /// The tunnel of a flow to a backend whose `gue_port` (wire order, 0
-    /// for IP-in-IP) is given. The flow hash is computed only for GUE.
+    /// The tunnel of a flow to `backend`. The flow hash is computed only
+    /// where it is carried: the GUE source port, the IPv6 flow label. GUE
+    /// is carried over IPv4 only (the agent refuses GUE VIPs with IPv6
+    /// backends).
     #[inline(always)]
-    pub fn of_flow(flow: &FlowKey, gue_port: u16) -> Self {
-        if gue_port == 0 {
+    pub fn of_flow<T: Tuple>(flow: &T, backend: &Backend) -> Self {
+        let outer_v6 = backend.flags & BACKEND_F_IPV6 != 0;
+        if backend.gue_port == 0 && !outer_v6 {
             return Tunnel {
+                outer_v6,
                 src_port: 0,
                 dst_port: 0,
+                flow_label: 0,
             };
         }
-        let hash = flow_hash(
-            flow.src_addr,
-            flow.dst_addr,
-            flow.src_port,
-            flow.dst_port,
-            flow.proto,
-        );
+        let hash = flow.hash();
+        if outer_v6 {
+            return Tunnel {
+                outer_v6,
+                src_port: 0,
+                dst_port: 0,
+                flow_label: outer_flow_label(hash),
+            };
+        }
         Tunnel {
+            outer_v6,
             src_port: gue_source_port(hash).to_be(),
-            dst_port: gue_port,
+            dst_port: backend.gue_port,
+            flow_label: 0,
         }
     }
 
@@ -75,7 +101,9 @@ impl Tunnel {
     /// Bytes the outer headers add.
     #[inline(always)]
     pub fn overhead(self) -> u16 {
-        if self.is_gue() {
+        if self.outer_v6 {
+            IPV6_OVERHEAD
+        } else if self.is_gue() {
             GUE_OVERHEAD
         } else {
             IPIP_OVERHEAD
@@ -123,33 +151,34 @@ pub fn trim_tail(ctx: &XdpContext, excess: usize) -> Result<(), EncapError> {
     Ok(())
 }
 
-/// Grows the head by the tunnel's outer headers and writes the L2 header
-/// and them, for a packet of `outer_len` bytes in all from `src` to `dst`
-/// with the client packet's TOS (DSCP and ECN, RFC 6040), in front of the
-/// client's packet. The two tunnels are separate branches with constant
-/// sizes and protocols, so that IP-in-IP costs what it did before GUE
-/// existed. On error the caller must drop the packet.
+/// Grows the head by the tunnel's outer IPv4 headers and writes the L2
+/// header (with the IPv4 ethertype) and them, for a packet of `outer_len`
+/// bytes in all from `src` to `dst` with the client packet's TOS (DSCP and
+/// ECN, RFC 6040), in front of the client's packet (IPv6 when `inner_v6`:
+/// protocol 41). The two tunnels are separate branches with constant sizes,
+/// so that IP-in-IP costs what it did before GUE existed. On error the
+/// caller must drop the packet.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn encapsulate(
     ctx: &XdpContext,
     l2: L2,
     tunnel: Tunnel,
+    inner_v6: bool,
     tos: u8,
     outer_len: u16,
     src: u32,
     dst: u32,
 ) -> Result<(), EncapError> {
-    let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? };
-    let vlan: Option<VlanHdr> = match l2 {
-        L2::Plain => None,
-        L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? }),
-    };
+    let (eth, vlan) = save_l2(ctx, l2)?;
+    let ether_type: u16 = EtherType::Ipv4.into();
     if !tunnel.is_gue() {
-        let ip = ipv4_header(tos, outer_len, OUTER_TTL, IPPROTO_IPIP, src, dst);
+        let proto = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+        let ip = ipv4_header(tos, outer_len, OUTER_TTL, proto, src, dst);
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPIP_OVERHEAD as i32)) } != 0 {
             return Err(EncapError);
         }
-        restore_l2(ctx, eth, vlan)?;
+        restore_l2(ctx, eth, vlan, ether_type)?;
         unsafe { *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip };
         return Ok(());
     }
@@ -163,7 +192,7 @@ pub fn encapsulate(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GUE_OVERHEAD as i32)) } != 0 {
         return Err(EncapError);
     }
-    restore_l2(ctx, eth, vlan)?;
+    restore_l2(ctx, eth, vlan, ether_type)?;
     unsafe {
         *ptr_at::<Ipv4Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip;
         *ptr_at::<UdpHdr>(ctx, l2.header_len() + IPIP_OVERHEAD as usize).ok_or(EncapError)? = udp;
@@ -171,13 +200,96 @@ pub fn encapsulate(
     Ok(())
 }
 
-/// Writes the saved L2 header (and VLAN tag) back at the new frame start.
+/// An IPv6 header (wire order addresses) with this traffic class, flow
+/// label, payload length and next header: what the balancer originates
+/// over IPv6, outer headers and ICMPv6 errors alike.
 #[inline(always)]
-fn restore_l2(ctx: &XdpContext, eth: EthHdr, vlan: Option<VlanHdr>) -> Result<(), EncapError> {
+pub fn ipv6_header(
+    tclass: u8,
+    flow_label: u32,
+    payload_len: u16,
+    next_hdr: u8,
+    hop_limit: u8,
+    src: &Ipv6Wire,
+    dst: &Ipv6Wire,
+) -> Ipv6Hdr {
+    let head = (6u32 << 28) | ((tclass as u32) << 20) | (flow_label & 0x000f_ffff);
+    Ipv6Hdr {
+        vcf: head.to_be_bytes(),
+        payload_len: payload_len.to_be_bytes(),
+        next_hdr,
+        hop_limit,
+        // SAFETY: four u32 and sixteen u8 have the same size, any bits valid.
+        src_addr: unsafe { core::mem::transmute::<Ipv6Wire, [u8; 16]>(*src) },
+        dst_addr: unsafe { core::mem::transmute::<Ipv6Wire, [u8; 16]>(*dst) },
+    }
+}
+
+/// Grows the head by an outer IPv6 header (no extension headers; hop limit
+/// 64; payload length the client's packet, `inner_len` bytes, so it cannot
+/// wrap) and writes the L2 header with the IPv6 ethertype in front of it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn encapsulate6(
+    ctx: &XdpContext,
+    l2: L2,
+    tunnel: Tunnel,
+    inner_v6: bool,
+    tclass: u8,
+    inner_len: u16,
+    src: &Ipv6Wire,
+    dst: &Ipv6Wire,
+) -> Result<(), EncapError> {
+    let (eth, vlan) = save_l2(ctx, l2)?;
+    let next = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    let ip = ipv6_header(
+        tclass,
+        tunnel.flow_label,
+        inner_len,
+        next,
+        OUTER_HOP_LIMIT,
+        src,
+        dst,
+    );
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_OVERHEAD as i32)) } != 0 {
+        return Err(EncapError);
+    }
+    restore_l2(ctx, eth, vlan, EtherType::Ipv6.into())?;
+    unsafe { *ptr_at::<Ipv6Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip };
+    Ok(())
+}
+
+/// The L2 header (and VLAN tag), copied before the head moves.
+#[inline(always)]
+fn save_l2(ctx: &XdpContext, l2: L2) -> Result<(EthHdr, Option<VlanHdr>), EncapError> {
+    let eth: EthHdr = unsafe { *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? };
+    let vlan: Option<VlanHdr> = match l2 {
+        L2::Plain => None,
+        L2::Vlan => Some(unsafe { *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? }),
+    };
+    Ok((eth, vlan))
+}
+
+/// Writes the saved L2 header (and VLAN tag) back at the new frame start,
+/// naming the outer header's family (`ether_type`, as `EtherType` converts).
+#[inline(always)]
+fn restore_l2(
+    ctx: &XdpContext,
+    mut eth: EthHdr,
+    vlan: Option<VlanHdr>,
+    ether_type: u16,
+) -> Result<(), EncapError> {
     unsafe {
-        *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? = eth;
-        if let Some(vlan) = vlan {
-            *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? = vlan;
+        match vlan {
+            None => {
+                eth.ether_type = ether_type;
+                *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? = eth;
+            }
+            Some(mut vlan) => {
+                *ptr_at::<EthHdr>(ctx, 0).ok_or(EncapError)? = eth;
+                vlan.ether_type = ether_type;
+                *ptr_at::<VlanHdr>(ctx, ETH_LEN).ok_or(EncapError)? = vlan;
+            }
         }
     }
     Ok(())

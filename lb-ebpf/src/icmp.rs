@@ -1,5 +1,6 @@
-//! ICMP in the data path, IPv4 (ICMPv6 gets its own helpers next to these,
-//! never shared offsets: an IPv4 reply is built from IPv4 offsets only).
+//! ICMP in the data path, IPv4 (ICMPv6 has its own module, `icmp6`, and
+//! shares no offsets with this one: an IPv4 reply is built from IPv4
+//! offsets only).
 //!
 //! Three things, each only for VIP addresses:
 //! - **echo**: an echo request to a VIP address whose `VIP_ADDRS` entry
@@ -27,11 +28,11 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
 use crate::{
-    balancer::{self, OnTooBig, Outbound},
+    balancer::{self, OnTooBig, Outbound, Shape},
     classify, csum, encap,
     maps::{CONFIG, ICMP_RATE},
     parse::{ptr_at, Ipv4Icmp, ETH_LEN, IPV4_MIN_LEN, IP_OFFSET_MASK, L2},
-    select::{self, Pinned},
+    select::{self, Pinned, Selected, Tuple},
 };
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
@@ -129,9 +130,9 @@ fn echo(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u32 {
 }
 
 /// Takes one message from this CPU's token bucket; false when it is empty
-/// (or ICMP errors are off).
+/// (or ICMP errors are off). Shared by ICMP and ICMPv6 errors.
 #[inline(always)]
-fn take_token(config: &DataPathConfig) -> bool {
+pub fn take_token(config: &DataPathConfig) -> bool {
     if config.icmp_rate == 0 {
         return false;
     }
@@ -317,28 +318,38 @@ fn error_about_flow(
         _pad: 0,
         _pad2: 0,
     };
-    let (selected, vip_id) = match select::pinned(&flow, false) {
+    let (selected, vip_id) = flow_owner(&flow, stats)?;
+    let shape = Shape {
+        l2: pkt.l2,
+        len: pkt.tot_len,
+        tos: pkt.tos,
+        inner_v6: false,
+        // No ICMP about an ICMP error (RFC 1122 3.2.2).
+        on_too_big: OnTooBig::Drop,
+    };
+    Ok(Outbound::to_backend(shape, &flow, &selected, vip_id))
+}
+
+/// The backend that owns the flow an ICMP error (of either family) is
+/// about, and its VIP: the pin, or the ring's choice, without pinning
+/// (an error must not create a flow). Counts the error as forwarded.
+#[inline(always)]
+pub fn flow_owner<T: Tuple>(flow: &T, stats: &mut GlobalStats) -> Result<(Selected, u32), u32> {
+    let owner = match select::pinned(flow, false) {
         Pinned::Hit(selected) => {
             let vip_id = selected.backend.vip_id;
             (selected, vip_id)
         }
         Pinned::Stale | Pinned::Miss => {
-            let Some(vip) = classify::lookup_vip(&flow) else {
+            let Some(vip) = flow.vip() else {
                 return Err(balancer::pass(&mut stats.passed));
             };
-            let Some(selected) = select::ring_choice(&flow, &vip) else {
+            let Some(selected) = select::ring_choice(flow, &vip) else {
                 return Err(balancer::drop(&mut stats.drop_no_backend));
             };
             (selected, vip.vip_id)
         }
     };
     stats.icmp_errors_forwarded += 1;
-    Ok(Outbound::to_backend(
-        (pkt.l2, pkt.tot_len, pkt.tos),
-        &flow,
-        &selected,
-        vip_id,
-        // No ICMP about an ICMP error (RFC 1122 3.2.2).
-        OnTooBig::Drop,
-    ))
+    Ok(owner)
 }

@@ -2,8 +2,10 @@
 //!
 //! `balancer` reads top to bottom in [`balancer::balance`]:
 //! [`parse`] → [`classify`] → [`select`] → [`transmit`] (next hop) →
-//! [`encap`] → verdict, with [`icmp`] for echo, "fragmentation needed"
-//! and ICMP errors about VIP flows. [`decap`] is the backends' half. Maps live in
+//! [`encap`] → verdict, for IPv4 and IPv6 alike (one generic selection,
+//! [`select::Tuple`]), with [`icmp`] and [`icmp6`] for echo,
+//! "fragmentation needed" / "packet too big" and ICMP errors about VIP
+//! flows. [`decap`] is the backends' half. Maps live in
 //! [`maps`], counters in [`stats`], checksum arithmetic in [`csum`].
 #![no_std]
 // `select` counts least-conn connections with the atomic-add intrinsic.
@@ -21,6 +23,8 @@ pub mod decap;
 pub mod encap;
 #[cfg(feature = "balancer")]
 pub mod icmp;
+#[cfg(feature = "balancer")]
+pub mod icmp6;
 #[cfg(feature = "balancer")]
 pub mod maps;
 pub mod parse;

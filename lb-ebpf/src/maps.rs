@@ -10,9 +10,9 @@ use aya_ebpf::{
 use lb_common::{
     Affinity6Key, AffinityKey, AffinityPin, Backend, BackendStats, DataPathConfig, Flow6Key,
     FlowKey, FlowPin, GlobalStats, IcmpBucket, Ipv6Wire, RingEntry, Vip6Key, VipAddrInfo, VipKey,
-    VipMeta, VipStats, DEFAULT_AFFINITY_ENTRIES,
-    DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS,
-    MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY, VIP_FILTER_WORDS,
+    VipMeta, VipStats, DEFAULT_AFFINITY_ENTRIES, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_ICMP_BURST,
+    DEFAULT_ICMP_RATE, DEFAULT_RING_POOL_SLOTS, MAX_BACKENDS, MAX_VIPS, RING_SLOTS_PER_ENTRY,
+    VIP_FILTER_WORDS,
 };
 
 /// Virtual services. Written by the agent, read per packet.

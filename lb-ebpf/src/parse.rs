@@ -5,10 +5,14 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    Flow6Key, FlowKey, Ipv6Wire, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV6_EXT_DEST_OPTS, IPV6_EXT_FRAGMENT, IPV6_EXT_HOP_BY_HOP, IPV6_EXT_ROUTING,
+    MAX_IPV6_EXT_HEADERS,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
     vlan::VlanHdr,
@@ -17,6 +21,7 @@ use network_types::{
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const VLAN_LEN: usize = size_of::<VlanHdr>();
 pub const IPV4_MIN_LEN: usize = size_of::<Ipv4Hdr>();
+pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
 
 /// "More fragments" flag and fragment offset, in host order.
 pub const IP_MF: u16 = 0x2000;
@@ -119,14 +124,9 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<(L2, u16)> {
     Some((L2::Vlan, unsafe { (*vlan).ether_type }))
 }
 
+/// Parses an IPv4 packet (the ethertype said so) after `l2`.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some((l2, ether_type)) = parse_l2(ctx) else {
-        return Parsed::Malformed;
-    };
-    if ether_type != EtherType::Ipv4.into() {
-        return Parsed::Other;
-    }
+pub fn parse(ctx: &XdpContext, l2: L2) -> Parsed {
     let l3 = l2.header_len();
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return Parsed::Malformed;
@@ -153,52 +153,65 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
         return Parsed::Fragment { dst_addr };
     }
-    let l4 = l3 + ihl;
-    let mut flow = FlowKey {
-        src_addr: u32::from_ne_bytes(ip.src_addr),
-        dst_addr,
-        src_port: 0,
-        dst_port: 0,
-        proto,
-        _pad: 0,
-        _pad2: 0,
+    let Some(ports) = parse_ports(ctx, proto, l3 + ihl, tot_len as usize - ihl) else {
+        return Parsed::Malformed;
     };
-    let mut tcp_syn = false;
-    let mut tcp_fin_rst = false;
-    if proto == IPPROTO_TCP {
-        if tot_len as usize - ihl < size_of::<TcpHdr>() {
-            return Parsed::Malformed;
-        }
-        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
-            return Parsed::Malformed;
-        };
-        let tcp = unsafe { &*tcp };
-        flow.src_port = u16::from_ne_bytes(tcp.source);
-        flow.dst_port = u16::from_ne_bytes(tcp.dest);
-        // Byte 13 of the TCP header holds the flags.
-        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
-        // A connection opener: SYN without ACK (a SYN-ACK is a reply).
-        tcp_syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-        tcp_fin_rst = flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0;
-    } else {
-        if tot_len as usize - ihl < size_of::<UdpHdr>() {
-            return Parsed::Malformed;
-        }
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
-            return Parsed::Malformed;
-        };
-        let udp = unsafe { &*udp };
-        flow.src_port = u16::from_ne_bytes(udp.src);
-        flow.dst_port = u16::from_ne_bytes(udp.dst);
-    }
     Parsed::Flow(Ipv4Flow {
         l2,
-        flow,
+        flow: FlowKey {
+            src_addr: u32::from_ne_bytes(ip.src_addr),
+            dst_addr,
+            src_port: ports.src_port,
+            dst_port: ports.dst_port,
+            proto,
+            _pad: 0,
+            _pad2: 0,
+        },
         tot_len,
         tos: ip.tos,
-        tcp_syn,
-        tcp_fin_rst,
+        tcp_syn: ports.tcp_syn,
+        tcp_fin_rst: ports.tcp_fin_rst,
         df: frags & IP_DF != 0,
+    })
+}
+
+/// What the transport header of a TCP or UDP packet tells the balancer.
+pub struct Ports {
+    /// Wire order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_syn: bool,
+    pub tcp_fin_rst: bool,
+}
+
+/// Reads the TCP or UDP header at `l4`, of which the IP header says
+/// `room` bytes belong to the packet. `None`: the header does not fit.
+#[inline(always)]
+fn parse_ports(ctx: &XdpContext, proto: u8, l4: usize, room: usize) -> Option<Ports> {
+    if proto == IPPROTO_TCP {
+        if room < size_of::<TcpHdr>() {
+            return None;
+        }
+        let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, l4)? };
+        // Byte 13 of the TCP header holds the flags.
+        let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+        return Some(Ports {
+            src_port: u16::from_ne_bytes(tcp.source),
+            dst_port: u16::from_ne_bytes(tcp.dest),
+            // A connection opener: SYN without ACK (a SYN-ACK is a reply).
+            tcp_syn: flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+            tcp_fin_rst: flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0,
+        });
+    }
+    if room < size_of::<UdpHdr>() {
+        return None;
+    }
+    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, l4)? };
+    Some(Ports {
+        src_port: u16::from_ne_bytes(udp.src),
+        dst_port: u16::from_ne_bytes(udp.dst),
+        tcp_syn: false,
+        tcp_fin_rst: false,
     })
 }
 
@@ -228,4 +241,142 @@ fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr) -> Parsed {
         icmp_type,
         icmp_code,
     })
+}
+
+/// A TCP or UDP packet over IPv6, not fragmented.
+pub struct Ipv6Flow {
+    pub l2: L2,
+    pub flow: Flow6Key,
+    /// The whole IPv6 packet's length (40 + payload length), already
+    /// checked against the frame.
+    pub pkt_len: u16,
+    /// Traffic class (DSCP and ECN), inherited by the outer header.
+    pub tclass: u8,
+    pub tcp_syn: bool,
+    pub tcp_fin_rst: bool,
+}
+
+/// An ICMPv6 message (any type; `icmp6` sorts them out), with its 8-byte
+/// header inside both the frame and the payload length.
+pub struct Ipv6Icmp {
+    pub l2: L2,
+    /// Offset of the ICMPv6 header from the IPv6 header (40 plus the
+    /// extension headers walked).
+    pub l4: usize,
+    pub pkt_len: u16,
+    pub src_addr: Ipv6Wire,
+    pub dst_addr: Ipv6Wire,
+    pub tclass: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+pub enum Parsed6 {
+    /// Not TCP, UDP or ICMPv6 (after the extension headers), or more
+    /// extension headers than the walk takes: not classified, passed.
+    Other,
+    /// Shorter than its headers claim, a version other than 6, a payload
+    /// length of 0 (a jumbogram) or past the frame.
+    Malformed,
+    /// A fragment header: no usable ports (first or later fragment).
+    Fragment {
+        dst_addr: Ipv6Wire,
+    },
+    Flow(Ipv6Flow),
+    Icmp(Ipv6Icmp),
+}
+
+/// Parses an IPv6 packet (the ethertype said so) after `l2`: the fixed
+/// header, then at most `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and
+/// destination-options headers, then the transport header.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext, l2: L2) -> Parsed6 {
+    let l3 = l2.header_len();
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
+        return Parsed6::Malformed;
+    };
+    let ip = unsafe { &*ip };
+    // Version (4 bits), traffic class (8), flow label (20).
+    let head = ip.vcf;
+    if head[0] >> 4 != 6 {
+        return Parsed6::Malformed;
+    }
+    let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
+    let frame_l3_len = ctx.data_end() - ctx.data() - l3;
+    if payload_len == 0 || IPV6_LEN + payload_len > frame_l3_len {
+        return Parsed6::Malformed;
+    }
+    let pkt_len = (IPV6_LEN + payload_len) as u16;
+    let src_addr: Ipv6Wire = unsafe { core::mem::transmute(ip.src_addr) };
+    let dst_addr: Ipv6Wire = unsafe { core::mem::transmute(ip.dst_addr) };
+    let mut next = ip.next_hdr;
+    // Offset of the next header from the IPv6 header.
+    let mut l4 = IPV6_LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS => {
+                // Every extension header is at least 8 bytes, inside the packet.
+                if l4 + 8 > pkt_len as usize {
+                    return Parsed6::Malformed;
+                }
+                // Next header, then the length in 8-byte units past the first 8.
+                let Some(ext) = ptr_at::<[u8; 2]>(ctx, l3 + l4) else {
+                    return Parsed6::Malformed;
+                };
+                let [following, len] = unsafe { *ext };
+                next = following;
+                l4 += (len as usize + 1) * 8;
+                if l4 > pkt_len as usize {
+                    return Parsed6::Malformed;
+                }
+            }
+            IPV6_EXT_FRAGMENT => return Parsed6::Fragment { dst_addr },
+            _ => break,
+        }
+    }
+    let room = pkt_len as usize - l4;
+    let tclass = (head[0] << 4) | (head[1] >> 4);
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let Some(ports) = parse_ports(ctx, next, l3 + l4, room) else {
+                return Parsed6::Malformed;
+            };
+            Parsed6::Flow(Ipv6Flow {
+                l2,
+                flow: Flow6Key {
+                    src_addr,
+                    dst_addr,
+                    src_port: ports.src_port,
+                    dst_port: ports.dst_port,
+                    proto: next,
+                    _pad: 0,
+                    _pad2: 0,
+                },
+                pkt_len,
+                tclass,
+                tcp_syn: ports.tcp_syn,
+                tcp_fin_rst: ports.tcp_fin_rst,
+            })
+        }
+        IPPROTO_ICMPV6 => {
+            if room < 8 {
+                return Parsed6::Malformed;
+            }
+            let Some(icmp) = ptr_at::<[u8; 2]>(ctx, l3 + l4) else {
+                return Parsed6::Malformed;
+            };
+            let [icmp_type, icmp_code] = unsafe { *icmp };
+            Parsed6::Icmp(Ipv6Icmp {
+                l2,
+                l4,
+                pkt_len,
+                src_addr,
+                dst_addr,
+                tclass,
+                icmp_type,
+                icmp_code,
+            })
+        }
+        _ => Parsed6::Other,
+    }
 }

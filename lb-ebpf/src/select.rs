@@ -5,18 +5,140 @@
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    maps::LruHashMap,
+};
 use lb_common::{
-    flow_hash, AffinityKey, AffinityPin, Backend, FlowKey, FlowPin, GlobalStats, VipMeta,
-    BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING, FLOW_F_CLOSED,
-    FLOW_TICK_SHIFT, LEAST_CONN_MAX_BACKENDS, NO_BACKEND, POLICY_LEAST_CONN, POLICY_MAGLEV,
-    POLICY_MAGLEV_SOURCE, POLICY_RANDOM, POLICY_ROUND_ROBIN, RING_SLOTS_PER_ENTRY,
+    flow_hash, flow_hash6, ipv6_prefix_mask, Affinity6Key, AffinityKey, AffinityPin, Backend,
+    Flow6Key, FlowKey, FlowPin, GlobalStats, VipMeta, BACKEND_F_ACTIVE, BACKEND_F_AFFINITY,
+    BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING, FLOW_F_CLOSED, FLOW_TICK_SHIFT,
+    LEAST_CONN_MAX_BACKENDS, NO_BACKEND, POLICY_LEAST_CONN, POLICY_MAGLEV, POLICY_MAGLEV_SOURCE,
+    POLICY_RANDOM, POLICY_ROUND_ROBIN, RING_SLOTS_PER_ENTRY,
 };
 
 use crate::{
     classify,
-    maps::{AFFINITY, BACKENDS, BACKEND_CONNS, FLOWS, RINGS, RR_CURSORS},
+    maps::{AFFINITY, AFFINITY6, BACKENDS, BACKEND_CONNS, FLOWS, FLOWS6, RINGS, RR_CURSORS},
 };
+
+/// A connection-table key of either family: what selection needs of it.
+/// Every function below is generic over it, so the two families share
+/// one source and each gets its own code, with IPv4's unchanged.
+pub trait Tuple: Sized + 'static {
+    type AffinityKey: 'static;
+    /// The family's connection table.
+    fn pins() -> &'static LruHashMap<Self, FlowPin>;
+    /// The family's affinity table.
+    fn affinities() -> &'static LruHashMap<Self::AffinityKey, AffinityPin>;
+    /// The client (masked to the VIP's prefix) of a VIP.
+    fn affinity_key(&self, vip: &VipMeta) -> Self::AffinityKey;
+    /// The 5-tuple hash (Maglev, GUE source port, flow label).
+    fn hash(&self) -> u32;
+    /// The hash of the masked client address, port left out
+    /// (`maglev-source`).
+    fn source_hash(&self, vip: &VipMeta) -> u32;
+    /// The VIP the flow is addressed to.
+    fn vip(&self) -> Option<VipMeta>;
+}
+
+impl Tuple for FlowKey {
+    type AffinityKey = AffinityKey;
+    #[inline(always)]
+    fn pins() -> &'static LruHashMap<Self, FlowPin> {
+        &FLOWS
+    }
+    #[inline(always)]
+    fn affinities() -> &'static LruHashMap<AffinityKey, AffinityPin> {
+        &AFFINITY
+    }
+    #[inline(always)]
+    fn affinity_key(&self, vip: &VipMeta) -> AffinityKey {
+        AffinityKey {
+            vip_id: vip.vip_id,
+            client: self.src_addr & vip.src_mask,
+        }
+    }
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+    #[inline(always)]
+    fn source_hash(&self, vip: &VipMeta) -> u32 {
+        flow_hash(
+            self.src_addr & vip.src_mask,
+            self.dst_addr,
+            0,
+            self.dst_port,
+            self.proto,
+        )
+    }
+    #[inline(always)]
+    fn vip(&self) -> Option<VipMeta> {
+        classify::lookup_vip(self)
+    }
+}
+
+/// `src` masked to the VIP's client prefix.
+#[inline(always)]
+fn masked6(src: &[u32; 4], vip: &VipMeta) -> [u32; 4] {
+    let mask = ipv6_prefix_mask(vip.source_prefix);
+    [
+        src[0] & mask[0],
+        src[1] & mask[1],
+        src[2] & mask[2],
+        src[3] & mask[3],
+    ]
+}
+
+impl Tuple for Flow6Key {
+    type AffinityKey = Affinity6Key;
+    #[inline(always)]
+    fn pins() -> &'static LruHashMap<Self, FlowPin> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn affinities() -> &'static LruHashMap<Affinity6Key, AffinityPin> {
+        &AFFINITY6
+    }
+    #[inline(always)]
+    fn affinity_key(&self, vip: &VipMeta) -> Affinity6Key {
+        Affinity6Key {
+            vip_id: vip.vip_id,
+            client: masked6(&self.src_addr, vip),
+        }
+    }
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash6(
+            &self.src_addr,
+            &self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+    #[inline(always)]
+    fn source_hash(&self, vip: &VipMeta) -> u32 {
+        flow_hash6(
+            &masked6(&self.src_addr, vip),
+            &self.dst_addr,
+            0,
+            self.dst_port,
+            self.proto,
+        )
+    }
+    #[inline(always)]
+    fn vip(&self) -> Option<VipMeta> {
+        classify::lookup_vip6(self)
+    }
+}
 
 pub struct Selected {
     pub backend_id: u32,
@@ -44,8 +166,8 @@ const TRACKED: u32 = BACKEND_F_COUNT_CONNS | BACKEND_F_AFFINITY;
 /// and stops being active when it leaves its VIP (or the VIP goes).
 /// `closing`: the packet is the client's FIN or RST.
 #[inline(always)]
-pub fn pinned(flow: &FlowKey, closing: bool) -> Pinned {
-    let Some(pin) = FLOWS.get_ptr_mut(flow) else {
+pub fn pinned<T: Tuple>(flow: &T, closing: bool) -> Pinned {
+    let Some(pin) = T::pins().get_ptr_mut(flow) else {
         return Pinned::Miss;
     };
     // SAFETY: a map value pointer, valid for the program's run; another CPU
@@ -78,8 +200,8 @@ pub fn pinned(flow: &FlowKey, closing: bool) -> Pinned {
 /// not closed: a retransmitted SYN of a VIP whose policy is not a function
 /// of the tuple must reach the backend its first copy reached.
 #[inline(always)]
-pub fn open_pin(flow: &FlowKey) -> Option<Selected> {
-    let pin = unsafe { FLOWS.get(flow) }?;
+pub fn open_pin<T: Tuple>(flow: &T) -> Option<Selected> {
+    let pin = unsafe { T::pins().get(flow) }?;
     if pin.flags & FLOW_F_CLOSED != 0 {
         return None;
     }
@@ -102,7 +224,7 @@ fn live_backend(id: u32, generation: u32) -> Option<Backend> {
 /// (and when the client closes) stamps the pin and refreshes the client's
 /// affinity.
 #[inline(always)]
-fn track(flow: &FlowKey, pin: &mut FlowPin, backend: &Backend, closes: bool) {
+fn track<T: Tuple>(flow: &T, pin: &mut FlowPin, backend: &Backend, closes: bool) {
     let now = coarse_now();
     let tick = (now >> FLOW_TICK_SHIFT) as u32;
     if tick == pin.last_seen_tick && !closes {
@@ -111,7 +233,7 @@ fn track(flow: &FlowKey, pin: &mut FlowPin, backend: &Backend, closes: bool) {
     pin.last_seen_tick = tick;
     if backend.flags & BACKEND_F_AFFINITY != 0 {
         // Rare (once a tick per flow): worth a VIP lookup for the mask.
-        if let Some(vip) = classify::lookup_vip(flow) {
+        if let Some(vip) = flow.vip() {
             refresh_affinity(flow, &vip, pin.backend_id, pin.generation, now);
         }
     }
@@ -120,7 +242,7 @@ fn track(flow: &FlowKey, pin: &mut FlowPin, backend: &Backend, closes: bool) {
 /// Picks a backend for a new flow, pins the flow to it and, for least-conn,
 /// counts the connection. `None`: the VIP has no backend for new flows.
 #[inline(always)]
-pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Option<Selected> {
+pub fn new_flow<T: Tuple>(flow: &T, vip: &VipMeta, stats: &mut GlobalStats) -> Option<Selected> {
     let tracked = vip.policy == POLICY_LEAST_CONN || vip.affinity_timeout_s != 0;
     let now = if tracked { coarse_now() } else { 0 };
     let mut selected = None;
@@ -137,7 +259,7 @@ pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Optio
                     generation: selected.backend.generation,
                     last_seen_ns: now,
                 };
-                let _ = AFFINITY.insert(affinity_key(flow, vip), pin, 0);
+                let _ = T::affinities().insert(flow.affinity_key(vip), pin, 0);
             }
             selected
         }
@@ -148,7 +270,7 @@ pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Optio
         last_seen_tick: (now >> FLOW_TICK_SHIFT) as u32,
         flags: 0,
     };
-    if FLOWS.insert(flow, pin, 0).is_err() {
+    if T::pins().insert(flow, pin, 0).is_err() {
         stats.flow_pin_errors += 1;
     }
     if vip.policy == POLICY_LEAST_CONN {
@@ -160,13 +282,13 @@ pub fn new_flow(flow: &FlowKey, vip: &VipMeta, stats: &mut GlobalStats) -> Optio
 /// The backend of the client's affinity entry, if it is younger than the
 /// VIP's timeout and its backend still takes new flows; refreshes it.
 #[inline(always)]
-fn affinity_choice(
-    flow: &FlowKey,
+fn affinity_choice<T: Tuple>(
+    flow: &T,
     vip: &VipMeta,
     now: u64,
     stats: &mut GlobalStats,
 ) -> Option<Selected> {
-    let entry = AFFINITY.get_ptr_mut(affinity_key(flow, vip))?;
+    let entry = T::affinities().get_ptr_mut(flow.affinity_key(vip))?;
     // SAFETY: a map value pointer, valid for the program's run.
     let entry = unsafe { &mut *entry };
     if now.wrapping_sub(entry.last_seen_ns) > vip.affinity_timeout_s as u64 * 1_000_000_000 {
@@ -190,9 +312,10 @@ fn affinity_choice(
 /// only if it still names this flow's backend (a newer flow may have moved
 /// the client after an expiry), or recreates it if it was evicted.
 #[inline(always)]
-fn refresh_affinity(flow: &FlowKey, vip: &VipMeta, backend_id: u32, generation: u32, now: u64) {
-    let key = affinity_key(flow, vip);
-    match AFFINITY.get_ptr_mut(key) {
+fn refresh_affinity<T: Tuple>(flow: &T, vip: &VipMeta, backend_id: u32, generation: u32, now: u64) {
+    let key = flow.affinity_key(vip);
+    let affinities = T::affinities();
+    match affinities.get_ptr_mut(&key) {
         Some(entry) => {
             // SAFETY: a map value pointer, valid for the program's run.
             let entry = unsafe { &mut *entry };
@@ -206,22 +329,14 @@ fn refresh_affinity(flow: &FlowKey, vip: &VipMeta, backend_id: u32, generation: 
                 generation,
                 last_seen_ns: now,
             };
-            let _ = AFFINITY.insert(key, pin, 0);
+            let _ = affinities.insert(&key, pin, 0);
         }
-    }
-}
-
-#[inline(always)]
-fn affinity_key(flow: &FlowKey, vip: &VipMeta) -> AffinityKey {
-    AffinityKey {
-        vip_id: vip.vip_id,
-        client: flow.src_addr & vip.src_mask,
     }
 }
 
 /// The policy's backend for a new flow. `None`: none takes new flows.
 #[inline(always)]
-fn policy_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
+fn policy_choice<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<Selected> {
     if vip.ring_size == 0 {
         return None;
     }
@@ -251,22 +366,10 @@ fn policy_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
 /// one). `None`: the VIP has no backend for new flows, or another policy
 /// (its choice is no function of the tuple: only the pin knows it).
 #[inline(always)]
-pub fn ring_choice(flow: &FlowKey, vip: &VipMeta) -> Option<Selected> {
+pub fn ring_choice<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<Selected> {
     let hash = match vip.policy {
-        POLICY_MAGLEV => flow_hash(
-            flow.src_addr,
-            flow.dst_addr,
-            flow.src_port,
-            flow.dst_port,
-            flow.proto,
-        ),
-        POLICY_MAGLEV_SOURCE => flow_hash(
-            flow.src_addr & vip.src_mask,
-            flow.dst_addr,
-            0,
-            flow.dst_port,
-            flow.proto,
-        ),
+        POLICY_MAGLEV => flow.hash(),
+        POLICY_MAGLEV_SOURCE => flow.source_hash(vip),
         _ => return None,
     };
     if vip.ring_size == 0 {

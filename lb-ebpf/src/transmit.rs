@@ -1,5 +1,5 @@
 //! Where an encapsulated packet goes next: `bpf_fib_lookup` on the outer
-//! destination, or a configured static next hop.
+//! destination (IPv4 or IPv6), or a configured static next hop.
 
 use core::mem::size_of;
 
@@ -11,9 +11,10 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{DataPathConfig, NEXT_HOP_STATIC};
+use lb_common::{DataPathConfig, Ipv6Wire, NEXT_HOP_STATIC};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 pub enum NextHop {
     /// Rewrite the MACs and send with `action` (XDP_TX or XDP_REDIRECT).
@@ -46,6 +47,25 @@ fn zero_fib_params(params: *mut bpf_fib_lookup) {
     }
 }
 
+/// The static next hop, if configured: `None` sends the caller to the FIB.
+#[inline(always)]
+fn static_next_hop(config: &DataPathConfig, outer_len: u16) -> Option<NextHop> {
+    if config.next_hop_mode != NEXT_HOP_STATIC {
+        return None;
+    }
+    if outer_len as u32 > config.static_mtu {
+        return Some(NextHop::TooBig {
+            mtu: config.static_mtu,
+        });
+    }
+    Some(NextHop::Out {
+        action: xdp_action::XDP_TX,
+        src_mac: config.static_src_mac,
+        dst_mac: config.static_dst_mac,
+    })
+}
+
+/// The next hop towards an IPv4 outer destination.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
@@ -55,31 +75,53 @@ pub fn next_hop(
     outer_len: u16,
     tos: u8,
 ) -> NextHop {
-    if config.next_hop_mode == NEXT_HOP_STATIC {
-        if outer_len as u32 > config.static_mtu {
-            return NextHop::TooBig {
-                mtu: config.static_mtu,
-            };
-        }
-        return NextHop::Out {
-            action: xdp_action::XDP_TX,
-            src_mac: config.static_src_mac,
-            dst_mac: config.static_dst_mac,
-        };
+    if let Some(hop) = static_next_hop(config, outer_len) {
+        return hop;
     }
-
-    let ingress = ctx.ingress_ifindex() as u32;
     let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero_fib_params(raw.as_mut_ptr());
     // SAFETY: every byte was just written; all-zero is a valid value.
     let params = unsafe { &mut *raw.as_mut_ptr() };
     params.family = AF_INET;
-    params.ifindex = ingress;
-    // Non-zero tot_len makes the kernel check it against the route's MTU.
-    params.__bindgen_anon_1.tot_len = outer_len;
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = outer_src;
     params.__bindgen_anon_4.ipv4_dst = outer_dst;
+    fib(ctx, params, outer_len)
+}
+
+/// The next hop towards an IPv6 outer destination (addresses wire order,
+/// `flow_label` host order: multipath routes hash it).
+#[inline(always)]
+pub fn next_hop6(
+    ctx: &XdpContext,
+    config: &DataPathConfig,
+    outer_src: &Ipv6Wire,
+    outer_dst: &Ipv6Wire,
+    outer_len: u16,
+    flow_label: u32,
+) -> NextHop {
+    if let Some(hop) = static_next_hop(config, outer_len) {
+        return hop;
+    }
+    let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero_fib_params(raw.as_mut_ptr());
+    // SAFETY: every byte was just written; all-zero is a valid value.
+    let params = unsafe { &mut *raw.as_mut_ptr() };
+    params.family = AF_INET6;
+    params.__bindgen_anon_2.flowinfo = flow_label.to_be();
+    params.__bindgen_anon_3.ipv6_src = *outer_src;
+    params.__bindgen_anon_4.ipv6_dst = *outer_dst;
+    fib(ctx, params, outer_len)
+}
+
+/// Runs the FIB lookup of `params` (family, addresses set) for a packet
+/// of `outer_len` bytes entering on the receiving interface.
+#[inline(always)]
+fn fib(ctx: &XdpContext, params: &mut bpf_fib_lookup, outer_len: u16) -> NextHop {
+    let ingress = ctx.ingress_ifindex() as u32;
+    params.ifindex = ingress;
+    // Non-zero tot_len makes the kernel check it against the route's MTU.
+    params.__bindgen_anon_1.tot_len = outer_len;
     let ret = unsafe {
         fib_lookup(
             ctx.ctx as *mut _,
