@@ -2,7 +2,7 @@
 //! independently of the data path's code, so a test that compares output
 //! bytes also checks the program's checksums.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const LB_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
@@ -51,6 +51,53 @@ pub enum L4 {
     Icmp,
     /// Raw bytes after the IPv4 header (e.g. an inner packet).
     Raw(u8, Vec<u8>),
+}
+
+impl L4 {
+    /// The transport segment (with `payload`) and its protocol number;
+    /// `checksum(proto, segment)` sums the family's pseudo-header with it.
+    /// `Icmp` is an ICMP echo request (no pseudo-header: `checksum` is not
+    /// called); [`Ipv6`] builds its ICMPv6 twin itself.
+    fn segment(&self, payload: &[u8], checksum: impl Fn(u8, &[u8]) -> u16) -> (u8, Vec<u8>) {
+        match self {
+            L4::Tcp { src, dst, flags } => {
+                let mut seg = Vec::new();
+                seg.extend_from_slice(&src.to_be_bytes());
+                seg.extend_from_slice(&dst.to_be_bytes());
+                seg.extend_from_slice(&1000u32.to_be_bytes()); // seq
+                seg.extend_from_slice(
+                    &(if flags & TCP_ACK != 0 { 2000u32 } else { 0 }).to_be_bytes(),
+                );
+                seg.push(5 << 4); // data offset
+                seg.push(*flags);
+                seg.extend_from_slice(&64240u16.to_be_bytes());
+                seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+                seg.extend_from_slice(payload);
+                let c = checksum(6, &seg);
+                seg[16..18].copy_from_slice(&c.to_be_bytes());
+                (6, seg)
+            }
+            L4::Udp { src, dst } => {
+                let mut seg = Vec::new();
+                seg.extend_from_slice(&src.to_be_bytes());
+                seg.extend_from_slice(&dst.to_be_bytes());
+                seg.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                seg.extend_from_slice(&[0, 0]);
+                seg.extend_from_slice(payload);
+                let c = checksum(17, &seg);
+                seg[6..8].copy_from_slice(&c.to_be_bytes());
+                (17, seg)
+            }
+            L4::Icmp => {
+                let mut seg = vec![8, 0, 0, 0, 0, 1, 0, 1];
+                seg.extend_from_slice(payload);
+                let c = internet_checksum(&seg);
+                seg[2..4].copy_from_slice(&c.to_be_bytes());
+                (1, seg)
+            }
+            L4::Raw(proto, bytes) => (*proto, bytes.clone()),
+        }
+    }
 }
 
 /// An IPv4 packet description; `bytes()` renders it.
@@ -111,54 +158,17 @@ impl Ipv4 {
     }
 
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
-        let pseudo = |proto: u8, seg: &[u8]| {
-            let mut p = Vec::new();
-            p.extend_from_slice(&self.src.octets());
-            p.extend_from_slice(&self.dst.octets());
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        self.l4.segment(&self.payload, |proto, seg| {
+            let mut p = pseudo.clone();
             p.push(0);
             p.push(proto);
             p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
             p.extend_from_slice(seg);
             internet_checksum(&p)
-        };
-        match &self.l4 {
-            L4::Tcp { src, dst, flags } => {
-                let mut seg = Vec::new();
-                seg.extend_from_slice(&src.to_be_bytes());
-                seg.extend_from_slice(&dst.to_be_bytes());
-                seg.extend_from_slice(&1000u32.to_be_bytes()); // seq
-                seg.extend_from_slice(
-                    &(if flags & TCP_ACK != 0 { 2000u32 } else { 0 }).to_be_bytes(),
-                );
-                seg.push(5 << 4); // data offset
-                seg.push(*flags);
-                seg.extend_from_slice(&64240u16.to_be_bytes());
-                seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
-                seg.extend_from_slice(&self.payload);
-                let c = pseudo(6, &seg);
-                seg[16..18].copy_from_slice(&c.to_be_bytes());
-                (6, seg)
-            }
-            L4::Udp { src, dst } => {
-                let mut seg = Vec::new();
-                seg.extend_from_slice(&src.to_be_bytes());
-                seg.extend_from_slice(&dst.to_be_bytes());
-                seg.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                seg.extend_from_slice(&[0, 0]);
-                seg.extend_from_slice(&self.payload);
-                let c = pseudo(17, &seg);
-                seg[6..8].copy_from_slice(&c.to_be_bytes());
-                (17, seg)
-            }
-            L4::Icmp => {
-                let mut seg = vec![8, 0, 0, 0, 0, 1, 0, 1];
-                seg.extend_from_slice(&self.payload);
-                let c = internet_checksum(&seg);
-                seg[2..4].copy_from_slice(&c.to_be_bytes());
-                (1, seg)
-            }
-            L4::Raw(proto, bytes) => (*proto, bytes.clone()),
-        }
+        })
     }
 
     /// The packet from the IPv4 header on, checksums included.
@@ -394,4 +404,257 @@ pub fn frag_needed_reply_with_overhead(input: &[u8], egress_mtu: u16, overhead: 
         ETHERTYPE_IPV4,
         &reply.bytes_with_id(0),
     )
+}
+
+/// An IPv6 extension header: its type (hop-by-hop 0, routing 43, fragment
+/// 44, destination options 60) and the bytes after its next-header and
+/// length fields (6 + 8n bytes; a fragment header's length byte is
+/// reserved, 0).
+#[derive(Debug, Clone)]
+pub struct Ipv6Ext {
+    pub kind: u8,
+    pub body: Vec<u8>,
+}
+
+impl Ipv6Ext {
+    /// A hop-by-hop or destination-options header of `8 * (1 + n)` bytes
+    /// of PadN.
+    pub fn padding(kind: u8, n: usize) -> Self {
+        let mut body = vec![1, (4 + 8 * n) as u8];
+        body.resize(6 + 8 * n, 0);
+        Self { kind, body }
+    }
+
+    /// A fragment header: `offset` in 8-byte units, more fragments flag.
+    pub fn fragment(offset: u16, more: bool) -> Self {
+        let field = (offset << 3) | more as u16;
+        let mut body = field.to_be_bytes().to_vec();
+        body.extend_from_slice(&0x4c42_0001u32.to_be_bytes());
+        Self { kind: 44, body }
+    }
+}
+
+/// An IPv6 packet description; `bytes()` renders it.
+#[derive(Debug, Clone)]
+pub struct Ipv6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub tclass: u8,
+    pub flow_label: u32,
+    pub hop_limit: u8,
+    pub ext: Vec<Ipv6Ext>,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+}
+
+impl Ipv6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Self {
+        Self {
+            src,
+            dst,
+            tclass: 0,
+            flow_label: 0x1_2345,
+            hop_limit: 63,
+            ext: Vec::new(),
+            l4,
+            payload: b"hello".to_vec(),
+        }
+    }
+
+    pub fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                src: sport,
+                dst: dport,
+                flags,
+            },
+        )
+    }
+
+    pub fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Udp {
+                src: sport,
+                dst: dport,
+            },
+        )
+    }
+
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// The checksum of the upper-layer segment `seg` (ICMPv6, TCP, UDP)
+    /// under this packet's pseudo-header.
+    pub fn upper_checksum(&self, next: u8, seg: &[u8]) -> u16 {
+        let mut p = Vec::new();
+        p.extend_from_slice(&self.src.octets());
+        p.extend_from_slice(&self.dst.octets());
+        p.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, next]);
+        p.extend_from_slice(seg);
+        internet_checksum(&p)
+    }
+
+    /// The packet from the IPv6 header on, checksums included. `L4::Icmp`
+    /// is an ICMPv6 echo request (type 128).
+    pub fn bytes(&self) -> Vec<u8> {
+        let (next, l4) = match self.l4 {
+            L4::Icmp => {
+                let mut seg = vec![128, 0, 0, 0, 0, 1, 0, 1];
+                seg.extend_from_slice(&self.payload);
+                let c = self.upper_checksum(58, &seg);
+                seg[2..4].copy_from_slice(&c.to_be_bytes());
+                (58, seg)
+            }
+            _ => self
+                .l4
+                .segment(&self.payload, |proto, seg| self.upper_checksum(proto, seg)),
+        };
+        let kinds: Vec<u8> = self.ext.iter().map(|e| e.kind).chain([next]).collect();
+        let mut chain = Vec::new();
+        for (i, ext) in self.ext.iter().enumerate() {
+            assert!(ext.body.len() >= 6 && (ext.body.len() - 6).is_multiple_of(8));
+            chain.push(kinds[i + 1]);
+            chain.push(if ext.kind == 44 {
+                0
+            } else {
+                ((ext.body.len() - 6) / 8) as u8
+            });
+            chain.extend_from_slice(&ext.body);
+        }
+        chain.extend_from_slice(&l4);
+        ipv6_header(
+            self.tclass,
+            self.flow_label,
+            kinds[0],
+            self.hop_limit,
+            (self.src, self.dst),
+            &chain,
+        )
+    }
+}
+
+/// An IPv6 header from `addrs.0` to `addrs.1` in front of `payload`.
+pub fn ipv6_header(
+    tclass: u8,
+    flow_label: u32,
+    next: u8,
+    hop_limit: u8,
+    addrs: (Ipv6Addr, Ipv6Addr),
+    payload: &[u8],
+) -> Vec<u8> {
+    let head = (6u32 << 28) | ((tclass as u32) << 20) | (flow_label & 0xf_ffff);
+    let mut b = head.to_be_bytes().to_vec();
+    b.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    b.push(next);
+    b.push(hop_limit);
+    b.extend_from_slice(&addrs.0.octets());
+    b.extend_from_slice(&addrs.1.octets());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// An IPv6 client frame as the LB receives it from the router.
+pub fn from_router6(ip: &Ipv6) -> Vec<u8> {
+    ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV6, &ip.bytes())
+}
+
+/// The data path's flow hash of an IPv6 flow (host-order ports).
+pub fn flow_hash6_of(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, proto: u8) -> u32 {
+    lb_common::flow_hash6(
+        &lb_common::ipv6_to_wire(src.octets()),
+        &lb_common::ipv6_to_wire(dst.octets()),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    )
+}
+
+/// The outer IPv6 packet the LB must send for `inner` (an IPv4 packet when
+/// `next` is 4, IPv6 when 41) to an IPv6 backend: hop limit 64, the
+/// inner packet's TOS or traffic class, the flow label from the flow hash.
+pub fn ip6_tunnel(
+    addrs: (Ipv6Addr, Ipv6Addr),
+    next: u8,
+    tclass: u8,
+    flow_hash: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let label = lb_common::outer_flow_label(flow_hash);
+    ipv6_header(tclass, label, next, 64, addrs, inner)
+}
+
+/// The IPv6-in-IPv4 packet (protocol 41) the LB must send for the IPv6
+/// packet `inner` to an IPv4 backend: as [`ipip`], the TOS from the inner
+/// traffic class.
+pub fn sit(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    let tclass = (inner[0] << 4) | (inner[1] >> 4);
+    Ipv4 {
+        src: outer_src,
+        dst: outer_dst,
+        tos: tclass,
+        ttl: 64,
+        frags: 0x4000,
+        options: Vec::new(),
+        l4: L4::Raw(41, inner.to_vec()),
+        payload: Vec::new(),
+    }
+    .bytes_with_id(0)
+}
+
+/// An ICMPv6 message from `from` to `to`: type, code, the 4 type-specific
+/// bytes `rest`, then `data`, its checksum over the pseudo-header.
+pub fn icmp6_packet(
+    (from, to): (Ipv6Addr, Ipv6Addr),
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    data: &[u8],
+) -> Ipv6 {
+    let mut m = vec![icmp_type, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(data);
+    let mut ip = Ipv6::new(from, to, L4::Raw(58, Vec::new()));
+    let c = ip.upper_checksum(58, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ip.l4 = L4::Raw(58, m);
+    ip.payload = Vec::new();
+    ip
+}
+
+/// The ICMPv6 "packet too big" frame the balancer must send back for the
+/// IPv6 client frame `input` when the egress MTU is `egress_mtu` and the
+/// tunnel adds `overhead`: MACs swapped, tag kept, from the VIP to the
+/// client, traffic class and flow label 0, hop limit 64, MTU
+/// `egress_mtu - overhead` (at least 1280), quoting the packet's first
+/// min(length, 128) bytes rounded down to a multiple of 4.
+pub fn packet_too_big_reply(input: &[u8], egress_mtu: u32, overhead: u32) -> Vec<u8> {
+    let ethertype = u16::from_be_bytes([input[12], input[13]]);
+    let (vlan, l3) = if ethertype == ETHERTYPE_VLAN {
+        (Some(u16::from_be_bytes([input[14], input[15]])), 18)
+    } else {
+        (None, 14)
+    };
+    let ip = &input[l3..];
+    let pkt_len = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let quote = &ip[..pkt_len.min(128) & !3];
+    let addr = |at: usize| -> Ipv6Addr {
+        let a: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
+        Ipv6Addr::from(a)
+    };
+    let (client, vip) = (addr(8), addr(24));
+    let mtu = (egress_mtu - overhead).max(1280).to_be_bytes();
+    let mut reply = icmp6_packet((vip, client), 2, 0, mtu, quote);
+    reply.tclass = 0;
+    reply.flow_label = 0;
+    reply.hop_limit = 64;
+    let src_mac: [u8; 6] = input[0..6].try_into().expect("6 bytes");
+    let dst_mac: [u8; 6] = input[6..12].try_into().expect("6 bytes");
+    ethernet(dst_mac, src_mac, vlan, ETHERTYPE_IPV6, &reply.bytes())
 }
