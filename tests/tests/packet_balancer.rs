@@ -18,6 +18,8 @@ use lb_userspace::{
     encap::Encap,
 };
 
+mod ipv6;
+
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 8);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -951,6 +953,7 @@ fn cases() -> Vec<Case> {
         },
     ];
     cases.extend(gue_cases());
+    cases.extend(ipv6::ipv6_cases());
     cases
 }
 
