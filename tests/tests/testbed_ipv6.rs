@@ -14,7 +14,7 @@ use std::{
 
 use lb_tests::topology::{
     backend_addr6, client_addr6, echo_roundtrip, Topology, TopologySpec, HEALTH_PORT, HOST_IF,
-    LB_ADDR6,
+    LB_ADDR6, LB_GATEWAY6, SHARED_BRIDGE,
 };
 
 const PORT: u16 = 8080;
@@ -23,20 +23,32 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x10);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn build() -> Topology {
+fn spec() -> TopologySpec {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
         "the test bed tests create network namespaces and must run as root"
     );
-    Topology::build(TopologySpec {
+    TopologySpec {
         clients: 2,
         backends: 2,
         vips: vec![VIP.into(), VIP6.into()],
         ports: vec![PORT, PORT2],
-    })
-    .unwrap_or_else(|e| panic!("building the test bed: {e:#}"))
+    }
+}
+
+fn build() -> Topology {
+    Topology::build(spec()).unwrap_or_else(|e| panic!("building the test bed: {e:#}"))
+}
+
+/// Whether a TCP SYN from client `i` to `target` comes back refused: the
+/// host's kernel answered, so the path there and back works.
+fn refused(topo: &Topology, i: usize, target: SocketAddr) -> bool {
+    let result = topo
+        .client_ns(i)
+        .run(|| TcpStream::connect_timeout(&target, TIMEOUT).map(|_| ()));
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 fn ok<T>(result: anyhow::Result<T>, what: &str) -> T {
@@ -272,6 +284,70 @@ fn ipv6_vip_on_a_backend_answers_the_client_directly() {
             .udp_ask(1, 0, VIP6, port, b"to the vip", TIMEOUT)
             .unwrap_or_else(|e| panic!("UDP from client 1 to [{VIP6}]:{port}: {e:#}"));
         assert_eq!(name, "b2", "UDP to the VIP on port {port}");
+    }
+}
+
+#[test]
+fn every_lb_node_has_its_ipv6_address_on_its_own_link_or_the_shared_one() {
+    let topo = Topology::build_multi(spec(), 3)
+        .unwrap_or_else(|e| panic!("building a bed of 3 LB nodes: {e:#}"));
+    for k in 0..3 {
+        let addr = topo.lb_host(k).addr6;
+        assert_eq!(addr, lb_tests::topology::lb_node_addr6(k));
+        assert!(
+            refused(&topo, 1, SocketAddr::from((addr, 9))),
+            "LB node {k} at {addr} does not answer client 1"
+        );
+    }
+    drop(topo);
+
+    let topo = Topology::build_shared(spec(), 2)
+        .unwrap_or_else(|e| panic!("building a shared LB segment: {e:#}"));
+    let node1 = topo.lb_host(1).addr6;
+    assert_eq!(node1.to_string(), "2001:db8:18:1::3");
+    assert_eq!(topo.lb_host(1).gateway6, LB_GATEWAY6);
+    assert!(
+        refused(&topo, 0, SocketAddr::from((node1, 9))),
+        "LB node 1 at {node1} does not answer across the shared segment"
+    );
+    let route = ok(
+        topo.router_ns()
+            .ip(&["-6", "route", "show", &format!("{VIP6}/128")]),
+        "the VIP's route",
+    );
+    assert!(
+        route.contains(&format!("dev {SHARED_BRIDGE}")),
+        "{VIP6} is not routed onto the shared segment: {route}"
+    );
+}
+
+#[test]
+fn a_link_taken_down_keeps_its_ipv6_address_and_gets_its_routes_back() {
+    let topo = build();
+    let lb = topo.lb_host(0);
+    for state in ["down", "up"] {
+        ok(lb.ns.ip(&["link", "set", HOST_IF, state]), "LB link");
+    }
+    let addrs = ok(
+        lb.ns.ip(&["-6", "addr", "show", "dev", HOST_IF]),
+        "LB addresses",
+    );
+    assert!(
+        addrs.contains(&format!("{}/64", lb.addr6)),
+        "the LB lost its IPv6 address with its link: {addrs}"
+    );
+    ok(
+        lb.restore_default_routes(),
+        "restoring the LB's default routes",
+    );
+    for target in [
+        SocketAddr::from((lb.addr, 9)),
+        SocketAddr::from((lb.addr6, 9)),
+    ] {
+        assert!(
+            refused(&topo, 0, target),
+            "the LB at {target} is unreachable after its link came back"
+        );
     }
 }
 
