@@ -42,6 +42,16 @@ fn build() -> Topology {
     Topology::build(spec()).unwrap_or_else(|e| panic!("building the test bed: {e:#}"))
 }
 
+/// Panics unless the router's route to the IPv6 VIP says `how`.
+fn assert_vip6_routed(topo: &Topology, how: &str) {
+    let route = ok(
+        topo.router_ns()
+            .ip(&["-6", "route", "get", &VIP6.to_string()]),
+        "looking up the VIP's route",
+    );
+    assert!(route.contains(how), "{VIP6} not routed {how}: {route}");
+}
+
 /// Whether a TCP SYN from client `i` to `target` comes back refused: the
 /// host's kernel answered, so the path there and back works.
 fn refused(topo: &Topology, i: usize, target: SocketAddr) -> bool {
@@ -141,15 +151,7 @@ fn addresses_are_static_and_usable_at_once() {
             "backend {j}'s lo lacks {VIP6}/128: {lo}"
         );
     }
-    let route = ok(
-        topo.router_ns()
-            .ip(&["-6", "route", "get", &VIP6.to_string()]),
-        "looking up the VIP's route",
-    );
-    assert!(
-        route.contains(&format!("via {LB_ADDR6}")),
-        "{VIP6} not routed via the LB's {LB_ADDR6}: {route}"
-    );
+    assert_vip6_routed(&topo, &format!("via {LB_ADDR6}"));
 }
 
 #[test]
@@ -310,15 +312,7 @@ fn every_lb_node_has_its_ipv6_address_on_its_own_link_or_the_shared_one() {
         refused(&topo, 0, SocketAddr::from((node1, 9))),
         "LB node 1 at {node1} does not answer across the shared segment"
     );
-    let route = ok(
-        topo.router_ns()
-            .ip(&["-6", "route", "show", &format!("{VIP6}/128")]),
-        "the VIP's route",
-    );
-    assert!(
-        route.contains(&format!("dev {SHARED_BRIDGE}")),
-        "{VIP6} is not routed onto the shared segment: {route}"
-    );
+    assert_vip6_routed(&topo, &format!("dev {SHARED_BRIDGE}"));
 }
 
 #[test]
