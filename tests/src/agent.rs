@@ -445,7 +445,7 @@ impl Bed {
             crate::topology::TopologySpec {
                 clients: 2,
                 backends,
-                vips: vec![TEST_VIP],
+                vips: vec![TEST_VIP.into()],
                 ports: vec![port],
             },
             decap,

@@ -100,7 +100,7 @@ impl Cluster {
             TopologySpec {
                 clients: 2,
                 backends,
-                vips: vec![TEST_VIP],
+                vips: vec![TEST_VIP.into()],
                 ports: vec![PORT],
             },
             NODES,
@@ -301,18 +301,10 @@ impl Cluster {
             host.ns
                 .ip(&["link", "set", &host.ifname, "up"])
                 .context("link up")?;
-            // The link going down took the node's default route with it (a
-            // rebooted node configures it again); without it the agent's
+            // The link going down took the node's default routes with it (a
+            // rebooted node configures them again); without them the agent's
             // health checks fail and it rightly announces nothing.
-            host.ns
-                .ip(&[
-                    "route",
-                    "replace",
-                    "default",
-                    "via",
-                    &host.gateway.to_string(),
-                ])
-                .context("default route")?;
+            host.restore_default_routes().context("default routes")?;
         }
         if how.kills_processes() {
             self.agents[k]

@@ -2,27 +2,41 @@
 //! backends, each in its own namespace, wired with veth pairs.
 //!
 //! ```text
-//!  client i (eth0 198.18.(10+i).2) ── lbt-c<i> 198.18.(10+i).1 ┐
-//!                                                              │ router
-//!  lb (eth0 198.18.1.2, MTU 1600) ─── lbt-lb 198.18.1.1 ───────┤ (VIP/32 via 198.18.1.2)
-//!                                                              │
-//!  backend j "b<j+1>" (eth0 198.19.(j+1).2, MTU 1600) ── lbt-b<j+1> 198.19.(j+1).1
+//!  client i (eth0 198.18.(10+i).2        ── lbt-c<i> 198.18.(10+i).1       ┐
+//!            2001:db8:18:<10+i>::2)                  2001:db8:18:<10+i>::1 │
+//!                                                                         │ router
+//!  lb (eth0 198.18.1.2                   ── lbt-lb 198.18.1.1              ├ VIP/32 via 198.18.1.2
+//!       2001:db8:18:1::2, MTU 1600)               2001:db8:18:1::1         │ VIP/128 via 2001:db8:18:1::2
+//!                                                                         │
+//!  backend j "b<j+1>" (eth0 198.19.(j+1).2 ── lbt-b<j+1> 198.19.(j+1).1    ┘
+//!            2001:db8:19:<j+1>::2, MTU 1600)           2001:db8:19:<j+1>::1
 //! ```
 //!
+//! Every IPv4 address 198.B.C.D of the bed has an IPv6 twin
+//! 2001:db8:B:C::D ([`ipv6_of`]): the octets' decimal digits are written as
+//! hexadecimal digits, so the two read alike (client 0 is 198.18.10.2 and
+//! 2001:db8:18:10::2, whose fourth group is 0x10). Links are /24 and /64,
+//! VIPs /32 and /128 (e.g. 198.18.0.10 and 2001:db8:18::10). LB node `k`
+//! of [`Topology::build_multi`] is 198.18.(1+k).2 and 2001:db8:18:<1+k>::2.
+//! IPv6 addresses are static only: no router advertisements are accepted
+//! (none are sent: no daemon runs), nothing is autoconfigured, and duplicate
+//! address detection is off, so an address works as soon as it is added.
+//!
 //! Backends carry every VIP on `lo`, run `lb-backend-server` on the spec's
-//! ports (TCP and UDP) and the project's `decap` XDP program on `eth0`
-//! (this kernel has no ipip module). The LB namespace gets no XDP program:
-//! the caller attaches the balancer to [`Topology::lb_if`] inside
+//! ports (TCP and UDP, both families) and the project's `decap` XDP program
+//! on `eth0` (this kernel has no ipip module). The LB namespace gets no XDP
+//! program: the caller attaches the balancer to [`Topology::lb_if`] inside
 //! [`Topology::lb_ns`].
 //!
-//! Only 198.18.0.0/15 addresses are used, and nothing is linked to the root
+//! Only 198.18.0.0/15 and 2001:db8::/32 addresses are used (besides the
+//! kernel's own link-local ones), and nothing is linked to the root
 //! namespace. Everything is removed on drop (also while unwinding from a
 //! panic); namespaces left by a killed test run are removed by the next
 //! [`Topology::build`] (see [`reap_orphans`]).
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -52,8 +66,31 @@ pub const HEALTH_PORT: u16 = 9000;
 /// The LB's address and its router-side gateway.
 pub const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const LB_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The LB's IPv6 address (2001:db8:18:1::2) and its router-side gateway
+/// (2001:db8:18:1::1).
+pub const LB_ADDR6: Ipv6Addr = ipv6_of(LB_ADDR);
+pub const LB_GATEWAY6: Ipv6Addr = ipv6_of(LB_GATEWAY);
+/// Prefix length of every IPv6 link (the IPv4 links are /24).
+pub const LINK_PREFIX6: u8 = 64;
 /// The router's interface towards the LB.
 pub const LB_PEER_IF: &str = "lbt-lb";
+
+/// IPv6 settings of every namespace, set before its interfaces exist (they
+/// inherit `default`): addresses are static and usable at once.
+const IPV6_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv6.conf.all.accept_ra", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+    ("net.ipv6.conf.all.autoconf", "0"),
+    ("net.ipv6.conf.default.autoconf", "0"),
+    ("net.ipv6.conf.all.router_solicitations", "0"),
+    ("net.ipv6.conf.default.router_solicitations", "0"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    // IPv4 addresses survive a link going down; without this IPv6 ones
+    // would not, and the HA tests take links down and up again.
+    ("net.ipv6.conf.all.keep_addr_on_down", "1"),
+    ("net.ipv6.conf.default.keep_addr_on_down", "1"),
+];
 
 /// How long `build` waits for the backend servers to listen.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +132,49 @@ pub fn backend_gateway(j: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, j as u8 + 1, 1)
 }
 
+/// The IPv6 twin of the bed's IPv4 address 198.B.C.D (any first octet is
+/// taken for 198): 2001:db8:B:C::D, each octet's decimal digits written as
+/// hexadecimal digits so that both addresses read alike in logs and
+/// captures.
+pub const fn ipv6_of(addr: Ipv4Addr) -> Ipv6Addr {
+    const fn digits(octet: u8) -> u16 {
+        let o = octet as u16;
+        ((o / 100) << 8) | ((o / 10 % 10) << 4) | (o % 10)
+    }
+    let [_, b, c, d] = addr.octets();
+    Ipv6Addr::new(0x2001, 0xdb8, digits(b), digits(c), 0, 0, 0, digits(d))
+}
+
+/// IPv6 address of LB node `k`: 2001:db8:18:<1+k>::2.
+pub fn lb_node_addr6(k: usize) -> Ipv6Addr {
+    ipv6_of(lb_node_addr(k))
+}
+
+/// The router's IPv6 address on LB node `k`'s link: 2001:db8:18:<1+k>::1.
+pub fn lb_node_gateway6(k: usize) -> Ipv6Addr {
+    ipv6_of(lb_node_gateway(k))
+}
+
+/// IPv6 address of client `i`: 2001:db8:18:<10+i>::2.
+pub fn client_addr6(i: usize) -> Ipv6Addr {
+    ipv6_of(client_addr(i))
+}
+
+/// The router's IPv6 address on client `i`'s link: 2001:db8:18:<10+i>::1.
+pub fn client_gateway6(i: usize) -> Ipv6Addr {
+    ipv6_of(client_gateway(i))
+}
+
+/// IPv6 address of backend `j`: 2001:db8:19:<j+1>::2.
+pub fn backend_addr6(j: usize) -> Ipv6Addr {
+    ipv6_of(backend_addr(j))
+}
+
+/// The router's IPv6 address on backend `j`'s link: 2001:db8:19:<j+1>::1.
+pub fn backend_gateway6(j: usize) -> Ipv6Addr {
+    ipv6_of(backend_gateway(j))
+}
+
 /// Name of backend `j` (0-based): "b1", "b2", ...
 pub fn backend_name(j: usize) -> String {
     format!("b{}", j + 1)
@@ -112,9 +192,11 @@ pub struct TopologySpec {
     pub clients: usize,
     /// Number of backend namespaces (at least 1, at most 254).
     pub backends: usize,
-    /// VIPs: routed by the router to the LB, and on every backend's `lo`.
-    /// Must lie in 198.18.0.0/15 outside the links' subnets (e.g. 198.18.0.x).
-    pub vips: Vec<Ipv4Addr>,
+    /// VIPs of either family: routed by the router to the LB (as /32 or
+    /// /128), and on every backend's `lo`. Must lie in 198.18.0.0/15 or
+    /// 2001:db8::/32 outside the links' subnets (e.g. 198.18.0.x or
+    /// 2001:db8:18::x).
+    pub vips: Vec<IpAddr>,
     /// Ports the backend servers listen on, TCP and UDP each (may be empty:
     /// then no server runs).
     pub ports: Vec<u16>,
@@ -125,7 +207,7 @@ impl Default for TopologySpec {
         Self {
             clients: 2,
             backends: 2,
-            vips: vec![Ipv4Addr::new(198, 18, 0, 10)],
+            vips: vec![Ipv4Addr::new(198, 18, 0, 10).into()],
             ports: vec![8080],
         }
     }
@@ -152,8 +234,66 @@ pub struct Host {
     pub addr: Ipv4Addr,
     /// The router's address on this link (the host's default gateway).
     pub gateway: Ipv4Addr,
+    /// The IPv6 twins of `addr` and `gateway` ([`ipv6_of`]).
+    pub addr6: Ipv6Addr,
+    pub gateway6: Ipv6Addr,
     /// The router's interface on this link (in the router namespace).
     pub router_if: String,
+}
+
+impl Host {
+    fn new(name: String, addr: Ipv4Addr, gateway: Ipv4Addr, router_if: String) -> Result<Host> {
+        Ok(Host {
+            ns: Netns::new(&name)?,
+            name,
+            ifname: HOST_IF.into(),
+            addr,
+            gateway,
+            addr6: ipv6_of(addr),
+            gateway6: ipv6_of(gateway),
+            router_if,
+        })
+    }
+
+    /// `ip` commands giving the host's interface its addresses and default
+    /// routes.
+    fn address_cmds(&self) -> Vec<String> {
+        let ifname = &self.ifname;
+        vec![
+            format!("addr add {}/24 dev {ifname}", self.addr),
+            format!("addr add {}/{LINK_PREFIX6} dev {ifname} nodad", self.addr6),
+        ]
+        .into_iter()
+        .chain(self.default_route_cmds("add"))
+        .collect()
+    }
+
+    fn default_route_cmds(&self, verb: &str) -> [String; 2] {
+        // `::/0`, not `default`: a batch line cannot say `-6`.
+        [
+            format!("route {verb} default via {}", self.gateway),
+            format!("route {verb} ::/0 via {}", self.gateway6),
+        ]
+    }
+
+    /// `ip` commands, for the router, giving its end of this host's link
+    /// the gateway addresses.
+    fn router_address_cmds(&self) -> [String; 2] {
+        let router_if = &self.router_if;
+        [
+            format!("addr add {}/24 dev {router_if}", self.gateway),
+            format!(
+                "addr add {}/{LINK_PREFIX6} dev {router_if} nodad",
+                self.gateway6
+            ),
+        ]
+    }
+
+    /// Sets the host's default routes (both families) again, e.g. after its
+    /// link went down, which removes the routes through it.
+    pub fn restore_default_routes(&self) -> Result<()> {
+        self.ns.ip_batch(&self.default_route_cmds("replace"))
+    }
 }
 
 /// A built test bed. Dropping it kills the servers, detaches the decap
@@ -237,56 +377,29 @@ impl Topology {
         };
 
         let router = Netns::new("router")?;
-        let lb = Host {
-            name: "lb".into(),
-            ns: Netns::new("lb")?,
-            ifname: HOST_IF.into(),
-            addr: LB_ADDR,
-            gateway: LB_GATEWAY,
-            router_if: LB_PEER_IF.into(),
-        };
+        let lb = Host::new("lb".into(), LB_ADDR, LB_GATEWAY, LB_PEER_IF.into())?;
         let extra_lbs = (1..lb_nodes)
             .map(|k| {
-                Ok(Host {
-                    name: format!("lb{k}"),
-                    ns: Netns::new(&format!("lb{k}"))?,
-                    ifname: HOST_IF.into(),
-                    addr: if shared {
-                        Ipv4Addr::new(198, 18, 1, 2 + k as u8)
-                    } else {
-                        lb_node_addr(k)
-                    },
-                    gateway: if shared {
-                        LB_GATEWAY
-                    } else {
-                        lb_node_gateway(k)
-                    },
-                    router_if: format!("{LB_PEER_IF}{k}"),
-                })
+                let (addr, gateway) = if shared {
+                    (Ipv4Addr::new(198, 18, 1, 2 + k as u8), LB_GATEWAY)
+                } else {
+                    (lb_node_addr(k), lb_node_gateway(k))
+                };
+                Host::new(format!("lb{k}"), addr, gateway, format!("{LB_PEER_IF}{k}"))
             })
             .collect::<Result<Vec<_>>>()?;
         let clients = (0..spec.clients)
             .map(|i| {
-                Ok(Host {
-                    name: client_name(i),
-                    ns: Netns::new(&client_name(i))?,
-                    ifname: HOST_IF.into(),
-                    addr: client_addr(i),
-                    gateway: client_gateway(i),
-                    router_if: format!("lbt-{}", client_name(i)),
-                })
+                let name = client_name(i);
+                let router_if = format!("lbt-{name}");
+                Host::new(name, client_addr(i), client_gateway(i), router_if)
             })
             .collect::<Result<Vec<_>>>()?;
         let backends = (0..spec.backends)
             .map(|j| {
-                Ok(Host {
-                    name: backend_name(j),
-                    ns: Netns::new(&backend_name(j))?,
-                    ifname: HOST_IF.into(),
-                    addr: backend_addr(j),
-                    gateway: backend_gateway(j),
-                    router_if: format!("lbt-{}", backend_name(j)),
-                })
+                let name = backend_name(j);
+                let router_if = format!("lbt-{name}");
+                Host::new(name, backend_addr(j), backend_gateway(j), router_if)
             })
             .collect::<Result<Vec<_>>>()?;
         let n = spec.backends;
@@ -328,18 +441,25 @@ impl Topology {
         let off = "0";
         // Namespace-wide settings first: `default` applies to the
         // interfaces created afterwards.
-        self.router.sysctls(&[
+        fn with_ipv6<'a>(settings: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+            [IPV6_SYSCTLS, settings].concat()
+        }
+        self.router.sysctls(&with_ipv6(&[
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv4.conf.all.rp_filter", off),
             ("net.ipv4.conf.default.rp_filter", off),
-        ])?;
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ]))?;
         for lb in self.lb_hosts() {
-            lb.ns.sysctls(&[
+            // Forwarding also because the data path's FIB lookups
+            // (bpf_fib_lookup) fail on an interface that does not forward.
+            lb.ns.sysctls(&with_ipv6(&[
                 ("net.ipv4.ip_forward", "1"),
                 ("net.ipv4.conf.all.rp_filter", off),
                 ("net.ipv4.conf.default.rp_filter", off),
                 ("net.ipv4.conf.all.accept_local", "1"),
-            ])?;
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ]))?;
         }
         if !self.extra_lbs.is_empty() {
             // ECMP over the LB nodes by the L4 hash, as an upstream router
@@ -347,25 +467,29 @@ impl Topology {
             self.router.sysctls(&[
                 ("net.ipv4.fib_multipath_hash_policy", "1"),
                 ("net.ipv4.conf.all.ignore_routes_with_linkdown", "1"),
+                ("net.ipv6.fib_multipath_hash_policy", "1"),
+                ("net.ipv6.conf.all.ignore_routes_with_linkdown", "1"),
             ])?;
         }
+        for c in &self.clients {
+            c.ns.sysctls(IPV6_SYSCTLS)?;
+        }
+        // IPv6 has no reverse-path filter to turn off for the VIPs on `lo`
+        // (nor accept_local: a packet from a local address is not dropped).
         for b in &self.backends {
-            b.ns.sysctls(&[
+            b.ns.sysctls(&with_ipv6(&[
                 ("net.ipv4.conf.all.rp_filter", off),
                 ("net.ipv4.conf.default.rp_filter", off),
                 ("net.ipv4.conf.lo.rp_filter", off),
-            ])?;
+            ]))?;
         }
 
         let mut router_cmds = Vec::new();
         // Clients.
         for c in &self.clients {
             veth(&c.ns, &c.ifname, &self.router, &c.router_if)?;
-            c.ns.ip_batch(&[
-                format!("addr add {}/24 dev {}", c.addr, c.ifname),
-                format!("route add default via {}", c.gateway),
-            ])?;
-            router_cmds.push(format!("addr add {}/24 dev {}", c.gateway, c.router_if));
+            c.ns.ip_batch(&c.address_cmds())?;
+            router_cmds.extend(c.router_address_cmds());
             c.ns.exec(&["ethtool", "-K", &c.ifname, "tx", "off"])?;
         }
         // LB nodes.
@@ -373,14 +497,15 @@ impl Topology {
             router_cmds.push(format!("link add {SHARED_BRIDGE} type bridge"));
             router_cmds.push(format!("link set {SHARED_BRIDGE} up"));
             router_cmds.push(format!("addr add {LB_GATEWAY}/24 dev {SHARED_BRIDGE}"));
+            router_cmds.push(format!(
+                "addr add {LB_GATEWAY6}/{LINK_PREFIX6} dev {SHARED_BRIDGE} nodad"
+            ));
         }
         for lb in self.lb_hosts() {
             veth(&lb.ns, &lb.ifname, &self.router, &lb.router_if)?;
-            lb.ns.ip_batch(&[
-                format!("link set {} mtu {INNER_MTU}", lb.ifname),
-                format!("addr add {}/24 dev {}", lb.addr, lb.ifname),
-                format!("route add default via {}", lb.gateway),
-            ])?;
+            let mut cmds = vec![format!("link set {} mtu {INNER_MTU}", lb.ifname)];
+            cmds.extend(lb.address_cmds());
+            lb.ns.ip_batch(&cmds)?;
             lb.ns.sysctls(&[
                 (&format!("net.ipv4.conf.{}.accept_local", lb.ifname), "1"),
                 (&format!("net.ipv4.conf.{}.rp_filter", lb.ifname), off),
@@ -391,7 +516,7 @@ impl Topology {
             if self.shared_segment {
                 router_cmds.push(format!("link set {} master {SHARED_BRIDGE}", lb.router_if));
             } else {
-                router_cmds.push(format!("addr add {}/24 dev {}", lb.gateway, lb.router_if));
+                router_cmds.extend(lb.router_address_cmds());
             }
             // XDP_TX from native XDP on the LB's eth0 needs NAPI on the peer veth:
             // GRO turns it on, and `attach_router_xdp` adds an XDP program,
@@ -403,15 +528,15 @@ impl Topology {
         // Backends.
         for b in &self.backends {
             veth(&b.ns, &b.ifname, &self.router, &b.router_if)?;
-            let mut cmds = vec![
-                format!("link set {} mtu {INNER_MTU}", b.ifname),
-                format!("addr add {}/24 dev {}", b.addr, b.ifname),
-                format!("route add default via {}", b.gateway),
-            ];
+            let mut cmds = vec![format!("link set {} mtu {INNER_MTU}", b.ifname)];
+            cmds.extend(b.address_cmds());
             for vip in &self.spec.vips {
-                cmds.push(format!("addr add {vip}/32 dev lo"));
+                cmds.push(format!("addr add {vip}/{} dev lo", host_prefix(*vip)));
             }
             b.ns.ip_batch(&cmds)?;
+            // IPv6 needs no counterpart of arp_ignore: neighbour discovery
+            // answers only for addresses of the interface asked on, never
+            // for the VIPs on `lo`.
             b.ns.sysctls(&[
                 (&format!("net.ipv4.conf.{}.rp_filter", b.ifname), off),
                 (&format!("net.ipv4.conf.{}.arp_ignore", b.ifname), "1"),
@@ -419,17 +544,20 @@ impl Topology {
             ])?;
             b.ns.exec(&["ethtool", "-K", &b.ifname, "tx", "off"])?;
             router_cmds.push(format!("link set {} mtu {INNER_MTU}", b.router_if));
-            router_cmds.push(format!("addr add {}/24 dev {}", b.gateway, b.router_if));
+            router_cmds.extend(b.router_address_cmds());
         }
         // Router: VIPs via the LB (several nodes: the caller's routes, or
         // on the shared segment).
-        if self.shared_segment {
-            for vip in &self.spec.vips {
-                router_cmds.push(format!("route add {vip}/32 dev {SHARED_BRIDGE}"));
-            }
-        } else if self.extra_lbs.is_empty() {
-            for vip in &self.spec.vips {
-                router_cmds.push(format!("route add {vip}/32 via {}", self.lb.addr));
+        for vip in &self.spec.vips {
+            let prefix = host_prefix(*vip);
+            if self.shared_segment {
+                router_cmds.push(format!("route add {vip}/{prefix} dev {SHARED_BRIDGE}"));
+            } else if self.extra_lbs.is_empty() {
+                let via: IpAddr = match vip {
+                    IpAddr::V4(_) => self.lb.addr.into(),
+                    IpAddr::V6(_) => self.lb.addr6.into(),
+                };
+                router_cmds.push(format!("route add {vip}/{prefix} via {via}"));
             }
         }
         self.router.ip_batch(&router_cmds)?;
@@ -642,6 +770,10 @@ impl Topology {
         self.lb.addr
     }
 
+    pub fn lb_addr6(&self) -> Ipv6Addr {
+        self.lb.addr6
+    }
+
     /// The router's interface towards the LB (in [`Topology::router_ns`]).
     pub fn lb_peer_if(&self) -> &str {
         &self.lb.router_if
@@ -652,6 +784,11 @@ impl Topology {
         self.lb.gateway
     }
 
+    /// The router's IPv6 address on the LB link.
+    pub fn lb_peer_addr6(&self) -> Ipv6Addr {
+        self.lb.gateway6
+    }
+
     pub fn client_ns(&self, i: usize) -> &Netns {
         &self.clients[i].ns
     }
@@ -660,12 +797,20 @@ impl Topology {
         self.clients[i].addr
     }
 
+    pub fn client_addr6(&self, i: usize) -> Ipv6Addr {
+        self.clients[i].addr6
+    }
+
     pub fn backend_ns(&self, j: usize) -> &Netns {
         &self.backends[j].ns
     }
 
     pub fn backend_addr(&self, j: usize) -> Ipv4Addr {
         self.backends[j].addr
+    }
+
+    pub fn backend_addr6(&self, j: usize) -> Ipv6Addr {
+        self.backends[j].addr6
     }
 
     pub fn backend_name(&self, j: usize) -> &str {
@@ -712,17 +857,17 @@ impl Topology {
 
     // ---- traffic helpers ----
 
-    /// Connects over TCP from client `client` to `addr:port` and reads the
-    /// server's first line (its name). The stream keeps `timeout` as its
-    /// read and write timeout.
+    /// Connects over TCP from client `client` to `addr:port` (either
+    /// family) and reads the server's first line (its name). The stream
+    /// keeps `timeout` as its read and write timeout.
     pub fn tcp_connect(
         &self,
         client: usize,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         timeout: Duration,
     ) -> Result<(String, TcpStream)> {
-        self.tcp_connect_from(client, addr, port, timeout, None)
+        self.tcp_connect_from(client, addr.into(), port, timeout, None)
     }
 
     /// [`Topology::tcp_connect`] from a thread pinned to CPU `cpu`: its SYN
@@ -732,18 +877,18 @@ impl Topology {
     pub fn tcp_connect_on_cpu(
         &self,
         client: usize,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         timeout: Duration,
         cpu: usize,
     ) -> Result<(String, TcpStream)> {
-        self.tcp_connect_from(client, addr, port, timeout, Some(cpu))
+        self.tcp_connect_from(client, addr.into(), port, timeout, Some(cpu))
     }
 
     fn tcp_connect_from(
         &self,
         client: usize,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         port: u16,
         timeout: Duration,
         cpu: Option<usize>,
@@ -760,21 +905,21 @@ impl Topology {
     }
 
     /// Sends one UDP datagram from client `client` (source port `src_port`,
-    /// 0 = any) to `addr:port` and returns the name in the reply
-    /// (`NAME payload`). Fails unless the reply echoes `payload`.
+    /// 0 = any) to `addr:port` (either family) and returns the name in the
+    /// reply (`NAME payload`). Fails unless the reply echoes `payload`.
     pub fn udp_ask(
         &self,
         client: usize,
         src_port: u16,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         payload: &[u8],
         timeout: Duration,
     ) -> Result<String> {
         let c = self.clients.get(client).context("no such client")?;
-        let target = SocketAddrV4::new(addr, port);
+        let target = SocketAddr::new(addr.into(), port);
         c.ns.run(|| -> Result<String> {
-            let socket = bind_udp(src_port)?;
+            let socket = bind_udp(target, src_port)?;
             // Connected: only replies from `target` are accepted.
             socket.connect(target).context("connecting")?;
             socket.set_read_timeout(Some(timeout))?;
@@ -802,14 +947,18 @@ impl Topology {
     }
 }
 
-/// Binds a UDP socket to `src_port` (0 = any). A port the last flow just
-/// closed can still be held for a moment by a process this test process
-/// forks (the child holds a copy of our descriptors until it execs), so
-/// "address in use" is retried for up to 2 s.
-fn bind_udp(src_port: u16) -> Result<UdpSocket> {
+/// Binds a UDP socket of `target`'s family to `src_port` (0 = any). A port
+/// the last flow just closed can still be held for a moment by a process
+/// this test process forks (the child holds a copy of our descriptors until
+/// it execs), so "address in use" is retried for up to 2 s.
+fn bind_udp(target: SocketAddr, src_port: u16) -> Result<UdpSocket> {
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
-        match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, src_port)) {
+        match UdpSocket::bind((any, src_port)) {
             Err(e) if e.kind() == ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(10));
             }
@@ -941,17 +1090,33 @@ fn validate(spec: &TopologySpec, lb_nodes: usize) -> Result<()> {
         !spec.ports.contains(&0),
         "TopologySpec.ports may not contain 0"
     );
+    // Network address (198.B.C.0) of every link; its IPv6 twin is the /64.
+    let links: Vec<Ipv4Addr> = (0..lb_nodes)
+        .map(lb_node_gateway)
+        .chain((0..spec.clients).map(client_gateway))
+        .chain((0..spec.backends).map(backend_gateway))
+        .map(|gateway| Ipv4Addr::from(u32::from(gateway) & !0xff))
+        .collect();
     for (k, vip) in spec.vips.iter().enumerate() {
-        let [a, b, c, _] = vip.octets();
-        ensure!(
-            a == 198 && (b == 18 || b == 19),
-            "VIP {vip} is outside 198.18.0.0/15"
-        );
-        let c = c as usize;
-        let in_link = if b == 18 {
-            (1..=lb_nodes).contains(&c) || (10..10 + spec.clients).contains(&c)
-        } else {
-            (1..=spec.backends).contains(&c)
+        let in_link = match vip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                ensure!(
+                    a == 198 && (b == 18 || b == 19),
+                    "VIP {vip} is outside 198.18.0.0/15"
+                );
+                links.contains(&Ipv4Addr::from(u32::from(*v4) & !0xff))
+            }
+            IpAddr::V6(v6) => {
+                let groups = v6.segments();
+                ensure!(
+                    groups[..2] == [0x2001, 0xdb8],
+                    "VIP {vip} is outside 2001:db8::/32"
+                );
+                links
+                    .iter()
+                    .any(|net| ipv6_of(*net).segments()[..4] == groups[..4])
+            }
         };
         ensure!(
             !in_link,
@@ -960,6 +1125,14 @@ fn validate(spec: &TopologySpec, lb_nodes: usize) -> Result<()> {
         ensure!(!spec.vips[..k].contains(vip), "VIP {vip} is listed twice");
     }
     Ok(())
+}
+
+/// Prefix length of a single address of `addr`'s family (32 or 128).
+fn host_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
 }
 
 /// Finds `lb-backend-server`: `$LB_BACKEND_SERVER` if set, else next to the
@@ -995,4 +1168,44 @@ pub fn locate_bin(name: &str, env: &str) -> Result<PathBuf> {
          (cargo xtask test does) or set {env}",
         tried.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_twins_read_like_the_ipv4_addresses() {
+        assert_eq!(LB_ADDR6, "2001:db8:18:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(LB_GATEWAY6, "2001:db8:18:1::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(client_addr6(0).to_string(), "2001:db8:18:10::2");
+        assert_eq!(client_gateway6(244).to_string(), "2001:db8:18:254::1");
+        assert_eq!(backend_addr6(253).to_string(), "2001:db8:19:254::2");
+        assert_eq!(lb_node_addr6(7).to_string(), "2001:db8:18:8::2");
+        assert_eq!(
+            ipv6_of(Ipv4Addr::new(198, 18, 0, 10)).to_string(),
+            "2001:db8:18::10"
+        );
+    }
+
+    #[test]
+    fn vips_of_both_families_are_checked() {
+        let spec = |vip: &str| TopologySpec {
+            vips: vec![vip.parse().unwrap()],
+            ..TopologySpec::default()
+        };
+        for good in ["198.18.0.10", "2001:db8:18::10", "2001:db8:ff::1"] {
+            assert!(validate(&spec(good), 1).is_ok(), "{good}");
+        }
+        for bad in [
+            "10.0.0.1",
+            "198.18.10.7",
+            "2001:db9::1",
+            "2001:db8:18:10::7",
+            "2001:db8:19:2::9",
+            "2001:db8:18:1::9",
+        ] {
+            assert!(validate(&spec(bad), 1).is_err(), "{bad}");
+        }
+    }
 }

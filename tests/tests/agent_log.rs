@@ -15,7 +15,7 @@ fn drained_vip_bed(level: &str) -> (Topology, Agent) {
     let topo = Topology::build(TopologySpec {
         clients: 2,
         backends: 1,
-        vips: vec![TEST_VIP],
+        vips: vec![TEST_VIP.into()],
         ports: vec![8080],
     })
     .expect("building the test bed");
@@ -69,7 +69,7 @@ fn json_log_lines_parse_and_a_transition_is_logged_once() {
     let mut topo = Topology::build(TopologySpec {
         clients: 2,
         backends: 2,
-        vips: vec![TEST_VIP],
+        vips: vec![TEST_VIP.into()],
         ports: vec![8080],
     })
     .expect("building the test bed");

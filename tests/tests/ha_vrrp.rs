@@ -31,7 +31,7 @@ fn the_standby_takes_the_vip_and_its_connections() {
         TopologySpec {
             clients: 2,
             backends: 3,
-            vips: vec![TEST_VIP],
+            vips: vec![TEST_VIP.into()],
             ports: vec![PORT],
         },
         2,

@@ -33,7 +33,7 @@ fn spec() -> TopologySpec {
     TopologySpec {
         clients: 2,
         backends: 2,
-        vips: vec![VIP],
+        vips: vec![VIP.into()],
         ports: vec![PORT, PORT2],
     }
 }

@@ -278,7 +278,7 @@ fn maglev_source_keeps_a_client_on_one_backend_and_two_nodes_agree() {
     let spec = TopologySpec {
         clients: 2,
         backends: 4,
-        vips: vec![TEST_VIP],
+        vips: vec![TEST_VIP.into()],
         ports: vec![PORT],
     };
     let topo = Topology::build_multi(spec, 2).expect("building two LB nodes");

@@ -23,7 +23,7 @@ fn spread(weights: &[u32], xdp_mode: &str) {
     let topo = Topology::build(TopologySpec {
         clients: 2,
         backends: weights.len(),
-        vips: vec![VIP],
+        vips: vec![VIP.into()],
         ports: vec![PORT],
     })
     .expect("building the test bed");

@@ -7,8 +7,13 @@
 //! - TCP: on accept, writes `NAME\n`, then echoes every byte it receives
 //!   until EOF (one thread per connection);
 //! - UDP: answers each datagram with `NAME ` followed by its payload, from
-//!   the address the datagram was sent to (IP_PKTINFO), so that replies to a
-//!   VIP configured on `lo` come from the VIP (direct server return).
+//!   the address the datagram was sent to (IPV6_PKTINFO), so that replies to
+//!   a VIP configured on `lo` come from the VIP (direct server return).
+//!
+//! Every socket is an IPv6 socket that takes IPv4 too (IPV6_V6ONLY off,
+//! IPv4 peers seen as `::ffff:a.b.c.d`), bound to `--bind` (default `::`,
+//! every address of both families; an IPv4 address binds its mapped form,
+//! so only IPv4 reaches it): one code path serves both families.
 //!
 //! With `--health-port`, an HTTP endpoint on that port answers every request
 //! with `200 OK` and body `ok NAME`, or `503 Service Unavailable` and body
@@ -22,29 +27,31 @@
 use std::{
     io::{Read, Write},
     mem::{size_of, zeroed},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::ExitCode,
     sync::Arc,
     thread,
 };
 
+use socket2::{Domain, Socket, Type};
+
 const USAGE: &str =
-    "usage: lb-backend-server --name NAME --port PORT [--port PORT ...] [--bind IPV4] \
+    "usage: lb-backend-server --name NAME --port PORT [--port PORT ...] [--bind ADDR] \
                      [--health-port PORT --health-file PATH]";
 const CONNECTION_STACK: usize = 64 * 1024;
 
 struct Args {
     name: String,
     ports: Vec<u16>,
-    bind: Ipv4Addr,
+    bind: IpAddr,
     health: Option<(u16, std::path::PathBuf)>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut name = None;
     let mut ports = Vec::new();
-    let mut bind = Ipv4Addr::UNSPECIFIED;
+    let mut bind = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
     let mut health_port = None;
     let mut health_file = None;
     let mut args = std::env::args().skip(1);
@@ -62,7 +69,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--bind" => {
                 let v = value("--bind")?;
-                bind = v.parse().map_err(|_| format!("bad IPv4 address {v:?}"))?;
+                bind = v.parse().map_err(|_| format!("bad IP address {v:?}"))?;
             }
             "--health-port" => {
                 let v = value("--health-port")?;
@@ -114,7 +121,7 @@ fn main() -> ExitCode {
     // proves the whole server is ready.
     let mut udp = Vec::new();
     for port in &args.ports {
-        match UdpSocket::bind((args.bind, *port)).and_then(|s| enable_pktinfo(&s).map(|()| s)) {
+        match udp_socket(args.bind, *port) {
             Ok(s) => udp.push(s),
             Err(e) => {
                 eprintln!("lb-backend-server {name}: UDP {}:{port}: {e}", args.bind);
@@ -124,7 +131,7 @@ fn main() -> ExitCode {
     }
     let mut tcp = Vec::new();
     for port in &args.ports {
-        match TcpListener::bind((args.bind, *port)) {
+        match tcp_listener(args.bind, *port) {
             Ok(l) => tcp.push(l),
             Err(e) => {
                 eprintln!("lb-backend-server {name}: TCP {}:{port}: {e}", args.bind);
@@ -135,7 +142,7 @@ fn main() -> ExitCode {
 
     let mut workers = Vec::new();
     if let Some((port, file)) = args.health.clone() {
-        match TcpListener::bind((args.bind, port)) {
+        match tcp_listener(args.bind, port) {
             Ok(listener) => {
                 let name = name.clone();
                 workers.push(thread::spawn(move || serve_health(&listener, &name, &file)));
@@ -158,6 +165,37 @@ fn main() -> ExitCode {
         let _ = worker.join();
     }
     ExitCode::FAILURE
+}
+
+/// A socket of both families bound to `bind:port`.
+fn dual_stack(ty: Type, bind: IpAddr, port: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV6, ty, None)?;
+    // Explicitly: the default comes from net.ipv6.bindv6only.
+    socket.set_only_v6(false)?;
+    let addr = match bind {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    // As std's TcpListener::bind: a restarted server must get its port
+    // back while old connections linger in TIME_WAIT.
+    if ty == Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    socket.bind(&SocketAddr::from((addr, port)).into())?;
+    Ok(socket)
+}
+
+fn tcp_listener(bind: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let socket = dual_stack(Type::STREAM, bind, port)?;
+    // Deep enough for the tests' bursts of hundreds of connections.
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn udp_socket(bind: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let socket: UdpSocket = dual_stack(Type::DGRAM, bind, port)?.into();
+    enable_pktinfo(&socket)?;
+    Ok(socket)
 }
 
 /// The HTTP health endpoint: one short-lived connection per probe.
@@ -241,8 +279,8 @@ fn enable_pktinfo(socket: &UdpSocket) -> std::io::Result<()> {
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
             (&one as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -253,7 +291,7 @@ fn enable_pktinfo(socket: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Control buffer for one `in_pktinfo`, suitably aligned.
+/// Control buffer for one `in6_pktinfo`, suitably aligned.
 #[repr(C, align(8))]
 struct ControlBuf([u8; 64]);
 
@@ -281,13 +319,23 @@ fn serve_udp(socket: &UdpSocket, name: &str) {
     }
 }
 
+/// Whether a datagram's destination can be the source of its reply (not
+/// multicast or broadcast).
+fn unicast(addr: Ipv6Addr) -> bool {
+    match addr.to_ipv4_mapped() {
+        Some(v4) => !v4.is_broadcast() && !v4.is_multicast(),
+        None => !addr.is_multicast(),
+    }
+}
+
 /// Receives one datagram: (length, sender, local address it was sent to).
+/// IPv4 addresses come v4-mapped.
 fn recv_with_dst(
     socket: &UdpSocket,
     buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Option<libc::in_addr>)> {
-    // SAFETY: all-zero is a valid sockaddr_in / msghdr.
-    let mut src: libc::sockaddr_in = unsafe { zeroed() };
+) -> std::io::Result<(usize, SocketAddrV6, Option<libc::in6_addr>)> {
+    // SAFETY: all-zero is a valid sockaddr_in6 / msghdr.
+    let mut src: libc::sockaddr_in6 = unsafe { zeroed() };
     let mut control = ControlBuf([0; 64]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -295,8 +343,8 @@ fn recv_with_dst(
     };
     // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut src as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut src as *mut libc::sockaddr_in6).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
@@ -312,44 +360,45 @@ fn recv_with_dst(
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
-                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                let addr = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                // Broadcast or multicast destinations cannot be a source.
-                if !addr.is_broadcast() && !addr.is_multicast() {
-                    local = Some(info.ipi_addr);
+            if (*cmsg).cmsg_level == libc::IPPROTO_IPV6 && (*cmsg).cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                if unicast(Ipv6Addr::from(info.ipi6_addr.s6_addr)) {
+                    local = Some(info.ipi6_addr);
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    let peer = SocketAddr::from((
-        Ipv4Addr::from(u32::from_be(src.sin_addr.s_addr)),
-        u16::from_be(src.sin_port),
-    ));
+    let peer = SocketAddrV6::new(
+        Ipv6Addr::from(src.sin6_addr.s6_addr),
+        u16::from_be(src.sin6_port),
+        src.sin6_flowinfo,
+        src.sin6_scope_id,
+    );
     Ok((n as usize, peer, local))
 }
 
-/// Sends `data` to `peer` with source address `local` (when known).
+/// Sends `data` to `peer` with source address `local` (when known; for an
+/// IPv4 peer the kernel takes the mapped address as the IPv4 source).
 fn send_from(
     socket: &UdpSocket,
     data: &[u8],
-    peer: SocketAddr,
-    local: Option<libc::in_addr>,
+    peer: SocketAddrV6,
+    local: Option<libc::in6_addr>,
 ) -> std::io::Result<()> {
-    let SocketAddr::V4(peer4) = peer else {
-        return Err(std::io::Error::other("IPv6 peer on an IPv4 socket"));
-    };
     let Some(local) = local else {
         return socket.send_to(data, peer).map(|_| ());
     };
-    // SAFETY: all-zero is a valid sockaddr_in / msghdr / in_pktinfo.
-    let mut dst: libc::sockaddr_in = unsafe { zeroed() };
-    dst.sin_family = libc::AF_INET as libc::sa_family_t;
-    dst.sin_port = peer4.port().to_be();
-    dst.sin_addr.s_addr = u32::from(*peer4.ip()).to_be();
-    let mut info: libc::in_pktinfo = unsafe { zeroed() };
-    info.ipi_spec_dst = local;
+    // SAFETY: all-zero is a valid sockaddr_in6 / msghdr / in6_pktinfo.
+    let mut dst: libc::sockaddr_in6 = unsafe { zeroed() };
+    dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    dst.sin6_port = peer.port().to_be();
+    dst.sin6_addr.s6_addr = peer.ip().octets();
+    dst.sin6_flowinfo = peer.flowinfo();
+    dst.sin6_scope_id = peer.scope_id();
+    let mut info: libc::in6_pktinfo = unsafe { zeroed() };
+    info.ipi6_addr = local;
     let mut control = ControlBuf([0; 64]);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -357,22 +406,22 @@ fn send_from(
     };
     // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = (&mut dst as *mut libc::sockaddr_in6).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) } as usize;
     assert!(space <= control.0.len(), "control buffer too small");
     msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds one in_pktinfo message (space checked
-    // above); the pointers refer to live buffers.
+    // SAFETY: the control buffer holds one in6_pktinfo message (space
+    // checked above); the pointers refer to live buffers.
     let n = unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::IPPROTO_IP;
-        (*cmsg).cmsg_type = libc::IP_PKTINFO;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+        (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+        (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
         libc::sendmsg(socket.as_raw_fd(), &msg, 0)
     };
