@@ -18,6 +18,7 @@ use lb_userspace::{
     encap::Encap,
 };
 
+#[path = "packet_balancer/ipv6.rs"]
 mod ipv6;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
