@@ -277,8 +277,8 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         transmit::next_hop6(
             ctx,
             &config,
-            &config.lb_source_addr6,
-            &outer_dst6,
+            config.lb_source_addr6,
+            outer_dst6,
             outer_len,
             tunnel.flow_label,
         )
@@ -331,8 +331,8 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
                 inner_v6,
                 tos,
                 len,
-                &config.lb_source_addr6,
-                &outer_dst6,
+                config.lb_source_addr6,
+                outer_dst6,
             )
         } else {
             encap::encapsulate(

@@ -237,8 +237,8 @@ pub fn encapsulate6(
     inner_v6: bool,
     tclass: u8,
     inner_len: u16,
-    src: &Ipv6Wire,
-    dst: &Ipv6Wire,
+    src: Ipv6Wire,
+    dst: Ipv6Wire,
 ) -> Result<(), EncapError> {
     let (eth, vlan) = save_l2(ctx, l2)?;
     let next = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
@@ -248,8 +248,8 @@ pub fn encapsulate6(
         inner_len,
         next,
         OUTER_HOP_LIMIT,
-        src,
-        dst,
+        &src,
+        &dst,
     );
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_OVERHEAD as i32)) } != 0 {
         return Err(EncapError);

@@ -47,22 +47,22 @@ fn zero_fib_params(params: *mut bpf_fib_lookup) {
     }
 }
 
-/// The static next hop, if configured: `None` sends the caller to the FIB.
+/// The configured static next hop (`NEXT_HOP_STATIC`). Returned as it is,
+/// not in an `Option`: the compiler fills the unused bytes of a wrapped
+/// enum from whatever register is at hand, a pointer among them, and the
+/// verifier refuses the shifts that split it.
 #[inline(always)]
-fn static_next_hop(config: &DataPathConfig, outer_len: u16) -> Option<NextHop> {
-    if config.next_hop_mode != NEXT_HOP_STATIC {
-        return None;
-    }
+fn static_next_hop(config: &DataPathConfig, outer_len: u16) -> NextHop {
     if outer_len as u32 > config.static_mtu {
-        return Some(NextHop::TooBig {
+        return NextHop::TooBig {
             mtu: config.static_mtu,
-        });
+        };
     }
-    Some(NextHop::Out {
+    NextHop::Out {
         action: xdp_action::XDP_TX,
         src_mac: config.static_src_mac,
         dst_mac: config.static_dst_mac,
-    })
+    }
 }
 
 /// The next hop towards an IPv4 outer destination.
@@ -75,8 +75,8 @@ pub fn next_hop(
     outer_len: u16,
     tos: u8,
 ) -> NextHop {
-    if let Some(hop) = static_next_hop(config, outer_len) {
-        return hop;
+    if config.next_hop_mode == NEXT_HOP_STATIC {
+        return static_next_hop(config, outer_len);
     }
     let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero_fib_params(raw.as_mut_ptr());
@@ -95,13 +95,13 @@ pub fn next_hop(
 pub fn next_hop6(
     ctx: &XdpContext,
     config: &DataPathConfig,
-    outer_src: &Ipv6Wire,
-    outer_dst: &Ipv6Wire,
+    outer_src: Ipv6Wire,
+    outer_dst: Ipv6Wire,
     outer_len: u16,
     flow_label: u32,
 ) -> NextHop {
-    if let Some(hop) = static_next_hop(config, outer_len) {
-        return hop;
+    if config.next_hop_mode == NEXT_HOP_STATIC {
+        return static_next_hop(config, outer_len);
     }
     let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero_fib_params(raw.as_mut_ptr());
@@ -109,8 +109,8 @@ pub fn next_hop6(
     let params = unsafe { &mut *raw.as_mut_ptr() };
     params.family = AF_INET6;
     params.__bindgen_anon_2.flowinfo = flow_label.to_be();
-    params.__bindgen_anon_3.ipv6_src = *outer_src;
-    params.__bindgen_anon_4.ipv6_dst = *outer_dst;
+    params.__bindgen_anon_3.ipv6_src = outer_src;
+    params.__bindgen_anon_4.ipv6_dst = outer_dst;
     fib(ctx, params, outer_len)
 }
 

@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp,
     maps::PerCpuArray, programs::XdpContext,
 };
-use lb_common::{FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP};
+use lb_common::{FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP, IPV6_OVERHEAD};
 use lb_ebpf::{balancer::balance, maps::FLOWS, parse::ptr_at};
 use network_types::eth::EthHdr;
 
@@ -106,30 +106,52 @@ pub fn bench_established_gue(ctx: XdpContext) -> u32 {
     wrapped(&ctx, GUE_OVERHEAD, |ctx| balance(ctx))
 }
 
-/// The balancer on a new TCP SYN every run: the source port and the low
-/// half of the source address carry a sequence number.
+/// The same for an IPv6 flow to an IPv6 backend (40 bytes to undo).
 #[xdp]
-pub fn bench_new_flow(ctx: XdpContext) -> u32 {
-    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
-    };
+pub fn bench_established_v6(ctx: XdpContext) -> u32 {
+    #[allow(clippy::redundant_closure)] // a closure per caller is what gets inlined
+    wrapped(&ctx, IPV6_OVERHEAD, |ctx| balance(ctx))
+}
+
+/// Writes a new sequence number into the frame: the low 16 bits of the
+/// source address at `addr_low` and the source port at `port`, so that
+/// every run is a new flow.
+#[inline(always)]
+fn next_flow(ctx: &XdpContext, addr_low: usize, port: usize) -> Option<()> {
+    let seq = BENCH_SEQ.get_ptr_mut(0)?;
     let n = unsafe {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
-    // Plain Ethernet + 20-byte IPv4 + TCP, as the benchmark sends.
-    let Some(src_addr_low) = ptr_at::<[u8; 2]>(&ctx, 14 + 14) else {
-        return xdp_action::XDP_PASS;
-    };
-    let Some(src_port) = ptr_at::<[u8; 2]>(&ctx, 14 + 20) else {
-        return xdp_action::XDP_PASS;
-    };
+    let src_addr_low = ptr_at::<[u8; 2]>(ctx, addr_low)?;
+    let src_port = ptr_at::<[u8; 2]>(ctx, port)?;
     unsafe {
         *src_addr_low = ((n >> 16) as u16).to_be_bytes();
         *src_port = (n as u16).to_be_bytes();
     }
+    Some(())
+}
+
+/// The balancer on a new TCP SYN every run (plain Ethernet + 20-byte IPv4
+/// + TCP, as the benchmark sends).
+#[xdp]
+pub fn bench_new_flow(ctx: XdpContext) -> u32 {
+    if next_flow(&ctx, 14 + 14, 14 + 20).is_none() {
+        return xdp_action::XDP_PASS;
+    }
     #[allow(clippy::redundant_closure)] // a closure per caller is what gets inlined
     wrapped(&ctx, IPIP_OVERHEAD, |ctx| balance(ctx))
+}
+
+/// The same over IPv6 (plain Ethernet + 40-byte IPv6 + TCP) to an IPv6
+/// backend.
+#[xdp]
+pub fn bench_new_flow_v6(ctx: XdpContext) -> u32 {
+    if next_flow(&ctx, 14 + 8 + 14, 14 + 40).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    #[allow(clippy::redundant_closure)] // a closure per caller is what gets inlined
+    wrapped(&ctx, IPV6_OVERHEAD, |ctx| balance(ctx))
 }
 
 /// The wrapper around a trivial encapsulation: grow by 20 bytes, write the
