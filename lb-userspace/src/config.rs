@@ -1,12 +1,15 @@
 //! The agent's configuration file: JSON with `//` comments, every field
 //! checked before anything is loaded or attached. Errors name the field
-//! (`vips[0].backends[2].address: invalid IPv4 address syntax`).
+//! (`vips[0].backends[2].address: invalid IP address syntax`).
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use lb_common::{
-    ipv4_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, NEXT_HOP_FIB,
+    ipv4_to_wire, ipv6_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, NEXT_HOP_FIB,
     NEXT_HOP_STATIC,
 };
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,11 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// Outer source address of encapsulated packets (an address of this host).
     pub source_address: Ipv4Addr,
+    /// Outer source address of packets to IPv6 backends (an IPv6 address
+    /// of this host). Absent: IPv6 backends are refused (IPv6 VIPs with
+    /// IPv4 backends need none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address6: Option<Ipv6Addr>,
     #[serde(default)]
     pub next_hop: NextHop,
     /// Size of the ring pool in slots (default: room for 64 VIPs at 65537).
@@ -166,7 +174,8 @@ pub fn validate_metrics_listen(addr: std::net::SocketAddr) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6.
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     #[serde(default = "default_table_size")]
@@ -175,7 +184,8 @@ pub struct VipConfig {
     #[serde(default)]
     pub policy: Policy,
     /// `maglev-source` and affinity: clients whose addresses share this
-    /// many leading bits count as one client (1-32; default 32).
+    /// many leading bits count as one client (IPv4 VIPs 1-32, default 32;
+    /// IPv6 VIPs 1-128, default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix: Option<u8>,
     /// Source-IP affinity, for any policy: a client's new connections go
@@ -252,6 +262,7 @@ impl VipConfig {
     /// Checks the policy settings; the error names the field.
     pub fn check_policy(&self) -> Result<(), String> {
         check_policy_fields(
+            self.address,
             self.effective_policy(),
             self.source_prefix,
             self.affinity_timeout,
@@ -267,17 +278,25 @@ impl VipConfig {
     }
 }
 
-/// Checks a VIP's policy settings as the config file and the control
-/// socket give them; the error starts with the field's name.
+/// Checks the policy settings of a VIP on address `vip` as the config
+/// file and the control socket give them; the error starts with the
+/// field's name.
 pub fn check_policy_fields(
+    vip: IpAddr,
     policy: Policy,
     source_prefix: Option<u8>,
     affinity_timeout: Option<u32>,
     idle_timeout: Option<u32>,
 ) -> Result<(), String> {
     if let Some(p) = source_prefix {
-        if !policy::SOURCE_PREFIX_RANGE.contains(&p) {
-            return Err(format!("source_prefix: {p} is out of range 1-32"));
+        let range = policy::source_prefix_range(vip);
+        if !range.contains(&p) {
+            let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!(
+                "source_prefix: {p} is out of range {}-{} for an {family} VIP",
+                range.start(),
+                range.end()
+            ));
         }
         if policy != Policy::MaglevSource && affinity_timeout.is_none() {
             return Err(format!(
@@ -441,7 +460,9 @@ impl HealthCheckConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6, whatever the VIP's family (IPv6 needs
+    /// `source_address6`).
+    pub address: IpAddr,
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Enabled, draining or disabled. The weight is kept meanwhile.
@@ -517,6 +538,9 @@ impl Config {
                 self.source_address
             );
         }
+        if let Some(addr) = self.source_address6 {
+            validate_source_address6(addr)?;
+        }
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             parse_mac(mac).context("next_hop.static.mac")?;
             if !(68..=65535).contains(mtu) {
@@ -551,7 +575,7 @@ impl Config {
         let pool = self
             .balancer_options(DataPathConfig::default())
             .ring_pool_slots;
-        validate_vips(&self.vips, pool)?;
+        validate_vips(&self.vips, pool, self.source_address6.is_some())?;
         Ok(())
     }
 
@@ -566,7 +590,9 @@ impl Config {
             static_mtu: 0,
             icmp_rate: self.icmp.rate_per_cpu,
             icmp_burst: self.icmp.burst,
-            lb_source_addr6: [0; 4],
+            lb_source_addr6: self
+                .source_address6
+                .map_or([0; 4], |a| ipv6_to_wire(a.octets())),
         };
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             config.next_hop_mode = NEXT_HOP_STATIC;
@@ -589,13 +615,24 @@ impl Config {
     }
 }
 
+/// Checks `source_address6` (the config file's, or `lb-agent`'s flag).
+pub fn validate_source_address6(addr: Ipv6Addr) -> Result<()> {
+    if !dataplane::is_unicast(IpAddr::V6(addr)) {
+        bail!("source_address6: {addr} is not a unicast IPv6 address");
+    }
+    if addr.to_ipv4_mapped().is_some() {
+        bail!("source_address6: {addr} is an IPv4-mapped address; give source_address for IPv4");
+    }
+    Ok(())
+}
+
 /// Checks a set of VIPs as a whole (field errors name the field by its
 /// position, `vips[i].backends[j]...`): the rules for the config file and
-/// for every change made through the control socket.
-pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
+/// for every change made through the control socket. `ipv6_source`: the
+/// agent has `source_address6`, so IPv6 backends can be reached.
+pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32, ipv6_source: bool) -> Result<()> {
     for (i, vip) in vips.iter().enumerate() {
-        if vip.address.is_unspecified() || vip.address.is_multicast() || vip.address.is_broadcast()
-        {
+        if !dataplane::is_unicast(vip.address) {
             bail!(
                 "vips[{i}].address: {} is not a unicast address",
                 vip.address
@@ -624,6 +661,12 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
             }
             if let Err(e) = vip.check_for(b) {
                 bail!("vips[{i}].backends[{j}].health_check.{e}");
+            }
+            // Every backend, disabled ones too: enabling one later must
+            // not be what fails.
+            let encap = vip.encapsulation().unwrap_or_default();
+            if let Err(e) = dataplane::check_backend_family(encap, b.address, ipv6_source) {
+                bail!("vips[{i}].backends[{j}].address: {e}");
             }
         }
     }
@@ -674,7 +717,9 @@ pub fn effective_specs(
                 vip: v.vip(),
                 table_size: v.table_size,
                 policy: v.effective_policy(),
-                source_prefix: v.source_prefix.unwrap_or(32),
+                source_prefix: v
+                    .source_prefix
+                    .unwrap_or_else(|| dataplane::default_source_prefix(v.address)),
                 affinity_timeout: v.affinity_timeout.unwrap_or(0),
                 icmp_echo: v.icmp_echo,
                 // Checked when the config was read or the VIP added.
@@ -708,7 +753,7 @@ pub fn announced_addresses(
     vips: &[VipConfig],
     healthy: impl Fn(&VipConfig, &BackendConfig) -> bool,
     withdraw_when_all_down: bool,
-) -> std::collections::BTreeSet<Ipv4Addr> {
+) -> std::collections::BTreeSet<IpAddr> {
     vips.iter()
         .filter(|v| {
             !withdraw_when_all_down
