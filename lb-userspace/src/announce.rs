@@ -3,7 +3,8 @@
 //! routing daemon (BIRD, see docs/deployment.md) imports that table and
 //! announces its routes over BGP. The agent speaks no routing protocol.
 //!
-//! Each route is `blackhole ADDR/32 table TABLE proto PROTOCOL`. It changes
+//! Each route is `blackhole ADDR/32 table TABLE proto PROTOCOL` (an IPv6
+//! VIP address: `ADDR/128` in the IPv6 table of the same number). It changes
 //! nothing in this host's forwarding: no rule sends lookups to the table
 //! (the VIP traffic is taken by XDP before routing), and the blackhole type
 //! means that a table consulted by mistake drops rather than loops. The
@@ -19,7 +20,7 @@
 //! This module depends on no other module of the crate (the configuration
 //! embeds [`AnnounceConfig`], not the other way round).
 
-use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
+use std::{collections::BTreeSet, net::IpAddr, process::Command};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -106,8 +107,8 @@ impl AnnounceConfig {
 /// What a reconciliation changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteChange {
-    pub announced: Vec<Ipv4Addr>,
-    pub withdrawn: Vec<Ipv4Addr>,
+    pub announced: Vec<IpAddr>,
+    pub withdrawn: Vec<IpAddr>,
 }
 
 impl RouteChange {
@@ -117,7 +118,7 @@ impl RouteChange {
 }
 
 /// The routes to add and to delete to go from `present` to `wanted`.
-pub fn plan(present: &BTreeSet<Ipv4Addr>, wanted: &BTreeSet<Ipv4Addr>) -> RouteChange {
+pub fn plan(present: &BTreeSet<IpAddr>, wanted: &BTreeSet<IpAddr>) -> RouteChange {
     RouteChange {
         announced: wanted.difference(present).copied().collect(),
         withdrawn: present.difference(wanted).copied().collect(),
@@ -143,32 +144,39 @@ impl Announcer {
         self.table
     }
 
-    /// The agent's routes now in the table (only /32 routes of its
-    /// protocol count).
-    pub fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let out = match ip(&[
-            "-json",
-            "-4",
-            "route",
-            "show",
-            "table",
-            &self.table.to_string(),
-            "proto",
-            &self.protocol.to_string(),
-        ]) {
-            Ok(out) => out,
-            // The kernel creates a table with its first route and may drop
-            // it with its last: no table is an empty one.
-            Err(e) if is_missing_table(&format!("{e:#}")) => return Ok(BTreeSet::new()),
-            Err(e) => return Err(e),
-        };
-        parse_routes(&out).with_context(|| format!("reading routing table {}", self.table))
+    /// The agent's routes now in the table, IPv4's and IPv6's (only /32
+    /// and /128 routes of its protocol count).
+    pub fn present(&self) -> Result<BTreeSet<IpAddr>> {
+        let mut present = BTreeSet::new();
+        for family in ["-4", "-6"] {
+            let out = match ip(&[
+                "-json",
+                family,
+                "route",
+                "show",
+                "table",
+                &self.table.to_string(),
+                "proto",
+                &self.protocol.to_string(),
+            ]) {
+                Ok(out) => out,
+                // The kernel creates a table with its first route and may
+                // drop it with its last: no table is an empty one.
+                Err(e) if is_missing_table(&format!("{e:#}")) => continue,
+                Err(e) => return Err(e),
+            };
+            present.extend(
+                parse_routes(&out)
+                    .with_context(|| format!("reading routing table {}", self.table))?,
+            );
+        }
+        Ok(present)
     }
 
     /// Makes the table hold exactly `wanted`; returns what changed. Routes
     /// are added before stale ones are deleted, so a VIP that stays is
     /// never withdrawn in between.
-    pub fn sync(&self, wanted: &BTreeSet<Ipv4Addr>) -> Result<RouteChange> {
+    pub fn sync(&self, wanted: &BTreeSet<IpAddr>) -> Result<RouteChange> {
         let change = plan(&self.present()?, wanted);
         for addr in &change.announced {
             self.route("replace", *addr)?;
@@ -184,13 +192,17 @@ impl Announcer {
         self.sync(&BTreeSet::new())
     }
 
-    fn route(&self, verb: &str, addr: Ipv4Addr) -> Result<()> {
+    fn route(&self, verb: &str, addr: IpAddr) -> Result<()> {
+        let (family, host_prefix) = match addr {
+            IpAddr::V4(_) => ("-4", 32),
+            IpAddr::V6(_) => ("-6", 128),
+        };
         ip(&[
-            "-4",
+            family,
             "route",
             verb,
             "blackhole",
-            &format!("{addr}/32"),
+            &format!("{addr}/{host_prefix}"),
             "table",
             &self.table.to_string(),
             "proto",
@@ -229,10 +241,11 @@ struct JsonRoute {
     dst: String,
 }
 
-/// The /32 destinations of `ip -json -4 route show` output (empty output
-/// is an empty table); anything else (a wider prefix, `default`) is not the
-/// agent's and is left out.
-pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
+/// The host-route destinations (/32, /128) of `ip -json -4 route show` or
+/// `ip -json -6 route show` output (empty output is an empty table);
+/// anything else (a wider prefix, `default`) is not the agent's and is
+/// left out.
+pub fn parse_routes(json: &str) -> Result<BTreeSet<IpAddr>> {
     if json.trim().is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -241,8 +254,13 @@ pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
     Ok(routes
         .iter()
         .filter_map(|r| {
-            let addr = r.dst.strip_suffix("/32").unwrap_or(&r.dst);
-            addr.parse().ok()
+            let (addr, prefix) = match r.dst.split_once('/') {
+                Some((addr, prefix)) => (addr, Some(prefix)),
+                None => (r.dst.as_str(), None),
+            };
+            let addr: IpAddr = addr.parse().ok()?;
+            let host = if addr.is_ipv4() { "32" } else { "128" };
+            prefix.is_none_or(|p| p == host).then_some(addr)
         })
         .collect())
 }
@@ -250,6 +268,7 @@ pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn cfg(table: u32, protocol: u8) -> AnnounceConfig {
         AnnounceConfig {
@@ -294,7 +313,10 @@ mod tests {
         let addrs = parse_routes(out).expect("parses");
         assert_eq!(
             addrs.into_iter().collect::<Vec<_>>(),
-            vec![Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11)]
+            vec![
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 10)),
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 11))
+            ]
         );
         assert!(parse_routes("").expect("empty").is_empty());
         assert!(parse_routes("\n").expect("empty").is_empty());
@@ -303,10 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_host_routes_are_read_and_wider_prefixes_left_out() {
+        let out = r#"[{"type":"blackhole","dst":"2001:db8::10","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8::11/128","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8::/32","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8:1::/64","protocol":"201","flags":[]}]"#;
+        let addrs: Vec<IpAddr> = parse_routes(out).expect("parses").into_iter().collect();
+        let want: Vec<IpAddr> = ["2001:db8::10", "2001:db8::11"]
+            .iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect();
+        assert_eq!(addrs, want);
+    }
+
+    #[test]
     fn plan_adds_missing_and_removes_stale() {
-        let a = Ipv4Addr::new(198, 18, 0, 1);
-        let b = Ipv4Addr::new(198, 18, 0, 2);
-        let c = Ipv4Addr::new(198, 18, 0, 3);
+        let a: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+        let b: IpAddr = "2001:db8::2".parse().expect("an address");
+        let c: IpAddr = Ipv4Addr::new(198, 18, 0, 3).into();
         let present: BTreeSet<_> = [a, b].into();
         let wanted: BTreeSet<_> = [b, c].into();
         assert_eq!(

@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use lb_common::{
-    ipv4_to_wire, ipv6_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, NEXT_HOP_FIB,
-    NEXT_HOP_STATIC,
+    ipv4_to_wire, ipv6_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE,
+    NEXT_HOP_FIB, NEXT_HOP_STATIC,
 };
 use serde::{Deserialize, Serialize};
 
@@ -500,13 +500,26 @@ fn default_weight() -> u32 {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, None)
+    }
+
+    /// [`Config::from_file`] with `source_address6` replaced by
+    /// `source_address6` when that is given (`lb-agent --source-address6`),
+    /// before the VIPs are checked against it.
+    pub fn from_file_with(path: &Path, source_address6: Option<Ipv6Addr>) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+        Self::parse_with(&text, source_address6)
+            .with_context(|| format!("config file {}", path.display()))
     }
 
     /// Parses and validates (everything but the interface's existence).
     pub fn parse(text: &str) -> Result<Self> {
+        Self::parse_with(text, None)
+    }
+
+    /// [`Config::parse`] with `source_address6` overridden when given.
+    pub fn parse_with(text: &str, source_address6: Option<Ipv6Addr>) -> Result<Self> {
         let json = strip_comments(text);
         let de = &mut serde_json::Deserializer::from_str(&json);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -518,6 +531,10 @@ impl Config {
                 anyhow!("{path}: {inner}")
             }
         })?;
+        let mut config = config;
+        if source_address6.is_some() {
+            config.source_address6 = source_address6;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -1015,12 +1032,15 @@ mod tests {
             ..config.vips[0].clone()
         };
         let two = [vip(80, 65537), vip(81, 65537)];
-        validate_vips(&two, 3 * 65537).expect("two tables and a rebuild fit");
-        let e = format!("{:#}", validate_vips(&two, 2 * 65537).expect_err("no room"));
+        validate_vips(&two, 3 * 65537, false).expect("two tables and a rebuild fit");
+        let e = format!(
+            "{:#}",
+            validate_vips(&two, 2 * 65537, false).expect_err("no room")
+        );
         assert!(e.contains("plus 65537 to rebuild"), "{e}");
         let mixed = [vip(80, 65537), vip(81, 251)];
-        validate_vips(&mixed, 2 * 65537 + 251).expect("the rebuild is of the largest");
-        assert!(validate_vips(&mixed, 2 * 65537 + 250).is_err());
+        validate_vips(&mixed, 2 * 65537 + 251, false).expect("the rebuild is of the largest");
+        assert!(validate_vips(&mixed, 2 * 65537 + 250, false).is_err());
     }
 
     #[test]
@@ -1091,7 +1111,7 @@ mod tests {
             admin: AdminState::Disabled,
             health_check: None,
         });
-        let sick = |_: &VipConfig, b: &BackendConfig| b.address.octets()[2] != 1;
+        let sick = |_: &VipConfig, b: &BackendConfig| !matches!(b.address, std::net::IpAddr::V4(a) if a.octets()[2] == 1);
         let (specs, open) = effective_specs(&c.vips, sick);
         assert!(open.is_empty());
         assert_eq!(

@@ -134,7 +134,9 @@ impl std::str::FromStr for VipAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let expected = || format!("{text:?}: expected ADDRESS:PORT/PROTOCOL (IPv6 as [ADDRESS]:PORT/PROTOCOL)");
+        let expected = || {
+            format!("{text:?}: expected ADDRESS:PORT/PROTOCOL (IPv6 as [ADDRESS]:PORT/PROTOCOL)")
+        };
         let (addr_port, proto) = text.rsplit_once('/').ok_or_else(expected)?;
         let (addr, port) = addr_port.rsplit_once(':').ok_or_else(expected)?;
         let addr: IpAddr = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
@@ -1407,7 +1409,11 @@ impl RingModel {
 /// GUE (a UDP header after an outer IPv4 header) has no IPv6 form here,
 /// and an IPv6 backend needs the node's IPv6 source address
 /// (`DataPathConfig::lb_source_addr6`, all zero without one).
-pub fn check_backend_family(encap: Encap, backend: IpAddr, has_source6: bool) -> Result<(), String> {
+pub fn check_backend_family(
+    encap: Encap,
+    backend: IpAddr,
+    has_source6: bool,
+) -> Result<(), String> {
     if backend.is_ipv4() {
         Ok(())
     } else if encap.gue_port().is_some() {
@@ -1546,7 +1552,7 @@ mod tests {
     fn spec(port: u16, backends: &[(u8, u32)]) -> VipSpec {
         VipSpec {
             vip: VipAddr {
-                addr: Ipv4Addr::new(198, 18, 0, 1),
+                addr: Ipv4Addr::new(198, 18, 0, 1).into(),
                 port,
                 proto: Protocol::Tcp,
             },
@@ -1559,7 +1565,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|&(last, weight)| BackendSpec {
-                    addr: Ipv4Addr::new(198, 19, 0, last),
+                    addr: Ipv4Addr::new(198, 19, 0, last).into(),
                     weight,
                 })
                 .collect(),
@@ -1577,7 +1583,7 @@ mod tests {
         let err = validate(&[bad]).unwrap_err();
         assert!(format!("{err:#}").contains("65536"), "{err:#}");
         let mut bad = spec(80, &[(1, 1)]);
-        bad.backends[0].addr = Ipv4Addr::new(224, 0, 0, 1);
+        bad.backends[0].addr = Ipv4Addr::new(224, 0, 0, 1).into();
         assert!(validate(&[bad]).is_err());
         let many: Vec<VipSpec> = (0..=MAX_VIPS as u16).map(|p| spec(p, &[])).collect();
         assert!(validate(&many).unwrap_err().to_string().contains("at most"));

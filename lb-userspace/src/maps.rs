@@ -115,7 +115,9 @@ impl<K: aya::Pod + Default> Flows<K> {
     }
 
     fn remove_per_entry(&mut self, keys: &[K]) -> u64 {
-        keys.iter().filter(|key| self.map.remove(key).is_ok()).count() as u64
+        keys.iter()
+            .filter(|key| self.map.remove(key).is_ok())
+            .count() as u64
     }
 }
 
@@ -169,10 +171,7 @@ impl TraceMaps {
     }
 }
 
-fn flow_pin<K: aya::Pod>(
-    flows: &HashMap<MapData, K, FlowPin>,
-    key: &K,
-) -> Result<Option<FlowPin>> {
+fn flow_pin<K: aya::Pod>(flows: &HashMap<MapData, K, FlowPin>, key: &K) -> Result<Option<FlowPin>> {
     match flows.get(key, 0) {
         Ok(pin) => Ok(Some(pin)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),

@@ -96,7 +96,11 @@ const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
         size_of::<VipAddrInfo>(),
     ),
     (names::FLOWS6, size_of::<Flow6Key>(), size_of::<FlowPin>()),
-    (names::BACKEND_ADDRS6, size_of::<u32>(), size_of::<Ipv6Wire>()),
+    (
+        names::BACKEND_ADDRS6,
+        size_of::<u32>(),
+        size_of::<Ipv6Wire>(),
+    ),
     (
         names::AFFINITY6,
         size_of::<Affinity6Key>(),

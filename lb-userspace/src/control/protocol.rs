@@ -235,7 +235,7 @@ pub enum ErrorCode {
     UnknownOp,
     /// `v` is not a supported protocol version.
     UnsupportedVersion,
-    /// A field that must hold an IPv4 address does not.
+    /// A field that must hold an IP address (IPv4 or IPv6; trace packets: IPv4) does not.
     InvalidAddress,
     /// A value out of range (weight, table size, port).
     InvalidValue,

@@ -16,9 +16,9 @@ use crate::{
     encap::Encap,
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
+    maps::{AnyVipKey, BalancerMaps},
     policy::Policy,
     state::StateFile,
-    maps::{AnyVipKey, BalancerMaps},
     trace::{packet as trace_packet, packet::PacketSpec, Tracer},
 };
 
@@ -78,10 +78,7 @@ impl Service {
 
     /// Publishes the VIP addresses to announce on `tx` from now on (the
     /// agent's announcer follows it; see `announce`), starting now.
-    pub fn with_announcements(
-        mut self,
-        tx: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
-    ) -> Self {
+    pub fn with_announcements(mut self, tx: tokio::sync::watch::Sender<BTreeSet<IpAddr>>) -> Self {
         self.announcements = Some(tx);
         self.publish_announcements();
         self
@@ -365,7 +362,7 @@ impl Service {
             self.ring_pool_slots,
             self.config.source_address6.is_some(),
         )
-            .map_err(|e| err(classify(&e), format!("{e:#}")))?;
+        .map_err(|e| err(classify(&e), format!("{e:#}")))?;
         // Staged before the data path changes: a disk that cannot take the
         // state refuses the change while nothing has moved.
         let staged = self.state.stage(&vips).map_err(|e| {
@@ -546,8 +543,7 @@ impl Service {
             self.dataplane.pinned_backend(&vip, &pin)
         });
         let ring_backend = vip.zip(tuple).and_then(|(vip, (source, source_port, ..))| {
-            self.dataplane
-                .ring_choice(&vip, source.into(), source_port)
+            self.dataplane.ring_choice(&vip, source.into(), source_port)
         });
         let mut vips = Vec::new();
         for (id, s) in &run.vips {
@@ -854,14 +850,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             encap,
             gue_port,
         } => {
-            let policy =
-                policy_settings(
-                    vip.addr,
-                    *policy,
-                    *source_prefix,
-                    *affinity_timeout,
-                    *idle_timeout,
-                )?;
+            let policy = policy_settings(
+                vip.addr,
+                *policy,
+                *source_prefix,
+                *affinity_timeout,
+                *idle_timeout,
+            )?;
             let encap = Encap::from_fields(*encap, *gue_port)
                 .map_err(|e| err(ErrorCode::InvalidValue, e.to_string()))?;
             check_unicast("VIP address", vip.addr)?;
@@ -1002,14 +997,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             affinity_timeout,
             idle_timeout,
         } => {
-            let settings =
-                policy_settings(
-                    vip.addr,
-                    *policy,
-                    *source_prefix,
-                    *affinity_timeout,
-                    *idle_timeout,
-                )?;
+            let settings = policy_settings(
+                vip.addr,
+                *policy,
+                *source_prefix,
+                *affinity_timeout,
+                *idle_timeout,
+            )?;
             let i = find(vips, vip)?;
             settings.apply_to(&mut vips[i]);
             Ok(format!("VIP {vip} policy set to {settings:?}"))

@@ -1,5 +1,7 @@
 //! From the command line to the one control request it sends.
 
+use std::net::IpAddr;
+
 use lb_userspace::{
     control::protocol::Request, dataplane::Protocol, policy::Policy, trace::packet::PacketSpec,
 };
@@ -14,6 +16,12 @@ impl TraceArgs {
             (self.source, self.destination, self.destination_port)
         else {
             return Err("--source, --destination and --destination-port are required".into());
+        };
+        let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else {
+            return Err(
+                "trace does not support IPv6 VIPs yet (--source and --destination must be IPv4)"
+                    .into(),
+            );
         };
         if self.protocol == Protocol::Udp && !self.tcp_flags.is_empty() {
             return Err("--tcp-flags is only for --protocol tcp".into());
@@ -607,7 +615,7 @@ mod tests {
             req(&["flow", "lookup", v, "203.0.113.7", "40000"]),
             Request::LookupFlow {
                 vip: vip(),
-                source: Ipv4Addr::new(203, 0, 113, 7),
+                source: Ipv4Addr::new(203, 0, 113, 7).into(),
                 source_port: 40000
             }
         );
