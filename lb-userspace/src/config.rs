@@ -942,6 +942,147 @@ mod tests {
         assert!(e.contains("least-conn supports at most 64 backends"), "{e}");
     }
 
+    /// A config with one VIP on `vip` with these backends and VIP fields,
+    /// and `top` settings before `interface`.
+    fn v6_config(top: &str, vip: &str, fields: &str, backends: &[&str]) -> String {
+        let backends: Vec<String> = backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{b}"}}"#))
+            .collect();
+        format!(
+            r#"{{{top} "interface": "eth0", "source_address": "198.18.1.2",
+                "vips": [{{"address": "{vip}", "port": 443, "protocol": "tcp" {fields},
+                          "backends": [{}]}}]}}"#,
+            backends.join(",")
+        )
+    }
+
+    #[test]
+    fn ipv6_vips_and_backends_parse() {
+        let src6 = r#""source_address6": "2001:db8:ffff::1","#;
+        let c = Config::parse(&v6_config(
+            src6,
+            "2001:db8::10",
+            "",
+            &["2001:db8:1::2", "198.19.1.2"],
+        ))
+        .expect("an IPv6 VIP with backends of both families");
+        let spec = &vip_specs(&c.vips)[0];
+        assert_eq!(spec.vip.to_string(), "[2001:db8::10]:443/tcp");
+        assert_eq!(spec.source_prefix, 128, "an IPv6 VIP's default prefix");
+        assert_eq!(spec.backends.len(), 2);
+        let dp = c.data_path_config([0; 6]).expect("data path config");
+        assert_eq!(
+            dp.lb_source_addr6,
+            lb_common::ipv6_to_wire(
+                "2001:db8:ffff::1"
+                    .parse::<Ipv6Addr>()
+                    .expect("addr")
+                    .octets()
+            )
+        );
+        // An IPv4 VIP with IPv6 backends, and an IPv6 VIP with IPv4 ones
+        // and no IPv6 source (6in4 needs none).
+        Config::parse(&v6_config(src6, "198.18.0.10", "", &["2001:db8:1::2"])).expect("v4 VIP");
+        let c = Config::parse(&v6_config("", "2001:db8::10", "", &["198.19.1.2"]))
+            .expect("6in4 without source_address6");
+        assert_eq!(
+            c.data_path_config([0; 6]).expect("dp").lb_source_addr6,
+            [0; 4]
+        );
+        let c = Config::parse(&v6_config(
+            "",
+            "2001:db8::10",
+            r#", "policy": "maglev-source", "source_prefix": 64"#,
+            &["198.19.1.2"],
+        ))
+        .expect("a /64 prefix");
+        assert_eq!(vip_specs(&c.vips)[0].source_prefix, 64);
+        // The IPv4 default is unchanged.
+        let c = Config::parse(&v6_config("", "198.18.0.10", "", &["198.19.1.2"])).expect("v4");
+        assert_eq!(vip_specs(&c.vips)[0].source_prefix, 32);
+    }
+
+    #[test]
+    fn ipv6_family_rules_are_refused_with_their_reason() {
+        let src6 = r#""source_address6": "2001:db8:ffff::1","#;
+        let e = err(&v6_config(
+            src6,
+            "2001:db8::10",
+            r#", "encap": "gue""#,
+            &["198.19.1.2", "2001:db8:1::2"],
+        ));
+        assert!(
+            e.contains(
+                "vips[0].backends[1].address: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
+            ),
+            "{e}"
+        );
+        let e = err(&v6_config("", "198.18.0.10", "", &["2001:db8:1::2"]));
+        assert!(
+            e.contains("vips[0].backends[0].address: backend 2001:db8:1::2 is IPv6, but the agent has no IPv6 source address"),
+            "{e}"
+        );
+        // Disabled backends too: enabling one must not be what fails.
+        let disabled = v6_config("", "198.18.0.10", "", &["198.19.1.2"]).replace(
+            r#"{"address": "198.19.1.2"}"#,
+            r#"{"address": "198.19.1.2"}, {"address": "2001:db8:1::2", "admin": "disabled"}"#,
+        );
+        assert!(err(&disabled).contains("no IPv6 source address"));
+        let prefix = |vip: &str, p: u32| {
+            err(&v6_config(
+                src6,
+                vip,
+                &format!(r#", "policy": "maglev-source", "source_prefix": {p}"#),
+                &["198.19.1.2"],
+            ))
+        };
+        let e = prefix("198.18.0.10", 33);
+        assert!(
+            e.contains("source_prefix: 33 is out of range 1-32 for an IPv4 VIP"),
+            "{e}"
+        );
+        let e = prefix("2001:db8::10", 129);
+        assert!(
+            e.contains("source_prefix: 129 is out of range 1-128 for an IPv6 VIP"),
+            "{e}"
+        );
+        for bad in ["ff02::1", "::", "::ffff:198.18.1.2"] {
+            let e = err(&v6_config(
+                &format!(r#""source_address6": "{bad}","#),
+                "198.18.0.10",
+                "",
+                &["198.19.1.2"],
+            ));
+            assert!(e.contains("source_address6:"), "{bad}: {e}");
+        }
+        let e = err(&v6_config(
+            r#""source_address6": "198.18.1.2","#,
+            "198.18.0.10",
+            "",
+            &[],
+        ));
+        assert!(e.contains("source_address6"), "{e}");
+        assert!(err(&v6_config(src6, "ff02::10", "", &[])).contains("not a unicast address"));
+        assert!(err(&v6_config(src6, "::", "", &[])).contains("not a unicast address"));
+        let e = err(&v6_config(
+            src6,
+            "2001:db8::10",
+            "",
+            &["2001:db8:1::2", "2001:db8:1::2"],
+        ));
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn source_address6_can_come_from_the_command_line() {
+        let text = v6_config("", "198.18.0.10", "", &["2001:db8:1::2"]);
+        assert!(Config::parse(&text).is_err());
+        let flag: Ipv6Addr = "2001:db8:ffff::1".parse().expect("address");
+        let c = Config::parse_with(&text, Some(flag)).expect("the flag supplies the source");
+        assert_eq!(c.source_address6, Some(flag));
+    }
+
     #[test]
     fn icmp_settings_default_and_are_checked() {
         let config = Config::parse(GOOD).expect("valid");

@@ -1588,4 +1588,141 @@ mod tests {
         let many: Vec<VipSpec> = (0..=MAX_VIPS as u16).map(|p| spec(p, &[])).collect();
         assert!(validate(&many).unwrap_err().to_string().contains("at most"));
     }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().expect("an IPv6 address")
+    }
+
+    /// An IPv6 VIP, `[2001:db8::10]:443/tcp`, with these backends.
+    fn spec6(backends: &[&str]) -> VipSpec {
+        let backends: Vec<(IpAddr, u32)> = backends
+            .iter()
+            .map(|b| (b.parse().expect("an address"), 1))
+            .collect();
+        let mut spec = VipSpec::new(
+            VipAddr {
+                addr: v6("2001:db8::10"),
+                port: 443,
+                proto: Protocol::Tcp,
+            },
+            &backends,
+        );
+        spec.table_size = 251;
+        spec
+    }
+
+    #[test]
+    fn the_ring_model_predicts_ipv6_flows_with_flow_hash6() {
+        let spec = spec6(&["2001:db8:1::2", "198.19.0.2", "2001:db8:1::3"]);
+        assert_eq!(spec.source_prefix, 128);
+        let model = RingModel::new(&spec).expect("a mixed-family VIP");
+        let table = spec_table(&spec).expect("a table");
+        let dst = lb_common::ipv6_to_wire(match spec.vip.addr {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(_) => unreachable!("an IPv6 VIP"),
+        });
+        let mut seen = BTreeSet::new();
+        for i in 0..200u16 {
+            let client = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, i, 7);
+            let port = 40000 + i;
+            // What the data path computes for the packet, from the wire.
+            let hash = lb_common::flow_hash6(
+                &lb_common::ipv6_to_wire(client.octets()),
+                &dst,
+                port.to_be(),
+                443u16.to_be(),
+                IPPROTO_TCP,
+            );
+            let want = spec.backends[table[(hash % spec.table_size) as usize] as usize].addr;
+            assert_eq!(model.choose(client.into(), port), Some(want));
+            seen.insert(want);
+        }
+        assert_eq!(seen.len(), 3, "every backend gets flows: {seen:?}");
+        assert_eq!(
+            model.choose(Ipv4Addr::new(198, 18, 10, 2).into(), 40000),
+            None,
+            "no IPv4 client reaches an IPv6 VIP"
+        );
+    }
+
+    #[test]
+    fn maglev_source_masks_ipv6_clients_to_their_prefix() {
+        let mut spec = spec6(&["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4"]);
+        spec.policy = Policy::MaglevSource;
+        spec.source_prefix = 64;
+        let model = RingModel::new(&spec).expect("valid");
+        let mut per_prefix = BTreeSet::new();
+        for net in 0..40u16 {
+            let first = model.choose(v6(&format!("2001:db8:{net:x}::1")), 1000);
+            for host in ["::2", "::ffff:1", "::1:0:0:9"] {
+                let other = v6(&format!("2001:db8:{net:x}{host}"));
+                assert_eq!(model.choose(other, 2000 + net), first, "{other}");
+            }
+            per_prefix.insert(first);
+        }
+        assert!(per_prefix.len() > 1, "prefixes spread: {per_prefix:?}");
+    }
+
+    #[test]
+    fn ipv6_digests_cover_the_whole_address() {
+        let a = RingModel::new(&spec6(&["2001:db8:1::2", "2001:db8:1::3"])).expect("valid");
+        let b = RingModel::new(&spec6(&["2001:db8:1::2", "2001:db8:2::3"])).expect("valid");
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest().len(), 32);
+    }
+
+    #[test]
+    fn family_rules_name_the_backend() {
+        let mut gue = spec6(&["198.19.0.2", "2001:db8:1::2"]);
+        gue.encap = Encap::Gue { port: 6080 };
+        let e = check_families(std::slice::from_ref(&gue), true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VIP [2001:db8::10]:443/tcp: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
+        );
+        assert!(RingModel::new(&gue).is_err());
+        let plain = spec6(&["2001:db8:1::2"]);
+        let e = check_families(std::slice::from_ref(&plain), false).unwrap_err();
+        assert!(e.to_string().contains("no IPv6 source address"), "{e}");
+        check_families(std::slice::from_ref(&plain), true).expect("with a source");
+        check_families(&[spec6(&["198.19.0.2"])], false).expect("6in4 needs no IPv6 source");
+        let mut wide = spec6(&["2001:db8:1::2"]);
+        wide.source_prefix = 129;
+        assert!(validate(&[wide.clone()])
+            .unwrap_err()
+            .to_string()
+            .contains("/1-/128"));
+        wide.source_prefix = 128;
+        validate(&[wide]).expect("/128 is an IPv6 VIP's whole address");
+        let mut v4 = spec(80, &[(1, 1)]);
+        v4.source_prefix = 33;
+        assert!(validate(&[v4]).unwrap_err().to_string().contains("/1-/32"));
+        let mut bad = spec6(&["2001:db8:1::2"]);
+        bad.backends[0].addr = v6("ff02::1");
+        assert!(validate(&[bad]).is_err());
+    }
+
+    #[test]
+    fn ipv6_keys_and_filter_positions() {
+        let vip = spec6(&[]).vip;
+        assert_eq!(vip.family(), Family::V6);
+        match vip.key() {
+            AnyVipKey::V6(k) => {
+                assert_eq!(
+                    k.addr,
+                    lb_common::ipv6_to_wire(
+                        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10).octets()
+                    )
+                );
+                assert_eq!(k.port, 443u16.to_be());
+                assert_eq!(k.proto, IPPROTO_TCP);
+            }
+            other => panic!("an IPv6 VIP's key: {other:?}"),
+        }
+        let AnyVipAddr::V6(wire) = wire_addr(vip.addr) else {
+            panic!("an IPv6 address");
+        };
+        assert_eq!(filter_position(vip.addr), vip6_filter_position(&wire));
+        assert!(matches!(spec(80, &[]).vip.key(), AnyVipKey::V4(_)));
+    }
 }
