@@ -208,7 +208,8 @@ pub struct VipSpec {
 impl VipSpec {
     /// A VIP with the default table size (65537), the default policy
     /// (Maglev on the 5-tuple), and these (address, weight) backends.
-    pub fn new(vip: VipAddr, backends: &[(IpAddr, u32)]) -> Self {
+    /// Backends of either family (`Ipv4Addr`, `Ipv6Addr` or `IpAddr`).
+    pub fn new<A: Into<IpAddr> + Copy>(vip: VipAddr, backends: &[(A, u32)]) -> Self {
         Self {
             vip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
@@ -219,7 +220,10 @@ impl VipSpec {
             encap: Encap::Ipip,
             backends: backends
                 .iter()
-                .map(|&(addr, weight)| BackendSpec { addr, weight })
+                .map(|&(addr, weight)| BackendSpec {
+                    addr: addr.into(),
+                    weight,
+                })
                 .collect(),
         }
     }
