@@ -144,40 +144,43 @@ impl Announcer {
         self.table
     }
 
-    /// The agent's routes now in the table, IPv4's and IPv6's (only /32
-    /// and /128 routes of its protocol count).
-    pub fn present(&self) -> Result<BTreeSet<IpAddr>> {
-        let mut present = BTreeSet::new();
-        for family in ["-4", "-6"] {
-            let out = match ip(&[
-                "-json",
-                family,
-                "route",
-                "show",
-                "table",
-                &self.table.to_string(),
-                "proto",
-                &self.protocol.to_string(),
-            ]) {
-                Ok(out) => out,
-                // The kernel creates a table with its first route and may
-                // drop it with its last: no table is an empty one.
-                Err(e) if is_missing_table(&format!("{e:#}")) => continue,
-                Err(e) => return Err(e),
-            };
-            present.extend(
-                parse_routes(&out)
-                    .with_context(|| format!("reading routing table {}", self.table))?,
-            );
-        }
-        Ok(present)
+    /// The agent's routes of one family (`-4` or `-6`) now in the table
+    /// (only /32 and /128 routes of its protocol count).
+    fn present_of(&self, family: &str) -> Result<BTreeSet<IpAddr>> {
+        let out = match ip(&[
+            "-json",
+            family,
+            "route",
+            "show",
+            "table",
+            &self.table.to_string(),
+            "proto",
+            &self.protocol.to_string(),
+        ]) {
+            Ok(out) => out,
+            // The kernel creates a table with its first route and may drop
+            // it with its last: no table is an empty one.
+            Err(e) if is_missing_table(&format!("{e:#}")) => return Ok(BTreeSet::new()),
+            Err(e) => return Err(e),
+        };
+        parse_routes(&out).with_context(|| format!("reading routing table {}", self.table))
     }
 
     /// Makes the table hold exactly `wanted`; returns what changed. Routes
     /// are added before stale ones are deleted, so a VIP that stays is
     /// never withdrawn in between.
     pub fn sync(&self, wanted: &BTreeSet<IpAddr>) -> Result<RouteChange> {
-        let change = plan(&self.present()?, wanted);
+        let mut present = self.present_of("-4")?;
+        match self.present_of("-6") {
+            Ok(v6) => present.extend(v6),
+            // A host without IPv6 (ipv6.disable=1) has no IPv6 route to
+            // keep or remove: only an IPv6 VIP to announce makes it an error.
+            Err(e) if !wanted.iter().any(IpAddr::is_ipv6) => {
+                log::debug!("announce: no IPv6 routes read ({e:#})");
+            }
+            Err(e) => return Err(e),
+        }
+        let change = plan(&present, wanted);
         for addr in &change.announced {
             self.route("replace", *addr)?;
         }
