@@ -3,7 +3,8 @@
 //! routing daemon (BIRD, see docs/deployment.md) imports that table and
 //! announces its routes over BGP. The agent speaks no routing protocol.
 //!
-//! Each route is `blackhole ADDR/32 table TABLE proto PROTOCOL`. It changes
+//! Each route is `blackhole ADDR/32 table TABLE proto PROTOCOL` (an IPv6
+//! VIP address: `ADDR/128` in the IPv6 table of the same number). It changes
 //! nothing in this host's forwarding: no rule sends lookups to the table
 //! (the VIP traffic is taken by XDP before routing), and the blackhole type
 //! means that a table consulted by mistake drops rather than loops. The
@@ -19,7 +20,7 @@
 //! This module depends on no other module of the crate (the configuration
 //! embeds [`AnnounceConfig`], not the other way round).
 
-use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
+use std::{collections::BTreeSet, net::IpAddr, process::Command};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -106,8 +107,8 @@ impl AnnounceConfig {
 /// What a reconciliation changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RouteChange {
-    pub announced: Vec<Ipv4Addr>,
-    pub withdrawn: Vec<Ipv4Addr>,
+    pub announced: Vec<IpAddr>,
+    pub withdrawn: Vec<IpAddr>,
 }
 
 impl RouteChange {
@@ -117,7 +118,7 @@ impl RouteChange {
 }
 
 /// The routes to add and to delete to go from `present` to `wanted`.
-pub fn plan(present: &BTreeSet<Ipv4Addr>, wanted: &BTreeSet<Ipv4Addr>) -> RouteChange {
+pub fn plan(present: &BTreeSet<IpAddr>, wanted: &BTreeSet<IpAddr>) -> RouteChange {
     RouteChange {
         announced: wanted.difference(present).copied().collect(),
         withdrawn: present.difference(wanted).copied().collect(),
@@ -143,12 +144,12 @@ impl Announcer {
         self.table
     }
 
-    /// The agent's routes now in the table (only /32 routes of its
-    /// protocol count).
-    pub fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
+    /// The agent's routes of one family (`-4` or `-6`) now in the table
+    /// (only /32 and /128 routes of its protocol count).
+    fn present_of(&self, family: &str) -> Result<BTreeSet<IpAddr>> {
         let out = match ip(&[
             "-json",
-            "-4",
+            family,
             "route",
             "show",
             "table",
@@ -168,8 +169,18 @@ impl Announcer {
     /// Makes the table hold exactly `wanted`; returns what changed. Routes
     /// are added before stale ones are deleted, so a VIP that stays is
     /// never withdrawn in between.
-    pub fn sync(&self, wanted: &BTreeSet<Ipv4Addr>) -> Result<RouteChange> {
-        let change = plan(&self.present()?, wanted);
+    pub fn sync(&self, wanted: &BTreeSet<IpAddr>) -> Result<RouteChange> {
+        let mut present = self.present_of("-4")?;
+        match self.present_of("-6") {
+            Ok(v6) => present.extend(v6),
+            // A host without IPv6 (ipv6.disable=1) has no IPv6 route to
+            // keep or remove: only an IPv6 VIP to announce makes it an error.
+            Err(e) if !wanted.iter().any(IpAddr::is_ipv6) => {
+                log::debug!("announce: no IPv6 routes read ({e:#})");
+            }
+            Err(e) => return Err(e),
+        }
+        let change = plan(&present, wanted);
         for addr in &change.announced {
             self.route("replace", *addr)?;
         }
@@ -184,13 +195,17 @@ impl Announcer {
         self.sync(&BTreeSet::new())
     }
 
-    fn route(&self, verb: &str, addr: Ipv4Addr) -> Result<()> {
+    fn route(&self, verb: &str, addr: IpAddr) -> Result<()> {
+        let (family, host_prefix) = match addr {
+            IpAddr::V4(_) => ("-4", 32),
+            IpAddr::V6(_) => ("-6", 128),
+        };
         ip(&[
-            "-4",
+            family,
             "route",
             verb,
             "blackhole",
-            &format!("{addr}/32"),
+            &format!("{addr}/{host_prefix}"),
             "table",
             &self.table.to_string(),
             "proto",
@@ -229,10 +244,11 @@ struct JsonRoute {
     dst: String,
 }
 
-/// The /32 destinations of `ip -json -4 route show` output (empty output
-/// is an empty table); anything else (a wider prefix, `default`) is not the
-/// agent's and is left out.
-pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
+/// The host-route destinations (/32, /128) of `ip -json -4 route show` or
+/// `ip -json -6 route show` output (empty output is an empty table);
+/// anything else (a wider prefix, `default`) is not the agent's and is
+/// left out.
+pub fn parse_routes(json: &str) -> Result<BTreeSet<IpAddr>> {
     if json.trim().is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -241,8 +257,13 @@ pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
     Ok(routes
         .iter()
         .filter_map(|r| {
-            let addr = r.dst.strip_suffix("/32").unwrap_or(&r.dst);
-            addr.parse().ok()
+            let (addr, prefix) = match r.dst.split_once('/') {
+                Some((addr, prefix)) => (addr, Some(prefix)),
+                None => (r.dst.as_str(), None),
+            };
+            let addr: IpAddr = addr.parse().ok()?;
+            let host = if addr.is_ipv4() { "32" } else { "128" };
+            prefix.is_none_or(|p| p == host).then_some(addr)
         })
         .collect())
 }
@@ -250,6 +271,7 @@ pub fn parse_routes(json: &str) -> Result<BTreeSet<Ipv4Addr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn cfg(table: u32, protocol: u8) -> AnnounceConfig {
         AnnounceConfig {
@@ -294,7 +316,10 @@ mod tests {
         let addrs = parse_routes(out).expect("parses");
         assert_eq!(
             addrs.into_iter().collect::<Vec<_>>(),
-            vec![Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 11)]
+            vec![
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 10)),
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 11))
+            ]
         );
         assert!(parse_routes("").expect("empty").is_empty());
         assert!(parse_routes("\n").expect("empty").is_empty());
@@ -303,10 +328,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_host_routes_are_read_and_wider_prefixes_left_out() {
+        let out = r#"[{"type":"blackhole","dst":"2001:db8::10","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8::11/128","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8::/32","protocol":"201","flags":[]},
+                     {"type":"blackhole","dst":"2001:db8:1::/64","protocol":"201","flags":[]}]"#;
+        let addrs: Vec<IpAddr> = parse_routes(out).expect("parses").into_iter().collect();
+        let want: Vec<IpAddr> = ["2001:db8::10", "2001:db8::11"]
+            .iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect();
+        assert_eq!(addrs, want);
+    }
+
+    #[test]
     fn plan_adds_missing_and_removes_stale() {
-        let a = Ipv4Addr::new(198, 18, 0, 1);
-        let b = Ipv4Addr::new(198, 18, 0, 2);
-        let c = Ipv4Addr::new(198, 18, 0, 3);
+        let a: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+        let b: IpAddr = "2001:db8::2".parse().expect("an address");
+        let c: IpAddr = Ipv4Addr::new(198, 18, 0, 3).into();
         let present: BTreeSet<_> = [a, b].into();
         let wanted: BTreeSet<_> = [b, c].into();
         assert_eq!(

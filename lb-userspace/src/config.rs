@@ -1,13 +1,16 @@
 //! The agent's configuration file: JSON with `//` comments, every field
 //! checked before anything is loaded or attached. Errors name the field
-//! (`vips[0].backends[2].address: invalid IPv4 address syntax`).
+//! (`vips[0].backends[2].address: invalid IP address syntax`).
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use lb_common::{
-    ipv4_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE, NEXT_HOP_FIB,
-    NEXT_HOP_STATIC,
+    ipv4_to_wire, ipv6_to_wire, DataPathConfig, DEFAULT_ICMP_BURST, DEFAULT_ICMP_RATE,
+    NEXT_HOP_FIB, NEXT_HOP_STATIC,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +52,11 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// Outer source address of encapsulated packets (an address of this host).
     pub source_address: Ipv4Addr,
+    /// Outer source address of packets to IPv6 backends (an IPv6 address
+    /// of this host). Absent: IPv6 backends are refused (IPv6 VIPs with
+    /// IPv4 backends need none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address6: Option<Ipv6Addr>,
     #[serde(default)]
     pub next_hop: NextHop,
     /// Size of the ring pool in slots (default: room for 64 VIPs at 65537).
@@ -166,7 +174,8 @@ pub fn validate_metrics_listen(addr: std::net::SocketAddr) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6.
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     #[serde(default = "default_table_size")]
@@ -175,7 +184,8 @@ pub struct VipConfig {
     #[serde(default)]
     pub policy: Policy,
     /// `maglev-source` and affinity: clients whose addresses share this
-    /// many leading bits count as one client (1-32; default 32).
+    /// many leading bits count as one client (IPv4 VIPs 1-32, default 32;
+    /// IPv6 VIPs 1-128, default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix: Option<u8>,
     /// Source-IP affinity, for any policy: a client's new connections go
@@ -252,6 +262,7 @@ impl VipConfig {
     /// Checks the policy settings; the error names the field.
     pub fn check_policy(&self) -> Result<(), String> {
         check_policy_fields(
+            self.address,
             self.effective_policy(),
             self.source_prefix,
             self.affinity_timeout,
@@ -267,17 +278,25 @@ impl VipConfig {
     }
 }
 
-/// Checks a VIP's policy settings as the config file and the control
-/// socket give them; the error starts with the field's name.
+/// Checks the policy settings of a VIP on address `vip` as the config
+/// file and the control socket give them; the error starts with the
+/// field's name.
 pub fn check_policy_fields(
+    vip: IpAddr,
     policy: Policy,
     source_prefix: Option<u8>,
     affinity_timeout: Option<u32>,
     idle_timeout: Option<u32>,
 ) -> Result<(), String> {
     if let Some(p) = source_prefix {
-        if !policy::SOURCE_PREFIX_RANGE.contains(&p) {
-            return Err(format!("source_prefix: {p} is out of range 1-32"));
+        let range = policy::source_prefix_range(vip);
+        if !range.contains(&p) {
+            let family = if vip.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!(
+                "source_prefix: {p} is out of range {}-{} for an {family} VIP",
+                range.start(),
+                range.end()
+            ));
         }
         if policy != Policy::MaglevSource && affinity_timeout.is_none() {
             return Err(format!(
@@ -441,7 +460,9 @@ impl HealthCheckConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6, whatever the VIP's family (IPv6 needs
+    /// `source_address6`).
+    pub address: IpAddr,
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Enabled, draining or disabled. The weight is kept meanwhile.
@@ -479,13 +500,26 @@ fn default_weight() -> u32 {
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, None)
+    }
+
+    /// [`Config::from_file`] with `source_address6` replaced by
+    /// `source_address6` when that is given (`lb-agent --source-address6`),
+    /// before the VIPs are checked against it.
+    pub fn from_file_with(path: &Path, source_address6: Option<Ipv6Addr>) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+        Self::parse_with(&text, source_address6)
+            .with_context(|| format!("config file {}", path.display()))
     }
 
     /// Parses and validates (everything but the interface's existence).
     pub fn parse(text: &str) -> Result<Self> {
+        Self::parse_with(text, None)
+    }
+
+    /// [`Config::parse`] with `source_address6` overridden when given.
+    pub fn parse_with(text: &str, source_address6: Option<Ipv6Addr>) -> Result<Self> {
         let json = strip_comments(text);
         let de = &mut serde_json::Deserializer::from_str(&json);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -497,6 +531,10 @@ impl Config {
                 anyhow!("{path}: {inner}")
             }
         })?;
+        let mut config = config;
+        if source_address6.is_some() {
+            config.source_address6 = source_address6;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -516,6 +554,9 @@ impl Config {
                 "source_address: {} is not a unicast address",
                 self.source_address
             );
+        }
+        if let Some(addr) = self.source_address6 {
+            validate_source_address6(addr)?;
         }
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             parse_mac(mac).context("next_hop.static.mac")?;
@@ -551,7 +592,7 @@ impl Config {
         let pool = self
             .balancer_options(DataPathConfig::default())
             .ring_pool_slots;
-        validate_vips(&self.vips, pool)?;
+        validate_vips(&self.vips, pool, self.source_address6.is_some())?;
         Ok(())
     }
 
@@ -566,7 +607,9 @@ impl Config {
             static_mtu: 0,
             icmp_rate: self.icmp.rate_per_cpu,
             icmp_burst: self.icmp.burst,
-            lb_source_addr6: [0; 4],
+            lb_source_addr6: self
+                .source_address6
+                .map_or([0; 4], |a| ipv6_to_wire(a.octets())),
         };
         if let NextHop::Static { mac, mtu } = &self.next_hop {
             config.next_hop_mode = NEXT_HOP_STATIC;
@@ -589,13 +632,24 @@ impl Config {
     }
 }
 
+/// Checks `source_address6` (the config file's, or `lb-agent`'s flag).
+pub fn validate_source_address6(addr: Ipv6Addr) -> Result<()> {
+    if !dataplane::is_unicast(IpAddr::V6(addr)) {
+        bail!("source_address6: {addr} is not a unicast IPv6 address");
+    }
+    if addr.to_ipv4_mapped().is_some() {
+        bail!("source_address6: {addr} is an IPv4-mapped address; give source_address for IPv4");
+    }
+    Ok(())
+}
+
 /// Checks a set of VIPs as a whole (field errors name the field by its
 /// position, `vips[i].backends[j]...`): the rules for the config file and
-/// for every change made through the control socket.
-pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
+/// for every change made through the control socket. `ipv6_source`: the
+/// agent has `source_address6`, so IPv6 backends can be reached.
+pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32, ipv6_source: bool) -> Result<()> {
     for (i, vip) in vips.iter().enumerate() {
-        if vip.address.is_unspecified() || vip.address.is_multicast() || vip.address.is_broadcast()
-        {
+        if !dataplane::is_unicast(vip.address) {
             bail!(
                 "vips[{i}].address: {} is not a unicast address",
                 vip.address
@@ -624,6 +678,12 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32) -> Result<()> {
             }
             if let Err(e) = vip.check_for(b) {
                 bail!("vips[{i}].backends[{j}].health_check.{e}");
+            }
+            // Every backend, disabled ones too: enabling one later must
+            // not be what fails.
+            let encap = vip.encapsulation().unwrap_or_default();
+            if let Err(e) = dataplane::check_backend_family(encap, b.address, ipv6_source) {
+                bail!("vips[{i}].backends[{j}].address: {e}");
             }
         }
     }
@@ -674,7 +734,9 @@ pub fn effective_specs(
                 vip: v.vip(),
                 table_size: v.table_size,
                 policy: v.effective_policy(),
-                source_prefix: v.source_prefix.unwrap_or(32),
+                source_prefix: v
+                    .source_prefix
+                    .unwrap_or_else(|| dataplane::default_source_prefix(v.address)),
                 affinity_timeout: v.affinity_timeout.unwrap_or(0),
                 icmp_echo: v.icmp_echo,
                 // Checked when the config was read or the VIP added.
@@ -708,7 +770,7 @@ pub fn announced_addresses(
     vips: &[VipConfig],
     healthy: impl Fn(&VipConfig, &BackendConfig) -> bool,
     withdraw_when_all_down: bool,
-) -> std::collections::BTreeSet<Ipv4Addr> {
+) -> std::collections::BTreeSet<IpAddr> {
     vips.iter()
         .filter(|v| {
             !withdraw_when_all_down
@@ -880,6 +942,147 @@ mod tests {
         assert!(e.contains("least-conn supports at most 64 backends"), "{e}");
     }
 
+    /// A config with one VIP on `vip` with these backends and VIP fields,
+    /// and `top` settings before `interface`.
+    fn v6_config(top: &str, vip: &str, fields: &str, backends: &[&str]) -> String {
+        let backends: Vec<String> = backends
+            .iter()
+            .map(|b| format!(r#"{{"address": "{b}"}}"#))
+            .collect();
+        format!(
+            r#"{{{top} "interface": "eth0", "source_address": "198.18.1.2",
+                "vips": [{{"address": "{vip}", "port": 443, "protocol": "tcp" {fields},
+                          "backends": [{}]}}]}}"#,
+            backends.join(",")
+        )
+    }
+
+    #[test]
+    fn ipv6_vips_and_backends_parse() {
+        let src6 = r#""source_address6": "2001:db8:ffff::1","#;
+        let c = Config::parse(&v6_config(
+            src6,
+            "2001:db8::10",
+            "",
+            &["2001:db8:1::2", "198.19.1.2"],
+        ))
+        .expect("an IPv6 VIP with backends of both families");
+        let spec = &vip_specs(&c.vips)[0];
+        assert_eq!(spec.vip.to_string(), "[2001:db8::10]:443/tcp");
+        assert_eq!(spec.source_prefix, 128, "an IPv6 VIP's default prefix");
+        assert_eq!(spec.backends.len(), 2);
+        let dp = c.data_path_config([0; 6]).expect("data path config");
+        assert_eq!(
+            dp.lb_source_addr6,
+            lb_common::ipv6_to_wire(
+                "2001:db8:ffff::1"
+                    .parse::<Ipv6Addr>()
+                    .expect("addr")
+                    .octets()
+            )
+        );
+        // An IPv4 VIP with IPv6 backends, and an IPv6 VIP with IPv4 ones
+        // and no IPv6 source (6in4 needs none).
+        Config::parse(&v6_config(src6, "198.18.0.10", "", &["2001:db8:1::2"])).expect("v4 VIP");
+        let c = Config::parse(&v6_config("", "2001:db8::10", "", &["198.19.1.2"]))
+            .expect("6in4 without source_address6");
+        assert_eq!(
+            c.data_path_config([0; 6]).expect("dp").lb_source_addr6,
+            [0; 4]
+        );
+        let c = Config::parse(&v6_config(
+            "",
+            "2001:db8::10",
+            r#", "policy": "maglev-source", "source_prefix": 64"#,
+            &["198.19.1.2"],
+        ))
+        .expect("a /64 prefix");
+        assert_eq!(vip_specs(&c.vips)[0].source_prefix, 64);
+        // The IPv4 default is unchanged.
+        let c = Config::parse(&v6_config("", "198.18.0.10", "", &["198.19.1.2"])).expect("v4");
+        assert_eq!(vip_specs(&c.vips)[0].source_prefix, 32);
+    }
+
+    #[test]
+    fn ipv6_family_rules_are_refused_with_their_reason() {
+        let src6 = r#""source_address6": "2001:db8:ffff::1","#;
+        let e = err(&v6_config(
+            src6,
+            "2001:db8::10",
+            r#", "encap": "gue""#,
+            &["198.19.1.2", "2001:db8:1::2"],
+        ));
+        assert!(
+            e.contains(
+                "vips[0].backends[1].address: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
+            ),
+            "{e}"
+        );
+        let e = err(&v6_config("", "198.18.0.10", "", &["2001:db8:1::2"]));
+        assert!(
+            e.contains("vips[0].backends[0].address: backend 2001:db8:1::2 is IPv6, but the agent has no IPv6 source address"),
+            "{e}"
+        );
+        // Disabled backends too: enabling one must not be what fails.
+        let disabled = v6_config("", "198.18.0.10", "", &["198.19.1.2"]).replace(
+            r#"{"address": "198.19.1.2"}"#,
+            r#"{"address": "198.19.1.2"}, {"address": "2001:db8:1::2", "admin": "disabled"}"#,
+        );
+        assert!(err(&disabled).contains("no IPv6 source address"));
+        let prefix = |vip: &str, p: u32| {
+            err(&v6_config(
+                src6,
+                vip,
+                &format!(r#", "policy": "maglev-source", "source_prefix": {p}"#),
+                &["198.19.1.2"],
+            ))
+        };
+        let e = prefix("198.18.0.10", 33);
+        assert!(
+            e.contains("source_prefix: 33 is out of range 1-32 for an IPv4 VIP"),
+            "{e}"
+        );
+        let e = prefix("2001:db8::10", 129);
+        assert!(
+            e.contains("source_prefix: 129 is out of range 1-128 for an IPv6 VIP"),
+            "{e}"
+        );
+        for bad in ["ff02::1", "::", "::ffff:198.18.1.2"] {
+            let e = err(&v6_config(
+                &format!(r#""source_address6": "{bad}","#),
+                "198.18.0.10",
+                "",
+                &["198.19.1.2"],
+            ));
+            assert!(e.contains("source_address6:"), "{bad}: {e}");
+        }
+        let e = err(&v6_config(
+            r#""source_address6": "198.18.1.2","#,
+            "198.18.0.10",
+            "",
+            &[],
+        ));
+        assert!(e.contains("source_address6"), "{e}");
+        assert!(err(&v6_config(src6, "ff02::10", "", &[])).contains("not a unicast address"));
+        assert!(err(&v6_config(src6, "::", "", &[])).contains("not a unicast address"));
+        let e = err(&v6_config(
+            src6,
+            "2001:db8::10",
+            "",
+            &["2001:db8:1::2", "2001:db8:1::2"],
+        ));
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn source_address6_can_come_from_the_command_line() {
+        let text = v6_config("", "198.18.0.10", "", &["2001:db8:1::2"]);
+        assert!(Config::parse(&text).is_err());
+        let flag: Ipv6Addr = "2001:db8:ffff::1".parse().expect("address");
+        let c = Config::parse_with(&text, Some(flag)).expect("the flag supplies the source");
+        assert_eq!(c.source_address6, Some(flag));
+    }
+
     #[test]
     fn icmp_settings_default_and_are_checked() {
         let config = Config::parse(GOOD).expect("valid");
@@ -970,12 +1173,15 @@ mod tests {
             ..config.vips[0].clone()
         };
         let two = [vip(80, 65537), vip(81, 65537)];
-        validate_vips(&two, 3 * 65537).expect("two tables and a rebuild fit");
-        let e = format!("{:#}", validate_vips(&two, 2 * 65537).expect_err("no room"));
+        validate_vips(&two, 3 * 65537, false).expect("two tables and a rebuild fit");
+        let e = format!(
+            "{:#}",
+            validate_vips(&two, 2 * 65537, false).expect_err("no room")
+        );
         assert!(e.contains("plus 65537 to rebuild"), "{e}");
         let mixed = [vip(80, 65537), vip(81, 251)];
-        validate_vips(&mixed, 2 * 65537 + 251).expect("the rebuild is of the largest");
-        assert!(validate_vips(&mixed, 2 * 65537 + 250).is_err());
+        validate_vips(&mixed, 2 * 65537 + 251, false).expect("the rebuild is of the largest");
+        assert!(validate_vips(&mixed, 2 * 65537 + 250, false).is_err());
     }
 
     #[test]
@@ -1046,7 +1252,7 @@ mod tests {
             admin: AdminState::Disabled,
             health_check: None,
         });
-        let sick = |_: &VipConfig, b: &BackendConfig| b.address.octets()[2] != 1;
+        let sick = |_: &VipConfig, b: &BackendConfig| !matches!(b.address, std::net::IpAddr::V4(a) if a.octets()[2] == 1);
         let (specs, open) = effective_specs(&c.vips, sick);
         assert!(open.is_empty());
         assert_eq!(

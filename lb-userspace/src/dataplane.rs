@@ -15,15 +15,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{bail, Context, Result};
 use lb_common::{
-    flow_hash, ipv4_to_wire, port_to_wire, vip_filter_position, Backend, VipAddrInfo, VipKey,
-    VipMeta, BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING,
-    FLOW_F_CLOSED, FLOW_TICK_SHIFT, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_ADDR_F_ICMP_ECHO, VIP_F_ICMP_ECHO,
+    flow_hash, flow_hash6, ipv4_to_wire, ipv6_prefix_mask, ipv6_to_wire, port_to_wire,
+    vip6_filter_position, vip_filter_position, Backend, Vip6Key, VipAddrInfo, VipKey, VipMeta,
+    BACKEND_F_ACTIVE, BACKEND_F_AFFINITY, BACKEND_F_COUNT_CONNS, BACKEND_F_DRAINING,
+    BACKEND_F_IPV6, FLOW_F_CLOSED, FLOW_TICK_SHIFT, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS,
+    MAX_VIPS, NO_BACKEND, VIP_ADDR_F_ICMP_ECHO, VIP_F_ICMP_ECHO,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,7 @@ use crate::{
     encap::Encap,
     instrument::{Instruments, VipLabel},
     maglev::{self, MaglevBackend},
-    maps::BalancerMaps,
+    maps::{AnyVipAddr, AnyVipKey, BalancerMaps, Family},
     policy::{self, Policy},
 };
 
@@ -60,33 +61,126 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A virtual service: address, port, protocol. In JSON:
-/// `{"address": "198.18.0.10", "port": 80, "protocol": "tcp"}`.
+/// A virtual service: address (either family), port, protocol. In JSON:
+/// `{"address": "198.18.0.10", "port": 80, "protocol": "tcp"}` or
+/// `{"address": "2001:db8::10", ...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipAddr {
     #[serde(rename = "address")]
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     #[serde(rename = "protocol")]
     pub proto: Protocol,
 }
 
 impl VipAddr {
-    pub fn key(&self) -> VipKey {
-        VipKey {
-            addr: ipv4_to_wire(self.addr.octets()),
-            port: port_to_wire(self.port),
-            proto: self.proto.number(),
-            _pad: 0,
+    /// Its key in the VIP map of its family (`VIPS` or `VIPS6`).
+    pub fn key(&self) -> AnyVipKey {
+        let (port, proto) = (port_to_wire(self.port), self.proto.number());
+        match self.addr {
+            IpAddr::V4(a) => AnyVipKey::V4(VipKey {
+                addr: ipv4_to_wire(a.octets()),
+                port,
+                proto,
+                _pad: 0,
+            }),
+            IpAddr::V6(a) => AnyVipKey::V6(Vip6Key {
+                addr: ipv6_to_wire(a.octets()),
+                port,
+                proto,
+                _pad: 0,
+            }),
         }
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(self.addr)
     }
 }
 
+/// An address as the maps hold it.
+pub fn wire_addr(addr: IpAddr) -> AnyVipAddr {
+    match addr {
+        IpAddr::V4(a) => AnyVipAddr::V4(ipv4_to_wire(a.octets())),
+        IpAddr::V6(a) => AnyVipAddr::V6(ipv6_to_wire(a.octets())),
+    }
+}
+
+/// Where a VIP address sits in the address filter both families share.
+fn filter_position(addr: IpAddr) -> (u32, u32) {
+    match wire_addr(addr) {
+        AnyVipAddr::V4(a) => vip_filter_position(a),
+        AnyVipAddr::V6(a) => vip6_filter_position(&a),
+    }
+}
+
+/// `198.18.0.10:80/tcp`, `[2001:db8::10]:80/tcp`: the brackets keep an
+/// IPv6 address's colons apart from the port's.
 impl fmt::Display for VipAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        write!(
+            f,
+            "{}/{}",
+            std::net::SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
     }
+}
+
+/// The inverse of `Display`: `ADDRESS:PORT/PROTOCOL`, an IPv6 address in
+/// brackets.
+impl std::str::FromStr for VipAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = || {
+            format!("{text:?}: expected ADDRESS:PORT/PROTOCOL (IPv6 as [ADDRESS]:PORT/PROTOCOL)")
+        };
+        let (addr_port, proto) = text.rsplit_once('/').ok_or_else(expected)?;
+        let (addr, port) = addr_port.rsplit_once(':').ok_or_else(expected)?;
+        let addr: IpAddr = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+            Some(v6) => v6
+                .parse::<Ipv6Addr>()
+                .map(IpAddr::V6)
+                .map_err(|_| format!("{v6:?} is not an IPv6 address"))?,
+            None if addr.contains(':') => {
+                return Err(format!(
+                    "{addr:?}: write an IPv6 VIP in brackets, [{addr}]:{port}/{proto}"
+                ))
+            }
+            None => addr
+                .parse::<Ipv4Addr>()
+                .map(IpAddr::V4)
+                .map_err(|_| format!("{addr:?} is not an IPv4 address"))?,
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{port:?} is not a port"))?;
+        let proto = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(format!("{other:?} is not a protocol (tcp or udp)")),
+        };
+        Ok(VipAddr { addr, port, proto })
+    }
+}
+
+/// The client prefix a VIP of this address uses unless told otherwise:
+/// each client address on its own.
+pub fn default_source_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// Whether `addr` can be a VIP or a backend: not unspecified, multicast or
+/// (IPv4) broadcast.
+pub fn is_unicast(addr: IpAddr) -> bool {
+    !addr.is_unspecified()
+        && !addr.is_multicast()
+        && !matches!(addr, IpAddr::V4(a) if a.is_broadcast())
 }
 
 /// What a VIP should look like.
@@ -99,7 +193,7 @@ pub struct VipSpec {
     /// How new flows pick their backend.
     pub policy: Policy,
     /// Client prefix length for `maglev-source` hashing and the affinity
-    /// key (32: each address on its own).
+    /// key (32 for IPv4, 128 for IPv6: each address on its own).
     pub source_prefix: u8,
     /// Source-IP affinity timeout in seconds (0: none).
     pub affinity_timeout: u32,
@@ -114,18 +208,22 @@ pub struct VipSpec {
 impl VipSpec {
     /// A VIP with the default table size (65537), the default policy
     /// (Maglev on the 5-tuple), and these (address, weight) backends.
-    pub fn new(vip: VipAddr, backends: &[(Ipv4Addr, u32)]) -> Self {
+    /// Backends of either family (`Ipv4Addr`, `Ipv6Addr` or `IpAddr`).
+    pub fn new<A: Into<IpAddr> + Copy>(vip: VipAddr, backends: &[(A, u32)]) -> Self {
         Self {
             vip,
             table_size: maglev::DEFAULT_TABLE_SIZE,
             policy: Policy::Maglev,
-            source_prefix: 32,
+            source_prefix: default_source_prefix(vip.addr),
             affinity_timeout: 0,
             icmp_echo: true,
             encap: Encap::Ipip,
             backends: backends
                 .iter()
-                .map(|&(addr, weight)| BackendSpec { addr, weight })
+                .map(|&(addr, weight)| BackendSpec {
+                    addr: addr.into(),
+                    weight,
+                })
                 .collect(),
         }
     }
@@ -133,7 +231,9 @@ impl VipSpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub addr: Ipv4Addr,
+    /// Either family, whatever the VIP's: an IPv6 backend is reached over
+    /// IPv6 (`BACKEND_ADDRS6`), an IPv4 one over IPv4.
+    pub addr: IpAddr,
     /// Relative share of new flows; 0 drains the backend (no new flows,
     /// existing ones stay).
     pub weight: u32,
@@ -157,7 +257,7 @@ struct VipState {
     ring_offset: u32,
     ring: Vec<u32>,
     /// backend address → backend id
-    backend_ids: BTreeMap<Ipv4Addr, u32>,
+    backend_ids: BTreeMap<IpAddr, u32>,
 }
 
 impl VipState {
@@ -172,7 +272,12 @@ impl VipState {
             ring_offset: self.ring_offset,
             ring_size: self.ring.len() as u32,
             policy: self.spec.policy.code(),
-            src_mask: policy::source_mask(self.spec.source_prefix),
+            // IPv6 VIPs mask with `source_prefix` alone.
+            src_mask: if self.spec.vip.addr.is_ipv4() {
+                policy::source_mask(self.spec.source_prefix)
+            } else {
+                0
+            },
             affinity_timeout_s: self.spec.affinity_timeout,
             gue_port: self.spec.encap.wire_port(),
             source_prefix: self.spec.source_prefix as u16,
@@ -180,8 +285,11 @@ impl VipState {
     }
 
     /// The flags the data path should see on each of this VIP's backends.
-    fn backend_flags(&self, weight: u32) -> u32 {
+    fn backend_flags(&self, addr: IpAddr, weight: u32) -> u32 {
         let mut flags = BACKEND_F_ACTIVE;
+        if addr.is_ipv6() {
+            flags |= BACKEND_F_IPV6;
+        }
         if weight == 0 {
             flags |= BACKEND_F_DRAINING;
         }
@@ -354,6 +462,9 @@ pub struct DataPlane {
     pool: RingAllocator,
     /// Where table rebuilds and swap durations are recorded.
     instruments: Instruments,
+    /// The data path was loaded with an IPv6 source address: IPv6
+    /// backends can be reached.
+    ipv6_source: bool,
 }
 
 /// Ids and pool regions assigned by planning, consumed in the same order by
@@ -376,7 +487,15 @@ impl DataPlane {
             backend_written: vec![(0, 0); MAX_BACKENDS as usize],
             pool: RingAllocator::new(slots),
             instruments: Instruments::new(),
+            ipv6_source: false,
         }
+    }
+
+    /// Whether the data path has an IPv6 source address (the agent's
+    /// `source_address6`): without one, [`DataPlane::apply`] refuses IPv6
+    /// backends.
+    pub fn set_ipv6_source(&mut self, present: bool) {
+        self.ipv6_source = present;
     }
 
     /// Records table rebuilds and swap durations into `instruments` (the
@@ -402,12 +521,37 @@ impl DataPlane {
                 *written = (b.flags, b.gue_port);
             }
         }
+        // An IPv6 backend's address is in BACKEND_ADDRS6, read once here.
+        let backend_addrs = backends
+            .iter()
+            .map(|(id, b)| {
+                Ok(if b.flags & BACKEND_F_IPV6 != 0 {
+                    IpAddr::V6(Ipv6Addr::from(lb_common::ipv6_from_wire(
+                        dp.maps.backend_addr6(*id)?,
+                    )))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(lb_common::ipv4_from_wire(b.addr)))
+                })
+            })
+            .collect::<Result<Vec<IpAddr>>>()?;
         let mut stray = Vec::new();
         for (key, meta) in &vips {
+            let (addr, port, proto) = match key {
+                AnyVipKey::V4(k) => (
+                    IpAddr::V4(Ipv4Addr::from(lb_common::ipv4_from_wire(k.addr))),
+                    k.port,
+                    k.proto,
+                ),
+                AnyVipKey::V6(k) => (
+                    IpAddr::V6(Ipv6Addr::from(lb_common::ipv6_from_wire(k.addr))),
+                    k.port,
+                    k.proto,
+                ),
+            };
             let vip = VipAddr {
-                addr: Ipv4Addr::from(lb_common::ipv4_from_wire(key.addr)),
-                port: lb_common::port_from_wire(key.port),
-                proto: match key.proto {
+                addr,
+                port: lb_common::port_from_wire(port),
+                proto: match proto {
                     IPPROTO_TCP => Protocol::Tcp,
                     IPPROTO_UDP => Protocol::Udp,
                     other => bail!("the pinned VIP map holds protocol {other}"),
@@ -424,12 +568,12 @@ impl DataPlane {
             // One id per address: should an interrupted change have left two
             // active ids for one address, the one the ring uses stays and
             // the other is deactivated (its flows re-select).
-            let mut backend_ids: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-            for (id, b) in backends
+            let mut backend_ids: BTreeMap<IpAddr, u32> = BTreeMap::new();
+            for ((id, _), &addr) in backends
                 .iter()
-                .filter(|(_, b)| b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.vip_id)
+                .zip(&backend_addrs)
+                .filter(|((_, b), _)| b.flags & BACKEND_F_ACTIVE != 0 && b.vip_id == meta.vip_id)
             {
-                let addr = Ipv4Addr::from(lb_common::ipv4_from_wire(b.addr));
                 match backend_ids.get(&addr).copied() {
                     None => {
                         backend_ids.insert(addr, *id);
@@ -450,7 +594,17 @@ impl DataPlane {
                 policy: Policy::from_code(meta.policy).with_context(|| {
                     format!("VIP {vip}: the pinned VIP map holds policy {}", meta.policy)
                 })?,
-                source_prefix: policy::prefix_of_mask(meta.src_mask),
+                // An IPv4 VIP's prefix is read from its mask: agents
+                // before IPv6 left `source_prefix` zero.
+                source_prefix: match vip.family() {
+                    Family::V4 => policy::prefix_of_mask(meta.src_mask),
+                    Family::V6 => u8::try_from(meta.source_prefix).with_context(|| {
+                        format!(
+                            "VIP {vip}: the pinned VIP map holds source prefix {}",
+                            meta.source_prefix
+                        )
+                    })?,
+                },
                 affinity_timeout: meta.affinity_timeout_s,
                 icmp_echo: meta.flags & VIP_F_ICMP_ECHO != 0,
                 encap: Encap::from_wire_port(meta.gue_port),
@@ -481,7 +635,7 @@ impl DataPlane {
         }
         // The address structures follow from the VIPs (a filter pinned by an
         // older agent may lack them).
-        let addrs: BTreeSet<Ipv4Addr> = dp.vips.keys().map(|v| v.addr).collect();
+        let addrs: BTreeSet<IpAddr> = dp.vips.keys().map(|v| v.addr).collect();
         for addr in addrs {
             dp.write_vip_address_count(addr)?;
         }
@@ -508,7 +662,7 @@ impl DataPlane {
     }
 
     /// Backend id of a VIP's backend (index of its counters).
-    pub fn backend_id(&self, vip: &VipAddr, backend: Ipv4Addr) -> Option<u32> {
+    pub fn backend_id(&self, vip: &VipAddr, backend: IpAddr) -> Option<u32> {
         self.vips.get(vip)?.backend_ids.get(&backend).copied()
     }
 
@@ -516,19 +670,15 @@ impl DataPlane {
     /// path does (same hash, same table). `None` also for a VIP whose
     /// policy is not a hash (its choice depends on more than the packet)
     /// and for one with affinity (the client's entry decides first).
-    pub fn ring_choice(
-        &self,
-        vip: &VipAddr,
-        src_addr: Ipv4Addr,
-        src_port: u16,
-    ) -> Option<Ipv4Addr> {
+    /// `None` too for a client of the other family than the VIP's.
+    pub fn ring_choice(&self, vip: &VipAddr, src_addr: IpAddr, src_port: u16) -> Option<IpAddr> {
         let state = self.vips.get(vip)?;
         if !state.spec.policy.is_hash() || state.spec.affinity_timeout != 0 {
             return None;
         }
         let id = *state
             .ring
-            .get(ring_slot(&state.spec, src_addr, src_port) as usize)?;
+            .get(ring_slot(&state.spec, src_addr, src_port)? as usize)?;
         state
             .backend_ids
             .iter()
@@ -538,7 +688,7 @@ impl DataPlane {
 
     /// The backend a connection-table pin still leads to: its id is in use
     /// by `vip` with the pin's generation. `None` for stale pins.
-    pub fn pinned_backend(&self, vip: &VipAddr, pin: &lb_common::FlowPin) -> Option<Ipv4Addr> {
+    pub fn pinned_backend(&self, vip: &VipAddr, pin: &lb_common::FlowPin) -> Option<IpAddr> {
         let state = self.vips.get(vip)?;
         let (addr, _) = state
             .backend_ids
@@ -550,7 +700,7 @@ impl DataPlane {
     /// Share of the VIP's new flows each backend address is given: its
     /// share of the table or schedule slots, or for least-conn its share
     /// of the weights (what it gets when connections last alike).
-    pub fn ring_shares(&self, vip: &VipAddr) -> BTreeMap<Ipv4Addr, f64> {
+    pub fn ring_shares(&self, vip: &VipAddr) -> BTreeMap<IpAddr, f64> {
         let Some(state) = self.vips.get(vip) else {
             return BTreeMap::new();
         };
@@ -595,7 +745,7 @@ impl DataPlane {
             .maps
             .ring_region(state.ring_offset, state.ring.len() as u32)
             .with_context(|| format!("VIP {vip}: ring region outside the pool"))?;
-        let addrs: BTreeMap<u32, Ipv4Addr> =
+        let addrs: BTreeMap<u32, IpAddr> =
             state.backend_ids.iter().map(|(a, &id)| (id, *a)).collect();
         let step = id_step(state.spec.policy);
         let slots = ring
@@ -618,7 +768,7 @@ impl DataPlane {
 
     /// A least-conn backend's open connections as the data path counts
     /// them; `None` for other policies or an unknown backend.
-    pub fn backend_connections(&self, vip: &VipAddr, backend: Ipv4Addr) -> Option<i64> {
+    pub fn backend_connections(&self, vip: &VipAddr, backend: IpAddr) -> Option<i64> {
         let state = self.vips.get(vip)?;
         if state.spec.policy != Policy::LeastConn {
             return None;
@@ -656,7 +806,7 @@ impl DataPlane {
         }
         let now = monotonic_tick()?;
         let mut counts = vec![0i64; MAX_BACKENDS as usize];
-        self.maps.for_each_flow(|_, pin| {
+        self.maps.for_each_pin(|pin| {
             if let Some(Some((generation, idle))) = counted.get(pin.backend_id as usize) {
                 if pin.generation == *generation
                     && pin.flags & FLOW_F_CLOSED == 0
@@ -685,6 +835,7 @@ impl DataPlane {
     pub fn apply(&mut self, desired: &[VipSpec]) -> Result<ApplyReport> {
         let started = std::time::Instant::now();
         validate(desired)?;
+        check_families(desired, self.ipv6_source)?;
         let desired: BTreeMap<VipAddr, &VipSpec> = desired.iter().map(|s| (s.vip, s)).collect();
         // Tables only for VIPs whose spec changed: an unchanged VIP keeps
         // its ring (and its backend ids), so one change costs one build.
@@ -786,7 +937,7 @@ impl DataPlane {
             // merging the address-sorted backends with the old, sorted map:
             // one lookup per backend in a map of 1000 cost more than the
             // whole merge), new ids for the others in the spec's order.
-            let mut by_addr: Vec<(Ipv4Addr, usize)> = (0..)
+            let mut by_addr: Vec<(IpAddr, usize)> = (0..)
                 .zip(&spec.backends)
                 .map(|(i, b)| (b.addr, i))
                 .collect();
@@ -820,7 +971,7 @@ impl DataPlane {
                     }
                 })
                 .collect::<Result<Vec<u32>>>()?;
-            let backend_ids: BTreeMap<Ipv4Addr, u32> =
+            let backend_ids: BTreeMap<IpAddr, u32> =
                 by_addr.iter().map(|&(addr, i)| (addr, ids[i])).collect();
             // `None`: the VIP keeps its ring (moved over, not copied).
             let ring: Option<Vec<u32>> = match (write, tables.get_mut(vip), old) {
@@ -912,20 +1063,20 @@ impl DataPlane {
                     // counters, cursor or clients.
                     self.maps.reset_vip_stats(vip_id)?;
                     self.maps.reset_rr_cursor(vip_id)?;
-                    self.maps.clear_affinity(vip_id)?;
+                    self.maps.clear_affinity(vip_id, vip.family())?;
                     self.open_vip_filter(vip.addr)?;
                 }
                 self.maps.set_vip(&vip.key(), &state.meta())?;
             }
             if affinity_reset {
                 // Entries keyed by the old prefix, or of affinity turned off.
-                self.maps.clear_affinity(vip_id)?;
+                self.maps.clear_affinity(vip_id, vip.family())?;
             }
             // Flags follow the policy, the affinity and the weight (drain),
             // the GUE port the encapsulation; rewriting them keeps the
             // generation, so pins stay valid.
             for (b, &id) in spec.backends.iter().zip(&ids) {
-                let flags = state.backend_flags(b.weight);
+                let flags = state.backend_flags(b.addr, b.weight);
                 if self.backend_written[id as usize] != (flags, gue_port) {
                     self.set_backend_flags(id, b.addr, vip_id, flags, gue_port)?;
                 }
@@ -954,9 +1105,10 @@ impl DataPlane {
 
     /// Writes what the data path knows of the VIP address `addr`: how many
     /// VIPs use it and whether it answers echo requests, which it does when
-    /// any of them allows it (`VIP_ADDRS`), and its word of the address
-    /// filter, recomputed from every VIP address.
-    fn write_vip_address_count(&mut self, addr: Ipv4Addr) -> Result<()> {
+    /// any of them allows it (`VIP_ADDRS` or `VIP6_ADDRS`), and its word of
+    /// the address filter, recomputed from every VIP address of both
+    /// families (they share the filter).
+    fn write_vip_address_count(&mut self, addr: IpAddr) -> Result<()> {
         let on_addr = || self.vips.iter().filter(|(v, _)| v.addr == addr);
         let info = VipAddrInfo {
             vips: on_addr().count() as u16,
@@ -966,28 +1118,28 @@ impl DataPlane {
                 0
             },
         };
-        self.maps
-            .set_vip_address(ipv4_to_wire(addr.octets()), info)?;
-        let (word, _) = vip_filter_position(ipv4_to_wire(addr.octets()));
-        let bits = self
-            .vips
-            .keys()
-            .map(|v| vip_filter_position(ipv4_to_wire(v.addr.octets())))
-            .filter(|&(w, _)| w == word)
-            .fold(0u64, |bits, (_, bit)| bits | 1 << bit);
-        self.maps.set_vip_filter_word(word, bits)
+        self.maps.set_vip_address(wire_addr(addr), info)?;
+        let (word, _) = filter_position(addr);
+        self.write_filter_word(word, 0)
     }
 
     /// Sets `addr`'s filter bit ahead of its first VIP entry, so no packet
     /// for the new VIP is filtered out in between.
-    fn open_vip_filter(&mut self, addr: Ipv4Addr) -> Result<()> {
-        let (word, bit) = vip_filter_position(ipv4_to_wire(addr.octets()));
+    fn open_vip_filter(&mut self, addr: IpAddr) -> Result<()> {
+        let (word, bit) = filter_position(addr);
+        self.write_filter_word(word, 1 << bit)
+    }
+
+    /// Writes filter word `word`: the bits of every VIP address in it,
+    /// and `extra`. A bit stays set while any VIP of either family still
+    /// hashes to it.
+    fn write_filter_word(&mut self, word: u32, extra: u64) -> Result<()> {
         let bits = self
             .vips
             .keys()
-            .map(|v| vip_filter_position(ipv4_to_wire(v.addr.octets())))
+            .map(|v| filter_position(v.addr))
             .filter(|&(w, _)| w == word)
-            .fold(1u64 << bit, |bits, (_, b)| bits | 1 << b);
+            .fold(extra, |bits, (_, bit)| bits | 1 << bit);
         self.maps.set_vip_filter_word(word, bits)
     }
 
@@ -997,15 +1149,21 @@ impl DataPlane {
     fn activate_backend(
         &mut self,
         id: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         vip_id: u32,
         gue_port: u16,
     ) -> Result<()> {
         self.maps.reset_backend_stats(id)?;
         self.maps.set_backend_conns(id, 0)?;
+        // Before the entry whose flag makes the data path read it; an id
+        // keeps its address for as long as it is active.
+        if let IpAddr::V6(a) = addr {
+            self.maps.set_backend_addr6(id, &ipv6_to_wire(a.octets()))?;
+        }
         let generation = &mut self.generations[id as usize];
         *generation = generation.wrapping_add(1);
-        self.set_backend_flags(id, addr, vip_id, BACKEND_F_ACTIVE, gue_port)
+        let family = if addr.is_ipv6() { BACKEND_F_IPV6 } else { 0 };
+        self.set_backend_flags(id, addr, vip_id, BACKEND_F_ACTIVE | family, gue_port)
     }
 
     /// Writes backend id `id` with its current generation, `flags` and
@@ -1013,7 +1171,7 @@ impl DataPlane {
     fn set_backend_flags(
         &mut self,
         id: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         vip_id: u32,
         flags: u32,
         gue_port: u16,
@@ -1021,7 +1179,10 @@ impl DataPlane {
         self.maps.set_backend(
             id,
             &Backend {
-                addr: ipv4_to_wire(addr.octets()),
+                addr: match addr {
+                    IpAddr::V4(a) => ipv4_to_wire(a.octets()),
+                    IpAddr::V6(_) => 0,
+                },
                 generation: self.generations[id as usize],
                 flags,
                 vip_id,
@@ -1077,17 +1238,46 @@ fn idle_ticks(seconds: u32) -> u32 {
 }
 
 /// Slot of a `maglev` or `maglev-source` VIP's table that a new flow from
-/// `src_addr:src_port` hashes to (as the data path's `select::ring_choice`).
-pub fn ring_slot(spec: &VipSpec, src_addr: Ipv4Addr, src_port: u16) -> u32 {
-    let key = spec.vip.key();
-    let mut src = ipv4_to_wire(src_addr.octets());
-    let src_port = if spec.policy == Policy::MaglevSource {
-        src &= policy::source_mask(spec.source_prefix);
+/// `src_addr:src_port` hashes to (as the data path's `select::ring_choice`:
+/// `flow_hash` for IPv4, `flow_hash6` for IPv6). `None` for a client of
+/// the other family than the VIP's: no such packet reaches the VIP.
+pub fn ring_slot(spec: &VipSpec, src_addr: IpAddr, src_port: u16) -> Option<u32> {
+    let source_only = spec.policy == Policy::MaglevSource;
+    let src_port = if source_only {
         0
     } else {
         port_to_wire(src_port)
     };
-    flow_hash(src, key.addr, src_port, key.port, key.proto) % spec.table_size
+    let hash = match (spec.vip.key(), src_addr) {
+        (AnyVipKey::V4(key), IpAddr::V4(src)) => {
+            let mut src = ipv4_to_wire(src.octets());
+            if source_only {
+                src &= policy::source_mask(spec.source_prefix);
+            }
+            flow_hash(src, key.addr, src_port, key.port, key.proto)
+        }
+        (AnyVipKey::V6(key), IpAddr::V6(src)) => {
+            let mut src = ipv6_to_wire(src.octets());
+            if source_only {
+                let mask = ipv6_prefix_mask(spec.source_prefix as u16);
+                for (word, mask) in src.iter_mut().zip(mask) {
+                    *word &= mask;
+                }
+            }
+            flow_hash6(&src, &key.addr, src_port, key.port, key.proto)
+        }
+        _ => return None,
+    };
+    Some(hash % spec.table_size)
+}
+
+/// An address's octets: what Maglev's permutation and the table digest
+/// hash (an IPv4 address's four, as before IPv6).
+fn octets(addr: &IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
 }
 
 /// Keys of the table digest's SipHash (fixed: every node and every version
@@ -1098,7 +1288,7 @@ const DIGEST_KEYS: (u64, u64) = (0x6c62_2d64_6967_6573, 0x7420_7461_626c_6531);
 /// into addresses (ids differ between nodes, addresses do not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    Backend(Ipv4Addr),
+    Backend(IpAddr),
     /// `NO_BACKEND`.
     Empty,
     /// A least-conn backend's weight (the slot after its id).
@@ -1113,11 +1303,11 @@ pub enum Slot {
 pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Slot>) -> String {
     use std::hash::Hasher;
     let mut h = siphasher::sip128::SipHasher13::new_with_keys(DIGEST_KEYS.0, DIGEST_KEYS.1);
-    h.write(&spec.vip.addr.octets());
+    h.write(&octets(&spec.vip.addr));
     h.write(&spec.vip.port.to_be_bytes());
     // The policy code is where the 0/1 "hash on the source only" byte was.
     h.write(&[spec.vip.proto.number(), spec.policy.code() as u8]);
-    if spec.source_prefix != 32 || spec.affinity_timeout != 0 {
+    if spec.source_prefix != default_source_prefix(spec.vip.addr) || spec.affinity_timeout != 0 {
         h.write(&[spec.source_prefix]);
         h.write(&spec.affinity_timeout.to_be_bytes());
     }
@@ -1127,7 +1317,7 @@ pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Slot>) -> String
         match slot {
             Slot::Backend(addr) => {
                 h.write(&[1]);
-                h.write(&addr.octets());
+                h.write(&octets(&addr));
             }
             Slot::Empty => h.write(&[0]),
             Slot::Weight(w) => {
@@ -1159,7 +1349,7 @@ fn spec_table(spec: &VipSpec) -> Result<Vec<u32>> {
         .enumerate()
         .map(|(i, b)| MaglevBackend {
             id: i as u32,
-            identity: b.addr.octets().to_vec(),
+            identity: octets(&b.addr),
             weight: b.weight,
         })
         .collect();
@@ -1176,6 +1366,8 @@ pub struct RingModel {
 impl RingModel {
     pub fn new(spec: &VipSpec) -> Result<Self> {
         validate(std::slice::from_ref(spec))?;
+        // A model predicts for any node, with or without an IPv6 source.
+        check_families(std::slice::from_ref(spec), true)?;
         let table = spec_table(spec)?;
         Ok(Self {
             spec: spec.clone(),
@@ -1205,15 +1397,52 @@ impl RingModel {
     /// The backend a new flow from `src_addr:src_port` gets; `None` for a
     /// policy that is not a hash, or with affinity (see
     /// [`DataPlane::ring_choice`]).
-    pub fn choose(&self, src_addr: Ipv4Addr, src_port: u16) -> Option<Ipv4Addr> {
+    /// `None` too for a client of the other family than the VIP's.
+    pub fn choose(&self, src_addr: IpAddr, src_port: u16) -> Option<IpAddr> {
         if !self.spec.policy.is_hash() || self.spec.affinity_timeout != 0 {
             return None;
         }
         let index = *self
             .table
-            .get(ring_slot(&self.spec, src_addr, src_port) as usize)?;
+            .get(ring_slot(&self.spec, src_addr, src_port)? as usize)?;
         self.spec.backends.get(index as usize).map(|b| b.addr)
     }
+}
+
+/// The family rules of one backend of a VIP with encapsulation `encap`:
+/// GUE (a UDP header after an outer IPv4 header) has no IPv6 form here,
+/// and an IPv6 backend needs the node's IPv6 source address
+/// (`DataPathConfig::lb_source_addr6`, all zero without one).
+pub fn check_backend_family(
+    encap: Encap,
+    backend: IpAddr,
+    has_source6: bool,
+) -> Result<(), String> {
+    if backend.is_ipv4() {
+        Ok(())
+    } else if encap.gue_port().is_some() {
+        Err(format!(
+            "GUE is carried over IPv4 only; backend {backend} is IPv6"
+        ))
+    } else if !has_source6 {
+        Err(format!(
+            "backend {backend} is IPv6, but the agent has no IPv6 source address \
+             (set source_address6 to reach IPv6 backends)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`check_backend_family`] for every backend of `desired`.
+pub fn check_families(desired: &[VipSpec], has_source6: bool) -> Result<()> {
+    for spec in desired {
+        for b in &spec.backends {
+            check_backend_family(spec.encap, b.addr, has_source6)
+                .map_err(|e| anyhow::anyhow!("VIP {}: {e}", spec.vip))?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks a whole desired state: no duplicate VIP or backend, valid table
@@ -1236,11 +1465,14 @@ pub fn validate(desired: &[VipSpec]) -> Result<()> {
         let weights: Vec<u32> = spec.backends.iter().map(|b| b.weight).collect();
         policy::check_backends(spec.policy, &weights, spec.table_size)
             .with_context(|| format!("VIP {}", spec.vip))?;
-        if !policy::SOURCE_PREFIX_RANGE.contains(&spec.source_prefix) {
+        let prefixes = policy::source_prefix_range(spec.vip.addr);
+        if !prefixes.contains(&spec.source_prefix) {
             bail!(
-                "VIP {}: source prefix /{} is out of range /1-/32",
+                "VIP {}: source prefix /{} is out of range /{}-/{}",
                 spec.vip,
-                spec.source_prefix
+                spec.source_prefix,
+                prefixes.start(),
+                prefixes.end()
             );
         }
         if spec.affinity_timeout > policy::MAX_AFFINITY_TIMEOUT_S {
@@ -1260,7 +1492,7 @@ pub fn validate(desired: &[VipSpec]) -> Result<()> {
             );
         }
         for b in &spec.backends {
-            if b.addr.is_unspecified() || b.addr.is_broadcast() || b.addr.is_multicast() {
+            if !is_unicast(b.addr) {
                 bail!(
                     "VIP {}: backend address {} is not a unicast address",
                     spec.vip,
@@ -1268,16 +1500,12 @@ pub fn validate(desired: &[VipSpec]) -> Result<()> {
                 );
             }
         }
-        // Sorted integers, not a `BTreeSet`: this runs on every change, and
+        // A sorted vector, not a `BTreeSet`: this runs on every change, and
         // for 1000 backends the set's allocations cost more than the sort.
-        let mut addrs: Vec<u32> = spec.backends.iter().map(|b| b.addr.to_bits()).collect();
+        let mut addrs: Vec<IpAddr> = spec.backends.iter().map(|b| b.addr).collect();
         addrs.sort_unstable();
         if let Some(pair) = addrs.windows(2).find(|pair| pair[0] == pair[1]) {
-            bail!(
-                "VIP {}: backend {} is listed twice",
-                spec.vip,
-                Ipv4Addr::from_bits(pair[0])
-            );
+            bail!("VIP {}: backend {} is listed twice", spec.vip, pair[0]);
         }
         backends += spec.backends.len();
     }
@@ -1328,7 +1556,7 @@ mod tests {
     fn spec(port: u16, backends: &[(u8, u32)]) -> VipSpec {
         VipSpec {
             vip: VipAddr {
-                addr: Ipv4Addr::new(198, 18, 0, 1),
+                addr: Ipv4Addr::new(198, 18, 0, 1).into(),
                 port,
                 proto: Protocol::Tcp,
             },
@@ -1341,7 +1569,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|&(last, weight)| BackendSpec {
-                    addr: Ipv4Addr::new(198, 19, 0, last),
+                    addr: Ipv4Addr::new(198, 19, 0, last).into(),
                     weight,
                 })
                 .collect(),
@@ -1359,9 +1587,146 @@ mod tests {
         let err = validate(&[bad]).unwrap_err();
         assert!(format!("{err:#}").contains("65536"), "{err:#}");
         let mut bad = spec(80, &[(1, 1)]);
-        bad.backends[0].addr = Ipv4Addr::new(224, 0, 0, 1);
+        bad.backends[0].addr = Ipv4Addr::new(224, 0, 0, 1).into();
         assert!(validate(&[bad]).is_err());
         let many: Vec<VipSpec> = (0..=MAX_VIPS as u16).map(|p| spec(p, &[])).collect();
         assert!(validate(&many).unwrap_err().to_string().contains("at most"));
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().expect("an IPv6 address")
+    }
+
+    /// An IPv6 VIP, `[2001:db8::10]:443/tcp`, with these backends.
+    fn spec6(backends: &[&str]) -> VipSpec {
+        let backends: Vec<(IpAddr, u32)> = backends
+            .iter()
+            .map(|b| (b.parse().expect("an address"), 1))
+            .collect();
+        let mut spec = VipSpec::new(
+            VipAddr {
+                addr: v6("2001:db8::10"),
+                port: 443,
+                proto: Protocol::Tcp,
+            },
+            &backends,
+        );
+        spec.table_size = 251;
+        spec
+    }
+
+    #[test]
+    fn the_ring_model_predicts_ipv6_flows_with_flow_hash6() {
+        let spec = spec6(&["2001:db8:1::2", "198.19.0.2", "2001:db8:1::3"]);
+        assert_eq!(spec.source_prefix, 128);
+        let model = RingModel::new(&spec).expect("a mixed-family VIP");
+        let table = spec_table(&spec).expect("a table");
+        let dst = lb_common::ipv6_to_wire(match spec.vip.addr {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(_) => unreachable!("an IPv6 VIP"),
+        });
+        let mut seen = BTreeSet::new();
+        for i in 0..200u16 {
+            let client = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, i, 7);
+            let port = 40000 + i;
+            // What the data path computes for the packet, from the wire.
+            let hash = lb_common::flow_hash6(
+                &lb_common::ipv6_to_wire(client.octets()),
+                &dst,
+                port.to_be(),
+                443u16.to_be(),
+                IPPROTO_TCP,
+            );
+            let want = spec.backends[table[(hash % spec.table_size) as usize] as usize].addr;
+            assert_eq!(model.choose(client.into(), port), Some(want));
+            seen.insert(want);
+        }
+        assert_eq!(seen.len(), 3, "every backend gets flows: {seen:?}");
+        assert_eq!(
+            model.choose(Ipv4Addr::new(198, 18, 10, 2).into(), 40000),
+            None,
+            "no IPv4 client reaches an IPv6 VIP"
+        );
+    }
+
+    #[test]
+    fn maglev_source_masks_ipv6_clients_to_their_prefix() {
+        let mut spec = spec6(&["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4"]);
+        spec.policy = Policy::MaglevSource;
+        spec.source_prefix = 64;
+        let model = RingModel::new(&spec).expect("valid");
+        let mut per_prefix = BTreeSet::new();
+        for net in 0..40u16 {
+            let first = model.choose(v6(&format!("2001:db8:{net:x}::1")), 1000);
+            for host in ["::2", "::ffff:1", "::1:0:0:9"] {
+                let other = v6(&format!("2001:db8:{net:x}{host}"));
+                assert_eq!(model.choose(other, 2000 + net), first, "{other}");
+            }
+            per_prefix.insert(first);
+        }
+        assert!(per_prefix.len() > 1, "prefixes spread: {per_prefix:?}");
+    }
+
+    #[test]
+    fn ipv6_digests_cover_the_whole_address() {
+        let a = RingModel::new(&spec6(&["2001:db8:1::2", "2001:db8:1::3"])).expect("valid");
+        let b = RingModel::new(&spec6(&["2001:db8:1::2", "2001:db8:2::3"])).expect("valid");
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest().len(), 32);
+    }
+
+    #[test]
+    fn family_rules_name_the_backend() {
+        let mut gue = spec6(&["198.19.0.2", "2001:db8:1::2"]);
+        gue.encap = Encap::Gue { port: 6080 };
+        let e = check_families(std::slice::from_ref(&gue), true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VIP [2001:db8::10]:443/tcp: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
+        );
+        assert!(RingModel::new(&gue).is_err());
+        let plain = spec6(&["2001:db8:1::2"]);
+        let e = check_families(std::slice::from_ref(&plain), false).unwrap_err();
+        assert!(e.to_string().contains("no IPv6 source address"), "{e}");
+        check_families(std::slice::from_ref(&plain), true).expect("with a source");
+        check_families(&[spec6(&["198.19.0.2"])], false).expect("6in4 needs no IPv6 source");
+        let mut wide = spec6(&["2001:db8:1::2"]);
+        wide.source_prefix = 129;
+        assert!(validate(&[wide.clone()])
+            .unwrap_err()
+            .to_string()
+            .contains("/1-/128"));
+        wide.source_prefix = 128;
+        validate(&[wide]).expect("/128 is an IPv6 VIP's whole address");
+        let mut v4 = spec(80, &[(1, 1)]);
+        v4.source_prefix = 33;
+        assert!(validate(&[v4]).unwrap_err().to_string().contains("/1-/32"));
+        let mut bad = spec6(&["2001:db8:1::2"]);
+        bad.backends[0].addr = v6("ff02::1");
+        assert!(validate(&[bad]).is_err());
+    }
+
+    #[test]
+    fn ipv6_keys_and_filter_positions() {
+        let vip = spec6(&[]).vip;
+        assert_eq!(vip.family(), Family::V6);
+        match vip.key() {
+            AnyVipKey::V6(k) => {
+                assert_eq!(
+                    k.addr,
+                    lb_common::ipv6_to_wire(
+                        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10).octets()
+                    )
+                );
+                assert_eq!(k.port, 443u16.to_be());
+                assert_eq!(k.proto, IPPROTO_TCP);
+            }
+            other => panic!("an IPv6 VIP's key: {other:?}"),
+        }
+        let AnyVipAddr::V6(wire) = wire_addr(vip.addr) else {
+            panic!("an IPv6 address");
+        };
+        assert_eq!(filter_position(vip.addr), vip6_filter_position(&wire));
+        assert!(matches!(spec(80, &[]).vip.key(), AnyVipKey::V4(_)));
     }
 }

@@ -8,15 +8,15 @@
 use std::{
     collections::BTreeSet,
     mem::size_of,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    ipv4_from_wire, ipv4_to_wire, names, port_from_wire, port_to_wire, DecapStats, MAX_DECAP_ADDRS,
-    MAX_DECAP_GUE_PORTS,
+    ipv4_from_wire, ipv4_to_wire, ipv6_from_wire, ipv6_to_wire, names, port_from_wire,
+    port_to_wire, DecapStats, Ipv6Wire, MAX_DECAP_ADDRS, MAX_DECAP_GUE_PORTS,
 };
 use serde::Serialize;
 
@@ -32,6 +32,7 @@ pub const DEFAULT_DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
 pub const DECAP_MAPS: PinnedMaps = PinnedMaps {
     maps: &[
         (names::DECAP_ADDRS, size_of::<u32>(), size_of::<u8>()),
+        (names::DECAP_ADDRS6, size_of::<Ipv6Wire>(), size_of::<u8>()),
         (names::DECAP_GUE_PORTS, size_of::<u16>(), size_of::<u8>()),
         (
             names::DECAP_STATS,
@@ -40,6 +41,9 @@ pub const DECAP_MAPS: PinnedMaps = PinnedMaps {
         ),
     ],
     detach_command: "lb-decap detach",
+    // Decap attached before IPv6 has no IPv6 address set: created empty
+    // when the new program is swapped in.
+    created_if_missing: &[names::DECAP_ADDRS6],
 };
 
 /// The decap pins of `interface` under `root`.
@@ -65,11 +69,11 @@ pub enum Attached {
 pub fn attach(
     pins: &Pins,
     interface: &str,
-    addrs: &[Ipv4Addr],
+    addrs: &[IpAddr],
     gue_ports: &[u16],
     mode: XdpModeSetting,
 ) -> Result<Attached> {
-    let wanted: BTreeSet<Ipv4Addr> = addrs.iter().copied().collect();
+    let wanted = WireAddrs::of(addrs);
     let ports: BTreeSet<u16> = gue_ports.iter().copied().collect();
     if ports.contains(&0) {
         bail!("gue-port: 0 is not a UDP port");
@@ -80,14 +84,13 @@ pub fn attach(
             ports.len()
         );
     }
-    if wanted.is_empty() {
+    if wanted.v4.is_empty() && wanted.v6.is_empty() {
         bail!("address: at least one local address is needed (--address)");
     }
-    if wanted.len() > MAX_DECAP_ADDRS as usize {
-        bail!(
-            "address: at most {MAX_DECAP_ADDRS} local addresses, not {}",
-            wanted.len()
-        );
+    for (family, n) in [("IPv4", wanted.v4.len()), ("IPv6", wanted.v6.len())] {
+        if n > MAX_DECAP_ADDRS as usize {
+            bail!("address: at most {MAX_DECAP_ADDRS} local {family} addresses, not {n}");
+        }
     }
     crate::host::interface_index(interface)?;
     pins.prepare()?;
@@ -105,58 +108,91 @@ pub fn attach(
     result
 }
 
+/// Local addresses as the decap maps hold them, one set per family.
+pub(crate) struct WireAddrs {
+    pub(crate) v4: BTreeSet<u32>,
+    pub(crate) v6: BTreeSet<Ipv6Wire>,
+}
+
+impl WireAddrs {
+    pub(crate) fn of(addrs: &[IpAddr]) -> Self {
+        let mut wire = WireAddrs {
+            v4: BTreeSet::new(),
+            v6: BTreeSet::new(),
+        };
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => wire.v4.insert(ipv4_to_wire(a.octets())),
+                IpAddr::V6(a) => wire.v6.insert(ipv6_to_wire(a.octets())),
+            };
+        }
+        wire
+    }
+}
+
+/// Makes the set `name` (key → 1) of `ebpf` exactly `wanted`. Through the
+/// pinned map, so the running program (if any) sees the new set at once;
+/// added before the old ones go, so no key that stays is ever missing.
+/// `show` names a key in errors.
+pub(crate) fn sync_set<K: aya::Pod + Ord>(
+    ebpf: &mut aya::Ebpf,
+    name: &str,
+    wanted: &BTreeSet<K>,
+    show: impl Fn(K) -> String,
+) -> Result<()> {
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("the decap object has no {name} map"))?;
+    let mut set: HashMap<&mut MapData, K, u8> =
+        HashMap::try_from(map).with_context(|| format!("{name} is not a hash map"))?;
+    for key in wanted {
+        set.insert(key, 1, 0)
+            .with_context(|| format!("adding {} to {name}", show(*key)))?;
+    }
+    let stale: Vec<K> = set
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for key in stale {
+        set.remove(&key)
+            .with_context(|| format!("removing {} from {name}", show(key)))?;
+    }
+    Ok(())
+}
+
+fn show_v4(addr: u32) -> String {
+    Ipv4Addr::from(ipv4_from_wire(addr)).to_string()
+}
+
+fn show_v6(addr: Ipv6Wire) -> String {
+    Ipv6Addr::from(ipv6_from_wire(addr)).to_string()
+}
+
+/// Fills the sets of a loaded decap object: local addresses of both
+/// families and GUE ports.
+pub(crate) fn sync_sets(
+    ebpf: &mut aya::Ebpf,
+    wanted: &WireAddrs,
+    ports: &BTreeSet<u16>,
+) -> Result<()> {
+    let ports: BTreeSet<u16> = ports.iter().map(|&p| port_to_wire(p)).collect();
+    sync_set(ebpf, names::DECAP_GUE_PORTS, &ports, |p| {
+        format!("GUE port {}", port_from_wire(p))
+    })?;
+    sync_set(ebpf, names::DECAP_ADDRS, &wanted.v4, show_v4)?;
+    sync_set(ebpf, names::DECAP_ADDRS6, &wanted.v6, show_v6)
+}
+
 fn load_and_attach(
     pins: &Pins,
     interface: &str,
-    wanted: &BTreeSet<Ipv4Addr>,
+    wanted: &WireAddrs,
     ports: &BTreeSet<u16>,
     mode: XdpModeSetting,
 ) -> Result<Attached> {
     let mut ebpf = loader::load_decap_pinned(&pins.map_paths())?;
-    let mut port_set: HashMap<&mut MapData, u16, u8> = HashMap::try_from(
-        ebpf.map_mut(names::DECAP_GUE_PORTS)
-            .context("the decap object has no DECAP_GUE_PORTS map")?,
-    )
-    .context("DECAP_GUE_PORTS is not a hash map")?;
-    for &port in ports {
-        port_set
-            .insert(port_to_wire(port), 1, 0)
-            .with_context(|| format!("adding GUE port {port}"))?;
-    }
-    let stale: Vec<u16> = port_set
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !ports.contains(&port_from_wire(*k)))
-        .collect();
-    for key in stale {
-        port_set
-            .remove(&key)
-            .with_context(|| format!("removing GUE port {}", port_from_wire(key)))?;
-    }
-    // Through the pinned map, so the running program (if any) sees the new
-    // set at once; added before the old ones go, so no address that stays
-    // is ever missing.
-    let mut set = addresses_map(
-        ebpf.map_mut(names::DECAP_ADDRS)
-            .context("the decap object has no DECAP_ADDRS map")?,
-    )?;
-    for addr in wanted {
-        set.insert(ipv4_to_wire(addr.octets()), 1, 0)
-            .with_context(|| format!("adding decap address {addr}"))?;
-    }
-    let stale: Vec<u32> = set
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(&Ipv4Addr::from(ipv4_from_wire(*k))))
-        .collect();
-    for key in stale {
-        set.remove(&key).with_context(|| {
-            format!(
-                "removing decap address {}",
-                Ipv4Addr::from(ipv4_from_wire(key))
-            )
-        })?;
-    }
+    sync_sets(&mut ebpf, wanted, ports)?;
     match pins.attach(&mut ebpf, names::DECAP_PROGRAM, interface, mode)? {
         Some(mode) => Ok(Attached::New(mode)),
         None => Ok(Attached::Updated),
@@ -170,7 +206,8 @@ pub struct Status {
     pub pin_dir: PathBuf,
     pub link_id: u32,
     pub program_id: u32,
-    pub addresses: Vec<Ipv4Addr>,
+    /// IPv4 first, then IPv6.
+    pub addresses: Vec<IpAddr>,
     /// UDP ports whose GUE packets it strips.
     pub gue_ports: Vec<u16>,
     /// Summed over CPUs.
@@ -193,12 +230,23 @@ pub fn status(pins: &Pins, interface: &str) -> Result<Option<Status>> {
     };
     let info = link.info().context("reading the pinned link's info")?;
     let mut set_map = open_pinned(pins, names::DECAP_ADDRS, Map::HashMap)?;
-    let set = addresses_map(&mut set_map)?;
-    let mut addresses: Vec<Ipv4Addr> = set
+    let set: HashMap<&mut MapData, u32, u8> =
+        HashMap::try_from(&mut set_map).context("DECAP_ADDRS is not a hash map")?;
+    let mut addresses: Vec<IpAddr> = set
         .keys()
-        .map(|k| k.map(|k| Ipv4Addr::from(ipv4_from_wire(k))))
+        .map(|k| k.map(|k| IpAddr::V4(Ipv4Addr::from(ipv4_from_wire(k)))))
         .collect::<Result<_, _>>()
         .context("reading DECAP_ADDRS")?;
+    // A decap attached before IPv6 has no DECAP_ADDRS6: no IPv6 addresses.
+    if pins.map_path(names::DECAP_ADDRS6).exists() {
+        let mut set_map = open_pinned(pins, names::DECAP_ADDRS6, Map::HashMap)?;
+        let set: HashMap<&mut MapData, Ipv6Wire, u8> =
+            HashMap::try_from(&mut set_map).context("DECAP_ADDRS6 is not a hash map")?;
+        for k in set.keys() {
+            let k = k.context("reading DECAP_ADDRS6")?;
+            addresses.push(IpAddr::V6(Ipv6Addr::from(ipv6_from_wire(k))));
+        }
+    }
     addresses.sort();
     let mut ports_map = open_pinned(pins, names::DECAP_GUE_PORTS, Map::HashMap)?;
     let ports: HashMap<&mut MapData, u16, u8> =
@@ -240,10 +288,6 @@ pub fn detach(pins: &Pins) -> Result<bool> {
     let was_attached = pins.attached();
     pins.remove()?;
     Ok(was_attached)
-}
-
-fn addresses_map(map: &mut Map) -> Result<HashMap<&mut MapData, u32, u8>> {
-    HashMap::try_from(map).context("DECAP_ADDRS is not a hash map")
 }
 
 fn open_pinned(pins: &Pins, name: &str, kind: fn(MapData) -> Map) -> Result<Map> {

@@ -1,15 +1,14 @@
 //! Loading the embedded objects into the kernel.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::HashMap,
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ipv4_to_wire, names, DataPathConfig, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS,
+    names, DataPathConfig, DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_POOL_SLOTS,
     RING_SLOTS_PER_ENTRY,
 };
 
@@ -85,6 +84,7 @@ pub fn load_balancer_object(
             options.ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY),
         )
         .map_max_entries(names::FLOWS, options.flow_table_entries)
+        .map_max_entries(names::FLOWS6, options.flow_table_entries)
         .load(object)
         .context("loading the balancer object")?;
     for program in programs {
@@ -93,29 +93,15 @@ pub fn load_balancer_object(
     Ok(ebpf)
 }
 
-/// Loads `decap` (not attached) and fills its set of local addresses.
-pub fn load_decap(local_addrs: &[Ipv4Addr], gue_ports: &[u16]) -> Result<Ebpf> {
+/// Loads `decap` (not attached) and fills its sets of local addresses
+/// (`DECAP_ADDRS` for IPv4, `DECAP_ADDRS6` for IPv6) and GUE ports.
+pub fn load_decap(local_addrs: &[IpAddr], gue_ports: &[u16]) -> Result<Ebpf> {
     let mut ebpf = load_decap_pinned(&[])?;
-    {
-        let map = ebpf
-            .map_mut(names::DECAP_ADDRS)
-            .context("the decap object has no DECAP_ADDRS map")?;
-        let mut addrs: HashMap<_, u32, u8> = HashMap::try_from(map)?;
-        for addr in local_addrs {
-            addrs
-                .insert(ipv4_to_wire(addr.octets()), 1, 0)
-                .with_context(|| format!("adding decap address {addr}"))?;
-        }
-    }
-    let map = ebpf
-        .map_mut(names::DECAP_GUE_PORTS)
-        .context("the decap object has no DECAP_GUE_PORTS map")?;
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map)?;
-    for &port in gue_ports {
-        ports
-            .insert(lb_common::port_to_wire(port), 1, 0)
-            .with_context(|| format!("adding GUE port {port}"))?;
-    }
+    crate::decap::sync_sets(
+        &mut ebpf,
+        &crate::decap::WireAddrs::of(local_addrs),
+        &gue_ports.iter().copied().collect(),
+    )?;
     Ok(ebpf)
 }
 

@@ -9,25 +9,116 @@ use aya::{
 
 use crate::batch::{self, BatchMap};
 use lb_common::{
-    names, AffinityKey, AffinityPin, Backend, BackendStats, FlowKey, FlowPin, GlobalStats,
-    VipAddrInfo, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
+    names, Affinity6Key, AffinityKey, AffinityPin, Backend, BackendStats, Flow6Key, FlowKey,
+    FlowPin, GlobalStats, Ipv6Wire, Vip6Key, VipAddrInfo, VipKey, VipMeta, VipStats,
+    RING_SLOTS_PER_ENTRY,
 };
+
+/// A key of either VIP map: IPv4 VIPs live in `VIPS`, IPv6 ones in `VIPS6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyVipKey {
+    V4(VipKey),
+    V6(Vip6Key),
+}
+
+/// A VIP address of either family, wire order (`VIP_ADDRS` or `VIP6_ADDRS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyVipAddr {
+    V4(u32),
+    V6(Ipv6Wire),
+}
+
+/// An address family: which of a pair of per-family maps (`AFFINITY` or
+/// `AFFINITY6`, `FLOWS` or `FLOWS6`) an operation is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: std::net::IpAddr) -> Self {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
 
 /// The balancer's maps, taken out of a loaded [`Ebpf`].
 pub struct BalancerMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vips6: HashMap<MapData, Vip6Key, VipMeta>,
     vip_addrs: HashMap<MapData, u32, VipAddrInfo>,
+    vip6_addrs: HashMap<MapData, Ipv6Wire, VipAddrInfo>,
     vip_filter: Array<MapData, u64>,
     rings: RingPool,
     backends: Array<MapData, Backend>,
-    flows: HashMap<MapData, FlowKey, FlowPin>,
-    /// The same connection table, for batch walks and deletes.
-    flows_batch: FlowTable,
+    backend_addrs6: Array<MapData, Ipv6Wire>,
+    flows: Flows<FlowKey>,
+    flows6: Flows<Flow6Key>,
     counters: Counters,
     /// Policy state the data path keeps (see `lb_common::names`).
     rr_cursors: PerCpuArray<MapData, u32>,
     backend_conns: Array<MapData, i64>,
     affinity: HashMap<MapData, AffinityKey, AffinityPin>,
+    affinity6: HashMap<MapData, Affinity6Key, AffinityPin>,
+}
+
+/// One connection table (`FLOWS` or `FLOWS6`): a handle for single-entry
+/// operations and one of its own for batch walks and deletes.
+struct Flows<K> {
+    map: HashMap<MapData, K, FlowPin>,
+    batch: BatchMap<K, FlowPin>,
+}
+
+impl<K: aya::Pod + Default> Flows<K> {
+    fn take_from(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
+        let map: HashMap<MapData, K, FlowPin> = take(ebpf, name)?;
+        let batch = duplicate_flow_table(&map)?;
+        Ok(Self { map, batch })
+    }
+
+    fn pin(&self, key: &K) -> Result<Option<FlowPin>> {
+        flow_pin(&self.map, key)
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&K, &FlowPin)) -> Result<u64> {
+        match self.batch.for_each(&mut f) {
+            Err(e) if batch::unsupported(&e) => {
+                log::debug!("connection table: no batch lookups ({e}), walking entry by entry");
+                let mut n = 0;
+                for (key, pin) in self.matching_per_entry(|_| true) {
+                    f(&key, &pin);
+                    n += 1;
+                }
+                Ok(n)
+            }
+            r => r.context("walking the connection table"),
+        }
+    }
+
+    fn remove(&mut self, keys: &[K]) -> Result<u64> {
+        match self.batch.delete(keys) {
+            Err(e) if batch::unsupported(&e) => Ok(self.remove_per_entry(keys)),
+            r => r.context("deleting connection-table entries"),
+        }
+    }
+
+    fn matching_per_entry(&self, filter: impl Fn(&K) -> bool) -> Vec<(K, FlowPin)> {
+        self.map
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(key, _)| filter(key))
+            .collect()
+    }
+
+    fn remove_per_entry(&mut self, keys: &[K]) -> u64 {
+        keys.iter()
+            .filter(|key| self.map.remove(key).is_ok())
+            .count() as u64
+    }
 }
 
 /// The data path's counters: per VIP id, per backend id, and global.
@@ -74,18 +165,13 @@ impl TraceMaps {
     /// Empties the scratch connection table, so that one trace never sees
     /// another's flows.
     pub fn clear_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            match self.flows.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("clearing the scratch connection table"),
-            }
-        }
-        Ok(())
+        remove_matching(&mut self.flows, |_| true)
+            .map(drop)
+            .context("clearing the scratch connection table")
     }
 }
 
-fn flow_pin(flows: &HashMap<MapData, FlowKey, FlowPin>, key: &FlowKey) -> Result<Option<FlowPin>> {
+fn flow_pin<K: aya::Pod>(flows: &HashMap<MapData, K, FlowPin>, key: &K) -> Result<Option<FlowPin>> {
     match flows.get(key, 0) {
         Ok(pin) => Ok(Some(pin)),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
@@ -158,20 +244,22 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 
 impl BalancerMaps {
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
-        let flows: HashMap<MapData, FlowKey, FlowPin> = take(ebpf, names::FLOWS)?;
-        let flows_batch = duplicate_flow_table(&flows)?;
         Ok(Self {
             vips: take(ebpf, names::VIPS)?,
+            vips6: take(ebpf, names::VIPS6)?,
             vip_addrs: take(ebpf, names::VIP_ADDRS)?,
+            vip6_addrs: take(ebpf, names::VIP6_ADDRS)?,
             vip_filter: take(ebpf, names::VIP_FILTER)?,
             rings: RingPool::take_from(ebpf)?,
             backends: take(ebpf, names::BACKENDS)?,
-            flows,
-            flows_batch,
+            backend_addrs6: take(ebpf, names::BACKEND_ADDRS6)?,
+            flows: Flows::take_from(ebpf, names::FLOWS)?,
+            flows6: Flows::take_from(ebpf, names::FLOWS6)?,
             counters: Counters::take_from(ebpf)?,
             rr_cursors: take(ebpf, names::RR_CURSORS)?,
             backend_conns: take(ebpf, names::BACKEND_CONNS)?,
             affinity: take(ebpf, names::AFFINITY)?,
+            affinity6: take(ebpf, names::AFFINITY6)?,
         })
     }
 
@@ -213,24 +301,24 @@ impl BalancerMaps {
             .context("writing the affinity table")
     }
 
-    /// Deletes every affinity entry of a VIP id (its affinity was turned
-    /// off or changed, or the id goes to a new VIP); returns how many.
-    pub fn clear_affinity(&mut self, vip_id: u32) -> Result<usize> {
-        let keys: Vec<AffinityKey> = self
-            .affinity
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.vip_id == vip_id)
-            .collect();
-        let mut removed = 0;
-        for key in keys {
-            match self.affinity.remove(&key) {
-                Ok(()) => removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("clearing the affinity table"),
-            }
+    /// An IPv6 client's affinity entry, if any.
+    pub fn affinity6(&self, key: &Affinity6Key) -> Result<Option<AffinityPin>> {
+        match self.affinity6.get(key, 0) {
+            Ok(pin) => Ok(Some(pin)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the IPv6 affinity table"),
         }
-        Ok(removed)
+    }
+
+    /// Deletes every affinity entry of a VIP id (its affinity was turned
+    /// off or changed, or the id goes to a new VIP) from the table of the
+    /// VIP's family (its clients are of its family); returns how many.
+    pub fn clear_affinity(&mut self, vip_id: u32, family: Family) -> Result<usize> {
+        match family {
+            Family::V4 => remove_matching(&mut self.affinity, |k| k.vip_id == vip_id),
+            Family::V6 => remove_matching(&mut self.affinity6, |k| k.vip_id == vip_id),
+        }
+        .context("clearing the affinity table")
     }
 
     /// Number of slots in the ring pool.
@@ -263,12 +351,35 @@ impl BalancerMaps {
             .get(offset as usize..offset as usize + len as usize)
     }
 
-    /// Every VIP in the map (adopting pinned maps).
-    pub fn vip_entries(&self) -> Result<Vec<(VipKey, VipMeta)>> {
-        self.vips
+    /// Every VIP in both maps (adopting pinned maps).
+    pub fn vip_entries(&self) -> Result<Vec<(AnyVipKey, VipMeta)>> {
+        let v4 = self
+            .vips
             .iter()
+            .map(|e| e.map(|(k, m)| (AnyVipKey::V4(k), m)));
+        let v6 = self
+            .vips6
+            .iter()
+            .map(|e| e.map(|(k, m)| (AnyVipKey::V6(k), m)));
+        v4.chain(v6)
             .map(|e| e.context("reading the VIP map"))
             .collect()
+    }
+
+    /// The outer IPv6 destination of backend id `id` (meaningful while its
+    /// `Backend` has `BACKEND_F_IPV6`).
+    pub fn backend_addr6(&self, id: u32) -> Result<Ipv6Wire> {
+        self.backend_addrs6
+            .get(&id, 0)
+            .with_context(|| format!("reading the IPv6 address of backend {id}"))
+    }
+
+    /// Writes backend id `id`'s outer IPv6 destination: before the
+    /// `Backend` entry that makes the data path read it.
+    pub fn set_backend_addr6(&mut self, id: u32, addr: &Ipv6Wire) -> Result<()> {
+        self.backend_addrs6
+            .set(id, *addr, 0)
+            .with_context(|| format!("writing the IPv6 address of backend {id}"))
     }
 
     /// Every backend slot, used or not (adopting pinned maps).
@@ -292,33 +403,46 @@ impl BalancerMaps {
 
     /// Inserts or replaces a VIP: one map update, so packets see either the
     /// old metadata (and ring) or the new one.
-    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
-        self.vips
-            .insert(key, meta, 0)
-            .with_context(|| format!("writing VIP {key:?}"))
+    pub fn set_vip(&mut self, key: &AnyVipKey, meta: &VipMeta) -> Result<()> {
+        match key {
+            AnyVipKey::V4(k) => self.vips.insert(k, meta, 0),
+            AnyVipKey::V6(k) => self.vips6.insert(k, meta, 0),
+        }
+        .with_context(|| format!("writing VIP {key:?}"))
     }
 
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        self.vips
-            .remove(key)
-            .with_context(|| format!("removing VIP {key:?}"))
+    pub fn remove_vip(&mut self, key: &AnyVipKey) -> Result<()> {
+        match key {
+            AnyVipKey::V4(k) => self.vips.remove(k),
+            AnyVipKey::V6(k) => self.vips6.remove(k),
+        }
+        .with_context(|| format!("removing VIP {key:?}"))
     }
 
     /// Records how many VIPs live on `addr` and the address's flags (no
     /// VIPs removes the address).
-    pub fn set_vip_address(&mut self, addr: u32, info: VipAddrInfo) -> Result<()> {
-        if info.vips == 0 {
-            self.vip_addrs.remove(&addr).context("removing VIP address")
-        } else {
-            self.vip_addrs
-                .insert(addr, info, 0)
-                .context("writing VIP address")
+    pub fn set_vip_address(&mut self, addr: AnyVipAddr, info: VipAddrInfo) -> Result<()> {
+        let result = match (addr, info.vips) {
+            (AnyVipAddr::V4(a), 0) => self.vip_addrs.remove(&a),
+            (AnyVipAddr::V6(a), 0) => self.vip6_addrs.remove(&a),
+            (AnyVipAddr::V4(a), _) => self.vip_addrs.insert(a, info, 0),
+            (AnyVipAddr::V6(a), _) => self.vip6_addrs.insert(a, info, 0),
+        };
+        match result {
+            // Removing an address that was never written (a VIP whose
+            // first write failed) leaves what was wanted.
+            Err(aya::maps::MapError::KeyNotFound) if info.vips == 0 => Ok(()),
+            r => r.with_context(|| format!("writing VIP address {addr:?}")),
         }
     }
 
     /// What the data path knows of VIP address `addr` (wire order).
-    pub fn vip_address(&self, addr: u32) -> Result<Option<VipAddrInfo>> {
-        match self.vip_addrs.get(&addr, 0) {
+    pub fn vip_address(&self, addr: AnyVipAddr) -> Result<Option<VipAddrInfo>> {
+        let result = match addr {
+            AnyVipAddr::V4(a) => self.vip_addrs.get(&a, 0),
+            AnyVipAddr::V6(a) => self.vip6_addrs.get(&a, 0),
+        };
+        match result {
             Ok(info) => Ok(Some(info)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading VIP address"),
@@ -344,31 +468,44 @@ impl BalancerMaps {
 
     /// The connection table's pin for a flow, if any.
     pub fn flow_pin(&self, key: &FlowKey) -> Result<Option<FlowPin>> {
-        flow_pin(&self.flows, key)
+        self.flows.pin(key)
     }
 
-    /// A handle of its own on the connection table, for a reader that must
-    /// not wait for whoever holds these maps (the metrics endpoint).
+    /// The IPv6 connection table's pin for a flow, if any.
+    pub fn flow6_pin(&self, key: &Flow6Key) -> Result<Option<FlowPin>> {
+        self.flows6.pin(key)
+    }
+
+    /// Handles of their own on both connection tables, for a reader that
+    /// must not wait for whoever holds these maps (the metrics endpoint).
+    pub fn flow_tables(&self) -> Result<FlowTables> {
+        Ok(FlowTables {
+            v4: duplicate_flow_table(&self.flows.map)?,
+            v6: duplicate_flow_table(&self.flows6.map)?,
+        })
+    }
+
+    /// A handle of its own on the IPv4 connection table (tests and the
+    /// benchmark fill it).
     pub fn flow_table(&self) -> Result<FlowTable> {
-        duplicate_flow_table(&self.flows)
+        duplicate_flow_table(&self.flows.map)
     }
 
     /// Calls `f` on every connection-table entry; returns how many there
     /// were. Batch lookups (thousands of entries per syscall), or, on a
     /// kernel without them, two syscalls per entry.
-    pub fn for_each_flow(&self, mut f: impl FnMut(&FlowKey, &FlowPin)) -> Result<u64> {
-        match self.flows_batch.for_each(&mut f) {
-            Err(e) if batch::unsupported(&e) => {
-                log::debug!("connection table: no batch lookups ({e}), walking entry by entry");
-                let mut n = 0;
-                for (key, pin) in self.flows_matching_per_entry(|_| true) {
-                    f(&key, &pin);
-                    n += 1;
-                }
-                Ok(n)
-            }
-            r => r.context("walking the connection table"),
-        }
+    pub fn for_each_flow(&self, f: impl FnMut(&FlowKey, &FlowPin)) -> Result<u64> {
+        self.flows.for_each(f)
+    }
+
+    /// [`Self::for_each_flow`] over the IPv6 connection table.
+    pub fn for_each_flow6(&self, f: impl FnMut(&Flow6Key, &FlowPin)) -> Result<u64> {
+        self.flows6.for_each(f)
+    }
+
+    /// Calls `f` on the pin of every entry of both connection tables.
+    pub fn for_each_pin(&self, mut f: impl FnMut(&FlowPin)) -> Result<u64> {
+        Ok(self.flows.for_each(|_, pin| f(pin))? + self.flows6.for_each(|_, pin| f(pin))?)
     }
 
     /// Every entry of the connection table whose key matches `filter`.
@@ -389,10 +526,12 @@ impl BalancerMaps {
     /// (entries evicted meanwhile are not counted). Batch deletes, or one
     /// syscall per entry on a kernel without them.
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<u64> {
-        match self.flows_batch.delete(keys) {
-            Err(e) if batch::unsupported(&e) => Ok(self.remove_flows_per_entry(keys)),
-            r => r.context("deleting connection-table entries"),
-        }
+        self.flows.remove(keys)
+    }
+
+    /// [`Self::remove_flows`] in the IPv6 connection table.
+    pub fn remove_flows6(&mut self, keys: &[Flow6Key]) -> Result<u64> {
+        self.flows6.remove(keys)
     }
 
     /// [`Self::flows_matching`] the old way, two syscalls per entry: the
@@ -401,18 +540,12 @@ impl BalancerMaps {
         &self,
         filter: impl Fn(&FlowKey) -> bool,
     ) -> Vec<(FlowKey, FlowPin)> {
-        self.flows
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(key, _)| filter(key))
-            .collect()
+        self.flows.matching_per_entry(filter)
     }
 
     /// [`Self::remove_flows`] the old way, one syscall per entry.
     pub fn remove_flows_per_entry(&mut self, keys: &[FlowKey]) -> u64 {
-        keys.iter()
-            .filter(|key| self.flows.remove(key).is_ok())
-            .count() as u64
+        self.flows.remove_per_entry(keys)
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {
@@ -442,8 +575,36 @@ impl BalancerMaps {
 
 /// The connection table with batch operations (see [`crate::batch`]).
 pub type FlowTable = BatchMap<FlowKey, FlowPin>;
+/// The IPv6 connection table with batch operations.
+pub type FlowTable6 = BatchMap<Flow6Key, FlowPin>;
 
-fn duplicate_flow_table(flows: &HashMap<MapData, FlowKey, FlowPin>) -> Result<FlowTable> {
+/// Both connection tables, for a reader of their occupancy.
+pub struct FlowTables {
+    pub v4: FlowTable,
+    pub v6: FlowTable6,
+}
+
+/// Deletes the entries of `map` whose key matches `filter`; returns how
+/// many. Entries gone meanwhile are skipped.
+fn remove_matching<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    filter: impl Fn(&K) -> bool,
+) -> Result<usize, aya::maps::MapError> {
+    let keys: Vec<K> = map.keys().filter_map(|k| k.ok()).filter(filter).collect();
+    let mut removed = 0;
+    for key in keys {
+        match map.remove(&key) {
+            Ok(()) => removed += 1,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+fn duplicate_flow_table<K: aya::Pod + Default>(
+    flows: &HashMap<MapData, K, FlowPin>,
+) -> Result<BatchMap<K, FlowPin>> {
     let fd = std::os::fd::AsFd::as_fd(flows.map().fd())
         .try_clone_to_owned()
         .context("duplicating the connection table's fd")?;

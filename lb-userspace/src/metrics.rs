@@ -8,7 +8,7 @@
 //!   service's own `stats` and `list_vips` requests: the service lock is
 //!   held for those two requests only, off the runtime's task threads
 //!   (as the control socket does), never across network I/O;
-//! - the connection table's occupancy by a batch walk of `FLOWS` on a
+//! - the connection table's occupancy by a batch walk of `FLOWS` and `FLOWS6` on a
 //!   handle of its own, without the service lock, recounted only when the
 //!   last count is older than 20 walks' time (at least 1 s), so frequent
 //!   scrapes of a 1M-entry table stay cheap;
@@ -47,7 +47,7 @@ use crate::{
     },
     health::Health,
     instrument::Instruments,
-    maps::FlowTable,
+    maps::FlowTables,
 };
 
 /// A client must send its request and take the response within this time.
@@ -91,7 +91,7 @@ struct Count {
 pub struct Exporter {
     service: Arc<Mutex<Service>>,
     instruments: Instruments,
-    flows: FlowTable,
+    flows: FlowTables,
     last_count: std::sync::Mutex<Option<Count>>,
 }
 
@@ -99,7 +99,7 @@ impl Exporter {
     /// `flows` is a handle of its own on the connection table
     /// (`BalancerMaps::flow_table`); `instruments` are those the data plane
     /// and the health checker record into.
-    pub fn new(service: Arc<Mutex<Service>>, instruments: Instruments, flows: FlowTable) -> Self {
+    pub fn new(service: Arc<Mutex<Service>>, instruments: Instruments, flows: FlowTables) -> Self {
         Self {
             service,
             instruments,
@@ -138,7 +138,7 @@ impl Exporter {
             .is_some_and(|c| c.at.elapsed() < MIN_RECOUNT.max(c.took * 20));
         if !fresh {
             let start = Instant::now();
-            let entries = self.flows.for_each(|_, _| {})?;
+            let entries = self.flows.v4.for_each(|_, _| {})? + self.flows.v6.for_each(|_, _| {})?;
             *last = Some(Count {
                 at: Instant::now(),
                 entries,
@@ -147,7 +147,7 @@ impl Exporter {
         }
         Ok(Occupancy {
             entries: last.as_ref().map_or(0, |c| c.entries),
-            capacity: self.flows.capacity(),
+            capacity: self.flows.v4.capacity() + self.flows.v6.capacity(),
         })
     }
 }
@@ -317,14 +317,14 @@ pub fn encode(
         entries.set(to_i64(o.entries));
         registry.register(
             "flow_table_entries",
-            "Entries in the connection table (FLOWS), at the last count",
+            "Entries in the connection table (FLOWS and FLOWS6), at the last count",
             entries,
         );
         let capacity = Gauge::<i64>::default();
         capacity.set(i64::from(o.capacity));
         registry.register(
             "flow_table_capacity",
-            "Capacity of the connection table (FLOWS)",
+            "Capacity of the connection table (FLOWS and FLOWS6, each flow_table_entries)",
             capacity,
         );
     }
@@ -499,7 +499,7 @@ async fn respond(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
     use crate::{
@@ -510,13 +510,13 @@ mod tests {
 
     fn vip() -> VipAddr {
         VipAddr {
-            addr: Ipv4Addr::new(198, 18, 0, 10),
+            addr: Ipv4Addr::new(198, 18, 0, 10).into(),
             port: 8080,
             proto: Protocol::Tcp,
         }
     }
 
-    fn backend(address: Ipv4Addr, health: Health) -> BackendInfo {
+    fn backend(address: IpAddr, health: Health) -> BackendInfo {
         BackendInfo {
             address,
             weight: 1,
@@ -540,8 +540,8 @@ mod tests {
             flow_misses: 10,
             ..Default::default()
         };
-        let b1 = Ipv4Addr::new(198, 19, 1, 2);
-        let b2 = Ipv4Addr::new(198, 19, 2, 2);
+        let b1: IpAddr = Ipv4Addr::new(198, 19, 1, 2).into();
+        let b2: IpAddr = Ipv4Addr::new(198, 19, 2, 2).into();
         Snapshot {
             stats: StatsReport {
                 global,

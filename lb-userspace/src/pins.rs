@@ -26,8 +26,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    names, AffinityKey, AffinityPin, Backend, BackendStats, FlowKey, FlowPin, GlobalStats,
-    RingEntry, VipAddrInfo, VipKey, VipMeta, VipStats, RING_SLOTS_PER_ENTRY,
+    names, Affinity6Key, AffinityKey, AffinityPin, Backend, BackendStats, Flow6Key, FlowKey,
+    FlowPin, GlobalStats, Ipv6Wire, RingEntry, Vip6Key, VipAddrInfo, VipKey, VipMeta, VipStats,
+    RING_SLOTS_PER_ENTRY,
 };
 
 use crate::loader::{self, XdpModeSetting};
@@ -41,6 +42,10 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/lb";
 pub struct PinnedMaps {
     pub maps: &'static [(&'static str, usize, usize)],
     pub detach_command: &'static str,
+    /// Maps a data path pinned by an older version may lack, which the
+    /// loader creates (empty) and pins when it adopts that data path: what
+    /// they hold starts empty anyway, so adoption stays hitless.
+    pub created_if_missing: &'static [&'static str],
 }
 
 /// The balancer's pinned maps. (Not the log ring or the read-only globals:
@@ -48,6 +53,15 @@ pub struct PinnedMaps {
 pub const BALANCER_MAPS: PinnedMaps = PinnedMaps {
     maps: BALANCER_MAP_SHAPES,
     detach_command: "lb-agent --detach",
+    // The IPv6 maps: an agent before IPv6 pinned none, and an empty one
+    // is what the data path of a node without IPv6 VIPs and backends reads.
+    created_if_missing: &[
+        names::VIPS6,
+        names::VIP6_ADDRS,
+        names::FLOWS6,
+        names::BACKEND_ADDRS6,
+        names::AFFINITY6,
+    ],
 };
 
 const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
@@ -73,6 +87,23 @@ const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
     (
         names::AFFINITY,
         size_of::<AffinityKey>(),
+        size_of::<AffinityPin>(),
+    ),
+    (names::VIPS6, size_of::<Vip6Key>(), size_of::<VipMeta>()),
+    (
+        names::VIP6_ADDRS,
+        size_of::<Ipv6Wire>(),
+        size_of::<VipAddrInfo>(),
+    ),
+    (names::FLOWS6, size_of::<Flow6Key>(), size_of::<FlowPin>()),
+    (
+        names::BACKEND_ADDRS6,
+        size_of::<u32>(),
+        size_of::<Ipv6Wire>(),
+    ),
+    (
+        names::AFFINITY6,
+        size_of::<Affinity6Key>(),
         size_of::<AffinityPin>(),
     ),
 ];
@@ -131,11 +162,19 @@ impl Pins {
     pub fn check_compatible(&self, ring_pool_slots: u32, flow_table_entries: u32) -> Result<()> {
         for &(name, key, value) in self.maps.maps {
             let path = self.dir.join(name);
+            if !path.exists() && self.maps.created_if_missing.contains(&name) {
+                log::info!(
+                    "pinned data path in {} has no map {name} (pinned by an older version): \
+                     it is created empty",
+                    self.dir.display()
+                );
+                continue;
+            }
             let info = MapInfo::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             let max_entries = match name {
                 names::RINGS => Some(ring_pool_slots.div_ceil(RING_SLOTS_PER_ENTRY)),
-                names::FLOWS => Some(flow_table_entries),
+                names::FLOWS | names::FLOWS6 => Some(flow_table_entries),
                 _ => None,
             };
             if info.key_size() as usize != key

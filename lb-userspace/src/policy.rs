@@ -105,6 +105,15 @@ impl FromStr for Policy {
 /// Prefix lengths a `source_prefix` may take (IPv4).
 pub const SOURCE_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 1..=32;
 
+/// The prefix lengths a VIP of this address's family accepts: up to the
+/// address's length (`SOURCE_PREFIX_RANGE` for IPv4, 1-128 for IPv6).
+pub fn source_prefix_range(addr: std::net::IpAddr) -> std::ops::RangeInclusive<u8> {
+    match addr {
+        std::net::IpAddr::V4(_) => SOURCE_PREFIX_RANGE,
+        std::net::IpAddr::V6(_) => 1..=128,
+    }
+}
+
 /// The client-address mask of a prefix length, in wire order (what the
 /// data path ANDs the packet's source address with).
 pub fn source_mask(prefix: u8) -> u32 {

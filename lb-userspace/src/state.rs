@@ -192,6 +192,33 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_vips_and_backends_round_trip() {
+        let dir = std::env::temp_dir().join(format!("lb-state6-test-{}", std::process::id()));
+        let state = StateFile::new(dir.join("state.json"));
+        let mut saved = vips();
+        let mut v6 = saved[0].clone();
+        v6.address = "2001:db8::10".parse().expect("address");
+        v6.encap = None;
+        v6.gue_port = None;
+        v6.source_prefix = Some(64);
+        v6.policy = crate::policy::Policy::MaglevSource;
+        v6.backends[0].address = "2001:db8:1::2".parse().expect("address");
+        v6.backends.push(BackendConfig {
+            address: "198.19.1.3".parse().expect("address"),
+            weight: 1,
+            admin: crate::config::AdminState::Enabled,
+            health_check: None,
+        });
+        saved.push(v6);
+        state.save(&saved).expect("save");
+        let text = fs::read_to_string(state.path()).expect("read");
+        assert!(text.contains("\"2001:db8::10\""), "{text}");
+        assert!(text.contains("\"2001:db8:1::2\""), "{text}");
+        assert_eq!(state.load().expect("load"), Some(saved));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
     fn saves_and_loads_atomically() {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let state = StateFile::new(dir.join("sub").join("state.json"));

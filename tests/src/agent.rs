@@ -318,7 +318,7 @@ pub fn announced_routes(
     ns: &crate::netns::Netns,
     table: u32,
     protocol: u8,
-) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+) -> Result<std::collections::BTreeSet<std::net::IpAddr>> {
     use lb_userspace::announce::{is_missing_table, parse_routes};
     let out = match ns.ip(&[
         "-json",

@@ -43,7 +43,7 @@ pub const VIP_BACKENDS: usize = 3;
 /// The cluster's VIP.
 pub fn vip() -> VipAddr {
     VipAddr {
-        addr: TEST_VIP,
+        addr: TEST_VIP.into(),
         port: PORT,
         proto: Protocol::Tcp,
     }
@@ -203,10 +203,10 @@ impl Cluster {
 
     /// The nodes whose connection table pins this flow, with the backend
     /// each pins it to (each node asked; a dead node pins nothing).
-    pub fn pins(&self, source: Ipv4Addr, source_port: u16) -> Vec<(usize, Ipv4Addr)> {
+    pub fn pins(&self, source: Ipv4Addr, source_port: u16) -> Vec<(usize, std::net::IpAddr)> {
         let request = Request::LookupFlow {
             vip: vip(),
-            source,
+            source: source.into(),
             source_port,
         };
         (0..NODES)

@@ -870,11 +870,11 @@ impl Report {
 /// 1500) and a fresh `decap`, checking each result. Needs root.
 pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
     let vip = |port, proto| VipAddr {
-        addr: VIP,
+        addr: VIP.into(),
         port,
         proto,
     };
-    let backends: Vec<(Ipv4Addr, u32)> = BACKENDS.iter().map(|&b| (b, 1)).collect();
+    let backends: Vec<(std::net::IpAddr, u32)> = BACKENDS.iter().map(|&b| (b.into(), 1)).collect();
     let mut balancer = Balancer::load(
         &test_options(static_config(MTU as u32)),
         &[
@@ -885,7 +885,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
             },
         ],
     );
-    let mut decap = loader::load_decap(&[BACKENDS[0]], &[GUE_PORT])?;
+    let mut decap = loader::load_decap(&[BACKENDS[0].into()], &[GUE_PORT])?;
     let mut corpus = Corpus::new(seed);
     let mut report = Report::default();
     for _ in 0..frames {

@@ -51,7 +51,7 @@ fn flow_hits(bed: &Bed) -> u64 {
 fn kill_9_and_restart_lose_no_connection() {
     let mut bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
     let vip = VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: bed.port,
         proto: Protocol::Tcp,
     };
@@ -155,7 +155,7 @@ fn kill_9_and_restart_lose_no_connection() {
             &bed,
             Request::LookupFlow {
                 vip,
-                source,
+                source: std::net::IpAddr::V4(source),
                 source_port: local.port(),
             },
         )
@@ -167,7 +167,7 @@ fn kill_9_and_restart_lose_no_connection() {
         let backend = bed
             .topo
             .backend_index(name)
-            .map(|j| bed.topo.backend_addr(j));
+            .map(|j| bed.topo.backend_addr(j).into());
         assert_eq!(
             flow.pinned_backend, backend,
             "{local} served by {name} is still pinned to it"
@@ -182,13 +182,25 @@ fn kill_9_and_restart_lose_no_connection() {
 fn restarts_keep_drained_and_disabled_backends_out() {
     let mut bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
     let vip = VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: bed.port,
         proto: Protocol::Tcp,
     };
     let (b2, b3) = (bed.topo.backend_addr(1), bed.topo.backend_addr(2));
-    ask(&bed, Request::Drain { vip, backend: b2 });
-    ask(&bed, Request::Disable { vip, backend: b3 });
+    ask(
+        &bed,
+        Request::Drain {
+            vip,
+            backend: std::net::IpAddr::V4(b2),
+        },
+    );
+    ask(
+        &bed,
+        Request::Disable {
+            vip,
+            backend: std::net::IpAddr::V4(b3),
+        },
+    );
     let only_b1 = |bed: &Bed, when: &str| {
         let counts = bed.count_new(60);
         assert_eq!(

@@ -49,7 +49,14 @@ fn config(topo: &Topology, withdraw_when_all_down: bool) -> Value {
 
 /// The agent's routes in the LB namespace's announce table.
 fn routes(bed: &Bed) -> BTreeSet<Ipv4Addr> {
-    announced_routes(bed.topo.lb_ns(), TABLE, PROTOCOL).unwrap_or_else(|e| panic!("{e:#}"))
+    announced_routes(bed.topo.lb_ns(), TABLE, PROTOCOL)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .into_iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 fn wait_routes(bed: &Bed, what: &str, want: &[Ipv4Addr]) -> Duration {

@@ -41,7 +41,7 @@ fn raw(bed: &Bed, line: &str) -> Value {
 
 fn udp_vip(bed: &Bed) -> VipAddr {
     VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: bed.port,
         proto: Protocol::Udp,
     }
@@ -95,7 +95,7 @@ fn changes_through_the_socket_reach_the_traffic() {
         &bed,
         Request::AddBackend {
             vip,
-            backend: b1,
+            backend: std::net::IpAddr::V4(b1),
             weight: None,
         },
     );
@@ -109,7 +109,7 @@ fn changes_through_the_socket_reach_the_traffic() {
         &bed,
         Request::AddBackend {
             vip,
-            backend: b2,
+            backend: std::net::IpAddr::V4(b2),
             weight: Some(3),
         },
     );
@@ -141,19 +141,31 @@ fn changes_through_the_socket_reach_the_traffic() {
     }
 
     // Drain b2 and flush the VIP's pins: every new flow goes to b1.
-    ok(&bed, Request::Drain { vip, backend: b2 });
+    ok(
+        &bed,
+        Request::Drain {
+            vip,
+            backend: std::net::IpAddr::V4(b2),
+        },
+    );
     ok(&bed, Request::FlushFlows { vip });
     assert_eq!(
         udp_backends(&bed, 41100),
         ["b1".to_string()].into(),
         "a drained backend gets no new flows"
     );
-    ok(&bed, Request::Undrain { vip, backend: b2 });
+    ok(
+        &bed,
+        Request::Undrain {
+            vip,
+            backend: std::net::IpAddr::V4(b2),
+        },
+    );
     ok(
         &bed,
         Request::SetWeight {
             vip,
-            backend: b1,
+            backend: std::net::IpAddr::V4(b1),
             weight: 0,
         },
     );
@@ -169,15 +181,15 @@ fn changes_through_the_socket_reach_the_traffic() {
         &bed,
         Request::LookupFlow {
             vip,
-            source: bed.topo.client_addr(0),
+            source: std::net::IpAddr::V4(bed.topo.client_addr(0)),
             source_port: 42000,
         },
     ) {
         Some(ResponseData::Flow { flow }) => {
-            assert_eq!(flow.ring_backend, Some(b2));
+            assert_eq!(flow.ring_backend, Some(b2.into()));
             assert_eq!(
                 flow.pinned_backend,
-                Some(b2),
+                Some(b2.into()),
                 "{name} serves it and the table pins it there"
             );
         }
@@ -228,7 +240,8 @@ fn bad_input_gets_its_error_and_changes_nothing() {
         ("extra field in the VIP", json!({"op": "remove_vip", "vip": {"address": TEST_VIP.to_string(), "port": 8080, "protocol": "tcp", "x": 1}}).to_string(), ErrorCode::BadRequest),
         ("wrong type", json!({"op": "remove_vip", "vip": {"address": TEST_VIP.to_string(), "port": "8080", "protocol": "tcp"}}).to_string(), ErrorCode::BadRequest),
         ("invalid address", json!({"op": "add_backend", "vip": vip, "backend": "198.19.300.2"}).to_string(), ErrorCode::InvalidAddress),
-        ("IPv6 address", json!({"op": "add_backend", "vip": vip, "backend": "2001:db8::2"}).to_string(), ErrorCode::InvalidAddress),
+        ("IPv6 backend, no source_address6", json!({"op": "add_backend", "vip": vip, "backend": "2001:db8::2"}).to_string(), ErrorCode::InvalidValue),
+        ("IPv6 client of an IPv4 VIP", json!({"op": "lookup_flow", "vip": vip, "source": "2001:db8:ff::7", "source_port": 40000}).to_string(), ErrorCode::InvalidAddress),
         ("multicast backend", json!({"op": "add_backend", "vip": vip, "backend": "224.0.0.1"}).to_string(), ErrorCode::InvalidAddress),
         ("duplicate VIP", json!({"op": "add_vip", "vip": vip}).to_string(), ErrorCode::DuplicateVip),
         ("duplicate backend", json!({"op": "add_backend", "vip": vip, "backend": b1}).to_string(), ErrorCode::DuplicateBackend),
@@ -339,7 +352,7 @@ fn bad_input_gets_its_error_and_changes_nothing() {
             &bed,
             Request::AddBackend {
                 vip: wide,
-                backend,
+                backend: std::net::IpAddr::V4(backend),
                 weight: None,
             },
         );
@@ -411,7 +424,7 @@ fn bad_input_gets_its_error_and_changes_nothing() {
 fn a_change_that_cannot_be_saved_moves_nothing() {
     let bed = Bed::start(3, &[Some(1), Some(1), None], "native");
     let tcp = VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: bed.port,
         proto: Protocol::Tcp,
     };
@@ -421,7 +434,7 @@ fn a_change_that_cannot_be_saved_moves_nothing() {
         &bed,
         Request::AddBackend {
             vip: tcp,
-            backend: bed.topo.backend_addr(2),
+            backend: std::net::IpAddr::V4(bed.topo.backend_addr(2)),
             weight: None,
         },
     );
@@ -441,7 +454,7 @@ fn a_change_that_cannot_be_saved_moves_nothing() {
         &bed,
         Request::RemoveBackend {
             vip: tcp,
-            backend: b2,
+            backend: std::net::IpAddr::V4(b2),
         },
     );
     std::fs::remove_dir(&blocker).expect("removing the blocker");
@@ -467,7 +480,7 @@ fn a_change_that_cannot_be_saved_moves_nothing() {
         &bed,
         Request::RemoveBackend {
             vip: tcp,
-            backend: b2,
+            backend: std::net::IpAddr::V4(b2),
         },
     );
     assert!(!bed.count_new(60).contains_key("b2"));

@@ -230,7 +230,7 @@ fn a_flow_whose_backend_set_changed_while_it_moved() {
     for k in 0..NODES {
         let add = Request::AddBackend {
             vip: vip(),
-            backend: b4,
+            backend: std::net::IpAddr::V4(b4),
             weight: None,
         };
         let r = client::request(&c.agents[k].socket(), &add, Duration::from_secs(10))
@@ -274,7 +274,10 @@ fn a_flow_whose_backend_set_changed_while_it_moved() {
             .backend_index(&conn.backend)
             .map(|j| c.topo.backend_addr(j))
             .expect("a backend's name");
-        let same = new_table.choose(c.topo.client_addr(conn.client), conn.port) == Some(backend);
+        let same = new_table.choose(
+            std::net::IpAddr::V4(c.topo.client_addr(conn.client)),
+            conn.port,
+        ) == Some(std::net::IpAddr::V4(backend));
         assert_eq!(
             alive,
             same,

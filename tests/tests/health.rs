@@ -30,7 +30,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 
 fn vip_addr() -> VipAddr {
     VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: 8080,
         proto: Protocol::Tcp,
     }
@@ -325,7 +325,7 @@ fn health_check_settings_change_at_run_time() {
         &bed,
         Request::SetHealthCheck {
             vip: vip_addr(),
-            backend: Some(b2),
+            backend: Some(std::net::IpAddr::V4(b2)),
             health_check: Some(tcp),
         },
     );

@@ -31,13 +31,15 @@ const B3: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
 const MTU: u32 = 1500;
 
 fn vip(port: u16, proto: Protocol, backends: &[(Ipv4Addr, u32)]) -> VipSpec {
+    let backends: Vec<(std::net::IpAddr, u32)> =
+        backends.iter().map(|&(a, w)| (a.into(), w)).collect();
     VipSpec::new(
         VipAddr {
-            addr: VIP,
+            addr: std::net::IpAddr::V4(VIP),
             port,
             proto,
         },
-        backends,
+        &backends,
     )
 }
 
@@ -1128,9 +1130,9 @@ fn balancer_fixtures() {
                 let vip = case.vips[0].vip;
                 let backend = lb
                     .dataplane
-                    .ring_choice(&vip, src, sport)
+                    .ring_choice(&vip, std::net::IpAddr::V4(src), sport)
                     .expect("the VIP has a backend");
-                (XDP_TX, Some(encapsulated(&case.input, backend)))
+                (XDP_TX, Some(encapsulated(&case.input, ipv4(backend))))
             }
         };
         assert_eq!(
@@ -1176,9 +1178,16 @@ fn vip_and_backend_counters() {
     );
     let mut per_backend = Vec::new();
     for b in [B1, B2, B3] {
-        let id = lb.dataplane.backend_id(&vip, b).expect("backend id");
+        let id = lb
+            .dataplane
+            .backend_id(&vip, std::net::IpAddr::V4(b))
+            .expect("backend id");
         let expected_flows = (1000..1100u16)
-            .filter(|&p| lb.dataplane.ring_choice(&vip, CLIENT, p) == Some(b))
+            .filter(|&p| {
+                lb.dataplane
+                    .ring_choice(&vip, std::net::IpAddr::V4(CLIENT), p)
+                    == Some(std::net::IpAddr::V4(b))
+            })
             .count() as u64;
         let s = maps.backend_stats(id).expect("backend stats");
         assert_eq!(s.packets, expected_flows * 3, "backend {b}: packets");
@@ -1193,7 +1202,11 @@ fn vip_and_backend_counters() {
     // A dropped packet counts for neither its VIP nor any backend.
     let ids: Vec<u32> = [B1, B2, B3]
         .iter()
-        .map(|&b| lb.dataplane.backend_id(&vip, b).expect("backend id"))
+        .map(|&b| {
+            lb.dataplane
+                .backend_id(&vip, std::net::IpAddr::V4(b))
+                .expect("backend id")
+        })
         .collect();
     let vip_id = lb.dataplane.vip_id(&vip).expect("VIP id");
     let snapshot = |lb: &Balancer| {
@@ -1252,7 +1265,11 @@ fn a_trailer_is_neither_sent_nor_counted() {
         .vip_stats(lb.dataplane.vip_id(&vip).expect("VIP id"))
         .expect("VIP stats");
     let backend = maps
-        .backend_stats(lb.dataplane.backend_id(&vip, B1).expect("backend id"))
+        .backend_stats(
+            lb.dataplane
+                .backend_id(&vip, std::net::IpAddr::V4(B1))
+                .expect("backend id"),
+        )
         .expect("backend stats");
     let len = packet.len() as u64;
     assert_eq!(
@@ -1276,7 +1293,7 @@ fn reused_ids_start_from_zero_counters() {
         &[vip(80, Protocol::Tcp, &[(B1, 1)])],
     );
     let tcp80 = VipAddr {
-        addr: VIP,
+        addr: std::net::IpAddr::V4(VIP),
         port: 80,
         proto: Protocol::Tcp,
     };
@@ -1284,7 +1301,10 @@ fn reused_ids_start_from_zero_counters() {
         let (verdict, _) = lb.run(&from_router(&Ipv4::tcp(CLIENT, sport, VIP, 80, TCP_SYN)));
         assert_eq!(verdict, XDP_TX);
     }
-    let old_backend = lb.dataplane.backend_id(&tcp80, B1).expect("B1 id");
+    let old_backend = lb
+        .dataplane
+        .backend_id(&tcp80, std::net::IpAddr::V4(B1))
+        .expect("B1 id");
     let old_vip = lb.dataplane.vip_id(&tcp80).expect("VIP id");
     let maps = lb.dataplane.maps();
     assert_eq!(maps.backend_stats(old_backend).expect("stats").packets, 10);
@@ -1297,7 +1317,10 @@ fn reused_ids_start_from_zero_counters() {
     lb.dataplane
         .apply(&[vip(80, Protocol::Tcp, &[(B2, 1)])])
         .expect("adding B2");
-    let new_backend = lb.dataplane.backend_id(&tcp80, B2).expect("B2 id");
+    let new_backend = lb
+        .dataplane
+        .backend_id(&tcp80, std::net::IpAddr::V4(B2))
+        .expect("B2 id");
     assert_eq!(new_backend, old_backend, "the test needs the id reused");
     let s = lb
         .dataplane
@@ -1337,7 +1360,9 @@ fn adoption_takes_over_the_maps_and_drops_a_duplicate_id() {
         dataplane,
     } = Balancer::load(&test_options(static_config(MTU)), &vips);
     let vip = vips[0].vip;
-    let b1_id = dataplane.backend_id(&vip, B1).expect("B1 id");
+    let b1_id = dataplane
+        .backend_id(&vip, std::net::IpAddr::V4(B1))
+        .expect("B1 id");
     let vip_id = dataplane.vip_id(&vip).expect("VIP id");
     let mut maps = dataplane.into_maps();
     let duplicate = 100;
@@ -1355,7 +1380,7 @@ fn adoption_takes_over_the_maps_and_drops_a_duplicate_id() {
 
     let mut adopted = DataPlane::adopt(maps).expect("adopting");
     assert_eq!(
-        adopted.backend_id(&vip, B1),
+        adopted.backend_id(&vip, std::net::IpAddr::V4(B1)),
         Some(b1_id),
         "the ring's id stays"
     );
@@ -1393,11 +1418,11 @@ fn kernel_and_agent_agree_on_many_flows() {
         assert_eq!(verdict, XDP_TX);
         let expected = lb
             .dataplane
-            .ring_choice(&vips[0].vip, src, sport)
+            .ring_choice(&vips[0].vip, std::net::IpAddr::V4(src), sport)
             .expect("backend");
         assert_eq!(
             &out[30..34],
-            &expected.octets(),
+            &octets4(expected),
             "flow {src}:{sport}: kernel and agent disagree"
         );
     }
@@ -1534,8 +1559,8 @@ fn nodes_with_the_same_config_report_the_same_table_digest() {
     }
     let web_vip = target[0].vip;
     assert_ne!(
-        a.dataplane.backend_id(&web_vip, B1),
-        b.dataplane.backend_id(&web_vip, B1),
+        a.dataplane.backend_id(&web_vip, std::net::IpAddr::V4(B1)),
+        b.dataplane.backend_id(&web_vip, std::net::IpAddr::V4(B1)),
         "the nodes should use different ids, or the test proves little"
     );
     for spec in &target {
@@ -1657,4 +1682,16 @@ fn an_icmp_error_pins_no_flow() {
         &lb.stats(),
         &[("icmp_errors_forwarded", 2), ("tx", 3), ("flow_misses", 1)],
     );
+}
+
+/// The IPv4 backend the agent names (these tests' backends are IPv4).
+fn ipv4(addr: std::net::IpAddr) -> Ipv4Addr {
+    match addr {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("an IPv4 backend, not {a}"),
+    }
+}
+
+fn octets4(addr: std::net::IpAddr) -> [u8; 4] {
+    ipv4(addr).octets()
 }

@@ -19,7 +19,7 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 
 fn load_decap() -> Ebpf {
     require_root();
-    loader::load_decap(&[BACKEND], &[GUE_PORT]).expect("loading decap")
+    loader::load_decap(&[std::net::IpAddr::V4(BACKEND)], &[GUE_PORT]).expect("loading decap")
 }
 
 /// An IPv4 frame as the LB's next hop sends it (and decap leaves it).
@@ -336,11 +336,11 @@ fn balancer_then_decap(encap: Encap) -> (Vec<Vec<u8>>, DecapStats) {
         encap,
         ..VipSpec::new(
             VipAddr {
-                addr: VIP,
+                addr: std::net::IpAddr::V4(VIP),
                 port: 80,
                 proto: Protocol::Tcp,
             },
-            &[(BACKEND, 1)],
+            &[(std::net::IpAddr::V4(BACKEND), 1)],
         )
     };
     let mut lb = Balancer::load(&test_options(static_config(1500)), &[spec]);

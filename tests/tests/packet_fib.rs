@@ -86,7 +86,7 @@ fn every_fib_outcome() {
         .enumerate()
         .map(|(i, &addr)| VipSpec {
             vip: VipAddr {
-                addr: VIP,
+                addr: std::net::IpAddr::V4(VIP),
                 port: 8000 + i as u16,
                 proto: Protocol::Tcp,
             },
@@ -96,7 +96,10 @@ fn every_fib_outcome() {
             affinity_timeout: 0,
             icmp_echo: true,
             encap: Default::default(),
-            backends: vec![BackendSpec { addr, weight: 1 }],
+            backends: vec![BackendSpec {
+                addr: std::net::IpAddr::V4(addr),
+                weight: 1,
+            }],
         })
         .collect();
     let config = DataPathConfig {

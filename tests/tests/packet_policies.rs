@@ -34,7 +34,7 @@ const TX_EXPIRED: &[(&str, u64)] = &[("flow_misses", 1), ("affinity_expired", 1)
 
 fn vip_addr() -> VipAddr {
     VipAddr {
-        addr: VIP,
+        addr: std::net::IpAddr::V4(VIP),
         port: 80,
         proto: Protocol::Tcp,
     }
@@ -62,9 +62,13 @@ fn expect_tx(
     lb: &mut Balancer,
     what: &str,
     input: &[u8],
-    backend: Ipv4Addr,
+    backend: impl Into<std::net::IpAddr>,
     counters: &[(&str, u64)],
 ) {
+    // These tests' backends are IPv4 (the agent names them as IpAddr).
+    let std::net::IpAddr::V4(backend) = backend.into() else {
+        panic!("{what}: an IPv4 backend expected");
+    };
     let before = lb.stats();
     let (verdict, output) = lb.run(input);
     let after = lb.stats();
@@ -94,7 +98,7 @@ fn tx_backend(lb: &mut Balancer, what: &str, input: &[u8], counters: &[(&str, u6
 fn conns(lb: &Balancer, backend: Ipv4Addr) -> i64 {
     let id = lb
         .dataplane
-        .backend_id(&vip_addr(), backend)
+        .backend_id(&vip_addr(), std::net::IpAddr::V4(backend))
         .expect("backend id");
     lb.dataplane
         .maps()
@@ -105,7 +109,7 @@ fn conns(lb: &Balancer, backend: Ipv4Addr) -> i64 {
 fn set_conns(lb: &mut Balancer, backend: Ipv4Addr, n: i64) {
     let id = lb
         .dataplane
-        .backend_id(&vip_addr(), backend)
+        .backend_id(&vip_addr(), std::net::IpAddr::V4(backend))
         .expect("backend id");
     lb.dataplane
         .maps_mut()
@@ -322,7 +326,10 @@ fn least_conn_picks_the_lowest_load_per_weight_and_counts_opens_and_closes() {
     let datagram = from_router(&Ipv4::udp(CLIENT, 5353, VIP, 53).payload(b"q"));
     expect_tx(&mut lb, "least-conn UDP, first", &datagram, B1, TX_NEW);
     expect_tx(&mut lb, "least-conn UDP, second", &datagram, B1, TX_HIT);
-    let id = lb.dataplane.backend_id(&udp_vip, B1).expect("id");
+    let id = lb
+        .dataplane
+        .backend_id(&udp_vip, std::net::IpAddr::V4(B1))
+        .expect("id");
     assert_eq!(lb.dataplane.maps().backend_conns(id).expect("count"), 1);
 
     // More backends than the scan takes are refused before any write.
@@ -349,7 +356,9 @@ fn maglev_source_keeps_a_client_prefix_on_one_backend() {
     source.source_prefix = 24;
     let model = RingModel::new(&source).expect("model");
     let mut lb = load(&[source]);
-    let home = model.choose(CLIENT, 1).expect("the model's backend");
+    let home = model
+        .choose(std::net::IpAddr::V4(CLIENT), 1)
+        .expect("the model's backend");
     for (i, client) in [CLIENT, NEIGHBOUR].into_iter().enumerate() {
         for sport in [1024, 33000, 65535] {
             expect_tx(
@@ -362,7 +371,9 @@ fn maglev_source_keeps_a_client_prefix_on_one_backend() {
         }
     }
     // Another /24 goes by its own hash, as the model says.
-    let far = model.choose(FAR_CLIENT, 9).expect("model");
+    let far = model
+        .choose(std::net::IpAddr::V4(FAR_CLIENT), 9)
+        .expect("model");
     expect_tx(
         &mut lb,
         "maglev-source /24, another prefix",
@@ -371,7 +382,8 @@ fn maglev_source_keeps_a_client_prefix_on_one_backend() {
         TX_NEW,
     );
     assert_eq!(
-        lb.dataplane.ring_choice(&vip_addr(), NEIGHBOUR, 7),
+        lb.dataplane
+            .ring_choice(&vip_addr(), std::net::IpAddr::V4(NEIGHBOUR), 7),
         Some(home),
         "the agent's model agrees with the data path"
     );

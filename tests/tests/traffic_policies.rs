@@ -28,7 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn vip() -> VipAddr {
     VipAddr {
-        addr: TEST_VIP,
+        addr: std::net::IpAddr::V4(TEST_VIP),
         port: PORT,
         proto: Protocol::Tcp,
     }
@@ -296,11 +296,11 @@ fn maglev_source_keeps_a_client_on_one_backend_and_two_nodes_agree() {
         ..VipSpec {
             backends: (0..4)
                 .map(|j| BackendSpec {
-                    addr: topo.backend_addr(j),
+                    addr: std::net::IpAddr::V4(topo.backend_addr(j)),
                     weight: 1,
                 })
                 .collect(),
-            ..VipSpec::new(vip(), &[])
+            ..VipSpec::new::<std::net::IpAddr>(vip(), &[])
         }
     })
     .expect("model");
@@ -339,7 +339,7 @@ fn maglev_source_keeps_a_client_on_one_backend_and_two_nodes_agree() {
                 })
                 .collect();
             let want = model
-                .choose(topo.client_addr(client), 1)
+                .choose(std::net::IpAddr::V4(topo.client_addr(client)), 1)
                 .expect("the model's backend");
             let j = (0..4)
                 .find(|&j| topo.backend_addr(j) == want)
@@ -478,7 +478,7 @@ fn bad_policy_settings_are_refused_and_change_nothing() {
             &bed.agent,
             Request::AddBackend {
                 vip: vip(),
-                backend: Ipv4Addr::new(198, 19, 200, i + 1),
+                backend: std::net::IpAddr::V4(Ipv4Addr::new(198, 19, 200, i + 1)),
                 weight: None,
             },
         );

@@ -43,7 +43,7 @@ fn spread(weights: &[u32], xdp_mode: &str) {
     .expect("starting lb-agent");
     let model = RingModel::new(&VipSpec::new(
         VipAddr {
-            addr: VIP,
+            addr: std::net::IpAddr::V4(VIP),
             port: PORT,
             proto: Protocol::Tcp,
         },
@@ -59,7 +59,7 @@ fn spread(weights: &[u32], xdp_mode: &str) {
             .unwrap_or_else(|e| panic!("connection {i}: {e:#}\nagent log:\n{}", agent.log()));
         let local = stream.local_addr().expect("local address");
         let expected = model
-            .choose(topo.client_addr(client), local.port())
+            .choose(std::net::IpAddr::V4(topo.client_addr(client)), local.port())
             .expect("model has a backend");
         let expected_name = topo.backend_name(
             backends

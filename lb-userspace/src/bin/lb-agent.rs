@@ -73,6 +73,10 @@ struct Args {
     /// 127.0.0.1:9100 (overrides `metrics.listen`; default: no endpoint).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Outer source address of packets to IPv6 backends (overrides
+    /// `source_address6`; without either, IPv6 backends are refused).
+    #[arg(long, value_name = "ADDR")]
+    source_address6: Option<std::net::Ipv6Addr>,
     /// Log format on stderr: `text` (human-readable) or `json` (one JSON
     /// object per line: ts, level, target, msg), for log collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -122,8 +126,12 @@ fn main() -> ExitCode {
 /// Applies the VIPs of the re-read configuration file to the running data
 /// path (connection table and unchanged rings stay) and saves them. A bad
 /// file changes nothing.
-fn reload(path: &std::path::Path, service: &mut Service) {
-    let new = match Config::from_file(path) {
+fn reload(
+    path: &std::path::Path,
+    source_address6: Option<std::net::Ipv6Addr>,
+    service: &mut Service,
+) {
+    let new = match Config::from_file_with(path, source_address6) {
         Ok(new) => new,
         Err(e) => {
             warn!("reload refused, nothing changed: {e:#}");
@@ -133,6 +141,7 @@ fn reload(path: &std::path::Path, service: &mut Service) {
     let running = &service.config;
     if new.interface != running.interface
         || new.source_address != running.source_address
+        || new.source_address6 != running.source_address6
         || new.next_hop != running.next_hop
         || new.xdp_mode != running.xdp_mode
         || new.ring_pool_slots != running.ring_pool_slots
@@ -162,7 +171,10 @@ fn run(args: Args) -> Result<()> {
         return clidoc::generate(what, Args::command(), &mut std::io::stdout().lock());
     }
     let config_path = args.config.clone().context("--config is required")?;
-    let mut config = Config::from_file(&config_path)?;
+    if let Some(addr) = args.source_address6 {
+        config::validate_source_address6(addr).context("--source-address6")?;
+    }
+    let mut config = Config::from_file_with(&config_path, args.source_address6)?;
     let pins = Pins::new(
         &args
             .pin_root
@@ -229,8 +241,12 @@ fn run(args: Args) -> Result<()> {
     // the operator resets it (see lb_userspace::state).
     match state.load()? {
         Some(saved) if !args.reset_state => {
-            config::validate_vips(&saved, options.ring_pool_slots)
-                .with_context(|| format!("state file {}", state.path().display()))?;
+            config::validate_vips(
+                &saved,
+                options.ring_pool_slots,
+                config.source_address6.is_some(),
+            )
+            .with_context(|| format!("state file {}", state.path().display()))?;
             info!(
                 "serving the {} VIP(s) saved in {}",
                 saved.len(),
@@ -255,12 +271,13 @@ fn run(args: Args) -> Result<()> {
         options.ring_pool_slots, options.flow_table_entries
     );
     let maps = BalancerMaps::take_from(&mut ebpf)?;
-    let flow_table = maps.flow_table()?;
+    let flow_tables = maps.flow_tables()?;
     let mut dataplane = if adopting {
         DataPlane::adopt(maps)?
     } else {
         DataPlane::new(maps)
     };
+    dataplane.set_ipv6_source(config.source_address6.is_some());
     let instruments = Instruments::new();
     dataplane.set_instruments(instruments.clone());
     // Admin states count from the start (drained at weight 0, disabled
@@ -350,7 +367,7 @@ fn run(args: Args) -> Result<()> {
     let service = Arc::new(Mutex::new(service));
     runtime.spawn(server::serve(listener, Arc::clone(&service)));
     if let (Some(listener), Some(addr)) = (metrics_listener, service_metrics_addr) {
-        let exporter = Exporter::new(Arc::clone(&service), instruments, flow_table);
+        let exporter = Exporter::new(Arc::clone(&service), instruments, flow_tables);
         runtime.spawn(metrics::serve(listener, Arc::new(exporter)));
         info!("metrics on http://{addr}/metrics");
     }
@@ -402,7 +419,7 @@ fn run(args: Args) -> Result<()> {
                     break;
                 }
                 _ = term.recv() => break,
-                _ = hup.recv() => reload(&config_path, &mut *service.lock().await),
+                _ = hup.recv() => reload(&config_path, args.source_address6, &mut *service.lock().await),
             }
         }
         anyhow::Ok(())
@@ -465,7 +482,7 @@ struct AnnouncerState {
 /// failed write is repaired) and, after a failure, every second.
 async fn announce_loop(
     shared: Arc<std::sync::Mutex<AnnouncerState>>,
-    mut rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+    mut rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>,
 ) {
     use std::time::Duration;
     loop {

@@ -4,7 +4,7 @@
 //! backends whose kernel has no ipip tunnel device. This file only wires
 //! `lb_userspace::decap`.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -52,10 +52,10 @@ enum Cmd {
         #[arg(long, short, value_parser = host::valid_interface_name)]
         interface: String,
         /// A local address the balancer sends to (the outer destination,
-        /// i.e. this backend's address in the LB configuration). Repeat the
-        /// flag or separate addresses with commas.
+        /// i.e. this backend's address in the LB configuration), IPv4 or
+        /// IPv6. Repeat the flag or separate addresses with commas.
         #[arg(long, short, required = true, value_delimiter = ',')]
-        address: Vec<Ipv4Addr>,
+        address: Vec<IpAddr>,
         /// A UDP port of the balancer's GUE VIPs (their `gue_port`, 6080 by
         /// default): UDP to it and a local address is stripped as GUE.
         /// Repeat the flag or separate ports with commas; none: IP-in-IP only.
@@ -116,7 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let pins = decap::pins(&cli.pin_root, &interface);
             let list = address
                 .iter()
-                .map(Ipv4Addr::to_string)
+                .map(IpAddr::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
             let list = if gue_port.is_empty() {
@@ -162,7 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let addresses = status
                     .addresses
                     .iter()
-                    .map(Ipv4Addr::to_string)
+                    .map(IpAddr::to_string)
                     .collect::<Vec<_>>()
                     .join(", ");
                 println!("interface     {}", status.interface);

@@ -6,13 +6,13 @@
 //! `"v": 1` (the protocol version; other versions are refused). A response
 //! is `{"ok": true, ...}` or `{"ok": false, "error": {"code", "message"}}`.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AdminState, BackendConfig, Config, HealthCheckConfig, VipConfig},
-    dataplane::{ApplyReport, Protocol, VipAddr},
+    dataplane::{ApplyReport, VipAddr},
     encap::{Encap, EncapKind},
     health::{CheckSpec, Health, ProbeResult},
     policy::Policy,
@@ -71,7 +71,8 @@ pub enum Request {
         /// Scheduling policy (docs/policies.md); default maglev.
         #[serde(default, skip_serializing_if = "is_default_policy")]
         policy: Policy,
-        /// maglev-source and affinity: client prefix length (1-32).
+        /// maglev-source and affinity: client prefix length (1-32 for an IPv4
+        /// VIP, 1-128 for an IPv6 one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source_prefix: Option<u8>,
         /// Source-IP affinity timeout in seconds; absent: none.
@@ -99,45 +100,45 @@ pub enum Request {
     },
     AddBackend {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
         /// Default 1.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         weight: Option<u32>,
     },
     RemoveBackend {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
     },
     SetWeight {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
         weight: u32,
     },
     /// No new flows for the backend; established flows continue.
     Drain {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
     },
     Undrain {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
     },
     /// Out of the data path: its established flows are re-selected.
     Disable {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
     },
     /// Back to enabled (from draining or disabled).
     Enable {
         vip: VipRef,
-        backend: Ipv4Addr,
+        backend: IpAddr,
     },
     /// Replaces the health-check settings of a VIP, or with `backend` of
     /// one backend (overriding the VIP's field by field); null removes them.
     SetHealthCheck {
         vip: VipRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        backend: Option<Ipv4Addr>,
+        backend: Option<IpAddr>,
         /// Required: `null` removes the settings (a missing field is an
         /// error, not a removal).
         #[serde(deserialize_with = "Option::deserialize")]
@@ -156,7 +157,8 @@ pub enum Request {
         /// Scheduling policy (docs/policies.md); default maglev.
         #[serde(default, skip_serializing_if = "is_default_policy")]
         policy: Policy,
-        /// maglev-source and affinity: client prefix length (1-32).
+        /// maglev-source and affinity: client prefix length (1-32 for an IPv4
+        /// VIP, 1-128 for an IPv6 one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source_prefix: Option<u8>,
         /// Source-IP affinity timeout in seconds; absent: none.
@@ -175,7 +177,7 @@ pub enum Request {
     /// as the kernel) and the connection table's pin, if any.
     LookupFlow {
         vip: VipRef,
-        source: Ipv4Addr,
+        source: IpAddr,
         source_port: u16,
     },
     /// Number of connection-table entries of a VIP, per backend.
@@ -233,7 +235,7 @@ pub enum ErrorCode {
     UnknownOp,
     /// `v` is not a supported protocol version.
     UnsupportedVersion,
-    /// A field that must hold an IPv4 address does not.
+    /// A field that must hold an IP address (IPv4 or IPv6; trace packets: IPv4) does not.
     InvalidAddress,
     /// A value out of range (weight, table size, port).
     InvalidValue,
@@ -434,7 +436,7 @@ pub struct VipInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendInfo {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub weight: u32,
     /// The operator's state: enabled, draining or disabled.
     pub admin: AdminState,
@@ -477,7 +479,7 @@ pub struct VipCounters {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendCounters {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -495,7 +497,7 @@ impl VipCounters {
 }
 
 impl BackendCounters {
-    pub fn new(address: Ipv4Addr, s: &lb_common::BackendStats) -> Self {
+    pub fn new(address: IpAddr, s: &lb_common::BackendStats) -> Self {
         Self {
             address,
             packets: s.packets,
@@ -507,13 +509,13 @@ impl BackendCounters {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowLookup {
     pub vip: VipAddr,
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     pub source_port: u16,
     /// What the ring gives a new flow (none: no backend takes new flows).
-    pub ring_backend: Option<Ipv4Addr>,
+    pub ring_backend: Option<IpAddr>,
     /// Where the connection table pins the flow now, if it does (and the
     /// pin is still valid).
-    pub pinned_backend: Option<Ipv4Addr>,
+    pub pinned_backend: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -529,7 +531,7 @@ pub struct FlowSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendFlows {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub flows: u64,
 }
 
@@ -550,15 +552,15 @@ pub struct TraceReport {
     /// The VIP the packet is addressed to, if the agent serves it.
     pub vip: Option<VipAddr>,
     /// The backend the balancer selected (sent to, unless dropped later).
-    pub backend: Option<Ipv4Addr>,
+    pub backend: Option<IpAddr>,
     /// How: `pinned` (a connection-table hit), `new` (from the ring) or
     /// `reselected` (a stale pin replaced from the ring); null otherwise.
     pub flow: Option<String>,
     /// The backend the live connection table pinned the tuple to (copied
     /// into the scratch table before the run).
-    pub live_pin: Option<Ipv4Addr>,
+    pub live_pin: Option<IpAddr>,
     /// The agent's own model: what the ring gives a new flow of this tuple.
-    pub ring_backend: Option<Ipv4Addr>,
+    pub ring_backend: Option<IpAddr>,
     /// The trace instance's counters for this packet alone: the global
     /// ones, and the VIP and backend it counted for.
     pub stats: StatsReport,
@@ -569,7 +571,7 @@ pub struct TraceReport {
 }
 
 /// Helpers shared by both sides for building VIP and backend entries.
-pub fn backend_entry(address: Ipv4Addr, weight: u32) -> BackendConfig {
+pub fn backend_entry(address: IpAddr, weight: u32) -> BackendConfig {
     BackendConfig {
         address,
         weight,
@@ -606,31 +608,17 @@ pub fn vip_entry(
     entry
 }
 
-/// Parses a `address:port/protocol` VIP as written on `lbctl`'s command line.
+/// Parses a `address:port/protocol` VIP as written on `lbctl`'s command
+/// line (an IPv6 address in brackets: `[2001:db8::10]:80/tcp`).
 pub fn parse_vip(text: &str) -> Result<VipAddr, String> {
-    let (addr_port, proto) = text
-        .rsplit_once('/')
-        .ok_or_else(|| format!("{text:?}: expected ADDRESS:PORT/PROTOCOL"))?;
-    let (addr, port) = addr_port
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?}: expected ADDRESS:PORT/PROTOCOL"))?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{port:?} is not a port"))?;
-    let proto = match proto {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        other => return Err(format!("{other:?} is not a protocol (tcp or udp)")),
-    };
-    Ok(VipAddr { addr, port, proto })
+    text.parse()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::Protocol;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn every_error_code_is_in_all() {
@@ -665,11 +653,11 @@ mod tests {
             req,
             Request::AddBackend {
                 vip: VipAddr {
-                    addr: Ipv4Addr::new(198, 18, 0, 10),
+                    addr: Ipv4Addr::new(198, 18, 0, 10).into(),
                     port: 80,
                     proto: Protocol::Tcp
                 },
-                backend: Ipv4Addr::new(198, 19, 1, 2),
+                backend: Ipv4Addr::new(198, 19, 1, 2).into(),
                 weight: Some(3),
             }
         );
@@ -728,13 +716,56 @@ mod tests {
         assert_eq!(
             parse_vip("198.18.0.10:80/tcp").expect("valid"),
             VipAddr {
-                addr: Ipv4Addr::new(198, 18, 0, 10),
+                addr: Ipv4Addr::new(198, 18, 0, 10).into(),
                 port: 80,
                 proto: Protocol::Tcp
             }
         );
         assert!(parse_vip("198.18.0.10:80").is_err());
         assert!(parse_vip("198.18.0.10:http/tcp").is_err());
-        assert!(parse_vip("2001:db8::1:80/tcp").is_err());
+        let unbracketed = parse_vip("2001:db8::1:80/tcp").unwrap_err();
+        assert!(unbracketed.contains("in brackets"), "{unbracketed}");
+        let v6 = parse_vip("[2001:db8::10]:80/udp").expect("valid");
+        assert_eq!(
+            v6,
+            VipAddr {
+                addr: "2001:db8::10".parse().expect("an IPv6 address"),
+                port: 80,
+                proto: Protocol::Udp
+            }
+        );
+        assert!(parse_vip("[198.18.0.10]:80/tcp").is_err());
+        assert!(parse_vip("[2001:db8::10]/tcp").is_err());
+    }
+
+    #[test]
+    fn vips_display_and_parse_back_in_either_family() {
+        for text in [
+            "198.18.0.10:80/tcp",
+            "[2001:db8::10]:80/tcp",
+            "[2001:db8::1:0:0:1]:53/udp",
+        ] {
+            let vip = parse_vip(text).expect("valid");
+            assert_eq!(vip.to_string(), text);
+            assert_eq!(parse_vip(&vip.to_string()), Ok(vip));
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_in_requests_and_answers() {
+        let line = r#"{"op":"lookup_flow","vip":{"address":"2001:db8::10","port":443,"protocol":"tcp"},"source":"2001:db8:1::7","source_port":40000}"#;
+        let req: Request = serde_json::from_str(line).expect("parses");
+        assert_eq!(
+            req,
+            Request::LookupFlow {
+                vip: parse_vip("[2001:db8::10]:443/tcp").expect("valid"),
+                source: "2001:db8:1::7".parse().expect("an IPv6 address"),
+                source_port: 40000,
+            }
+        );
+        assert_eq!(serde_json::to_string(&req).expect("serializes"), line);
+        let add = r#"{"op":"add_backend","vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"},"backend":"2001:db8:2::2"}"#;
+        let req: Request = serde_json::from_str(add).expect("parses");
+        assert_eq!(serde_json::to_string(&req).expect("serializes"), add);
     }
 }

@@ -192,13 +192,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
     serde_path_to_error::deserialize::<_, Request>(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let code = if message.contains("invalid IPv4 address") {
-            ErrorCode::InvalidAddress
-        } else if message.contains("out of range") || message.contains("invalid value") {
-            ErrorCode::InvalidValue
-        } else {
-            ErrorCode::BadRequest
-        };
+        let code =
+            if message.contains("invalid IP address") || message.contains("invalid IPv4 address") {
+                ErrorCode::InvalidAddress
+            } else if message.contains("out of range") || message.contains("invalid value") {
+                ErrorCode::InvalidValue
+            } else {
+                ErrorCode::BadRequest
+            };
         let message = if path == "." {
             message
         } else {
@@ -248,12 +249,11 @@ mod tests {
         assert_eq!(code(r#"{"op":"version","extra":1}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"op":"remove_vip"}"#), ErrorCode::BadRequest);
         let vip = r#""vip":{"address":"198.18.0.10","port":80,"protocol":"tcp"}"#;
-        assert_eq!(
-            code(&format!(
-                r#"{{"op":"add_backend",{vip},"backend":"2001:db8::1"}}"#
-            )),
-            ErrorCode::InvalidAddress
-        );
+        // An IPv6 backend of an IPv4 VIP is a request like any other.
+        assert!(parse_request(
+            format!(r#"{{"op":"add_backend",{vip},"backend":"2001:db8::1"}}"#).as_bytes()
+        )
+        .is_ok());
         assert_eq!(
             code(&format!(
                 r#"{{"op":"add_backend",{vip},"backend":"198.19.1"}}"#

@@ -4,18 +4,19 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use lb_common::{FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
+use lb_common::{Flow6Key, FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
 
 use super::protocol::*;
 use crate::{
     config::{self, AdminState, BackendConfig, Config, VipConfig, MAX_WEIGHT},
-    dataplane::{DataPlane, Protocol, VipAddr},
+    dataplane::{self, DataPlane, Protocol, VipAddr},
     encap::Encap,
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
+    maps::{AnyVipKey, BalancerMaps},
     policy::Policy,
     state::StateFile,
     trace::{packet as trace_packet, packet::PacketSpec, Tracer},
@@ -39,7 +40,7 @@ pub struct Service {
     tracer: Option<Tracer>,
     /// Where the VIP addresses to announce are published after every
     /// request and health refresh (none: the agent announces nothing).
-    announcements: Option<tokio::sync::watch::Sender<BTreeSet<Ipv4Addr>>>,
+    announcements: Option<tokio::sync::watch::Sender<BTreeSet<IpAddr>>>,
 }
 
 /// The source MAC of described trace packets (locally administered; the
@@ -77,10 +78,7 @@ impl Service {
 
     /// Publishes the VIP addresses to announce on `tx` from now on (the
     /// agent's announcer follows it; see `announce`), starting now.
-    pub fn with_announcements(
-        mut self,
-        tx: tokio::sync::watch::Sender<BTreeSet<Ipv4Addr>>,
-    ) -> Self {
+    pub fn with_announcements(mut self, tx: tokio::sync::watch::Sender<BTreeSet<IpAddr>>) -> Self {
         self.announcements = Some(tx);
         self.publish_announcements();
         self
@@ -89,7 +87,7 @@ impl Service {
     /// The VIP addresses this node should announce now
     /// (`config::announced_addresses` under the current health and the
     /// `announce` settings; empty without an `announce` section).
-    pub fn announced_addresses(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn announced_addresses(&self) -> BTreeSet<IpAddr> {
         match &self.config.announce {
             Some(a) => config::announced_addresses(
                 &self.config.vips,
@@ -359,8 +357,12 @@ impl Service {
         &mut self,
         vips: Vec<VipConfig>,
     ) -> Result<crate::dataplane::ApplyReport, ApiError> {
-        config::validate_vips(&vips, self.ring_pool_slots)
-            .map_err(|e| err(classify(&e), format!("{e:#}")))?;
+        config::validate_vips(
+            &vips,
+            self.ring_pool_slots,
+            self.config.source_address6.is_some(),
+        )
+        .map_err(|e| err(classify(&e), format!("{e:#}")))?;
         // Staged before the data path changes: a disk that cannot take the
         // state refuses the change while nothing has moved.
         let staged = self.state.stage(&vips).map_err(|e| {
@@ -506,7 +508,11 @@ impl Service {
             _ => None,
         };
         let vip = tuple.and_then(|(_, _, addr, port, proto)| {
-            let vip = VipAddr { addr, port, proto };
+            let vip = VipAddr {
+                addr: addr.into(),
+                port,
+                proto,
+            };
             self.vip(&vip).ok().map(|_| vip)
         });
         let vip_id = vip.and_then(|v| self.dataplane.vip_id(&v));
@@ -537,7 +543,7 @@ impl Service {
             self.dataplane.pinned_backend(&vip, &pin)
         });
         let ring_backend = vip.zip(tuple).and_then(|(vip, (source, source_port, ..))| {
-            self.dataplane.ring_choice(&vip, source, source_port)
+            self.dataplane.ring_choice(&vip, source.into(), source_port)
         });
         let mut vips = Vec::new();
         for (id, s) in &run.vips {
@@ -586,7 +592,7 @@ impl Service {
     }
 
     /// The VIP and address a live backend id belongs to.
-    fn backend_by_id(&self, id: u32) -> Option<(VipAddr, Ipv4Addr)> {
+    fn backend_by_id(&self, id: u32) -> Option<(VipAddr, IpAddr)> {
         self.config.vips.iter().find_map(|v| {
             let vip = v.vip();
             v.backends
@@ -599,17 +605,30 @@ impl Service {
     fn lookup_flow(
         &self,
         vip: VipAddr,
-        source: Ipv4Addr,
+        source: IpAddr,
         source_port: u16,
     ) -> Result<ResponseData, ApiError> {
         self.vip(&vip)?;
-        let flow =
-            trace_packet::flow_key(source, source_port, vip.addr, vip.port, vip.proto.number());
-        let pin = self
-            .dataplane
-            .maps()
-            .flow_pin(&flow)
-            .map_err(|e| err(ErrorCode::Internal, format!("{e:#}")))?;
+        let maps = self.dataplane.maps();
+        let (port, proto) = (vip.port, vip.proto.number());
+        let pin = match (source, vip.addr) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                maps.flow_pin(&trace_packet::flow_key(src, source_port, dst, port, proto))
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                maps.flow6_pin(&trace_packet::flow6_key(src, source_port, dst, port, proto))
+            }
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidAddress,
+                    format!(
+                        "client {source} and VIP {vip} are of different address families: \
+                         a flow to a VIP comes from a client of the VIP's family"
+                    ),
+                ))
+            }
+        }
+        .map_err(|e| err(ErrorCode::Internal, format!("{e:#}")))?;
         Ok(ResponseData::Flow {
             flow: FlowLookup {
                 vip,
@@ -628,15 +647,11 @@ impl Service {
         let v = self.vip(&vip)?;
         let mut pins: HashMap<(u32, u32), u64> = HashMap::new();
         let mut total = 0u64;
-        self.dataplane
-            .maps()
-            .for_each_flow(|key, pin| {
-                if matches_vip(key, &vip) {
-                    total += 1;
-                    *pins.entry((pin.backend_id, pin.generation)).or_insert(0) += 1;
-                }
-            })
-            .map_err(internal)?;
+        for_each_vip_flow(self.dataplane.maps(), &vip, |pin| {
+            total += 1;
+            *pins.entry((pin.backend_id, pin.generation)).or_insert(0) += 1;
+        })
+        .map_err(internal)?;
         let mut per_backend: Vec<BackendFlows> = v
             .backends
             .iter()
@@ -675,14 +690,26 @@ impl Service {
     fn flush_flows(&mut self, vip: VipAddr) -> Result<ResponseData, ApiError> {
         self.vip(&vip)?;
         let maps = self.dataplane.maps_mut();
-        let mut keys = Vec::new();
-        maps.for_each_flow(|key, _| {
-            if matches_vip(key, &vip) {
-                keys.push(*key);
+        let flushed = match vip.key() {
+            AnyVipKey::V4(k) => {
+                let keys = maps
+                    .flows_matching(|key| key.is_for(&AnyVipKey::V4(k)))
+                    .map_err(internal)?;
+                let keys: Vec<FlowKey> = keys.into_iter().map(|(key, _)| key).collect();
+                maps.remove_flows(&keys)
             }
-        })
+            AnyVipKey::V6(k) => {
+                let mut keys = Vec::new();
+                maps.for_each_flow6(|key, _| {
+                    if key.is_for(&AnyVipKey::V6(k)) {
+                        keys.push(*key);
+                    }
+                })
+                .map_err(internal)?;
+                maps.remove_flows6(&keys)
+            }
+        }
         .map_err(internal)?;
-        let flushed = maps.remove_flows(&keys).map_err(internal)?;
         log::info!("control: flushed {flushed} connection-table entries of VIP {vip}");
         Ok(ResponseData::Changed {
             changed: ChangeReport {
@@ -697,9 +724,45 @@ fn internal(e: anyhow::Error) -> ApiError {
     err(ErrorCode::Internal, format!("{e:#}"))
 }
 
-fn matches_vip(key: &FlowKey, vip: &VipAddr) -> bool {
-    let k = vip.key();
-    key.dst_addr == k.addr && key.dst_port == k.port && key.proto == k.proto
+/// A connection-table key of either family, matched against a VIP.
+trait VipFlow {
+    fn is_for(&self, vip: &AnyVipKey) -> bool;
+}
+
+impl VipFlow for FlowKey {
+    fn is_for(&self, vip: &AnyVipKey) -> bool {
+        matches!(vip, AnyVipKey::V4(k)
+            if self.dst_addr == k.addr && self.dst_port == k.port && self.proto == k.proto)
+    }
+}
+
+impl VipFlow for Flow6Key {
+    fn is_for(&self, vip: &AnyVipKey) -> bool {
+        matches!(vip, AnyVipKey::V6(k)
+            if self.dst_addr == k.addr && self.dst_port == k.port && self.proto == k.proto)
+    }
+}
+
+/// Calls `f` on the pin of every connection-table entry of `vip`, from
+/// the table of its family (`FLOWS` or `FLOWS6`): one batch walk.
+fn for_each_vip_flow(
+    maps: &BalancerMaps,
+    vip: &VipAddr,
+    mut f: impl FnMut(&FlowPin),
+) -> anyhow::Result<u64> {
+    let key = vip.key();
+    match key {
+        AnyVipKey::V4(_) => maps.for_each_flow(|k, pin| {
+            if k.is_for(&key) {
+                f(pin)
+            }
+        }),
+        AnyVipKey::V6(_) => maps.for_each_flow6(|k, pin| {
+            if k.is_for(&key) {
+                f(pin)
+            }
+        }),
+    }
 }
 
 /// Error code for a failed validation or apply.
@@ -718,14 +781,16 @@ fn classify(e: &anyhow::Error) -> ErrorCode {
     }
 }
 
-/// The policy settings of a request, checked field by field.
+/// The policy settings of a request for a VIP on `vip`, checked field by
+/// field.
 fn policy_settings(
+    vip: IpAddr,
     policy: Policy,
     source_prefix: Option<u8>,
     affinity_timeout: Option<u32>,
     idle_timeout: Option<u32>,
 ) -> Result<PolicySettings, ApiError> {
-    config::check_policy_fields(policy, source_prefix, affinity_timeout, idle_timeout)
+    config::check_policy_fields(vip, policy, source_prefix, affinity_timeout, idle_timeout)
         .map_err(|e| err(ErrorCode::InvalidValue, e))?;
     Ok(PolicySettings {
         policy,
@@ -745,8 +810,8 @@ fn check_weight(weight: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_unicast(what: &str, addr: Ipv4Addr) -> Result<(), ApiError> {
-    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+fn check_unicast(what: &str, addr: IpAddr) -> Result<(), ApiError> {
+    if !dataplane::is_unicast(addr) {
         return Err(err(
             ErrorCode::InvalidAddress,
             format!("{what} {addr} is not a unicast address"),
@@ -762,7 +827,7 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             .position(|v| v.vip() == *vip)
             .ok_or_else(|| err(ErrorCode::UnknownVip, format!("no VIP {vip}")))
     };
-    let backend_index = |v: &VipConfig, addr: Ipv4Addr| -> Result<usize, ApiError> {
+    let backend_index = |v: &VipConfig, addr: IpAddr| -> Result<usize, ApiError> {
         v.backends
             .iter()
             .position(|b| b.address == addr)
@@ -785,8 +850,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             encap,
             gue_port,
         } => {
-            let policy =
-                policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
+            let policy = policy_settings(
+                vip.addr,
+                *policy,
+                *source_prefix,
+                *affinity_timeout,
+                *idle_timeout,
+            )?;
             let encap = Encap::from_fields(*encap, *gue_port)
                 .map_err(|e| err(ErrorCode::InvalidValue, e.to_string()))?;
             check_unicast("VIP address", vip.addr)?;
@@ -927,8 +997,13 @@ fn edit(vips: &mut Vec<VipConfig>, request: &Request) -> Result<String, ApiError
             affinity_timeout,
             idle_timeout,
         } => {
-            let settings =
-                policy_settings(*policy, *source_prefix, *affinity_timeout, *idle_timeout)?;
+            let settings = policy_settings(
+                vip.addr,
+                *policy,
+                *source_prefix,
+                *affinity_timeout,
+                *idle_timeout,
+            )?;
             let i = find(vips, vip)?;
             settings.apply_to(&mut vips[i]);
             Ok(format!("VIP {vip} policy set to {settings:?}"))

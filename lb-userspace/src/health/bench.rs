@@ -68,7 +68,7 @@ pub async fn bench_scale(
             }
         }));
         list.push(Target {
-            addr: Ipv4Addr::LOCALHOST,
+            addr: Ipv4Addr::LOCALHOST.into(),
             check: CheckSpec {
                 kind: CheckKind::Tcp,
                 port,

@@ -72,7 +72,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -253,14 +253,15 @@ impl fmt::Display for CheckKind {
 /// same check is probed once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Target {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub check: CheckSpec,
 }
 
 /// `198.19.1.2:8080 (http /health)`.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} ({})", self.addr, self.check.port, self.check.kind)
+        let addr = std::net::SocketAddr::new(self.addr, self.check.port);
+        write!(f, "{addr} ({})", self.check.kind)
     }
 }
 
@@ -609,7 +610,15 @@ impl HealthChecker {
     /// A random delay in `[0, interval)`, different for each target.
     fn jitter(&self, target: &Target, id: u64) -> Duration {
         let interval_us = target.check.interval_ms.max(1).saturating_mul(1000);
-        let mix = (u64::from(u32::from(target.addr)) << 16) | u64::from(target.check.port);
+        let addr = match target.addr {
+            IpAddr::V4(a) => u64::from(a.to_bits()),
+            // Folded: a backend prefix's addresses differ in the low bits.
+            IpAddr::V6(a) => {
+                let bits = a.to_bits();
+                (bits as u64) ^ ((bits >> 64) as u64)
+            }
+        };
+        let mix = (addr << 16) ^ u64::from(target.check.port);
         let r = splitmix64(self.owner.shared.seed ^ splitmix64(mix ^ (id << 48)));
         Duration::from_micros(r % interval_us)
     }

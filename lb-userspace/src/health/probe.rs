@@ -1,6 +1,6 @@
 //! One probe: a TCP connect, or an HTTP/1.1 exchange, under one timeout.
 
-use std::{io, net::SocketAddrV4, time::Duration};
+use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,7 +17,7 @@ const HEADER_LIMIT: usize = 16 * 1024;
 pub(super) async fn run(target: &Target) -> ProbeResult {
     let at_unix_ms = unix_ms();
     let start = Instant::now();
-    let addr = SocketAddrV4::new(target.addr, target.check.port);
+    let addr = SocketAddr::new(target.addr, target.check.port);
     let limit = Duration::from_millis(target.check.timeout_ms);
     let outcome = match tokio::time::timeout(limit, exchange(addr, &target.check.kind)).await {
         Ok(outcome) => outcome,
@@ -36,7 +36,7 @@ pub(super) async fn run(target: &Target) -> ProbeResult {
     }
 }
 
-async fn exchange(addr: SocketAddrV4, kind: &CheckKind) -> Result<(), String> {
+async fn exchange(addr: SocketAddr, kind: &CheckKind) -> Result<(), String> {
     match kind {
         CheckKind::None => Ok(()),
         CheckKind::Tcp => {
@@ -65,11 +65,15 @@ async fn exchange(addr: SocketAddrV4, kind: &CheckKind) -> Result<(), String> {
     }
 }
 
-/// The Host header when none is configured: the backend address, with the
+/// The Host header when none is configured: the backend address (an IPv6
+/// one in brackets, as RFC 3986 writes it in a URI's authority), with the
 /// port unless it is 80.
-pub(super) fn default_host(addr: SocketAddrV4) -> String {
+pub(super) fn default_host(addr: SocketAddr) -> String {
     if addr.port() == 80 {
-        addr.ip().to_string()
+        match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        }
     } else {
         addr.to_string()
     }
@@ -82,7 +86,7 @@ pub(super) fn request(path: &str, host: &str) -> String {
 }
 
 async fn http(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     request: &str,
     expect_status: &[u16],
     body_contains: Option<&[u8]>,

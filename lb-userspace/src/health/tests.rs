@@ -40,7 +40,7 @@ fn http(path: &str) -> CheckKind {
 
 fn local(check: CheckSpec) -> Target {
     Target {
-        addr: Ipv4Addr::LOCALHOST,
+        addr: Ipv4Addr::LOCALHOST.into(),
         check,
     }
 }
@@ -313,9 +313,14 @@ fn status_lines_and_headers() {
         probe::request("/health", "svc"),
         "GET /health HTTP/1.1\r\nHost: svc\r\nUser-Agent: lb-health/1\r\nConnection: close\r\n\r\n"
     );
-    let addr = |port| SocketAddrV4::new(Ipv4Addr::new(198, 19, 1, 2), port);
+    let addr = |port| SocketAddrV4::new(Ipv4Addr::new(198, 19, 1, 2), port).into();
     assert_eq!(probe::default_host(addr(80)), "198.19.1.2");
     assert_eq!(probe::default_host(addr(8080)), "198.19.1.2:8080");
+    // RFC 3986: an IPv6 literal in the authority is bracketed, port or not.
+    let v6: std::net::Ipv6Addr = "2001:db8:1::2".parse().expect("an IPv6 address");
+    let addr6 = |port| std::net::SocketAddr::new(v6.into(), port);
+    assert_eq!(probe::default_host(addr6(80)), "[2001:db8:1::2]");
+    assert_eq!(probe::default_host(addr6(8080)), "[2001:db8:1::2]:8080");
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! the headers of a frame (the input, and what the balancer made of it)
 //! with their lengths and checksums.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::{ipv4_to_wire, port_to_wire, FlowKey};
+use lb_common::{ipv4_to_wire, ipv6_to_wire, port_to_wire, Flow6Key, FlowKey};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::Protocol;
@@ -443,6 +443,19 @@ pub fn flow_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8)
     FlowKey {
         src_addr: ipv4_to_wire(src.octets()),
         dst_addr: ipv4_to_wire(dst.octets()),
+        src_port: port_to_wire(sport),
+        dst_port: port_to_wire(dport),
+        proto,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
+/// An IPv6 connection-table key from host-order values.
+pub fn flow6_key(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, proto: u8) -> Flow6Key {
+    Flow6Key {
+        src_addr: ipv6_to_wire(src.octets()),
+        dst_addr: ipv6_to_wire(dst.octets()),
         src_port: port_to_wire(sport),
         dst_port: port_to_wire(dport),
         proto,

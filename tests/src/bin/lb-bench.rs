@@ -168,7 +168,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         .map(|i| (Ipv4Addr::new(198, 19, 0, i), 1))
         .collect();
     let vip_on = |port: u16| VipAddr {
-        addr: VIP,
+        addr: std::net::IpAddr::V4(VIP),
         port,
         proto: Protocol::Tcp,
     };
@@ -504,7 +504,7 @@ fn swap_benchmark() -> Result<serde_json::Value> {
         flow_table_entries: 1024,
     };
     let vip = VipAddr {
-        addr: VIP,
+        addr: std::net::IpAddr::V4(VIP),
         port: 80,
         proto: Protocol::Tcp,
     };
@@ -521,7 +521,7 @@ fn swap_benchmark() -> Result<serde_json::Value> {
         round += 1;
         let response = service.handle(Request::SetWeight {
             vip,
-            backend: backends[0],
+            backend: std::net::IpAddr::V4(backends[0]),
             weight: 1 + round % 2,
         });
         assert!(response.ok, "{response:?}");
@@ -577,7 +577,7 @@ impl BenchService {
         );
         vip_config.backends = backends
             .iter()
-            .map(|&a| lb_userspace::control::protocol::backend_entry(a, 1))
+            .map(|&a| lb_userspace::control::protocol::backend_entry(std::net::IpAddr::V4(a), 1))
             .collect();
         let config = Config::parse(r#"{"interface": "lo", "source_address": "198.18.1.2"}"#)?;
         let state_dir = std::env::temp_dir().join(format!("lb-bench-state-{}", std::process::id()));
@@ -619,7 +619,7 @@ fn flow_table_benchmark() -> Result<serde_json::Value> {
         flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
     };
     let vip = VipAddr {
-        addr: VIP,
+        addr: std::net::IpAddr::V4(VIP),
         port: 80,
         proto: Protocol::Tcp,
     };
@@ -631,7 +631,7 @@ fn flow_table_benchmark() -> Result<serde_json::Value> {
         .map(|&b| {
             let id = service
                 .dataplane
-                .backend_id(&vip, b)
+                .backend_id(&vip, std::net::IpAddr::V4(b))
                 .context("backend id")?;
             Ok(FlowPin {
                 backend_id: id,

@@ -3,7 +3,7 @@
 
 use std::{
     ffi::OsString,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -80,7 +80,7 @@ pub(crate) enum Command {
     Vip(VipCommand),
     /// List a VIP's backends: weight, admin state, health, share of new flows
     Backends {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
     },
@@ -134,7 +134,7 @@ pub(crate) enum Command {
 pub(crate) enum VipCommand {
     /// Add a VIP (without backends)
     Add {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
         /// Maglev table size, a prime (the agent's default: 65537)
@@ -159,14 +159,14 @@ pub(crate) enum VipCommand {
     },
     /// Remove a VIP and its backends
     Remove {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
     },
     /// Change the VIP's scheduling policy (established connections stay on
     /// their backends); settings left out take their defaults
     Policy {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
         #[command(flatten)]
@@ -175,7 +175,7 @@ pub(crate) enum VipCommand {
     /// Set whether the VIP keeps all its enabled backends when every one is
     /// unhealthy (on, the default) or drops its new flows (off)
     FailOpen {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
         /// on or off
@@ -220,65 +220,65 @@ fn parse_encap(text: &str) -> Result<EncapKind, String> {
 pub(crate) enum BackendCommand {
     /// Add a backend to a VIP
     Add {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
         /// Relative share of new flows (the agent's default: 1)
         #[arg(long, value_name = "N")]
         weight: Option<u32>,
     },
     /// Remove a backend; its established flows move to other backends
     Remove {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
     },
     /// Set a backend's weight (a drained backend stays drained)
     Weight {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
         /// The new weight, 0 to 10000 (0: no new flows)
         weight: u32,
     },
     /// Drain a backend: no new flows, established flows continue
     Drain {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
     },
     /// Undrain a backend: new flows again, at its weight (same as enable)
     Undrain {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
     },
     /// Disable a backend: out of the data path, its established flows are
     /// re-selected
     Disable {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
     },
     /// Enable a backend (draining or disabled): new flows again, at its weight
     Enable {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The backend's IPv4 address
-        address: Ipv4Addr,
+        /// The backend's address (IPv4 or IPv6)
+        address: IpAddr,
     },
 }
 
@@ -288,24 +288,24 @@ pub(crate) enum HealthCommand {
     /// settings (overriding the VIP's field by field); only the options
     /// given are set, the agent's defaults apply to the others
     Set {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
         /// Set this backend's settings instead of the VIP's
         #[arg(long, value_name = "ADDRESS")]
-        backend: Option<Ipv4Addr>,
+        backend: Option<IpAddr>,
         #[command(flatten)]
         check: CheckArgs,
     },
     /// Remove the health check of a VIP, or with --backend one backend's
     /// settings (it then follows the VIP's)
     Clear {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
         /// Clear this backend's settings instead of the VIP's
         #[arg(long, value_name = "ADDRESS")]
-        backend: Option<Ipv4Addr>,
+        backend: Option<IpAddr>,
     },
 }
 
@@ -381,23 +381,23 @@ impl CheckArgs {
 pub(crate) enum FlowCommand {
     /// Show which backend a client's flow reaches (ring and connection table)
     Lookup {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
-        /// The client's IPv4 address
-        source: Ipv4Addr,
+        /// The client's address (of the VIP's family)
+        source: IpAddr,
         /// The client's port
         source_port: u16,
     },
     /// Count a VIP's connection-table entries per backend
     Summary {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
     },
     /// Delete a VIP's connection-table entries (flows re-select a backend)
     Flush {
-        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp
+        /// The VIP: ADDRESS:PORT/PROTOCOL, e.g. 198.18.0.10:80/tcp or [2001:db8::10]:80/tcp
         #[arg(value_parser = protocol::parse_vip)]
         vip: VipAddr,
     },
@@ -437,13 +437,13 @@ fn parse_seconds(text: &str, what: &str) -> Result<Duration, String> {
 pub(crate) struct TraceArgs {
     /// The packet's source address (the client)
     #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
-    pub(crate) source: Option<Ipv4Addr>,
+    pub(crate) source: Option<IpAddr>,
     /// The packet's source port
     #[arg(long, value_name = "PORT", default_value_t = 40000)]
     pub(crate) source_port: u16,
     /// The packet's destination address (a VIP, or any other address)
     #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
-    pub(crate) destination: Option<Ipv4Addr>,
+    pub(crate) destination: Option<IpAddr>,
     /// The packet's destination port
     #[arg(long, value_name = "PORT", required_unless_present = "pcap")]
     pub(crate) destination_port: Option<u16>,

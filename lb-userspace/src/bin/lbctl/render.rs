@@ -392,7 +392,11 @@ pub(crate) fn render_lookup(flow: &FlowLookup) -> String {
     table.header = false;
     table.row([
         "flow".to_string(),
-        format!("{}:{} -> {}", flow.source, flow.source_port, flow.vip),
+        format!(
+            "{} -> {}",
+            std::net::SocketAddr::new(flow.source, flow.source_port),
+            flow.vip
+        ),
     ]);
     table.row([
         "ring backend".to_string(),
@@ -490,9 +494,14 @@ mod tests {
     // --- output
 
     /// A backend without health check.
-    fn backend(address: Ipv4Addr, weight: u32, admin: AdminState, ring_share: f64) -> BackendInfo {
+    fn backend(
+        address: impl Into<std::net::IpAddr>,
+        weight: u32,
+        admin: AdminState,
+        ring_share: f64,
+    ) -> BackendInfo {
         BackendInfo {
-            address,
+            address: address.into(),
             weight,
             admin,
             // What the agent reports for a backend without check.
@@ -803,7 +812,7 @@ mod tests {
     fn flows_lookup_and_summary() {
         let mut flow = FlowLookup {
             vip: vip(),
-            source: Ipv4Addr::new(203, 0, 113, 7),
+            source: Ipv4Addr::new(203, 0, 113, 7).into(),
             source_port: 40000,
             ring_backend: Some(B1),
             pinned_backend: None,

@@ -1,5 +1,7 @@
 //! From the command line to the one control request it sends.
 
+use std::net::IpAddr;
+
 use lb_userspace::{
     control::protocol::Request, dataplane::Protocol, policy::Policy, trace::packet::PacketSpec,
 };
@@ -14,6 +16,12 @@ impl TraceArgs {
             (self.source, self.destination, self.destination_port)
         else {
             return Err("--source, --destination and --destination-port are required".into());
+        };
+        let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else {
+            return Err(
+                "trace does not support IPv6 VIPs yet (--source and --destination must be IPv4)"
+                    .into(),
+            );
         };
         if self.protocol == Protocol::Udp && !self.tcp_flags.is_empty() {
             return Err("--tcp-flags is only for --protocol tcp".into());
@@ -591,6 +599,21 @@ mod tests {
                 backend: B1
             }
         );
+        assert_eq!(
+            req(&["backend", "add", "[2001:db8::10]:80/tcp", "2001:db8:1::2"]),
+            Request::AddBackend {
+                vip: vip6(),
+                backend: B6,
+                weight: None
+            }
+        );
+        assert_eq!(
+            req(&["backend", "drain", v, "2001:db8:1::2"]),
+            Request::Drain {
+                vip: vip(),
+                backend: B6
+            }
+        );
         usage_error(&["backend", "disable", v]);
         usage_error(&["backend", "enable", v, "198.19.1.2", "extra"]);
         usage_error(&["backend", "add", v, "198.19.1.300"]);
@@ -607,7 +630,7 @@ mod tests {
             req(&["flow", "lookup", v, "203.0.113.7", "40000"]),
             Request::LookupFlow {
                 vip: vip(),
-                source: Ipv4Addr::new(203, 0, 113, 7),
+                source: Ipv4Addr::new(203, 0, 113, 7).into(),
                 source_port: 40000
             }
         );
@@ -619,6 +642,22 @@ mod tests {
             req(&["flow", "flush", v]),
             Request::FlushFlows { vip: vip() }
         );
+        assert_eq!(
+            req(&[
+                "flow",
+                "lookup",
+                "[2001:db8::10]:80/tcp",
+                "2001:db8:ff::7",
+                "40000"
+            ]),
+            Request::LookupFlow {
+                vip: vip6(),
+                source: "2001:db8:ff::7".parse().expect("an address"),
+                source_port: 40000
+            }
+        );
+        // Unbracketed, the port cannot be told from the address.
+        usage_error(&["flow", "summary", "2001:db8::10:80/tcp"]);
         usage_error(&["flow", "lookup", v, "203.0.113.7", "70000"]);
         usage_error(&["flow", "lookup", v, "203.0.113.7"]);
         usage_error(&["flow", "purge", v]);

@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io::{IsTerminal, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -48,7 +48,7 @@ pub(crate) struct VipRates {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct BackendRates {
-    pub(crate) address: Ipv4Addr,
+    pub(crate) address: IpAddr,
     pub(crate) packets_per_s: f64,
     pub(crate) bytes_per_s: f64,
 }
@@ -75,7 +75,7 @@ pub(crate) fn rates(before: &StatsReport, now: &StatsReport, elapsed: Duration) 
         .iter()
         .map(|v| {
             let prev = old.get(&v.vip);
-            let old_backends: BTreeMap<Ipv4Addr, _> = prev
+            let old_backends: BTreeMap<IpAddr, _> = prev
                 .map(|p| p.backends.iter().map(|b| (b.address, b)).collect())
                 .unwrap_or_default();
             VipRates {
@@ -235,13 +235,13 @@ mod tests {
     use super::*;
     use crate::testutil::{parse, usage_error, vip, B1};
 
-    const B2: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 2);
+    const B2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 2, 2));
 
     fn counters(
         packets: u64,
         bytes: u64,
         new_flows: u64,
-        backends: &[(Ipv4Addr, u64)],
+        backends: &[(IpAddr, u64)],
     ) -> VipCounters {
         VipCounters {
             vip: vip(),

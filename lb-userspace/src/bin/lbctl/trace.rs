@@ -399,6 +399,17 @@ mod tests {
             "syn",
         ]);
         assert!(t.packet().is_err());
+        let v6 = trace_args(&[
+            "trace",
+            "--source",
+            "2001:db8:ff::7",
+            "--destination",
+            "2001:db8::10",
+            "--destination-port",
+            "80",
+        ]);
+        let e = v6.packet().unwrap_err();
+        assert!(e.contains("trace does not support IPv6 VIPs yet"), "{e}");
         let d = ["--destination", "198.18.0.10", "--destination-port", "80"];
         usage_error(&["trace"]);
         usage_error(&[&["trace", "--source", "198.18.10"][..], &d].concat());
