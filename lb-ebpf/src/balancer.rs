@@ -55,6 +55,25 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Where [`run`] starts: every field defined, so that no path the
+    /// compiler merges carries undefined bytes. (Left undefined, LLVM fills
+    /// them from any register at hand, a map pointer or an uninitialised
+    /// one, and the verifier refuses the arithmetic or the read.)
+    const NONE: Outbound = Outbound {
+        shape: Shape {
+            l2: L2::Plain,
+            len: 0,
+            tos: 0,
+            inner_v6: false,
+            on_too_big: OnTooBig::Drop,
+        },
+        backend_id: 0,
+        backend_addr: 0,
+        new_flow: false,
+        vip_id: 0,
+        tunnel: encap::Tunnel::NONE,
+    };
+
     /// The packet of `shape` of `flow` to the `selected` backend of VIP
     /// `vip_id`, on the backend's tunnel.
     #[inline(always)]
@@ -69,6 +88,10 @@ impl Outbound {
         }
     }
 }
+
+/// What a packet's way to the tail comes to: `Ok` when the `Outbound`
+/// it was given is filled in for [`forward`], else the verdict.
+pub type Found = Result<(), u32>;
 
 /// What to do with a packet that would exceed the egress MTU once
 /// encapsulated.
@@ -99,28 +122,24 @@ fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
         return pass(&mut stats.malformed);
     };
     // Both families end at the one call of `forward`: a single copy of
-    // the tail in the program.
-    // (Each verdict returns where it is made: a `Result` carried to one
-    // match would copy the uninitialised `Outbound` of an `Err`, which
-    // the verifier refuses to read.)
-    let out = if ether_type == EtherType::Ipv4.into() {
-        match ipv4(ctx, l2, stats) {
-            Ok(out) => out,
-            Err(action) => return action,
-        }
+    // the tail in the program. The packet's way there is written into
+    // `out`, which starts fully defined (see `Outbound::NONE`).
+    let mut out = Outbound::NONE;
+    let found = if ether_type == EtherType::Ipv4.into() {
+        ipv4(ctx, l2, stats, &mut out)
     } else if ether_type == EtherType::Ipv6.into() {
-        match ipv6(ctx, l2, stats) {
-            Ok(out) => out,
-            Err(action) => return action,
-        }
+        ipv6(ctx, l2, stats, &mut out)
     } else {
         return pass(&mut stats.passed);
     };
+    if let Err(action) = found {
+        return action;
+    }
     forward(ctx, stats, &out)
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -> Found {
     match parse::parse(ctx, l2) {
         Parsed::Flow(pkt) => {
             // Most packets on a NIC are for no VIP: one array read tells.
@@ -138,10 +157,17 @@ fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u
                     OnTooBig::Drop
                 },
             };
-            vip_packet(ctx, &pkt.flow, shape, (pkt.tcp_syn, pkt.tcp_fin_rst), stats)
+            vip_packet(
+                ctx,
+                &pkt.flow,
+                shape,
+                (pkt.tcp_syn, pkt.tcp_fin_rst),
+                stats,
+                out,
+            )
         }
         // An ICMP error about a VIP flow is forwarded like the flow's packets.
-        Parsed::Icmp(pkt) => icmp::icmpv4(ctx, &pkt, stats),
+        Parsed::Icmp(pkt) => icmp::icmpv4(ctx, &pkt, stats, out),
         Parsed::Other => Err(pass(&mut stats.passed)),
         Parsed::Malformed => Err(pass(&mut stats.malformed)),
         Parsed::Fragment { dst_addr } => {
@@ -154,7 +180,7 @@ fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -> Found {
     match parse::parse6(ctx, l2) {
         Parsed6::Flow(pkt) => {
             if !classify::maybe_vip6_address(&pkt.flow.dst_addr) {
@@ -167,9 +193,16 @@ fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats) -> Result<Outbound, u
                 inner_v6: true,
                 on_too_big: OnTooBig::PacketTooBig,
             };
-            vip_packet(ctx, &pkt.flow, shape, (pkt.tcp_syn, pkt.tcp_fin_rst), stats)
+            vip_packet(
+                ctx,
+                &pkt.flow,
+                shape,
+                (pkt.tcp_syn, pkt.tcp_fin_rst),
+                stats,
+                out,
+            )
         }
-        Parsed6::Icmp(pkt) => icmp6::icmpv6(ctx, &pkt, stats),
+        Parsed6::Icmp(pkt) => icmp6::icmpv6(ctx, &pkt, stats, out),
         Parsed6::Other => Err(pass(&mut stats.passed)),
         Parsed6::Malformed => Err(pass(&mut stats.malformed)),
         Parsed6::Fragment { dst_addr } => {
@@ -191,7 +224,8 @@ fn vip_packet<T: Tuple>(
     shape: Shape,
     (syn, fin_rst): (bool, bool),
     stats: &mut GlobalStats,
-) -> Result<Outbound, u32> {
+    out: &mut Outbound,
+) -> Found {
     // An established flow needs only the connection table; a SYN opens a
     // new connection and always goes by the ring, so a reused tuple never
     // sticks to a stale choice.
@@ -215,7 +249,8 @@ fn vip_packet<T: Tuple>(
             if syn && vip.policy >= POLICY_RANDOM {
                 if let Some(selected) = select::open_pin(flow) {
                     stats.flow_hits += 1;
-                    return Ok(Outbound::to_backend(shape, flow, &selected, vip.vip_id));
+                    *out = Outbound::to_backend(shape, flow, &selected, vip.vip_id);
+                    return Ok(());
                 }
             }
             if matches!(pinned, Pinned::Stale) {
@@ -232,7 +267,8 @@ fn vip_packet<T: Tuple>(
             (selected, vip.vip_id)
         }
     };
-    Ok(Outbound::to_backend(shape, flow, &selected, vip_id))
+    *out = Outbound::to_backend(shape, flow, &selected, vip_id);
+    Ok(())
 }
 
 /// Encapsulates the packet to its selected backend and sends it on: the

@@ -61,6 +61,14 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    /// IP-in-IP over IPv4, every field defined.
+    pub const NONE: Tunnel = Tunnel {
+        outer_v6: false,
+        src_port: 0,
+        dst_port: 0,
+        flow_label: 0,
+    };
+
     /// The tunnel of a flow to `backend`. The flow hash is computed only
     /// where it is carried: the GUE source port, the IPv6 flow label. GUE
     /// is carried over IPv4 only (the agent refuses GUE VIPs with IPv6

@@ -28,7 +28,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
 use crate::{
-    balancer::{self, OnTooBig, Outbound, Shape},
+    balancer::{self, Found, OnTooBig, Outbound, Shape},
     classify, csum, encap,
     maps::{CONFIG, ICMP_RATE},
     parse::{ptr_at, Ipv4Icmp, ETH_LEN, IPV4_MIN_LEN, IP_OFFSET_MASK, L2},
@@ -60,7 +60,12 @@ const ERROR_TOS: u8 = 0xc0;
 /// answered, or not ours), `Ok` for an error about a VIP flow, for the
 /// caller to forward to the flow's backend.
 #[inline(always)]
-pub fn icmpv4(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+pub fn icmpv4(
+    ctx: &XdpContext,
+    pkt: &Ipv4Icmp,
+    stats: &mut GlobalStats,
+    out: &mut Outbound,
+) -> Found {
     if !classify::maybe_vip_address(pkt.dst_addr) || pkt.fragment {
         // A fragment holds no whole message; the kernel reassembles or
         // drops it, as before.
@@ -69,7 +74,7 @@ pub fn icmpv4(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> Resu
     match pkt.icmp_type {
         ICMP_ECHO_REQUEST => Err(echo(ctx, pkt, stats)),
         ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => {
-            error_about_flow(ctx, pkt, stats)
+            error_about_flow(ctx, pkt, stats, out)
         }
         _ => Err(balancer::pass(&mut stats.passed)),
     }
@@ -279,7 +284,8 @@ fn error_about_flow(
     ctx: &XdpContext,
     pkt: &Ipv4Icmp,
     stats: &mut GlobalStats,
-) -> Result<Outbound, u32> {
+    out: &mut Outbound,
+) -> Found {
     let l3 = pkt.l2.header_len();
     let quote = pkt.ihl + ICMP_HDR_LEN;
     // The quoted header must lie inside the ICMP packet, not merely the
@@ -327,7 +333,8 @@ fn error_about_flow(
         // No ICMP about an ICMP error (RFC 1122 3.2.2).
         on_too_big: OnTooBig::Drop,
     };
-    Ok(Outbound::to_backend(shape, &flow, &selected, vip_id))
+    *out = Outbound::to_backend(shape, &flow, &selected, vip_id);
+    Ok(())
 }
 
 /// The backend that owns the flow an ICMP error (of either family) is

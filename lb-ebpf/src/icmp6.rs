@@ -21,7 +21,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv6Hdr, vlan::VlanHdr};
 
 use crate::{
-    balancer::{self, OnTooBig, Outbound, Shape},
+    balancer::{self, Found, OnTooBig, Outbound, Shape},
     classify, csum, encap,
     icmp::{flow_owner, take_token},
     maps::CONFIG,
@@ -51,14 +51,19 @@ const REPLY_HOP_LIMIT: u8 = 64;
 /// An ICMPv6 packet: `Err(verdict)` when done with it (echo answered, or
 /// not ours), `Ok` for an error about a VIP flow, to forward to its backend.
 #[inline(always)]
-pub fn icmpv6(ctx: &XdpContext, pkt: &Ipv6Icmp, stats: &mut GlobalStats) -> Result<Outbound, u32> {
+pub fn icmpv6(
+    ctx: &XdpContext,
+    pkt: &Ipv6Icmp,
+    stats: &mut GlobalStats,
+    out: &mut Outbound,
+) -> Found {
     if !classify::maybe_vip6_address(&pkt.dst_addr) {
         return Err(balancer::pass(&mut stats.passed));
     }
     match pkt.icmp_type {
         ICMP6_ECHO_REQUEST => Err(echo(ctx, pkt, stats)),
         ICMP6_DEST_UNREACH | ICMP6_PACKET_TOO_BIG | ICMP6_TIME_EXCEEDED | ICMP6_PARAM_PROBLEM => {
-            error_about_flow(ctx, pkt, stats)
+            error_about_flow(ctx, pkt, stats, out)
         }
         _ => Err(balancer::pass(&mut stats.passed)),
     }
@@ -249,7 +254,8 @@ fn error_about_flow(
     ctx: &XdpContext,
     pkt: &Ipv6Icmp,
     stats: &mut GlobalStats,
-) -> Result<Outbound, u32> {
+    out: &mut Outbound,
+) -> Found {
     let l3 = pkt.l2.header_len();
     let quote = pkt.l4 + ICMP6_HDR_LEN;
     // The quoted header and ports must lie inside the ICMPv6 packet.
@@ -290,5 +296,6 @@ fn error_about_flow(
         // No ICMPv6 error about an ICMPv6 error (RFC 4443 2.4).
         on_too_big: OnTooBig::Drop,
     };
-    Ok(Outbound::to_backend(shape, &flow, &selected, vip_id))
+    *out = Outbound::to_backend(shape, &flow, &selected, vip_id);
+    Ok(())
 }

@@ -86,6 +86,7 @@ impl Balancer {
         let mut ebpf = loader::load_balancer(options).expect("loading balancer");
         let maps = BalancerMaps::take_from(&mut ebpf).expect("taking the maps");
         let mut dataplane = DataPlane::new(maps);
+        dataplane.set_ipv6_source(options.config.lb_source_addr6 != [0; 4]);
         dataplane.apply(vips).expect("writing the VIPs");
         Self { ebpf, dataplane }
     }

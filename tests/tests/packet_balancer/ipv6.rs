@@ -44,7 +44,10 @@ fn udp6() -> Ipv6 {
 fn ip_of(input: &[u8]) -> (Option<u16>, &[u8]) {
     let ethertype = u16::from_be_bytes([input[12], input[13]]);
     if ethertype == ETHERTYPE_VLAN {
-        (Some(u16::from_be_bytes([input[14], input[15]])), &input[18..])
+        (
+            Some(u16::from_be_bytes([input[14], input[15]])),
+            &input[18..],
+        )
     } else {
         (None, &input[14..])
     }
@@ -56,7 +59,13 @@ fn ip6ip6_to(input: &[u8], flow: &Ipv6, backend: Ipv6Addr) -> Vec<u8> {
     let (vlan, ip) = ip_of(input);
     let inner = &ip[..40 + u16::from_be_bytes([ip[4], ip[5]]) as usize];
     let hash = hash6(flow);
-    let outer = ip6_tunnel((xdp::LB_SOURCE6, backend), NEXT_V6, flow.tclass, hash, inner);
+    let outer = ip6_tunnel(
+        (xdp::LB_SOURCE6, backend),
+        NEXT_V6,
+        flow.tclass,
+        hash,
+        inner,
+    );
     ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV6, &outer)
 }
 
@@ -93,7 +102,10 @@ pub fn ipv6_cases() -> Vec<Case> {
     let mut first_fragment = udp6();
     first_fragment.ext = vec![Ipv6Ext::fragment(0, true)];
     let mut later_fragment = tcp6(TCP_ACK);
-    later_fragment.ext = vec![Ipv6Ext::padding(HOP_BY_HOP, 0), Ipv6Ext::fragment(16, false)];
+    later_fragment.ext = vec![
+        Ipv6Ext::padding(HOP_BY_HOP, 0),
+        Ipv6Ext::fragment(16, false),
+    ];
     let mut fragment_elsewhere = Ipv6::udp(CLIENT6, 40000, NOT_VIP6, 53);
     fragment_elsewhere.ext = vec![Ipv6Ext::fragment(0, true)];
     // An extension header whose length runs past the packet.
@@ -114,7 +126,13 @@ pub fn ipv6_cases() -> Vec<Case> {
     tcp_cut[14 + 5] = 19;
     let mut trailer = from_router6(&syn);
     trailer.extend_from_slice(&[0xee; 6]);
-    let tagged6 = ethernet(LB_MAC, ROUTER_MAC, Some(0x0064), ETHERTYPE_IPV6, &syn.bytes());
+    let tagged6 = ethernet(
+        LB_MAC,
+        ROUTER_MAC,
+        Some(0x0064),
+        ETHERTYPE_IPV6,
+        &syn.bytes(),
+    );
 
     // Mixed families.
     let v6_vip_v4_backend = vec![vip_on(VIP6.into(), 80, Protocol::Tcp, &[(B1.into(), 1)])];
@@ -177,7 +195,13 @@ pub fn ipv6_cases() -> Vec<Case> {
         m[2..4].copy_from_slice(&c.to_be_bytes());
         echo_reply.l4 = L4::Raw(58, m);
         echo_reply.payload = Vec::new();
-        ethernet(ROUTER_MAC, LB_MAC, None, ETHERTYPE_IPV6, &echo_reply.bytes())
+        ethernet(
+            ROUTER_MAC,
+            LB_MAC,
+            None,
+            ETHERTYPE_IPV6,
+            &echo_reply.bytes(),
+        )
     };
     let mut padded_echo = from_router6(&echo);
     let echo_len = padded_echo.len();
@@ -199,13 +223,7 @@ pub fn ipv6_cases() -> Vec<Case> {
     let unreachable = icmp6_packet((ROUTER6, VIP6), 1, 3, [0; 4], &quoted);
     let unreachable_out = {
         let bytes = unreachable.bytes();
-        let outer = ip6_tunnel(
-            (xdp::LB_SOURCE6, B6_1),
-            NEXT_V6,
-            0,
-            hash6(&syn),
-            &bytes,
-        );
+        let outer = ip6_tunnel((xdp::LB_SOURCE6, B6_1), NEXT_V6, 0, hash6(&syn), &bytes);
         ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV6, &outer)
     };
     let quoted_elsewhere = Ipv6::tcp(NOT_VIP6, 80, CLIENT6, 40000, TCP_ACK).bytes();
