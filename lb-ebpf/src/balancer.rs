@@ -16,8 +16,8 @@ use lb_common::{GlobalStats, Ipv6Wire, POLICY_RANDOM};
 use network_types::eth::EtherType;
 
 use crate::{
-    classify, encap, icmp, icmp6,
-    maps::{BACKEND_ADDRS6, CONFIG},
+    classify, config, encap, icmp, icmp6,
+    maps::BACKEND_ADDRS6,
     parse::{self, Parsed, Parsed6, L2},
     select::{self, Pinned, Selected, Tuple},
     stats,
@@ -296,7 +296,6 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
     let frame_len = l2.header_len() + len as usize;
     let trailer = (ctx.data_end() - ctx.data()).saturating_sub(frame_len);
 
-    let config = CONFIG.load();
     let overhead = tunnel.overhead();
     // No IP packet can carry more than 65535 bytes (IPv6: of payload):
     // nor can its outer one.
@@ -312,21 +311,13 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
         outer_dst6 = *dst;
         transmit::next_hop6(
             ctx,
-            &config,
-            config.lb_source_addr6,
+            config!(lb_source_addr6),
             outer_dst6,
             outer_len,
             tunnel.flow_label,
         )
     } else {
-        transmit::next_hop(
-            ctx,
-            &config,
-            config.lb_source_addr,
-            backend_addr,
-            outer_len,
-            tos,
-        )
+        transmit::next_hop(ctx, config!(lb_source_addr), backend_addr, outer_len, tos)
     };
     let (action, macs) = match next_hop {
         NextHop::Out {
@@ -367,7 +358,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
                 inner_v6,
                 tos,
                 len,
-                config.lb_source_addr6,
+                config!(lb_source_addr6),
                 outer_dst6,
             )
         } else {
@@ -378,7 +369,7 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
                 inner_v6,
                 tos,
                 outer_len,
-                config.lb_source_addr,
+                config!(lb_source_addr),
                 backend_addr,
             )
         }

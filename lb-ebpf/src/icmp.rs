@@ -22,15 +22,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    DataPathConfig, FlowKey, GlobalStats, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    VIP_ADDR_F_ICMP_ECHO,
+    FlowKey, GlobalStats, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_ADDR_F_ICMP_ECHO,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
 use crate::{
     balancer::{self, Found, OnTooBig, Outbound, Shape},
-    classify, csum, encap,
-    maps::{CONFIG, ICMP_RATE},
+    classify, config, csum, encap,
+    maps::ICMP_RATE,
     parse::{ptr_at, Ipv4Icmp, ETH_LEN, IPV4_MIN_LEN, IP_OFFSET_MASK, L2},
     select::{self, Pinned, Selected, Tuple},
 };
@@ -137,16 +136,17 @@ fn echo(ctx: &XdpContext, pkt: &Ipv4Icmp, stats: &mut GlobalStats) -> u32 {
 /// Takes one message from this CPU's token bucket; false when it is empty
 /// (or ICMP errors are off). Shared by ICMP and ICMPv6 errors.
 #[inline(always)]
-pub fn take_token(config: &DataPathConfig) -> bool {
-    if config.icmp_rate == 0 {
+pub fn take_token() -> bool {
+    let rate = config!(icmp_rate);
+    if rate == 0 {
         return false;
     }
     let Some(bucket) = ICMP_RATE.get_ptr_mut(0) else {
         return false;
     };
     let bucket = unsafe { &mut *bucket };
-    let cost = 1_000_000_000u64 / config.icmp_rate as u64;
-    let capacity = cost * config.icmp_burst.max(1) as u64;
+    let cost = 1_000_000_000u64 / rate as u64;
+    let capacity = cost * config!(icmp_burst).max(1) as u64;
     let now = unsafe { bpf_ktime_get_ns() };
     // A fresh bucket (last_ns 0) fills to capacity on its first use.
     let credit = bucket
@@ -173,7 +173,6 @@ pub fn frag_needed(
     overhead: u16,
     stats: &mut GlobalStats,
 ) -> u32 {
-    let config = CONFIG.load();
     let l3 = l2.header_len();
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return balancer::drop(&mut stats.drop_too_big);
@@ -183,7 +182,7 @@ pub fn frag_needed(
     if !unicast_source(client) {
         return balancer::drop(&mut stats.drop_too_big);
     }
-    if !take_token(&config) {
+    if !take_token() {
         return balancer::drop(&mut stats.icmp_rate_limited);
     }
     // parse checked 20 <= IHL and IHL + 8 <= total length (TCP and UDP

@@ -24,7 +24,6 @@ use crate::{
     balancer::{self, Found, OnTooBig, Outbound, Shape},
     classify, csum, encap,
     icmp::{flow_owner, take_token},
-    maps::CONFIG,
     parse::{ptr_at, Ipv6Icmp, ETH_LEN, IPV6_LEN, L2},
 };
 
@@ -132,7 +131,6 @@ pub fn packet_too_big(
     overhead: u16,
     stats: &mut GlobalStats,
 ) -> u32 {
-    let config = CONFIG.load();
     let l3 = l2.header_len();
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
         return balancer::drop(&mut stats.drop_too_big);
@@ -143,7 +141,7 @@ pub fn packet_too_big(
     if !unicast_source(&client) {
         return balancer::drop(&mut stats.drop_too_big);
     }
-    if !take_token(&config) {
+    if !take_token() {
         return balancer::drop(&mut stats.icmp_rate_limited);
     }
     // parse6 checked 40 + payload length against the frame and found a

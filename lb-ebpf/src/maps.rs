@@ -122,6 +122,24 @@ pub static GLOBAL_STATS: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entrie
 #[map]
 pub static ICMP_RATE: PerCpuArray<IcmpBucket> = PerCpuArray::with_max_entries(1, 0);
 
+/// Reads one field of [`CONFIG`], volatile as `Global::load` reads the
+/// whole (the loader rewrites the value, which the compiler must not
+/// fold). One field at a time: a whole copy would take 64 bytes of the
+/// program's 512-byte stack.
+#[macro_export]
+macro_rules! config {
+    ($field:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over the value, which the
+        // loader always initialises.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*(core::ptr::addr_of!($crate::maps::CONFIG) as *const lb_common::DataPathConfig))
+                    .$field
+            ))
+        }
+    };
+}
+
 /// Load-time configuration, set by the agent before the program is loaded.
 #[no_mangle]
 pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {

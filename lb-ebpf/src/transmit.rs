@@ -11,7 +11,9 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{DataPathConfig, Ipv6Wire, NEXT_HOP_STATIC};
+use lb_common::{Ipv6Wire, NEXT_HOP_STATIC};
+
+use crate::config;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -52,16 +54,15 @@ fn zero_fib_params(params: *mut bpf_fib_lookup) {
 /// enum from whatever register is at hand, a pointer among them, and the
 /// verifier refuses the shifts that split it.
 #[inline(always)]
-fn static_next_hop(config: &DataPathConfig, outer_len: u16) -> NextHop {
-    if outer_len as u32 > config.static_mtu {
-        return NextHop::TooBig {
-            mtu: config.static_mtu,
-        };
+fn static_next_hop(outer_len: u16) -> NextHop {
+    let mtu = config!(static_mtu);
+    if outer_len as u32 > mtu {
+        return NextHop::TooBig { mtu };
     }
     NextHop::Out {
         action: xdp_action::XDP_TX,
-        src_mac: config.static_src_mac,
-        dst_mac: config.static_dst_mac,
+        src_mac: config!(static_src_mac),
+        dst_mac: config!(static_dst_mac),
     }
 }
 
@@ -69,14 +70,13 @@ fn static_next_hop(config: &DataPathConfig, outer_len: u16) -> NextHop {
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
-    config: &DataPathConfig,
     outer_src: u32,
     outer_dst: u32,
     outer_len: u16,
     tos: u8,
 ) -> NextHop {
-    if config.next_hop_mode == NEXT_HOP_STATIC {
-        return static_next_hop(config, outer_len);
+    if config!(next_hop_mode) == NEXT_HOP_STATIC {
+        return static_next_hop(outer_len);
     }
     let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero_fib_params(raw.as_mut_ptr());
@@ -94,14 +94,13 @@ pub fn next_hop(
 #[inline(always)]
 pub fn next_hop6(
     ctx: &XdpContext,
-    config: &DataPathConfig,
     outer_src: Ipv6Wire,
     outer_dst: Ipv6Wire,
     outer_len: u16,
     flow_label: u32,
 ) -> NextHop {
-    if config.next_hop_mode == NEXT_HOP_STATIC {
-        return static_next_hop(config, outer_len);
+    if config!(next_hop_mode) == NEXT_HOP_STATIC {
+        return static_next_hop(outer_len);
     }
     let mut raw = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     zero_fib_params(raw.as_mut_ptr());

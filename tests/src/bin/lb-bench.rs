@@ -6,7 +6,11 @@
 //! every iteration took the path being timed, the benchmark fails instead of
 //! reporting a number for the wrong path.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
@@ -19,7 +23,7 @@ use lb_common::{
 use lb_tests::{
     agent::{agent_config, vip_config, Bed, TEST_VIP},
     flows, httpload,
-    packet::{from_router, Ipv4, TCP_ACK, TCP_SYN},
+    packet::{from_router, from_router6, Ipv4, Ipv6, TCP_ACK, TCP_SYN},
     xdp::{require_root, static_config, XDP_PASS, XDP_TX},
 };
 use lb_userspace::{
@@ -45,6 +49,9 @@ const GUE_VIP_PORT: u16 = 90;
 const ROUNDS: usize = 5;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
+/// The IPv6 VIP (TCP/80, the default policy, ten IPv6 backends) and client.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 7);
 
 const PROGRAMS: &[&str] = &[
     "bench_floor",
@@ -53,6 +60,8 @@ const PROGRAMS: &[&str] = &[
     "bench_established_gue",
     "bench_new_flow",
     "bench_wrapper_floor",
+    "bench_established_v6",
+    "bench_new_flow_v6",
 ];
 
 /// The policies whose new-flow cost the XDP case measures: label, VIP
@@ -159,11 +168,12 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     require_root();
     let options = BalancerOptions {
         config: static_config(1500),
-        ring_pool_slots: 4 * 65537,
+        ring_pool_slots: 6 * 65537,
         flow_table_entries: DEFAULT_FLOW_TABLE_ENTRIES,
     };
     let mut ebpf = loader::load_balancer_object(objects::BENCH, &options, PROGRAMS, &[])?;
     let mut dataplane = DataPlane::new(BalancerMaps::take_from(&mut ebpf)?);
+    dataplane.set_ipv6_source(true);
     let backends: Vec<(Ipv4Addr, u32)> = (1..=10)
         .map(|i| (Ipv4Addr::new(198, 19, 0, i), 1))
         .collect();
@@ -187,6 +197,17 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
             ..VipSpec::new(vip_on(GUE_VIP_PORT), &backends)
         },
     ];
+    let backends6: Vec<(IpAddr, u32)> = (1..=10)
+        .map(|i| (Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, i).into(), 1))
+        .collect();
+    specs.push(VipSpec::new(
+        VipAddr {
+            addr: VIP6.into(),
+            port: 80,
+            proto: Protocol::Tcp,
+        },
+        &backends6,
+    ));
     for &(_, port, policy, affinity, n) in POLICY_CASES {
         specs.push(VipSpec {
             policy,
@@ -294,6 +315,29 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
     )?;
+    // IPv6 to IPv6 backends (40 bytes to undo): the established flow, then
+    // new flows into an IPv6 table filled first, as the IPv4 one below.
+    let established6 =
+        from_router6(&Ipv6::tcp(CLIENT6, 40000, VIP6, 80, TCP_ACK).payload(&[0; 64]));
+    run_once(&mut ebpf, "bench_established_v6", &established6)?;
+    let est6 = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_established_v6",
+        &established6,
+        XDP_TX,
+        &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
+    )?;
+    let syn6 = from_router6(&Ipv6::tcp(CLIENT6, 40000, VIP6, 80, TCP_SYN).payload(&[0; 64]));
+    time_program(&mut ebpf, "bench_new_flow_v6", &syn6, XDP_TX)?;
+    let new_flow6 = measure(
+        &mut ebpf,
+        &dataplane,
+        "bench_new_flow_v6",
+        &syn6,
+        XDP_TX,
+        &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)],
+    )?;
     let policy_established: Vec<(&str, Stat)> = tracked
         .iter()
         .map(|&(label, _)| label)
@@ -334,10 +378,19 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         ("non-VIP pass", &pass),
         ("VIP established flow (hit)", &est),
         ("VIP new flow (SYN, table insert)", &new_flow),
+        ("VIP6 established flow (hit)", &est6),
+        ("VIP6 new flow (SYN, table insert)", &new_flow6),
     ] {
         println!("  {label:<34} {:>8.1} {:>8.1}", s.min, s.median);
     }
     println!("  new flow by policy (10 backends unless said), median / floor in the same run:");
+    println!(
+        "  {:<34} {:>8.1} {:>8.1} {:>7.1}x",
+        "maglev, IPv6 (IP6IP6)",
+        new_flow6.min,
+        new_flow6.median,
+        new_flow6.median / floor.median
+    );
     println!(
         "  {:<34} {:>8.1} {:>8.1} {:>7.1}x",
         "maglev (the default)",
@@ -354,9 +407,13 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         );
     }
     println!("  established flow by policy, median / floor in the same run:");
-    for (label, s) in [("maglev (the default)", &est), ("maglev in GUE", &gue_est)]
-        .into_iter()
-        .chain(policy_established.iter().map(|(l, s)| (*l, s)))
+    for (label, s) in [
+        ("maglev (the default)", &est),
+        ("maglev in GUE", &gue_est),
+        ("maglev, IPv6 (IP6IP6)", &est6),
+    ]
+    .into_iter()
+    .chain(policy_established.iter().map(|(l, s)| (*l, s)))
     {
         println!(
             "  {label:<34} {:>8.1} {:>8.1} {:>7.1}x",
@@ -393,6 +450,8 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         "vip_new_flow": new_flow.median,
         "vip_established": est.median,
         "gue_established": gue_est.median,
+        "vip6_established": est6.median,
+        "vip6_new_flow": new_flow6.median,
         "wrapper_floor": wrapper.median,
         "policy_established": policy_established
             .iter()
@@ -409,6 +468,8 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
             "vip_new_flow": new_flow.min,
             "vip_established": est.min,
             "gue_established": gue_est.min,
+            "vip6_established": est6.min,
+            "vip6_new_flow": new_flow6.min,
             "wrapper_floor": wrapper.min,
         },
     }))
