@@ -21,7 +21,7 @@ use crate::{
     parse::{self, Parsed, Parsed6, L2},
     select::{self, Pinned, Selected, Tuple},
     stats,
-    transmit::{self, NextHop},
+    transmit::{self, Hop},
 };
 
 /// What the tail needs of the client's packet, whichever its family.
@@ -319,14 +319,10 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
     } else {
         transmit::next_hop(ctx, config!(lb_source_addr), backend_addr, outer_len, tos)
     };
-    let (action, macs) = match next_hop {
-        NextHop::Out {
-            action,
-            src_mac,
-            dst_mac,
-        } => (action, Some((src_mac, dst_mac))),
-        NextHop::Kernel => (xdp_action::XDP_PASS, None),
-        NextHop::TooBig { mtu } => {
+    let mtu = next_hop.mtu;
+    match next_hop.hop {
+        Hop::Out | Hop::Kernel => {}
+        Hop::TooBig => {
             match on_too_big {
                 OnTooBig::FragNeeded => return icmp::frag_needed(ctx, l2, mtu, overhead, stats),
                 OnTooBig::PacketTooBig => {
@@ -342,11 +338,11 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
             );
             return drop(&mut stats.drop_too_big);
         }
-        NextHop::Unreachable => {
+        Hop::Unreachable => {
             debug!(ctx, "no usable route to backend {}, dropped", backend_id);
             return drop(&mut stats.fib_failures);
         }
-    };
+    }
 
     // The trailer goes first: the outer length counts only the IP packet.
     let encapsulated = encap::trim_tail(ctx, trailer).and_then(|()| {
@@ -384,22 +380,19 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
     // VIP and backend counters count what was sent on, not drops.
     stats::count_vip(vip_id, frame_len as u64, new_flow);
     stats::count_backend(backend_id, frame_len as u64);
-    match macs {
-        None => {
-            stats.fib_no_neigh += 1;
-        }
-        Some((src, dst)) => {
-            if encap::set_macs(ctx, src, dst).is_err() {
-                return drop(&mut stats.encap_errors);
-            }
-            if action == xdp_action::XDP_TX {
-                stats.tx += 1;
-            } else {
-                stats.redirected += 1;
-            }
-        }
+    if next_hop.hop == Hop::Kernel {
+        stats.fib_no_neigh += 1;
+        return xdp_action::XDP_PASS;
     }
-    action
+    if encap::set_macs(ctx, next_hop.src_mac, next_hop.dst_mac).is_err() {
+        return drop(&mut stats.encap_errors);
+    }
+    if next_hop.action == xdp_action::XDP_TX {
+        stats.tx += 1;
+    } else {
+        stats.redirected += 1;
+    }
+    next_hop.action
 }
 
 #[inline(always)]

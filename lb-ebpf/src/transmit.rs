@@ -18,21 +18,56 @@ use crate::config;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-pub enum NextHop {
+/// What [`NextHop`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
     /// Rewrite the MACs and send with `action` (XDP_TX or XDP_REDIRECT).
-    Out {
-        action: u32,
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-    },
+    Out,
     /// The route is known but not the neighbour's MAC: let the kernel
     /// forward this packet (it resolves the neighbour on the way).
     Kernel,
     /// The outer packet exceeds the egress MTU, `mtu` (the static MTU, or
     /// the route's as `bpf_fib_lookup` reports it).
-    TooBig { mtu: u32 },
+    TooBig,
     /// No usable route.
     Unreachable,
+}
+
+/// The next hop, every field defined whatever `hop` is: a struct, not an
+/// enum with fields, because the two families' lookups merge into one
+/// value, and the compiler fills an enum's unused bytes from whatever
+/// register is at hand (a map pointer, say), which the verifier refuses.
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    pub hop: Hop,
+    pub action: u32,
+    pub mtu: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+impl NextHop {
+    #[inline(always)]
+    fn out(action: u32, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        NextHop {
+            hop: Hop::Out,
+            action,
+            mtu: 0,
+            src_mac,
+            dst_mac,
+        }
+    }
+
+    #[inline(always)]
+    fn only(hop: Hop, mtu: u32) -> Self {
+        NextHop {
+            hop,
+            action: xdp_action::XDP_PASS,
+            mtu,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+        }
+    }
 }
 
 /// Zeroes lookup parameters with eight 8-byte stores: LLVM turns
@@ -49,21 +84,18 @@ fn zero_fib_params(params: *mut bpf_fib_lookup) {
     }
 }
 
-/// The configured static next hop (`NEXT_HOP_STATIC`). Returned as it is,
-/// not in an `Option`: the compiler fills the unused bytes of a wrapped
-/// enum from whatever register is at hand, a pointer among them, and the
-/// verifier refuses the shifts that split it.
+/// The configured static next hop (`NEXT_HOP_STATIC`).
 #[inline(always)]
 fn static_next_hop(outer_len: u16) -> NextHop {
     let mtu = config!(static_mtu);
     if outer_len as u32 > mtu {
-        return NextHop::TooBig { mtu };
+        return NextHop::only(Hop::TooBig, mtu);
     }
-    NextHop::Out {
-        action: xdp_action::XDP_TX,
-        src_mac: config!(static_src_mac),
-        dst_mac: config!(static_dst_mac),
-    }
+    NextHop::out(
+        xdp_action::XDP_TX,
+        config!(static_src_mac),
+        config!(static_dst_mac),
+    )
 }
 
 /// The next hop towards an IPv4 outer destination.
@@ -130,7 +162,7 @@ fn fib(ctx: &XdpContext, params: &mut bpf_fib_lookup, outer_len: u16) -> NextHop
         )
     };
     if ret < 0 {
-        return NextHop::Unreachable;
+        return NextHop::only(Hop::Unreachable, 0);
     }
     match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
@@ -139,17 +171,14 @@ fn fib(ctx: &XdpContext, params: &mut bpf_fib_lookup, outer_len: u16) -> NextHop
             } else {
                 unsafe { bpf_redirect(params.ifindex, 0) as u32 }
             };
-            NextHop::Out {
-                action,
-                src_mac: params.smac,
-                dst_mac: params.dmac,
-            }
+            NextHop::out(action, params.smac, params.dmac)
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::Kernel,
+        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::only(Hop::Kernel, 0),
         // The kernel writes the MTU it checked against over `tot_len`.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::TooBig {
-            mtu: unsafe { params.__bindgen_anon_1.mtu_result } as u32,
-        },
-        _ => NextHop::Unreachable,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            NextHop::only(Hop::TooBig, unsafe { params.__bindgen_anon_1.mtu_result }
+                as u32)
+        }
+        _ => NextHop::only(Hop::Unreachable, 0),
     }
 }

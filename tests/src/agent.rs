@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -15,18 +16,20 @@ use crate::topology::{locate_bin, BackendDecap, Topology};
 pub const AGENT_BIN: &str = "lb-agent";
 pub const AGENT_BIN_ENV: &str = "LB_AGENT";
 
-/// A backend entry of a test config: (address, weight).
-pub fn vip_config(
-    addr: std::net::Ipv4Addr,
+/// A VIP entry of a test config with its (address, weight) backends, of
+/// either family.
+pub fn vip_config<A: Into<IpAddr> + Copy>(
+    addr: impl Into<IpAddr>,
     port: u16,
     proto: &str,
-    backends: &[(std::net::Ipv4Addr, u32)],
+    backends: &[(A, u32)],
 ) -> Value {
+    let addr: IpAddr = addr.into();
     json!({
         "address": addr.to_string(),
         "port": port,
         "protocol": proto,
-        "backends": backends.iter().map(|(a, w)| json!({"address": a.to_string(), "weight": w})).collect::<Vec<_>>(),
+        "backends": backends.iter().map(|&(a, w)| json!({"address": a.into().to_string(), "weight": w})).collect::<Vec<_>>(),
     })
 }
 
@@ -41,6 +44,7 @@ pub fn node_config(topo: &Topology, k: usize, xdp_mode: &str, vips: Vec<Value>) 
         "interface": topo.lb_host(k).ifname,
         "xdp_mode": xdp_mode,
         "source_address": topo.lb_host(k).addr.to_string(),
+        "source_address6": topo.lb_host(k).addr6.to_string(),
         "flow_table_entries": 65536,
         "ring_pool_slots": 16 * 65537,
         "vips": vips,
@@ -379,9 +383,15 @@ pub struct Bed {
     pub topo: Topology,
     pub xdp_mode: &'static str,
     pub port: u16,
+    /// The VIP the bed's helpers (`open`, `udp_flows_stay`, `count_new`)
+    /// talk to: [`TEST_VIP`], or [`TEST_VIP6`] for [`Bed::start6`].
+    pub vip: IpAddr,
 }
 
-pub const TEST_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 10);
+/// The beds' VIPs: every bed routes both to the LB and carries both on the
+/// backends' `lo`; the agent config says which is served.
+pub const TEST_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const TEST_VIP6: Ipv6Addr = crate::topology::ipv6_of(TEST_VIP);
 
 impl Bed {
     /// `backends` backends, of which those with `Some(weight)` are in the VIP.
@@ -445,7 +455,7 @@ impl Bed {
             crate::topology::TopologySpec {
                 clients: 2,
                 backends,
-                vips: vec![TEST_VIP.into()],
+                vips: vec![TEST_VIP.into(), TEST_VIP6.into()],
                 ports: vec![port],
             },
             decap,
@@ -457,7 +467,19 @@ impl Bed {
             agent,
             xdp_mode,
             port,
+            vip: TEST_VIP.into(),
         })
+    }
+
+    /// A bed serving [`TEST_VIP6`] (TCP and UDP on 8080) with the backends'
+    /// IPv6 addresses, those with `Some(weight)` in the VIP; the helpers
+    /// talk IPv6.
+    pub fn start6(backends: usize, weights: &[Option<u32>], xdp_mode: &'static str) -> Bed {
+        let mut bed = Self::start_with(backends, xdp_mode, |topo| {
+            Self::config_for_vip(topo, xdp_mode, TEST_VIP6.into(), 8080, weights)
+        });
+        bed.vip = TEST_VIP6.into();
+        bed
     }
 
     /// The agent config for these weights.
@@ -467,24 +489,42 @@ impl Bed {
         port: u16,
         weights: &[Option<u32>],
     ) -> Value {
-        let backends: Vec<(std::net::Ipv4Addr, u32)> = weights
+        Self::config_for_vip(topo, xdp_mode, TEST_VIP.into(), port, weights)
+    }
+
+    /// The agent config for these weights on `vip` (TCP and UDP), its
+    /// backends' addresses of the VIP's family.
+    pub fn config_for_vip(
+        topo: &Topology,
+        xdp_mode: &str,
+        vip: IpAddr,
+        port: u16,
+        weights: &[Option<u32>],
+    ) -> Value {
+        let backends: Vec<(IpAddr, u32)> = weights
             .iter()
             .enumerate()
-            .filter_map(|(j, w)| w.map(|w| (topo.backend_addr(j), w)))
+            .filter_map(|(j, w)| {
+                let addr: IpAddr = match vip {
+                    IpAddr::V4(_) => topo.backend_addr(j).into(),
+                    IpAddr::V6(_) => topo.backend_addr6(j).into(),
+                };
+                w.map(|w| (addr, w))
+            })
             .collect();
         agent_config(
             topo,
             xdp_mode,
             vec![
-                vip_config(TEST_VIP, port, "tcp", &backends),
-                vip_config(TEST_VIP, port, "udp", &backends),
+                vip_config(vip, port, "tcp", &backends),
+                vip_config(vip, port, "udp", &backends),
             ],
         )
     }
 
     /// Applies new weights through a config reload (SIGHUP).
     pub fn set_weights(&mut self, weights: &[Option<u32>]) {
-        let config = Self::config_for(&self.topo, self.xdp_mode, self.port, weights);
+        let config = Self::config_for_vip(&self.topo, self.xdp_mode, self.vip, self.port, weights);
         self.agent.reload(&config).expect("reloading the agent");
     }
 
@@ -494,7 +534,7 @@ impl Bed {
         (0..n)
             .map(|i| {
                 self.topo
-                    .tcp_connect(i % 2, TEST_VIP, self.port, Duration::from_secs(5))
+                    .tcp_connect(i % 2, self.vip, self.port, Duration::from_secs(5))
                     .unwrap_or_else(|e| {
                         panic!("connection {i}: {e:#}\nagent log:\n{}", self.agent.log())
                     })
@@ -517,7 +557,7 @@ impl Bed {
                 self.topo.udp_ask(
                     (src_port % 2) as usize,
                     src_port,
-                    TEST_VIP,
+                    self.vip,
                     self.port,
                     payload,
                     Duration::from_secs(3),

@@ -589,8 +589,12 @@ impl Topology {
 
     fn attach_decap(&mut self) -> Result<()> {
         for b in &self.backends {
-            // GUE VIPs of the tests use the default port.
-            let mut ebpf = loader::load_decap(&[b.addr.into()], &[lb_common::DEFAULT_GUE_PORT])
+            // GUE VIPs of the tests use the default port; tunnels come
+            // to either of the backend's addresses.
+            let mut ebpf = loader::load_decap(
+                &[b.addr.into(), b.addr6.into()],
+                &[lb_common::DEFAULT_GUE_PORT],
+            )
                 .with_context(|| format!("loading decap for backend {}", b.name))?;
             let ifname = b.ifname.as_str();
             let mode = b.ns.run(|| -> Result<XdpMode> {
