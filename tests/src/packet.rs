@@ -251,9 +251,21 @@ pub fn gue_source_port(packet: &Ipv4) -> u16 {
 /// the IP header on; the ports right after the IHL).
 pub fn flow_hash_of(ip: &[u8]) -> u32 {
     let ihl = (ip[0] & 0x0f) as usize * 4;
-    let word = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]);
-    let port = |at: usize| u16::from_ne_bytes([ip[at], ip[at + 1]]);
-    lb_common::flow_hash(word(12), word(16), port(ihl), port(ihl + 2), ip[9])
+    let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+    flow_hash4_of(addr(12), port(ihl), addr(16), port(ihl + 2), ip[9])
+}
+
+/// The data path's flow hash of an IPv4 flow (host-order ports), the twin
+/// of [`flow_hash6_of`].
+pub fn flow_hash4_of(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> u32 {
+    lb_common::flow_hash(
+        u32::from_ne_bytes(src.octets()),
+        u32::from_ne_bytes(dst.octets()),
+        sport.to_be(),
+        dport.to_be(),
+        proto,
+    )
 }
 
 /// A GUE packet (variant 1: the inner IP packet right after the UDP
@@ -560,6 +572,13 @@ pub fn ipv6_header(
     b
 }
 
+/// The IPv6 address in `bytes` at `at` (8: an IPv6 header's source, 24:
+/// its destination).
+pub fn ipv6_at(bytes: &[u8], at: usize) -> Ipv6Addr {
+    let a: [u8; 16] = bytes[at..at + 16].try_into().expect("16 bytes");
+    Ipv6Addr::from(a)
+}
+
 /// An IPv6 client frame as the LB receives it from the router.
 pub fn from_router6(ip: &Ipv6) -> Vec<u8> {
     ethernet(LB_MAC, ROUTER_MAC, None, ETHERTYPE_IPV6, &ip.bytes())
@@ -644,11 +663,7 @@ pub fn packet_too_big_reply(input: &[u8], egress_mtu: u32, overhead: u32) -> Vec
     let ip = &input[l3..];
     let pkt_len = 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
     let quote = &ip[..pkt_len.min(128) & !3];
-    let addr = |at: usize| -> Ipv6Addr {
-        let a: [u8; 16] = ip[at..at + 16].try_into().expect("16 bytes");
-        Ipv6Addr::from(a)
-    };
-    let (client, vip) = (addr(8), addr(24));
+    let (client, vip) = (ipv6_at(ip, 8), ipv6_at(ip, 24));
     let mtu = (egress_mtu - overhead).max(1280).to_be_bytes();
     let mut reply = icmp6_packet((vip, client), 2, 0, mtu, quote);
     reply.tclass = 0;
