@@ -595,7 +595,7 @@ impl Topology {
                 &[b.addr.into(), b.addr6.into()],
                 &[lb_common::DEFAULT_GUE_PORT],
             )
-                .with_context(|| format!("loading decap for backend {}", b.name))?;
+            .with_context(|| format!("loading decap for backend {}", b.name))?;
             let ifname = b.ifname.as_str();
             let mode = b.ns.run(|| -> Result<XdpMode> {
                 let program = loader::xdp_program(&mut ebpf, names::DECAP_PROGRAM)?;

@@ -95,7 +95,9 @@ fn echo_all(connections: &mut [(String, TcpStream)], round: u8, size: usize) {
 #[test]
 fn an_ipv6_vip_spreads_as_the_model_says_sticks_and_returns_directly() {
     let bed = Bed::start6(3, &[Some(1), Some(1), Some(1)], "native");
-    let backends: Vec<(IpAddr, u32)> = (0..3).map(|j| (bed.topo.backend_addr6(j).into(), 1)).collect();
+    let backends: Vec<(IpAddr, u32)> = (0..3)
+        .map(|j| (bed.topo.backend_addr6(j).into(), 1))
+        .collect();
     let model = RingModel::new(&VipSpec::new(
         VipAddr {
             addr: TEST_VIP6.into(),
@@ -198,10 +200,8 @@ fn an_ipv6_backend_drains_and_goes() {
 
     // b2 drains (weight 0), b3 leaves the VIP.
     bed.set_weights(&[Some(1), Some(0), None]);
-    let mut drained: Vec<(String, TcpStream)> = connections
-        .into_iter()
-        .filter(|(n, _)| *n != b3)
-        .collect();
+    let mut drained: Vec<(String, TcpStream)> =
+        connections.into_iter().filter(|(n, _)| *n != b3).collect();
     echo_all(&mut drained, 1, 20_000);
     let fresh = bed.count_new(40);
     assert_eq!(
@@ -354,28 +354,23 @@ fn mixed_traffic(bed: &Bed, check: impl Fn(&DecapStats, &DecapStats) -> bool, wh
             before[j],
             after[j]
         );
-        assert_eq!(after[j].malformed, before[j].malformed, "{what}: backend {j}");
+        assert_eq!(
+            after[j].malformed, before[j].malformed,
+            "{what}: backend {j}"
+        );
     }
 }
 
 #[test]
 fn an_ipv4_vip_with_ipv6_backends_goes_in_ipv6() {
     let bed = mixed(TEST_VIP.into(), 6, None);
-    mixed_traffic(
-        &bed,
-        |b, a| a.decapsulated > b.decapsulated,
-        "IPv4 in IPv6",
-    );
+    mixed_traffic(&bed, |b, a| a.decapsulated > b.decapsulated, "IPv4 in IPv6");
 }
 
 #[test]
 fn an_ipv6_vip_with_ipv4_backends_goes_in_ipv4() {
     let bed = mixed(TEST_VIP6.into(), 4, None);
-    mixed_traffic(
-        &bed,
-        |b, a| a.decapsulated > b.decapsulated,
-        "IPv6 in IPv4",
-    );
+    mixed_traffic(&bed, |b, a| a.decapsulated > b.decapsulated, "IPv6 in IPv4");
 }
 
 #[test]
