@@ -1,7 +1,7 @@
 //! Golden packet tests of the backends' `decap` XDP program, and the round
 //! trip balancer → decap.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::Ebpf;
 use lb_common::{names, DecapStats};
@@ -16,10 +16,32 @@ const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 9);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 7);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 1);
+const OTHER_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 9);
+const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 7);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 
 fn load_decap() -> Ebpf {
     require_root();
-    loader::load_decap(&[std::net::IpAddr::V4(BACKEND)], &[GUE_PORT]).expect("loading decap")
+    loader::load_decap(&[IpAddr::V4(BACKEND), IpAddr::V6(BACKEND6)], &[GUE_PORT])
+        .expect("loading decap")
+}
+
+/// An IPv6-outer frame (hop limit 64, traffic class `tclass`, next header
+/// `next`) from the LB to `dst` around `inner`.
+fn ip6_outer(vlan: Option<u16>, dst: Ipv6Addr, next: u8, tclass: u8, inner: &[u8]) -> Vec<u8> {
+    ethernet(
+        LB_MAC,
+        NEXT_HOP_MAC,
+        vlan,
+        ETHERTYPE_IPV6,
+        &ipv6_header(tclass, 0x1234, next, 64, (LB6, dst), inner),
+    )
+}
+
+fn frame6(vlan: Option<u16>, ip: &[u8]) -> Vec<u8> {
+    ethernet(LB_MAC, NEXT_HOP_MAC, vlan, ETHERTYPE_IPV6, ip)
 }
 
 /// An IPv4 frame as the LB's next hop sends it (and decap leaves it).
@@ -96,6 +118,23 @@ fn decap_fixtures() {
         gue_decapsulated: 1,
         ..Default::default()
     };
+
+    // IPv6 outer headers (IP6IP6 and IPv4 in IPv6) and IPv6 in IPv4.
+    let tcp6 = Ipv6::tcp(CLIENT6, 40000, VIP6, 80, TCP_SYN);
+    let udp6 = Ipv6::udp(CLIENT6, 40000, VIP6, 53);
+    let tcp6_ect0 = Ipv6 {
+        tclass: 0x02,
+        ..tcp6.clone()
+    };
+    let tcp6_ce = Ipv6 {
+        tclass: 0x03,
+        ..tcp6.clone()
+    };
+    let mut ext_then_inner = vec![41, 0, 1, 4, 0, 0, 0, 0];
+    ext_then_inner.extend_from_slice(&tcp6.bytes());
+    let mut outer6_len_lies = ip6_outer(None, BACKEND6, 41, 0, &tcp6.bytes());
+    let claimed = u16::from_be_bytes([outer6_len_lies[18], outer6_len_lies[19]]) + 1;
+    outer6_len_lies[18..20].copy_from_slice(&claimed.to_be_bytes());
 
     type Case = (&'static str, Vec<u8>, Expect, DecapStats);
     let stripped = DecapStats {
@@ -306,6 +345,78 @@ fn decap_fixtures() {
             frame(None, &gue_empty),
             Expect::Untouched,
             malformed,
+        ),
+        (
+            "IP6IP6 to this host: stripped, ethertype IPv6",
+            ip6_outer(None, BACKEND6, 41, 0, &tcp6.bytes()),
+            Expect::Stripped(frame6(None, &tcp6.bytes())),
+            stripped,
+        ),
+        (
+            "IPv4 in IPv6 to this host: stripped, ethertype IPv4",
+            ip6_outer(None, BACKEND6, 4, 0, &inner.bytes()),
+            Expect::Stripped(frame(None, &inner.bytes())),
+            stripped,
+        ),
+        (
+            "IPv6 in IPv4 (protocol 41) to this host: stripped, ethertype IPv6",
+            frame(None, &sit(lb, BACKEND, &tcp6.bytes())),
+            Expect::Stripped(frame6(None, &tcp6.bytes())),
+            stripped,
+        ),
+        (
+            "IP6IP6, VLAN-tagged: stripped, tag kept",
+            ip6_outer(Some(0x0064), BACKEND6, 41, 0, &udp6.bytes()),
+            Expect::Stripped(frame6(Some(0x0064), &udp6.bytes())),
+            stripped,
+        ),
+        (
+            "IP6IP6 to another host: untouched",
+            ip6_outer(None, OTHER_HOST6, 41, 0, &tcp6.bytes()),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "outer IPv6 with an extension header first: not ours, untouched",
+            ip6_outer(None, BACKEND6, 60, 0, &ext_then_inner),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "outer IPv6 next header 41 around an IPv4 packet: untouched",
+            ip6_outer(None, BACKEND6, 41, 0, &inner.bytes()),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "IPv6 in IPv4 (41) around an IPv4 packet: untouched",
+            frame(None, &sit(lb, BACKEND, &inner.bytes())),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "outer IPv6 payload length past the frame: untouched",
+            outer6_len_lies,
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "IP6IP6 with a truncated inner header: untouched",
+            ip6_outer(None, BACKEND6, 41, 0, &tcp6.bytes()[..39]),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "outer IPv6 CE over an ECT(0) IPv4 packet: CE carried, checksum updated",
+            ip6_outer(None, BACKEND6, 4, 0x03, &ect0_inner.bytes()),
+            Expect::Stripped(frame(None, &with_tos(&inner, 0x03).bytes())),
+            stripped,
+        ),
+        (
+            "outer IPv6 CE over an ECT(0) IPv6 packet: CE carried",
+            ip6_outer(None, BACKEND6, 41, 0x03, &tcp6_ect0.bytes()),
+            Expect::Stripped(frame6(None, &tcp6_ce.bytes())),
+            stripped,
         ),
     ];
     for (name, input, expect, counters) in cases {
