@@ -223,7 +223,14 @@ fn changes_through_the_socket_reach_the_traffic() {
 
 #[test]
 fn bad_input_gets_its_error_and_changes_nothing() {
-    let bed = Bed::start(3, &[Some(1), Some(1), Some(1)], "native");
+    // An agent without an IPv6 source: IPv6 backends must be refused.
+    let bed = Bed::start_with(3, "native", |topo| {
+        let mut config = Bed::config_for(topo, "native", 8080, &[Some(1), Some(1), Some(1)]);
+        if let Some(config) = config.as_object_mut() {
+            config.remove("source_address6");
+        }
+        config
+    });
     let config_before = ok(&bed, Request::ShowConfig {});
     let state_before = std::fs::read_to_string(bed.agent.state_file()).expect("state file");
     let vip = vip_json(&bed);
