@@ -67,6 +67,9 @@ pub const fn gue_source_port(flow_hash: u32) -> u16 {
     0xc000 | ((flow_hash ^ (flow_hash >> 16)) as u16 & 0x3fff)
 }
 
+/// Index of `balancer6` in the `PROGRAMS` program array.
+pub const PROGRAM_IPV6: u32 = 0;
+
 /// Capacity of the VIP map and of the per-VIP counters (VIP ids are `0..MAX_VIPS`).
 pub const MAX_VIPS: u32 = 512;
 /// Capacity of the backend array (backend ids are `0..MAX_BACKENDS`).
@@ -186,8 +189,16 @@ pub mod names {
     /// IP6IP6 and IPv4-in-IPv6 packets it strips. Written by its loader,
     /// read by `decap`.
     pub const DECAP_ADDRS6: &str = "DECAP_ADDRS6";
+    /// Program array of `balancer`: index `PROGRAM_IPV6` holds
+    /// `balancer6`, which `balancer` tail-calls for every IPv6 packet.
+    /// Written by the loader (pinned, so that the entry survives the agent:
+    /// the kernel empties a program array no process or pin holds), read by
+    /// `balancer`.
+    pub const PROGRAMS: &str = "PROGRAMS";
     /// Program names inside the object files.
     pub const BALANCER_PROGRAM: &str = "balancer";
+    /// The IPv6 half of the balancer, reached by tail call from `balancer`.
+    pub const BALANCER6_PROGRAM: &str = "balancer6";
     pub const DECAP_PROGRAM: &str = "decap";
 }
 

@@ -6,18 +6,19 @@
 //! about a VIP flow; a DF packet too big for the tunnel turns into an ICMP
 //! "fragmentation needed" in [`forward`].
 //!
-//! Drops are logged with aya-log at debug level only: the agent compiles
-//! them out (through `AYA_LOG_LEVEL`) unless it runs with debug logging, so
-//! a flood of drops costs nothing extra by default.
+//! A VIP without a backend for a new flow is logged with aya-log at debug
+//! level (the agent compiles it out through `AYA_LOG_LEVEL` unless it runs
+//! with debug logging); the tail's drops are counted only, see
+//! [`forward`].
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::debug;
-use lb_common::{GlobalStats, Ipv6Wire, POLICY_RANDOM};
+use lb_common::{GlobalStats, Ipv6Wire, POLICY_RANDOM, PROGRAM_IPV6};
 use network_types::eth::EtherType;
 
 use crate::{
     classify, config, encap, icmp, icmp6,
-    maps::BACKEND_ADDRS6,
+    maps::{BACKEND_ADDRS6, PROGRAMS},
     parse::{self, Parsed, Parsed6, L2},
     select::{self, Pinned, Selected, Tuple},
     stats,
@@ -108,31 +109,48 @@ pub enum OnTooBig {
     PacketTooBig,
 }
 
+/// The `balancer` program: IPv4 here, IPv6 by tail call into `balancer6`
+/// ([`balance6`]). Two programs, not one: inlined into one, the IPv6 code
+/// crowded the IPv4 path's registers and slowed it by a fifth (the
+/// benchmark's before and after), and as a called function the two
+/// frames overflowed the 512-byte stack; a tail call gives each family its
+/// own program and stack.
 #[inline(always)]
 pub fn balance(ctx: &XdpContext) -> u32 {
     let Some(stats) = stats::global() else {
         return xdp_action::XDP_PASS;
     };
-    run(ctx, stats)
-}
-
-#[inline(always)]
-fn run(ctx: &XdpContext, stats: &mut GlobalStats) -> u32 {
     let Some((l2, ether_type)) = parse::parse_l2(ctx) else {
         return pass(&mut stats.malformed);
     };
-    // Both families end at the one call of `forward`: a single copy of
-    // the tail in the program. The packet's way there is written into
-    // `out`, which starts fully defined (see `Outbound::NONE`).
-    let mut out = Outbound::NONE;
-    let found = if ether_type == EtherType::Ipv4.into() {
-        ipv4(ctx, l2, stats, &mut out)
-    } else if ether_type == EtherType::Ipv6.into() {
-        ipv6(ctx, l2, stats, &mut out)
-    } else {
+    if ether_type != EtherType::Ipv4.into() {
+        if ether_type == EtherType::Ipv6.into() {
+            // SAFETY: a tail call never returns when it succeeds; when it
+            // fails (no `balancer6` loaded) the packet passes.
+            unsafe { PROGRAMS.tail_call(ctx, PROGRAM_IPV6) };
+        }
         return pass(&mut stats.passed);
+    }
+    // The packet's way to the tail is written into `out`, which starts
+    // fully defined (see `Outbound::NONE`).
+    let mut out = Outbound::NONE;
+    if let Err(action) = ipv4(ctx, l2, stats, &mut out) {
+        return action;
+    }
+    forward(ctx, stats, &out)
+}
+
+/// The `balancer6` program: an IPv6 packet `balancer` handed over.
+#[inline(always)]
+pub fn balance6(ctx: &XdpContext) -> u32 {
+    let Some(stats) = stats::global() else {
+        return xdp_action::XDP_PASS;
     };
-    if let Err(action) = found {
+    let Some((l2, _)) = parse::parse_l2(ctx) else {
+        return pass(&mut stats.malformed);
+    };
+    let mut out = Outbound::NONE;
+    if let Err(action) = ipv6(ctx, l2, stats, &mut out) {
         return action;
     }
     forward(ctx, stats, &out)
@@ -330,51 +348,43 @@ pub fn forward(ctx: &XdpContext, stats: &mut GlobalStats, out: &Outbound) -> u32
                 }
                 OnTooBig::Drop => {}
             }
-            debug!(
-                ctx,
-                "{} bytes to backend {}: over the MTU once encapsulated, dropped",
-                outer_len,
-                backend_id
-            );
             return drop(&mut stats.drop_too_big);
         }
-        Hop::Unreachable => {
-            debug!(ctx, "no usable route to backend {}, dropped", backend_id);
-            return drop(&mut stats.fib_failures);
-        }
+        Hop::Unreachable => return drop(&mut stats.fib_failures),
     }
 
     // The trailer goes first: the outer length counts only the IP packet.
-    let encapsulated = encap::trim_tail(ctx, trailer).and_then(|()| {
-        if tunnel.outer_v6 {
-            encap::encapsulate6(
-                ctx,
-                l2,
-                tunnel,
-                inner_v6,
-                tos,
-                len,
-                config!(lb_source_addr6),
-                outer_dst6,
-            )
-        } else {
-            encap::encapsulate(
-                ctx,
-                l2,
-                tunnel,
-                inner_v6,
-                tos,
-                outer_len,
-                config!(lb_source_addr),
-                backend_addr,
-            )
-        }
-    });
-    if encapsulated.is_err() {
-        debug!(
+    // (No closures here, nor log statements: `forward` is inlined into both
+    // programs, and the compiler would make their shared closures
+    // functions of their own, called on every packet and their frames
+    // added to the stack. Every drop has its counter.)
+    if encap::trim_tail(ctx, trailer).is_err() {
+        return drop(&mut stats.encap_errors);
+    }
+    let encapsulated = if tunnel.outer_v6 {
+        encap::encapsulate6(
             ctx,
-            "encapsulation towards backend {} failed, dropped", backend_id
-        );
+            l2,
+            tunnel,
+            inner_v6,
+            tos,
+            len,
+            config!(lb_source_addr6),
+            outer_dst6,
+        )
+    } else {
+        encap::encapsulate(
+            ctx,
+            l2,
+            tunnel,
+            inner_v6,
+            tos,
+            outer_len,
+            config!(lb_source_addr),
+            backend_addr,
+        )
+    };
+    if encapsulated.is_err() {
         return drop(&mut stats.encap_errors);
     }
     // VIP and backend counters count what was sent on, not drops.

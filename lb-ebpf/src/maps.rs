@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     Global,
 };
 use lb_common::{
@@ -139,6 +139,11 @@ macro_rules! config {
         }
     };
 }
+
+/// `balancer6` at `PROGRAM_IPV6`, tail-called by `balancer` for IPv6
+/// packets (see `lb_common::names::PROGRAMS`). Written by the loader.
+#[map]
+pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Load-time configuration, set by the agent before the program is loaded.
 #[no_mangle]

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use aya::{
+    maps::ProgramArray,
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -42,8 +43,12 @@ impl BalancerOptions {
 /// Loads `balancer` (verified, not attached). Its maps are then taken with
 /// [`crate::maps::BalancerMaps::take_from`].
 pub fn load_balancer(options: &BalancerOptions) -> Result<Ebpf> {
-    load_balancer_object(objects::BALANCER, options, &[names::BALANCER_PROGRAM], &[])
+    load_balancer_object(objects::BALANCER, options, BALANCER_PROGRAMS, &[])
 }
+
+/// The balancer object's programs: `balancer`, attached to the interface,
+/// and `balancer6`, which it tail-calls for IPv6 packets.
+pub const BALANCER_PROGRAMS: &[&str] = &[names::BALANCER_PROGRAM, names::BALANCER6_PROGRAM];
 
 /// Loads `balancer` on the maps pinned at `pinned_maps` (from
 /// [`crate::pins::Pins::map_paths`]; created and pinned if there are none
@@ -52,17 +57,15 @@ pub fn load_balancer_pinned(
     options: &BalancerOptions,
     pinned_maps: &[(&'static str, PathBuf)],
 ) -> Result<Ebpf> {
-    load_balancer_object(
-        objects::BALANCER,
-        options,
-        &[names::BALANCER_PROGRAM],
-        pinned_maps,
-    )
+    load_balancer_object(objects::BALANCER, options, BALANCER_PROGRAMS, pinned_maps)
 }
 
 /// Loads `programs` of an object built on the balancer's maps (the balancer
 /// itself, or the benchmark wrappers around it). Maps named in
-/// `pinned_maps` are reused from, or pinned at, their path.
+/// `pinned_maps` are reused from, or pinned at, their path. When
+/// `balancer6` is among the programs, it is written into `PROGRAMS` for
+/// `balancer`'s tail call (replacing an adopted data path's entry, which
+/// the new `balancer` is about to replace too).
 pub fn load_balancer_object(
     object: &[u8],
     options: &BalancerOptions,
@@ -89,6 +92,20 @@ pub fn load_balancer_object(
         .context("loading the balancer object")?;
     for program in programs {
         load_xdp(&mut ebpf, program)?;
+    }
+    if programs.contains(&names::BALANCER6_PROGRAM) {
+        let fd = xdp_program(&mut ebpf, names::BALANCER6_PROGRAM)?
+            .fd()
+            .context("balancer6 has no fd")?
+            .try_clone()
+            .context("duplicating balancer6's fd")?;
+        let mut array = ProgramArray::try_from(
+            ebpf.map_mut(names::PROGRAMS)
+                .context("the balancer object has no PROGRAMS map")?,
+        )?;
+        array
+            .set(lb_common::PROGRAM_IPV6, &fd, 0)
+            .context("writing balancer6 into PROGRAMS")?;
     }
     Ok(ebpf)
 }

@@ -61,6 +61,7 @@ pub const BALANCER_MAPS: PinnedMaps = PinnedMaps {
         names::FLOWS6,
         names::BACKEND_ADDRS6,
         names::AFFINITY6,
+        names::PROGRAMS,
     ],
 };
 
@@ -106,6 +107,9 @@ const BALANCER_MAP_SHAPES: &[(&str, usize, usize)] = &[
         size_of::<Affinity6Key>(),
         size_of::<AffinityPin>(),
     ),
+    // balancer6's slot for the tail call: pinned, because the kernel
+    // empties a program array that no process or pin holds.
+    (names::PROGRAMS, size_of::<u32>(), size_of::<u32>()),
 ];
 
 const LINK: &str = "link";

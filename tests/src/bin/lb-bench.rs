@@ -56,12 +56,9 @@ const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 7);
 const PROGRAMS: &[&str] = &[
     "bench_floor",
     "bench_floor_lookup",
-    "bench_established",
-    "bench_established_gue",
-    "bench_new_flow",
+    "bench_balancer",
+    "bench_balancer6",
     "bench_wrapper_floor",
-    "bench_established_v6",
-    "bench_new_flow_v6",
 ];
 
 /// The policies whose new-flow cost the XDP case measures: label, VIP
@@ -224,7 +221,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     );
 
     // Pin the established flow once.
-    run_once(&mut ebpf, "bench_established", &established)?;
+    run_once(&mut ebpf, "bench_balancer", &established)?;
 
     let floor = measure(
         &mut ebpf,
@@ -287,17 +284,17 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         .collect();
     let gue_established =
         from_router(&Ipv4::tcp(CLIENT, 40000, VIP, GUE_VIP_PORT, TCP_ACK).payload(&[0; 64]));
-    run_once(&mut ebpf, "bench_established_gue", &gue_established)?;
+    run_once(&mut ebpf, "bench_balancer", &gue_established)?;
     let mut est_frames = vec![established.clone()];
     for &(_, port) in &tracked {
         let frame = from_router(&Ipv4::tcp(CLIENT, 40000, VIP, port, TCP_ACK).payload(&[0; 64]));
-        run_once(&mut ebpf, "bench_established", &frame)?;
+        run_once(&mut ebpf, "bench_balancer", &frame)?;
         est_frames.push(frame);
     }
     let mut est_stats = measure_interleaved(
         &mut ebpf,
         &dataplane,
-        "bench_established",
+        "bench_balancer",
         &est_frames,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
@@ -306,11 +303,11 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let est = est_stats
         .next()
         .context("the default policy's established flows")?;
-    // GUE has its own wrapper (28 bytes to undo), so it is timed apart.
+    // GUE is timed on its own, beside the interleaved IP-in-IP cases.
     let gue_est = measure(
         &mut ebpf,
         &dataplane,
-        "bench_established_gue",
+        "bench_balancer",
         &gue_established,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
@@ -319,21 +316,21 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     // new flows into an IPv6 table filled first, as the IPv4 one below.
     let established6 =
         from_router6(&Ipv6::tcp(CLIENT6, 40000, VIP6, 80, TCP_ACK).payload(&[0; 64]));
-    run_once(&mut ebpf, "bench_established_v6", &established6)?;
+    run_once(&mut ebpf, "bench_balancer6", &established6)?;
     let est6 = measure(
         &mut ebpf,
         &dataplane,
-        "bench_established_v6",
+        "bench_balancer6",
         &established6,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)],
     )?;
     let syn6 = from_router6(&Ipv6::tcp(CLIENT6, 40000, VIP6, 80, TCP_SYN).payload(&[0; 64]));
-    time_program(&mut ebpf, "bench_new_flow_v6", &syn6, XDP_TX)?;
+    time_program(&mut ebpf, "bench_balancer6", &syn6, XDP_TX)?;
     let new_flow6 = measure(
         &mut ebpf,
         &dataplane,
-        "bench_new_flow_v6",
+        "bench_balancer6",
         &syn6,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)],
@@ -346,7 +343,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     // New flows on every policy's VIP, rounds interleaved so that load on
     // the machine hits them alike, after one untimed batch that fills the
     // connection table: every timed insert then evicts, as on a busy node.
-    time_program(&mut ebpf, "bench_new_flow", &syn, XDP_TX)?;
+    time_program(&mut ebpf, "bench_balancer", &syn, XDP_TX)?;
     let mut frames = vec![syn.clone()];
     for &(_, port, ..) in POLICY_CASES {
         frames.push(from_router(
@@ -356,7 +353,7 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
     let mut stats = measure_interleaved(
         &mut ebpf,
         &dataplane,
-        "bench_new_flow",
+        "bench_balancer",
         &frames,
         XDP_TX,
         &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)],
