@@ -196,7 +196,7 @@ fn bad_input_is_refused_with_a_clear_error() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["attach", "-i", "eth0", "-a", "198.18.0.300"],
-            "invalid IPv4 address syntax",
+            "invalid IP address syntax",
         ),
         (&["attach", "-i", "eth0"], "--address"),
         (
