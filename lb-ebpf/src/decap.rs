@@ -261,7 +261,7 @@ fn outer_ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
     let outer = unsafe { &*outer };
     let next = outer.next_hdr;
     let dst: Ipv6Wire = unsafe { core::mem::transmute(outer.dst_addr) };
-    if next != IPPROTO_IPIP && next != IPPROTO_IPV6 || DECAP_ADDRS6.get_ptr(&dst).is_none() {
+    if next != IPPROTO_IPIP && next != IPPROTO_IPV6 || DECAP_ADDRS6.get_ptr(dst).is_none() {
         return Err(Outcome::NotOurs);
     }
     let len = IPV6_LEN + u16::from_be_bytes(outer.payload_len) as usize;

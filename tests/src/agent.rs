@@ -11,7 +11,23 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use lb_userspace::control::{
+    client,
+    protocol::{BackendInfo, Request, Response, ResponseData, VipInfo},
+};
+use lb_userspace::dataplane::VipAddr;
+
 use crate::topology::{locate_bin, BackendDecap, Topology};
+
+/// The backend of address `addr` in `info`; panics if it has none.
+pub fn backend_info(info: &VipInfo, addr: impl Into<IpAddr>) -> BackendInfo {
+    let addr = addr.into();
+    info.backends
+        .iter()
+        .find(|b| b.address == addr)
+        .cloned()
+        .unwrap_or_else(|| panic!("backend {addr} in {info:?}"))
+}
 
 pub const AGENT_BIN: &str = "lb-agent";
 pub const AGENT_BIN_ENV: &str = "LB_AGENT";
@@ -575,6 +591,76 @@ impl Bed {
             *seen.entry(first).or_insert(0) += 1;
         }
         seen
+    }
+
+    /// A control request that must succeed; panics naming it otherwise.
+    pub fn ask(&self, request: Request) -> Response {
+        let response = client::request(&self.agent.socket(), &request, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        assert!(response.ok, "{request:?}: {response:?}");
+        response
+    }
+
+    /// The VIP `vip` as `list_vips` shows it.
+    pub fn vip_info(&self, vip: &VipAddr) -> VipInfo {
+        match self.ask(Request::ListVips {}).data {
+            Some(ResponseData::Vips { vips }) => vips
+                .into_iter()
+                .find(|v| v.vip == *vip)
+                .unwrap_or_else(|| panic!("no VIP {vip}")),
+            other => panic!("list_vips: {other:?}"),
+        }
+    }
+
+    /// Polls `list_vips` until `done` holds for `vip`, for at most 15 s
+    /// (then panics with the agent's log); returns the VIP then.
+    pub fn wait_until(
+        &self,
+        vip: &VipAddr,
+        what: &str,
+        done: impl Fn(&VipInfo) -> bool,
+    ) -> VipInfo {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = self.vip_info(vip);
+            if done(&info) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not reached within 15 s: {info:#?}\n{}",
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends 1 MiB from client 0 to the bed's VIP and reads its echo back,
+    /// reading while writing (neither side's buffers hold it all); returns
+    /// the name of the backend that served it. Panics with the agent's log
+    /// on any failure.
+    pub fn transfer_1_mib(&self) -> String {
+        use std::io::{Read, Write};
+        let (name, mut stream) = self
+            .topo
+            .tcp_connect(0, self.vip, self.port, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connecting: {e:#}\nagent log:\n{}", self.agent.log()));
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let mut reader = stream.try_clone().expect("cloning the stream");
+        let expected = data.len();
+        let echo = std::thread::spawn(move || {
+            let mut back = vec![0u8; expected];
+            reader.read_exact(&mut back).map(|_| back)
+        });
+        stream
+            .write_all(&data)
+            .unwrap_or_else(|e| panic!("sending 1 MiB to {name}: {e}"));
+        let back = echo
+            .join()
+            .expect("reader thread")
+            .unwrap_or_else(|e| panic!("reading the 1 MiB echo from {name}: {e}"));
+        assert!(back == data, "the echo of 1 MiB from {name} differs");
+        name
     }
 
     /// Opens and closes `n` connections; returns how many each backend took.

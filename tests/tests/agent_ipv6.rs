@@ -4,74 +4,26 @@
 //! the program array that reaches `balancer6` outlive it) while the
 //! restarted agent adopts the IPv6 pins and backend addresses.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::net::IpAddr;
 
 use lb_tests::{
-    agent::{agent_config, Bed, TEST_VIP6},
+    agent::{agent_config, backend_info, Bed, TEST_VIP6},
     topology::{echo_roundtrip, Topology, HEALTH_PORT},
 };
 use lb_userspace::{
-    control::{
-        client,
-        protocol::{BackendInfo, Request, Response, ResponseData, VipInfo},
-    },
+    control::protocol::{Request, ResponseData},
     dataplane::{Protocol, VipAddr},
     health::Health,
 };
 use serde_json::json;
 
 const PORT: u16 = 8080;
-const DEADLINE: Duration = Duration::from_secs(20);
 
 fn vip6() -> VipAddr {
     VipAddr {
         addr: TEST_VIP6.into(),
         port: PORT,
         proto: Protocol::Tcp,
-    }
-}
-
-fn ask(bed: &Bed, request: Request) -> Response {
-    let response = client::request(&bed.agent.socket(), &request, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{request:?}: {e}"));
-    assert!(response.ok, "{request:?}: {response:?}");
-    response
-}
-
-fn vip_info(bed: &Bed) -> VipInfo {
-    match ask(bed, Request::ListVips {}).data {
-        Some(ResponseData::Vips { vips }) => vips
-            .into_iter()
-            .find(|v| v.vip == vip6())
-            .expect("the IPv6 VIP"),
-        other => panic!("{other:?}"),
-    }
-}
-
-fn backend(info: &VipInfo, addr: IpAddr) -> BackendInfo {
-    info.backends
-        .iter()
-        .find(|b| b.address == addr)
-        .cloned()
-        .unwrap_or_else(|| panic!("backend {addr} in {info:?}"))
-}
-
-fn wait_until(bed: &Bed, what: &str, done: impl Fn(&VipInfo) -> bool) -> VipInfo {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let info = vip_info(bed);
-        if done(&info) {
-            return info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {DEADLINE:?}: {info:#?}\n{}",
-            bed.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -92,13 +44,13 @@ fn ipv6_backends_are_health_checked_over_ipv6() {
         agent_config(topo, "native", vec![vip])
     });
     bed.vip = TEST_VIP6.into();
-    wait_until(&bed, "every IPv6 backend healthy", |v| {
+    bed.wait_until(&vip6(), "every IPv6 backend healthy", |v| {
         v.backends.iter().all(|b| b.health == Health::Healthy)
     });
     let b2: IpAddr = bed.topo.backend_addr6(1).into();
     bed.topo.stop_server(1).expect("stopping b2's server");
-    wait_until(&bed, "b2 unhealthy and out of the table", |v| {
-        backend(v, b2).health == Health::Unhealthy && backend(v, b2).ring_share == 0.0
+    bed.wait_until(&vip6(), "b2 unhealthy and out of the table", |v| {
+        backend_info(v, b2).health == Health::Unhealthy && backend_info(v, b2).ring_share == 0.0
     });
     let counts = bed.count_new(30);
     assert!(
@@ -106,8 +58,8 @@ fn ipv6_backends_are_health_checked_over_ipv6() {
         "no new IPv6 connection reaches the stopped b2: {counts:?}"
     );
     bed.topo.start_server(1).expect("starting b2's server");
-    wait_until(&bed, "b2 healthy and back in the table", |v| {
-        backend(v, b2).health == Health::Healthy && backend(v, b2).ring_share > 0.0
+    bed.wait_until(&vip6(), "b2 healthy and back in the table", |v| {
+        backend_info(v, b2).health == Health::Healthy && backend_info(v, b2).ring_share > 0.0
     });
 }
 
@@ -143,15 +95,13 @@ fn ipv6_connections_survive_kill_9_and_the_restart_adopts_them() {
     bed.agent.relaunch().expect("restarting the agent");
     for (name, stream) in long_lived.iter_mut() {
         let local = stream.local_addr().expect("local address");
-        let flow = match ask(
-            &bed,
-            Request::LookupFlow {
+        let flow = match bed
+            .ask(Request::LookupFlow {
                 vip: vip6(),
                 source: local.ip(),
                 source_port: local.port(),
-            },
-        )
-        .data
+            })
+            .data
         {
             Some(ResponseData::Flow { flow }) => flow,
             other => panic!("lookup_flow: {other:?}"),
@@ -169,7 +119,7 @@ fn ipv6_connections_survive_kill_9_and_the_restart_adopts_them() {
             b"after"
         );
     }
-    let info = vip_info(&bed);
+    let info = bed.vip_info(&vip6());
     assert_eq!(
         info.backends.len(),
         3,

@@ -11,22 +11,18 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Bed, TEST_VIP},
+    agent::{backend_info, Bed, TEST_VIP},
     topology::{echo_roundtrip, Topology, HEALTH_PORT},
 };
 use lb_userspace::{
     config::HealthCheckConfig,
-    control::{
-        client,
-        protocol::{BackendInfo, Request, Response, ResponseData, VipInfo},
-    },
+    control::protocol::{BackendInfo, Request, Response, VipInfo},
     dataplane::{Protocol, VipAddr},
     health::Health,
 };
 use serde_json::{json, Value};
 
 const INTERVAL_MS: u64 = 200;
-const DEADLINE: Duration = Duration::from_secs(15);
 
 fn vip_addr() -> VipAddr {
     VipAddr {
@@ -65,45 +61,19 @@ fn http_check(rise: u32, fall: u32) -> Value {
 }
 
 fn ask(bed: &Bed, request: Request) -> Response {
-    let response = client::request(&bed.agent.socket(), &request, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{request:?}: {e}"));
-    assert!(response.ok, "{request:?}: {response:?}");
-    response
+    bed.ask(request)
 }
 
 fn vip_info(bed: &Bed) -> VipInfo {
-    match ask(bed, Request::ListVips {}).data {
-        Some(ResponseData::Vips { vips }) => vips
-            .into_iter()
-            .find(|v| v.vip == vip_addr())
-            .expect("the VIP"),
-        other => panic!("{other:?}"),
-    }
+    bed.vip_info(&vip_addr())
 }
 
 fn backend(info: &VipInfo, addr: Ipv4Addr) -> BackendInfo {
-    info.backends
-        .iter()
-        .find(|b| b.address == addr)
-        .cloned()
-        .expect("the backend")
+    backend_info(info, addr)
 }
 
-/// Polls the control API until `done` holds; returns the VIP then.
 fn wait_until(bed: &Bed, what: &str, done: impl Fn(&VipInfo) -> bool) -> VipInfo {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let info = vip_info(bed);
-        if done(&info) {
-            return info;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {DEADLINE:?}: {info:#?}\n{}",
-            bed.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    bed.wait_until(&vip_addr(), what, done)
 }
 
 fn all_healthy(bed: &Bed) {

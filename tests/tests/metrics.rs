@@ -227,7 +227,8 @@ fn counters_match_the_traffic_and_health_follows_the_backends() {
         entries >= CONNECTIONS as u64 + DATAGRAMS,
         "{entries} connection-table entries"
     );
-    assert_eq!(m.value("lb_flow_table_capacity", &[]), 65536);
+    // FLOWS and FLOWS6, each of the config's 65536 entries.
+    assert_eq!(m.value("lb_flow_table_capacity", &[]), 2 * 65536);
     assert!(
         m.value(
             "lb_health_probe_duration_seconds_count",

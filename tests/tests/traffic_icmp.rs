@@ -6,11 +6,7 @@
 //! a router's "fragmentation needed" about the backend's replies reaches
 //! that backend through the LB.
 
-use std::{
-    io::{Read, Write},
-    thread,
-    time::Duration,
-};
+use std::time::Duration;
 
 use lb_tests::agent::{agent_config, vip_config, Bed, TEST_VIP};
 use lb_userspace::control::{
@@ -100,32 +96,6 @@ fn ping_of_the_vip_is_answered_by_the_balancer_unless_turned_off() {
     assert_eq!(after.icmp_echo_replies, before.icmp_echo_replies);
 }
 
-/// Sends 1 MiB from client 0 through the VIP and reads its echo back;
-/// returns the name of the backend that served it.
-fn transfer_1_mib(bed: &Bed) -> String {
-    let (name, mut stream) = bed
-        .topo
-        .tcp_connect(0, TEST_VIP, bed.port, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connecting: {e:#}\nagent log:\n{}", bed.agent.log()));
-    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    // Read the echo while writing: neither side's buffers must hold it all.
-    let mut reader = stream.try_clone().expect("cloning the stream");
-    let expected = data.len();
-    let echo = thread::spawn(move || {
-        let mut back = vec![0u8; expected];
-        reader.read_exact(&mut back).map(|_| back)
-    });
-    stream
-        .write_all(&data)
-        .unwrap_or_else(|e| panic!("sending 1 MiB to {name}: {e}"));
-    let back = echo
-        .join()
-        .expect("reader thread")
-        .unwrap_or_else(|e| panic!("reading the 1 MiB echo from {name}: {e}"));
-    assert!(back == data, "the echo of 1 MiB differs");
-    name
-}
-
 /// Gives the LB's route to the backends a locked MTU of 1400 and empties
 /// client 0's route cache.
 fn shrink_tunnel_path(bed: &Bed) {
@@ -160,7 +130,7 @@ fn transfer_through_a_small_tunnel_path(bed: &Bed, pmtu: u16) {
     shrink_tunnel_path(bed);
     let before = global_stats(bed);
 
-    transfer_1_mib(bed);
+    bed.transfer_1_mib();
 
     let after = global_stats(bed);
     let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
@@ -273,7 +243,7 @@ fn a_routers_fragmentation_needed_reaches_the_flows_backend() {
             .expect("flushing a backend's route cache");
     }
     let before = global_stats(&bed);
-    let name = transfer_1_mib(&bed);
+    let name = bed.transfer_1_mib();
     let after = global_stats(&bed);
     let forwarded = after.icmp_errors_forwarded - before.icmp_errors_forwarded;
     assert!(forwarded >= 1, "no ICMP error reached a backend: {after:?}");

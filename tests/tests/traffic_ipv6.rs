@@ -9,9 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
     net::{IpAddr, TcpStream},
-    thread,
     time::Duration,
 };
 
@@ -237,25 +235,7 @@ fn a_client_with_a_larger_path_mtu_completes_a_1_mib_transfer_over_ipv6() {
         .expect("flushing the route cache");
     let before = global_stats(&bed);
 
-    let (name, mut stream) = bed
-        .topo
-        .tcp_connect(0, TEST_VIP6, PORT, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connecting: {e:#}\nagent log:\n{}", bed.agent.log()));
-    let data: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    let mut reader = stream.try_clone().expect("cloning the stream");
-    let expected = data.len();
-    let echo = thread::spawn(move || {
-        let mut back = vec![0u8; expected];
-        reader.read_exact(&mut back).map(|_| back)
-    });
-    stream
-        .write_all(&data)
-        .unwrap_or_else(|e| panic!("sending 1 MiB to {name}: {e}"));
-    let back = echo
-        .join()
-        .expect("reader thread")
-        .unwrap_or_else(|e| panic!("reading the 1 MiB echo from {name}: {e}"));
-    assert!(back == data, "the echo of 1 MiB differs");
+    bed.transfer_1_mib();
 
     let after = global_stats(&bed);
     let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
