@@ -145,6 +145,21 @@ macro_rules! config {
 #[map]
 pub static PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// An IPv4 packet's way to an IPv6 backend, from `balancer` to the
+/// `balancer6` it tail-calls (see `balancer::hand_over_to_ipv6`).
+#[derive(Clone, Copy)]
+pub struct Handoff {
+    pub out: crate::balancer::Outbound,
+    /// Written with `out` just before the tail call, cleared by its reader.
+    pub valid: u32,
+}
+
+/// This CPU's [`Handoff`]. Written by `balancer`, read by `balancer6`, for
+/// one packet at a time; not pinned (an empty slot is what a new program
+/// starts with).
+#[map]
+pub static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
+
 /// Load-time configuration, set by the agent before the program is loaded.
 #[no_mangle]
 pub static CONFIG: Global<DataPathConfig> = Global::new(DataPathConfig {
