@@ -50,6 +50,8 @@ pub const IPIP_OVERHEAD: u16 = 20;
 /// encapsulation": no GUE header, the inner IP version nibble tells the
 /// family, which is what Linux's `fou`/`gue` receive path accepts).
 pub const GUE_OVERHEAD: u16 = 20 + 8;
+/// What GUE over IPv6 adds: an outer IPv6 header and the UDP header.
+pub const GUE6_OVERHEAD: u16 = 40 + 8;
 /// TTL of the outer header.
 pub const OUTER_TTL: u8 = 64;
 /// Outer UDP destination port of a GUE VIP unless its config names one.

@@ -1,7 +1,8 @@
 //! The `decap` program for backends: strips the outer headers of IP-in-IP
 //! packets (outer IPv4 or IPv6, inner IPv4 or IPv6: protocols 4 and 41),
-//! and of GUE packets (UDP over IPv4 to one of the configured ports, the
-//! inner IPv4 or IPv6 packet right after the UDP header), sent to one of
+//! and of GUE packets (UDP over IPv4 or IPv6 to one of the configured
+//! ports, the inner IPv4 or IPv6 packet right after the UDP header; the
+//! UDP checksum is not checked, the inner packet carries its own), sent to one of
 //! the host's addresses, and hands the client's packet to the stack: for
 //! hosts without kernel ipip, sit, ip6tnl or fou support, and faster than
 //! them.
@@ -49,7 +50,7 @@ pub static DECAP_ADDRS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_DECAP_A
 pub static DECAP_ADDRS6: HashMap<Ipv6Wire, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
 
 /// UDP destination ports (wire order → 1) whose packets to a
-/// `DECAP_ADDRS` address are GUE. Written by the decap loader, read per
+/// `DECAP_ADDRS` or `DECAP_ADDRS6` address are GUE. Written by the decap loader, read per
 /// UDP packet to a local address.
 #[map]
 pub static DECAP_GUE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_DECAP_GUE_PORTS, 0);
@@ -208,6 +209,10 @@ fn outer_ipv4(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
     }
     let outer_len = ((outer.vihl & 0x0f) as usize) * 4;
     let outer_tot_len = u16::from_be_bytes(outer.tot_len) as usize;
+    // An IPv4 ethertype in front of another version is no IPv4 header.
+    if outer.vihl >> 4 != 4 {
+        return Err(Outcome::Malformed);
+    }
     let gue = proto == IPPROTO_UDP;
     // The GUE port is checked before anything is called malformed: other
     // UDP to this host is none of our business.
@@ -215,16 +220,7 @@ fn outer_ipv4(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
         if outer_len < IPV4_MIN_LEN {
             return Err(Outcome::NotOurs);
         }
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, l3 + outer_len) else {
-            return Err(Outcome::NotOurs);
-        };
-        let udp = unsafe { *udp };
-        if DECAP_GUE_PORTS
-            .get_ptr(u16::from_ne_bytes(udp.dst))
-            .is_none()
-        {
-            return Err(Outcome::NotOurs);
-        }
+        let udp = gue_header_at(ctx, l3 + outer_len)?;
         // A UDP length that disagrees with the IP one is a lie about
         // where the inner packet ends.
         if u16::from_be_bytes(udp.len) as usize + outer_len != outer_tot_len {
@@ -251,8 +247,8 @@ fn outer_ipv4(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
     })
 }
 
-/// An outer IPv6 header at `l3`: IP6IP6 (41) or IPv4 in IPv6 (4) to a
-/// local address, with no extension headers (the balancer sends none).
+/// An outer IPv6 header at `l3`: IP6IP6 (41), IPv4 in IPv6 (4) or GUE to
+/// a local address, with no extension headers (the balancer sends none).
 #[inline(always)]
 fn outer_ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
     let Some(outer) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
@@ -261,23 +257,53 @@ fn outer_ipv6(ctx: &XdpContext, l3: usize) -> Result<Outer, Outcome> {
     let outer = unsafe { &*outer };
     let next = outer.next_hdr;
     let dst: Ipv6Wire = unsafe { core::mem::transmute(outer.dst_addr) };
-    if next != IPPROTO_IPIP && next != IPPROTO_IPV6 || DECAP_ADDRS6.get_ptr(dst).is_none() {
+    if next != IPPROTO_IPIP && next != IPPROTO_IPV6 && next != IPPROTO_UDP
+        || DECAP_ADDRS6.get_ptr(dst).is_none()
+    {
         return Err(Outcome::NotOurs);
     }
-    let len = IPV6_LEN + u16::from_be_bytes(outer.payload_len) as usize;
+    let payload_len = u16::from_be_bytes(outer.payload_len) as usize;
+    let gue = next == IPPROTO_UDP;
+    if gue {
+        // As over IPv4: other UDP to this host is not ours, and a UDP
+        // length other than the payload's lies about where the inner
+        // packet ends.
+        let udp = gue_header_at(ctx, l3 + IPV6_LEN)?;
+        if u16::from_be_bytes(udp.len) as usize != payload_len {
+            return Err(Outcome::Malformed);
+        }
+    }
+    let len = IPV6_LEN + payload_len;
     // The payload length must not claim more than the frame holds.
     if outer.vcf[0] >> 4 != 6 || l3 + len > ctx.data_end() - ctx.data() {
         return Err(Outcome::Malformed);
     }
     let tclass = (outer.vcf[0] << 4) | (outer.vcf[1] >> 4);
     Ok(Outer {
-        strip: IPV6_LEN,
+        strip: if gue { IPV6_LEN + UdpHdr::LEN } else { IPV6_LEN },
         len,
-        inner_v4: next == IPPROTO_IPIP,
-        inner_v6: next == IPPROTO_IPV6,
-        gue: false,
+        inner_v4: next != IPPROTO_IPV6,
+        inner_v6: next != IPPROTO_IPIP,
+        gue,
         congested: tclass & ECN_MASK == ECN_CE,
     })
+}
+
+/// The UDP header at `offset` if it is whole and to a GUE port; other UDP
+/// is not ours.
+#[inline(always)]
+fn gue_header_at(ctx: &XdpContext, offset: usize) -> Result<UdpHdr, Outcome> {
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, offset) else {
+        return Err(Outcome::NotOurs);
+    };
+    let udp = unsafe { *udp };
+    if DECAP_GUE_PORTS
+        .get_ptr(u16::from_ne_bytes(udp.dst))
+        .is_none()
+    {
+        return Err(Outcome::NotOurs);
+    }
+    Ok(udp)
 }
 
 /// Sets CE on an ECN-capable header, updating its checksum incrementally

@@ -8,11 +8,15 @@
 //!   receive queues by the outer ports;
 //! - to an IPv6 backend, an IPv6 header (RFC 2473: next header 41 for
 //!   IP6IP6, 4 for IPv4-in-IPv6, as Linux's `ip6tnl`), whose flow label
-//!   comes from the flow hash so that ECMP and RSS spread tunnels.
+//!   comes from the flow hash so that ECMP and RSS spread tunnels; or, for
+//!   GUE, that IPv6 header with the same UDP header after it.
 //!
-//! The GUE UDP checksum is 0, which IPv4 allows (RFC 768): the inner
-//! packet carries its own checksums, and Linux's fou/gue receive path
-//! accepts it.
+//! The GUE UDP checksum is 0. IPv4 allows it (RFC 768); IPv6 allows it for
+//! tunnel protocols whose receiver accepts it (RFC 6935, RFC 6936), as
+//! Linux's fou sockets do (they are created with zero-checksum receive
+//! allowed) and as the backends' `decap` does. The inner packet carries
+//! its own checksums; a real UDP checksum would mean summing every payload
+//! byte on the fast path.
 //!
 //! The outer header always carries DF, as Linux's own ipip tunnels do by
 //! default (`pmtudisc`): an outer fragment could not be reassembled through
@@ -25,7 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    gue_source_port, outer_flow_label, Backend, Ipv6Wire, BACKEND_F_IPV6, GUE_OVERHEAD,
+    gue_source_port, outer_flow_label, Backend, Ipv6Wire, BACKEND_F_IPV6, GUE6_OVERHEAD, GUE_OVERHEAD,
     IPIP_OVERHEAD, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, IPV6_OVERHEAD, OUTER_HOP_LIMIT,
     OUTER_TTL,
 };
@@ -45,10 +49,10 @@ use crate::{
 /// The packet could not be grown or rewritten: the caller drops it.
 pub struct EncapError;
 
-/// How a packet travels to its backend: over IPv6 (`outer_v6`, IP6IP6 or
-/// IPv4-in-IPv6, with `flow_label`), or over IPv4: IP-in-IP (or IPv6 in
-/// IPv4) when `dst_port` is 0, else GUE in UDP from `src_port` to
-/// `dst_port` (wire order). A plain struct rather than an enum: the
+/// How a packet travels to its backend: over IPv6 (`outer_v6`, with
+/// `flow_label`) or IPv4; as IP-in-IP (IPIP, 6in4, IP6IP6, 4in6) when
+/// `dst_port` is 0, else as GUE in UDP from `src_port` to `dst_port` (wire
+/// order). A plain struct rather than an enum: the
 /// compiler copies an enum's payload even for the variant without one, and
 /// the verifier refuses to read those uninitialised registers.
 #[derive(Clone, Copy)]
@@ -70,34 +74,27 @@ impl Tunnel {
     };
 
     /// The tunnel of a flow to `backend`. The flow hash is computed only
-    /// where it is carried: the GUE source port, the IPv6 flow label. GUE
-    /// is carried over IPv4 only (the agent refuses GUE VIPs with IPv6
-    /// backends).
+    /// where it is carried: the GUE source port, the IPv6 flow label.
     #[inline(always)]
     pub fn of_flow<T: Tuple>(flow: &T, backend: &Backend) -> Self {
-        let outer_v6 = backend.flags & BACKEND_F_IPV6 != 0;
-        if backend.gue_port == 0 && !outer_v6 {
+        let gue = backend.gue_port != 0;
+        if backend.flags & BACKEND_F_IPV6 == 0 {
+            if !gue {
+                return Tunnel::NONE;
+            }
             return Tunnel {
-                outer_v6,
-                src_port: 0,
-                dst_port: 0,
+                outer_v6: false,
+                src_port: gue_source_port(flow.hash()).to_be(),
+                dst_port: backend.gue_port,
                 flow_label: 0,
             };
         }
         let hash = flow.hash();
-        if outer_v6 {
-            return Tunnel {
-                outer_v6,
-                src_port: 0,
-                dst_port: 0,
-                flow_label: outer_flow_label(hash),
-            };
-        }
         Tunnel {
-            outer_v6,
-            src_port: gue_source_port(hash).to_be(),
+            outer_v6: true,
+            src_port: if gue { gue_source_port(hash).to_be() } else { 0 },
             dst_port: backend.gue_port,
-            flow_label: 0,
+            flow_label: outer_flow_label(hash),
         }
     }
 
@@ -110,7 +107,11 @@ impl Tunnel {
     #[inline(always)]
     pub fn overhead(self) -> u16 {
         if self.outer_v6 {
-            IPV6_OVERHEAD
+            if self.is_gue() {
+                GUE6_OVERHEAD
+            } else {
+                IPV6_OVERHEAD
+            }
         } else if self.is_gue() {
             GUE_OVERHEAD
         } else {
@@ -191,12 +192,7 @@ pub fn encapsulate(
         return Ok(());
     }
     let ip = ipv4_header(tos, outer_len, OUTER_TTL, IPPROTO_UDP, src, dst);
-    let udp = UdpHdr {
-        src: tunnel.src_port.to_ne_bytes(),
-        dst: tunnel.dst_port.to_ne_bytes(),
-        len: (outer_len - IPIP_OVERHEAD).to_be_bytes(),
-        check: [0; 2],
-    };
+    let udp = gue_header(tunnel, outer_len - IPIP_OVERHEAD);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GUE_OVERHEAD as i32)) } != 0 {
         return Err(EncapError);
     }
@@ -233,9 +229,23 @@ pub fn ipv6_header(
     }
 }
 
+/// The UDP header of a GUE packet of `udp_len` bytes (header included),
+/// checksum 0 (see the module's notes).
+#[inline(always)]
+fn gue_header(tunnel: Tunnel, udp_len: u16) -> UdpHdr {
+    UdpHdr {
+        src: tunnel.src_port.to_ne_bytes(),
+        dst: tunnel.dst_port.to_ne_bytes(),
+        len: udp_len.to_be_bytes(),
+        check: [0; 2],
+    }
+}
+
 /// Grows the head by an outer IPv6 header (no extension headers; hop limit
-/// 64; payload length the client's packet, `inner_len` bytes, so it cannot
-/// wrap) and writes the L2 header with the IPv6 ethertype in front of it.
+/// 64; payload length the client's packet, `inner_len` bytes, plus GUE's
+/// UDP header: the caller checked that it fits in 16 bits) and writes the
+/// L2 header with the IPv6 ethertype in front of it. IP6IP6 and GUE are
+/// separate branches with constant sizes, as in [`encapsulate`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn encapsulate6(
@@ -249,21 +259,43 @@ pub fn encapsulate6(
     dst: Ipv6Wire,
 ) -> Result<(), EncapError> {
     let (eth, vlan) = save_l2(ctx, l2)?;
-    let next = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    if !tunnel.is_gue() {
+        let next = if inner_v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+        let ip = ipv6_header(
+            tclass,
+            tunnel.flow_label,
+            inner_len,
+            next,
+            OUTER_HOP_LIMIT,
+            &src,
+            &dst,
+        );
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_OVERHEAD as i32)) } != 0 {
+            return Err(EncapError);
+        }
+        restore_l2(ctx, eth, vlan, EtherType::Ipv6.into())?;
+        unsafe { *ptr_at::<Ipv6Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip };
+        return Ok(());
+    }
+    let udp_len = inner_len + UdpHdr::LEN as u16;
     let ip = ipv6_header(
         tclass,
         tunnel.flow_label,
-        inner_len,
-        next,
+        udp_len,
+        IPPROTO_UDP,
         OUTER_HOP_LIMIT,
         &src,
         &dst,
     );
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_OVERHEAD as i32)) } != 0 {
+    let udp = gue_header(tunnel, udp_len);
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GUE6_OVERHEAD as i32)) } != 0 {
         return Err(EncapError);
     }
     restore_l2(ctx, eth, vlan, EtherType::Ipv6.into())?;
-    unsafe { *ptr_at::<Ipv6Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip };
+    unsafe {
+        *ptr_at::<Ipv6Hdr>(ctx, l2.header_len()).ok_or(EncapError)? = ip;
+        *ptr_at::<UdpHdr>(ctx, l2.header_len() + IPV6_OVERHEAD as usize).ok_or(EncapError)? = udp;
+    }
     Ok(())
 }
 

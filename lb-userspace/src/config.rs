@@ -681,8 +681,7 @@ pub fn validate_vips(vips: &[VipConfig], ring_pool_slots: u32, ipv6_source: bool
             }
             // Every backend, disabled ones too: enabling one later must
             // not be what fails.
-            let encap = vip.encapsulation().unwrap_or_default();
-            if let Err(e) = dataplane::check_backend_family(encap, b.address, ipv6_source) {
+            if let Err(e) = dataplane::check_backend_family(b.address, ipv6_source) {
                 bail!("vips[{i}].backends[{j}].address: {e}");
             }
         }
@@ -1006,16 +1005,17 @@ mod tests {
     #[test]
     fn ipv6_family_rules_are_refused_with_their_reason() {
         let src6 = r#""source_address6": "2001:db8:ffff::1","#;
-        let e = err(&v6_config(
+        // GUE reaches backends of both families.
+        let gue = v6_config(
             src6,
             "2001:db8::10",
             r#", "encap": "gue""#,
             &["198.19.1.2", "2001:db8:1::2"],
-        ));
+        );
+        Config::parse(&gue).expect("GUE to IPv4 and IPv6 backends");
+        let e = err(&gue.replace(src6, ""));
         assert!(
-            e.contains(
-                "vips[0].backends[1].address: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
-            ),
+            e.contains("vips[0].backends[1].address: backend 2001:db8:1::2 is IPv6, but the agent has no IPv6 source address"),
             "{e}"
         );
         let e = err(&v6_config("", "198.18.0.10", "", &["2001:db8:1::2"]));

@@ -1366,8 +1366,6 @@ pub struct RingModel {
 impl RingModel {
     pub fn new(spec: &VipSpec) -> Result<Self> {
         validate(std::slice::from_ref(spec))?;
-        // A model predicts for any node, with or without an IPv6 source.
-        check_families(std::slice::from_ref(spec), true)?;
         let table = spec_table(spec)?;
         Ok(Self {
             spec: spec.clone(),
@@ -1409,21 +1407,13 @@ impl RingModel {
     }
 }
 
-/// The family rules of one backend of a VIP with encapsulation `encap`:
-/// GUE (a UDP header after an outer IPv4 header) has no IPv6 form here,
-/// and an IPv6 backend needs the node's IPv6 source address
-/// (`DataPathConfig::lb_source_addr6`, all zero without one).
-pub fn check_backend_family(
-    encap: Encap,
-    backend: IpAddr,
-    has_source6: bool,
-) -> Result<(), String> {
+/// The family rule of one backend: an IPv6 backend needs the node's IPv6
+/// source address (`DataPathConfig::lb_source_addr6`, all zero without
+/// one). Any mix of families in one VIP is served: every backend has its
+/// own tunnel (IP-in-IP or GUE over the backend's family).
+pub fn check_backend_family(backend: IpAddr, has_source6: bool) -> Result<(), String> {
     if backend.is_ipv4() {
         Ok(())
-    } else if encap.gue_port().is_some() {
-        Err(format!(
-            "GUE is carried over IPv4 only; backend {backend} is IPv6"
-        ))
     } else if !has_source6 {
         Err(format!(
             "backend {backend} is IPv6, but the agent has no IPv6 source address \
@@ -1438,7 +1428,7 @@ pub fn check_backend_family(
 pub fn check_families(desired: &[VipSpec], has_source6: bool) -> Result<()> {
     for spec in desired {
         for b in &spec.backends {
-            check_backend_family(spec.encap, b.addr, has_source6)
+            check_backend_family(b.addr, has_source6)
                 .map_err(|e| anyhow::anyhow!("VIP {}: {e}", spec.vip))?;
         }
     }
@@ -1677,14 +1667,16 @@ mod tests {
 
     #[test]
     fn family_rules_name_the_backend() {
+        // GUE carries either family over either family.
         let mut gue = spec6(&["198.19.0.2", "2001:db8:1::2"]);
         gue.encap = Encap::Gue { port: 6080 };
-        let e = check_families(std::slice::from_ref(&gue), true).unwrap_err();
+        check_families(std::slice::from_ref(&gue), true).expect("GUE to an IPv6 backend");
+        RingModel::new(&gue).expect("a model of a mixed GUE VIP");
+        let e = check_families(std::slice::from_ref(&gue), false).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "VIP [2001:db8::10]:443/tcp: GUE is carried over IPv4 only; backend 2001:db8:1::2 is IPv6"
+            "VIP [2001:db8::10]:443/tcp: backend 2001:db8:1::2 is IPv6, but the agent has no IPv6 source address (set source_address6 to reach IPv6 backends)"
         );
-        assert!(RingModel::new(&gue).is_err());
         let plain = spec6(&["2001:db8:1::2"]);
         let e = check_families(std::slice::from_ref(&plain), false).unwrap_err();
         assert!(e.to_string().contains("no IPv6 source address"), "{e}");

@@ -114,6 +114,8 @@ pub const TCP_PORT_4IN6: u16 = 443;
 /// The IPv4 UDP VIP's encapsulation is GUE to this port, and `decap`
 /// strips GUE sent to it.
 pub const GUE_PORT: u16 = lb_common::DEFAULT_GUE_PORT;
+/// The IPv6 VIP's UDP port (QUIC) whose IPv6 backends get GUE over IPv6.
+pub const UDP_PORT_GUE6: u16 = 443;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 /// BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header
 /// (EINVAL), as no NIC delivers one: shorter frames are padded to it.
@@ -132,6 +134,8 @@ enum Tunnel {
     Gue,
     /// An outer IPv6 header: next header 41, or 4 for an IPv4 packet.
     Ip6,
+    /// An outer IPv6 and a UDP header.
+    Gue6,
 }
 
 impl Tunnel {
@@ -140,7 +144,16 @@ impl Tunnel {
             Tunnel::Ipip => 20,
             Tunnel::Gue => 28,
             Tunnel::Ip6 => 40,
+            Tunnel::Gue6 => 48,
         }
+    }
+
+    fn outer_v6(self) -> bool {
+        matches!(self, Tunnel::Ip6 | Tunnel::Gue6)
+    }
+
+    fn is_gue(self) -> bool {
+        matches!(self, Tunnel::Gue | Tunnel::Gue6)
     }
 }
 
@@ -156,7 +169,7 @@ struct VipPort {
 /// The fuzzed balancer's VIP ports. Each port's backends are of one
 /// family, so that the oracle knows from the port alone which tunnel a
 /// packet takes and what a "packet too big" advertises.
-static VIP_PORTS: [VipPort; 5] = [
+static VIP_PORTS: [VipPort; 6] = [
     VipPort {
         addr: IpAddr::V4(VIP),
         proto: 6,
@@ -196,6 +209,13 @@ static VIP_PORTS: [VipPort; 5] = [
         port: UDP_PORT,
         tunnel: Tunnel::Ipip,
         backends: &[IpAddr::V4(BACKENDS[2])],
+    },
+    VipPort {
+        addr: IpAddr::V6(VIP6),
+        proto: 17,
+        port: UDP_PORT_GUE6,
+        tunnel: Tunnel::Gue6,
+        backends: &[IpAddr::V6(BACKENDS6[0]), IpAddr::V6(BACKENDS6[1])],
     },
 ];
 
@@ -325,7 +345,12 @@ fn ip6_packet(rng: &mut Rng) -> Vec<u8> {
     };
     let sport = client_port(rng);
     let mut ip = if rng.chance(3) {
-        Ipv6::udp(src, sport, dst, UDP_PORT)
+        let port = if rng.chance(2) {
+            UDP_PORT
+        } else {
+            UDP_PORT_GUE6
+        };
+        Ipv6::udp(src, sport, dst, port)
     } else {
         Ipv6::tcp(src, sport, dst, TCP_PORT, tcp_flags(rng))
     };
@@ -408,12 +433,8 @@ fn tunnel6(rng: &mut Rng, dst: Ipv6Addr, inner: Vec<u8>) -> Vec<u8> {
 /// GUE around `inner` (UDP, variant 1), to `dst`: mostly to the GUE port,
 /// sometimes to another one.
 fn gue_tunnel(rng: &mut Rng, dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
-    let port = if rng.chance(5) {
-        GUE_PORT + 1
-    } else {
-        GUE_PORT
-    };
-    let mut outer = crate::packet::gue(
+    let port = gue_port(rng);
+    let outer = crate::packet::gue(
         LB_SOURCE,
         dst,
         0xc000 | rng.next_u64() as u16,
@@ -421,17 +442,44 @@ fn gue_tunnel(rng: &mut Rng, dst: Ipv4Addr, inner: Vec<u8>) -> Vec<u8> {
         rng.next_u64() as u8,
         &inner,
     );
-    if rng.chance(4) {
-        // A UDP length that lies.
-        let lie = [0u16, 8, 0xffff, rng.next_u64() as u16][rng.below(4)];
-        outer[24..26].copy_from_slice(&lie.to_be_bytes());
+    maybe_lie_about_udp_length(rng, outer, 20)
+}
+
+/// GUE over IPv6 around `inner`, to `dst`, as [`gue_tunnel`].
+fn gue6_tunnel(rng: &mut Rng, dst: Ipv6Addr, inner: Vec<u8>) -> Vec<u8> {
+    let port = gue_port(rng);
+    let outer = crate::packet::gue6(
+        (LB_SOURCE6, dst),
+        port,
+        rng.next_u64() as u8,
+        rng.next_u64() as u32,
+        &inner,
+    );
+    maybe_lie_about_udp_length(rng, outer, 40)
+}
+
+/// Mostly the GUE port, sometimes another one.
+fn gue_port(rng: &mut Rng) -> u16 {
+    if rng.chance(5) {
+        GUE_PORT + 1
+    } else {
+        GUE_PORT
     }
-    outer
+}
+
+/// `packet` with, one time in four, a UDP length (of the UDP header at
+/// `udp`) that lies.
+fn maybe_lie_about_udp_length(rng: &mut Rng, mut packet: Vec<u8>, udp: usize) -> Vec<u8> {
+    if rng.chance(4) {
+        let lie = [0u16, 8, 0xffff, rng.next_u64() as u16][rng.below(4)];
+        packet[udp + 4..udp + 6].copy_from_slice(&lie.to_be_bytes());
+    }
+    packet
 }
 
 /// A tunnel, maybe with tunnels inside, to a decap address, a VIP or
-/// another address: IP-in-IP (4 and 41) and GUE over IPv4, 41 and 4 over
-/// IPv6, around a packet of either family.
+/// another address: IP-in-IP (4 and 41) and GUE over both families,
+/// around a packet of either family.
 fn tunnel_frame(rng: &mut Rng) -> Vec<u8> {
     let mut inner = if rng.chance(3) {
         ip6_packet(rng)
@@ -455,7 +503,11 @@ fn tunnel_frame(rng: &mut Rng) -> Vec<u8> {
         with_l2(rng, ETHERTYPE_IPV4, &l3)
     } else {
         let dst = rng.pick(&[BACKENDS6[0], BACKENDS6[0], VIP6, BACKENDS6[1]]);
-        let l3 = tunnel6(rng, dst, inner);
+        let l3 = if rng.chance(3) {
+            gue6_tunnel(rng, dst, inner)
+        } else {
+            tunnel6(rng, dst, inner)
+        };
         with_l2(rng, ETHERTYPE_IPV6, &l3)
     }
 }
@@ -1306,7 +1358,7 @@ fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
         );
     };
     let tunnel = pkt.port.tunnel;
-    let outer_type = if tunnel == Tunnel::Ip6 {
+    let outer_type = if tunnel.outer_v6() {
         ETHERTYPE_IPV6
     } else {
         ETHERTYPE_IPV4
@@ -1323,7 +1375,7 @@ fn check_encapsulated(input: &[u8], out: &[u8]) -> Result<(), String> {
         return Err(format!("sent a {}-byte frame", out.len()));
     }
     let outer = &out[l3..];
-    if tunnel == Tunnel::Ip6 {
+    if tunnel.outer_v6() {
         check_outer6(outer, &pkt)?;
     } else {
         check_outer4(outer, &pkt)?;
@@ -1389,20 +1441,7 @@ fn check_outer4(outer: &[u8], pkt: &ToBackend) -> Result<(), String> {
     }
     backend_of(pkt, addr4(h, 16).into())?;
     if gue {
-        let udp = &outer[20..28];
-        let src_port = be16(udp, 0) as u16;
-        if be16(udp, 2) != GUE_PORT as usize
-            || be16(udp, 4) != outer.len() - 20
-            || udp[6..8] != [0, 0]
-        {
-            return Err(format!(
-                "GUE header {udp:02x?}: not (.., {GUE_PORT}, length {}, checksum 0)",
-                outer.len() - 20
-            ));
-        }
-        if src_port != lb_common::gue_source_port(pkt.hash) {
-            return Err(format!("GUE source port {src_port} is not the flow's"));
-        }
+        check_gue(&outer[20..28], outer.len() - 20, pkt)?;
     }
     Ok(())
 }
@@ -1410,7 +1449,12 @@ fn check_outer4(outer: &[u8], pkt: &ToBackend) -> Result<(), String> {
 /// The outer IPv6 header of `outer`, a whole encapsulated packet.
 fn check_outer6(outer: &[u8], pkt: &ToBackend) -> Result<(), String> {
     let h = &outer[..40];
-    let next = if pkt.v6 { 41 } else { 4 };
+    let gue = pkt.port.tunnel.is_gue();
+    let next = match (gue, pkt.v6) {
+        (true, _) => 17,
+        (false, true) => 41,
+        (false, false) => 4,
+    };
     if h[0] >> 4 != 6 || h[6] != next || h[7] != 64 {
         return Err(format!(
             "outer header {h:02x?}: not IPv6/next header {next}/hop limit 64"
@@ -1440,7 +1484,25 @@ fn check_outer6(outer: &[u8], pkt: &ToBackend) -> Result<(), String> {
     if ipv6_at(h, 8) != LB_SOURCE6 {
         return Err("outer source is not the LB's".into());
     }
-    backend_of(pkt, ipv6_at(h, 24).into())
+    backend_of(pkt, ipv6_at(h, 24).into())?;
+    if gue {
+        check_gue(&outer[40..48], outer.len() - 40, pkt)?;
+    }
+    Ok(())
+}
+
+/// GUE's UDP header `udp`, of a UDP datagram of `udp_len` bytes.
+fn check_gue(udp: &[u8], udp_len: usize, pkt: &ToBackend) -> Result<(), String> {
+    let src_port = be16(udp, 0) as u16;
+    if be16(udp, 2) != GUE_PORT as usize || be16(udp, 4) != udp_len || udp[6..8] != [0, 0] {
+        return Err(format!(
+            "GUE header {udp:02x?}: not (.., {GUE_PORT}, length {udp_len}, checksum 0)"
+        ));
+    }
+    if src_port != lb_common::gue_source_port(pkt.hash) {
+        return Err(format!("GUE source port {src_port} is not the flow's"));
+    }
+    Ok(())
 }
 
 /// What the oracle reads in the outer header of a frame `decap` may
@@ -1468,8 +1530,11 @@ fn decap_outer(input: &[u8], l3: usize) -> Result<DecapOuter, String> {
             if !gue && proto != 4 && proto != 41 || addr4(ip, 16) != BACKENDS[0] {
                 return Err(not_ours());
             }
-            if ihl < 20 || be16(ip, 6) & 0x3fff != 0 {
-                return Err("stripped a fragment, or a header shorter than 20 bytes".into());
+            if ip[0] >> 4 != 4 || ihl < 20 || be16(ip, 6) & 0x3fff != 0 {
+                return Err(
+                    "stripped a fragment, a header shorter than 20 bytes, or one not of version 4"
+                        .into(),
+                );
             }
             if gue && be16(ip, ihl + 4) + ihl != be16(ip, 2) {
                 return Err("stripped GUE whose UDP length disagrees with the IP length".into());
@@ -1484,8 +1549,12 @@ fn decap_outer(input: &[u8], l3: usize) -> Result<DecapOuter, String> {
         }
         ETHERTYPE_IPV6 if ip.len() >= 40 => {
             let next = ip[6];
-            if next != 4 && next != 41 || ipv6_at(ip, 24) != BACKENDS6[0] {
+            let gue = next == 17 && ip.len() >= 48 && be16(ip, 42) == GUE_PORT as usize;
+            if !gue && next != 4 && next != 41 || ipv6_at(ip, 24) != BACKENDS6[0] {
                 return Err(not_ours());
+            }
+            if gue && be16(ip, 44) != be16(ip, 4) {
+                return Err("stripped GUE whose UDP length disagrees with the IPv6 one".into());
             }
             let len = 40 + be16(ip, 4);
             if ip[0] >> 4 != 6 || len > ip.len() {
@@ -1497,10 +1566,10 @@ fn decap_outer(input: &[u8], l3: usize) -> Result<DecapOuter, String> {
             }
             let tclass = (ip[0] << 4) | (ip[1] >> 4);
             Ok(DecapOuter {
-                strip: 40,
+                strip: if gue { 48 } else { 40 },
                 len,
-                inner_v4: next == 4,
-                inner_v6: next == 41,
+                inner_v4: next != 41,
+                inner_v6: next != 4,
                 congested: tclass & 0b11 == 0b11,
             })
         }
@@ -1611,12 +1680,16 @@ pub struct Report {
     pub gue_sent: u64,
     /// Of `transmitted`: sent in an outer IPv6 header.
     pub ip6_sent: u64,
+    /// Of `ip6_sent`: in GUE (outer next header UDP).
+    pub gue6_sent: u64,
     /// Of `transmitted`: IPv6 packets sent in an outer IPv4 header
     /// (protocol 41).
     pub sit_sent: u64,
     pub decapsulated: u64,
     /// Of `decapsulated`: GUE packets stripped.
     pub gue_decapsulated: u64,
+    /// Of `ip6_decapsulated`: GUE over IPv6.
+    pub gue6_decapsulated: u64,
     /// Of `decapsulated`: outer IPv6 headers stripped.
     pub ip6_decapsulated: u64,
     /// Of `decapsulated`: outer IPv4 headers with IPv6 inside stripped.
@@ -1658,7 +1731,12 @@ impl Report {
             }
             family => {
                 match (family, out[l3 + 9]) {
-                    (ETHERTYPE_IPV6, _) => self.ip6_sent += 1,
+                    (ETHERTYPE_IPV6, _) => {
+                        self.ip6_sent += 1;
+                        if out[l3 + 6] == 17 {
+                            self.gue6_sent += 1;
+                        }
+                    }
                     (_, 17) => self.gue_sent += 1,
                     (_, 41) => self.sit_sent += 1,
                     _ => {}
@@ -1678,7 +1756,12 @@ impl Report {
         self.decapsulated += 1;
         let l3 = l3_offset(input);
         match ethertype(input, l3) {
-            ETHERTYPE_IPV6 => self.ip6_decapsulated += 1,
+            ETHERTYPE_IPV6 => {
+                self.ip6_decapsulated += 1;
+                if input[l3 + 6] == 17 {
+                    self.gue6_decapsulated += 1;
+                }
+            }
             _ if input.len() > l3 + 9 && input[l3 + 9] == 17 => self.gue_decapsulated += 1,
             _ if input.len() > l3 + 9 && input[l3 + 9] == 41 => self.sit_decapsulated += 1,
             _ => {}
@@ -1687,7 +1770,7 @@ impl Report {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {} ({} ICMP replies of which {} ICMPv6 echo replies and {} packet too big, {} ICMP errors to backends of which {} ICMPv6, {} in GUE, {} over IPv6, {} IPv6 in IPv4); decap stripped {} ({} GUE, {} IPv6 outer, {} IPv6 in IPv4); {} failures",
+            "{} frames through balancer and decap: balancer passed {}, dropped {}, sent {} ({} ICMP replies of which {} ICMPv6 echo replies and {} packet too big, {} ICMP errors to backends of which {} ICMPv6, {} in GUE, {} over IPv6 of which {} in GUE, {} IPv6 in IPv4); decap stripped {} ({} GUE, {} IPv6 outer of which {} GUE, {} IPv6 in IPv4); {} failures",
             self.frames,
             self.passed,
             self.dropped,
@@ -1699,10 +1782,12 @@ impl Report {
             self.icmp6_forwarded,
             self.gue_sent,
             self.ip6_sent,
+            self.gue6_sent,
             self.sit_sent,
             self.decapsulated,
             self.gue_decapsulated,
             self.ip6_decapsulated,
+            self.gue6_decapsulated,
             self.sit_decapsulated,
             self.failures.len()
         )
@@ -1742,7 +1827,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
             };
             let backends: Vec<(IpAddr, u32)> = p.backends.iter().map(|&b| (b, 1)).collect();
             let mut spec = VipSpec::new(vip, &backends);
-            if p.tunnel == Tunnel::Gue {
+            if p.tunnel.is_gue() {
                 spec.encap = Encap::Gue { port: GUE_PORT };
             }
             spec

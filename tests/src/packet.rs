@@ -279,12 +279,7 @@ pub fn gue(
     tos: u8,
     inner: &[u8],
 ) -> Vec<u8> {
-    let mut udp = Vec::with_capacity(8 + inner.len());
-    udp.extend_from_slice(&src_port.to_be_bytes());
-    udp.extend_from_slice(&dst_port.to_be_bytes());
-    udp.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(inner);
+    let udp = gue_udp(src_port, dst_port, inner);
     Ipv4 {
         src: outer_src,
         dst: outer_dst,
@@ -607,6 +602,32 @@ pub fn ip6_tunnel(
 ) -> Vec<u8> {
     let label = lb_common::outer_flow_label(flow_hash);
     ipv6_header(tclass, label, next, 64, addrs, inner)
+}
+
+/// GUE's UDP header (checksum 0) and `inner` after it.
+fn gue_udp(src_port: u16, dst_port: u16, inner: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + inner.len());
+    udp.extend_from_slice(&src_port.to_be_bytes());
+    udp.extend_from_slice(&dst_port.to_be_bytes());
+    udp.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(inner);
+    udp
+}
+
+/// The GUE packet over IPv6 the LB must send for `inner` to an IPv6
+/// backend: the outer header of [`ip6_tunnel`] with next header 17, then
+/// the UDP header of [`gue`] (checksum 0, RFC 6935) from the flow's source
+/// port.
+pub fn gue6(
+    addrs: (Ipv6Addr, Ipv6Addr),
+    dst_port: u16,
+    tclass: u8,
+    flow_hash: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let udp = gue_udp(lb_common::gue_source_port(flow_hash), dst_port, inner);
+    ip6_tunnel(addrs, 17, tclass, flow_hash, &udp)
 }
 
 /// The IPv6-in-IPv4 packet (protocol 41) the LB must send for the IPv6

@@ -39,11 +39,17 @@ fn two_hundred_thousand_hostile_frames() {
         ("GUE sent", r.gue_sent, FRAMES / 100),
         ("GUE decapsulated", r.gue_decapsulated, FRAMES / 1000),
         ("sent over IPv6", r.ip6_sent, FRAMES / 50),
+        ("GUE sent over IPv6", r.gue6_sent, FRAMES / 1000),
         ("IPv6 sent in IPv4", r.sit_sent, FRAMES / 200),
         ("ICMPv6 echo replies", r.echo6_replies, FRAMES / 1000),
         ("packet too big", r.too_big6_sent, FRAMES / 10_000),
         ("ICMPv6 errors forwarded", r.icmp6_forwarded, FRAMES / 1000),
         ("IPv6 outer decapsulated", r.ip6_decapsulated, FRAMES / 1000),
+        (
+            "GUE over IPv6 decapsulated",
+            r.gue6_decapsulated,
+            FRAMES / 1000,
+        ),
         (
             "IPv6 in IPv4 decapsulated",
             r.sit_decapsulated,

@@ -132,6 +132,19 @@ fn decap_fixtures() {
     };
     let mut ext_then_inner = vec![41, 0, 1, 4, 0, 0, 0, 0];
     ext_then_inner.extend_from_slice(&tcp6.bytes());
+    // GUE over IPv6: next header 17, the UDP header, the inner packet.
+    let gue6_to = |port: u16, inner: &[u8]| {
+        let mut udp = 50000u16.to_be_bytes().to_vec();
+        udp.extend_from_slice(&port.to_be_bytes());
+        udp.extend_from_slice(&(8 + inner.len() as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(inner);
+        udp
+    };
+    let mut gue6_udp_len_lies = gue6_to(GUE_PORT, &tcp6.bytes());
+    gue6_udp_len_lies[4..6].copy_from_slice(&(8 + tcp6.bytes().len() as u16 - 1).to_be_bytes());
+    let mut ipip_version_6 = frame(None, &ipip(lb, BACKEND, &inner));
+    ipip_version_6[14] = 0x65;
     let mut outer6_len_lies = ip6_outer(None, BACKEND6, 41, 0, &tcp6.bytes());
     let claimed = u16::from_be_bytes([outer6_len_lies[18], outer6_len_lies[19]]) + 1;
     outer6_len_lies[18..20].copy_from_slice(&claimed.to_be_bytes());
@@ -413,6 +426,72 @@ fn decap_fixtures() {
             stripped,
         ),
         (
+            "GUE over IPv6 around IPv6 to this host and port: stripped, ethertype IPv6",
+            ip6_outer(None, BACKEND6, 17, 0, &gue6_to(GUE_PORT, &tcp6.bytes())),
+            Expect::Stripped(frame6(None, &tcp6.bytes())),
+            gue_stripped,
+        ),
+        (
+            "GUE over IPv6 around IPv4, VLAN-tagged: stripped, tag's ethertype IPv4",
+            ip6_outer(
+                Some(0x0064),
+                BACKEND6,
+                17,
+                0,
+                &gue6_to(GUE_PORT, &inner.bytes()),
+            ),
+            Expect::Stripped(frame(Some(0x0064), &inner.bytes())),
+            gue_stripped,
+        ),
+        (
+            "GUE over IPv6, outer CE over ECT(0) IPv4: CE carried, checksum updated",
+            ip6_outer(
+                None,
+                BACKEND6,
+                17,
+                0x03,
+                &gue6_to(GUE_PORT, &ect0_inner.bytes()),
+            ),
+            Expect::Stripped(frame(None, &with_tos(&inner, 0x03).bytes())),
+            gue_stripped,
+        ),
+        (
+            "UDP over IPv6 to another port: not ours, untouched",
+            ip6_outer(None, BACKEND6, 17, 0, &gue6_to(GUE_PORT + 1, &tcp6.bytes())),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "GUE over IPv6 to another host: untouched",
+            ip6_outer(None, OTHER_HOST6, 17, 0, &gue6_to(GUE_PORT, &tcp6.bytes())),
+            Expect::Untouched,
+            passed,
+        ),
+        (
+            "GUE over IPv6 whose UDP length disagrees with the payload length: untouched",
+            ip6_outer(None, BACKEND6, 17, 0, &gue6_udp_len_lies),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "GUE over IPv6 with a truncated inner header: untouched",
+            ip6_outer(
+                None,
+                BACKEND6,
+                17,
+                0,
+                &gue6_to(GUE_PORT, &tcp6.bytes()[..39]),
+            ),
+            Expect::Untouched,
+            malformed,
+        ),
+        (
+            "an IPv4 ethertype in front of version 6 to this host: untouched",
+            ipip_version_6,
+            Expect::Untouched,
+            malformed,
+        ),
+        (
             "outer IPv6 CE over an ECT(0) IPv6 packet: CE carried",
             ip6_outer(None, BACKEND6, 41, 0x03, &tcp6_ect0.bytes()),
             Expect::Stripped(frame6(None, &tcp6_ce.bytes())),
@@ -439,10 +518,11 @@ fn decap_fixtures() {
 }
 
 /// Sends a SYN and a 1000-byte established packet through a balancer
-/// whose VIP uses `encap`, and each result through decap, which must turn
-/// it back into exactly what the client sent (with the next hop's MACs).
-/// Returns what the balancer sent and decap's counters.
-fn balancer_then_decap(encap: Encap) -> (Vec<Vec<u8>>, DecapStats) {
+/// whose VIP uses `encap` to `backend` (decap's address of its family),
+/// and each result through decap, which must turn it back into exactly
+/// what the client sent (with the next hop's MACs). Returns what the
+/// balancer sent and decap's counters.
+fn balancer_then_decap(encap: Encap, backend: IpAddr) -> (Vec<Vec<u8>>, DecapStats) {
     let spec = VipSpec {
         encap,
         ..VipSpec::new(
@@ -451,7 +531,7 @@ fn balancer_then_decap(encap: Encap) -> (Vec<Vec<u8>>, DecapStats) {
                 port: 80,
                 proto: Protocol::Tcp,
             },
-            &[(std::net::IpAddr::V4(BACKEND), 1)],
+            &[(backend, 1)],
         )
     };
     let mut lb = Balancer::load(&test_options(static_config(1500)), &[spec]);
@@ -480,15 +560,25 @@ fn balancer_then_decap(encap: Encap) -> (Vec<Vec<u8>>, DecapStats) {
 
 #[test]
 fn balancer_then_decap_round_trip() {
-    balancer_then_decap(Encap::Ipip);
+    balancer_then_decap(Encap::Ipip, BACKEND.into());
+    let (sent, stats) = balancer_then_decap(Encap::Ipip, BACKEND6.into());
+    for (i, frame) in sent.iter().enumerate() {
+        assert_eq!(frame[14 + 6], 4, "packet {i}: IPv4 in IPv6");
+    }
+    assert_eq!(stats.decapsulated, 2);
 }
 
 /// The same through a GUE VIP: decap strips the UDP header too.
 #[test]
 fn balancer_then_decap_round_trip_over_gue() {
-    let (sent, stats) = balancer_then_decap(Encap::Gue { port: GUE_PORT });
+    let (sent, stats) = balancer_then_decap(Encap::Gue { port: GUE_PORT }, BACKEND.into());
     for (i, frame) in sent.iter().enumerate() {
         assert_eq!(frame[14 + 9], 17, "packet {i}: outer protocol UDP");
+    }
+    assert_eq!(stats.gue_decapsulated, 2);
+    let (sent, stats) = balancer_then_decap(Encap::Gue { port: GUE_PORT }, BACKEND6.into());
+    for (i, frame) in sent.iter().enumerate() {
+        assert_eq!(frame[14 + 6], 17, "packet {i}: outer IPv6 next header UDP");
     }
     assert_eq!(stats.gue_decapsulated, 2);
 }

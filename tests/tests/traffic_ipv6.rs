@@ -3,7 +3,7 @@
 //! `lookup_flow` finds the pin), sticky, answered directly by the backends;
 //! drain and removal of an IPv6 backend; the mixed families (an IPv4 VIP
 //! with IPv6 backends, an IPv6 VIP with IPv4 backends, in IP-in-IP and in
-//! GUE); ICMPv6 echo of the VIP; and a client whose path MTU is larger
+//! GUE over either family); ICMPv6 echo of the VIP; and a client whose path MTU is larger
 //! than the IPv6 tunnel allows completing a 1 MiB transfer thanks to
 //! "packet too big".
 
@@ -361,4 +361,25 @@ fn an_ipv6_vip_in_gue() {
         |b, a| a.gue_decapsulated > b.gue_decapsulated && a.decapsulated == b.decapsulated,
         "IPv6 in GUE",
     );
+}
+
+/// GUE over IPv6: the backends' decap strips UDP over IPv6 (checksum 0)
+/// around either family.
+fn gue_over_ipv6(vip: IpAddr, what: &str) {
+    let bed = mixed(vip, 6, Some("gue"));
+    mixed_traffic(
+        &bed,
+        |b, a| a.gue_decapsulated > b.gue_decapsulated && a.decapsulated == b.decapsulated,
+        what,
+    );
+}
+
+#[test]
+fn an_ipv6_vip_with_ipv6_backends_in_gue() {
+    gue_over_ipv6(TEST_VIP6.into(), "IPv6 in GUE over IPv6");
+}
+
+#[test]
+fn an_ipv4_vip_with_ipv6_backends_in_gue() {
+    gue_over_ipv6(TEST_VIP.into(), "IPv4 in GUE over IPv6");
 }

@@ -1,7 +1,8 @@
 //! IPv6 fixtures: IPv6 VIPs to IPv6 backends (IP6IP6) and to IPv4 ones
 //! (IPv6 in IPv4), IPv4 VIPs to IPv6 backends (IPv4 in IPv6), extension
 //! headers, fragments, ICMPv6 echo, "packet too big" and errors about a
-//! VIP flow. Expected frames are built with the test's own IPv6 builder.
+//! VIP flow, and GUE over IPv6. Expected frames are built with the test's
+//! own IPv6 builder.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -67,6 +68,21 @@ fn ip6ip6_to(input: &[u8], flow: &Ipv6, backend: Ipv6Addr) -> Vec<u8> {
         inner,
     );
     ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV6, &outer)
+}
+
+/// `vips` with GUE to `GUE_PORT`.
+fn with_gue(mut vips: Vec<VipSpec>) -> Vec<VipSpec> {
+    for v in &mut vips {
+        v.encap = Encap::Gue { port: GUE_PORT };
+    }
+    vips
+}
+
+/// The frame the LB must send for `inner` (a whole IP packet, `next` 4 or
+/// 41) of a flow with `hash` to the IPv6 `backend` in GUE.
+fn gue6_to(inner: &[u8], tclass: u8, hash: u32, backend: Ipv6Addr) -> Vec<u8> {
+    let outer = gue6((xdp::LB_SOURCE6, backend), GUE_PORT, tclass, hash, inner);
+    ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV6, &outer)
 }
 
 fn hash6(flow: &Ipv6) -> u32 {
@@ -231,7 +247,112 @@ pub fn ipv6_cases() -> Vec<Case> {
     let unreachable_cut = icmp6_packet((ROUTER6, VIP6), 1, 3, [0; 4], &quoted[..40]);
 
     let other = Ipv6::tcp(OTHER_CLIENT6, 50123, VIP6, 80, TCP_SYN);
-    vec![
+
+    // GUE over IPv6: 48 bytes of outer headers, 1452 left for the client.
+    let gue_fits = tcp6(TCP_ACK).payload(&vec![0xab; 1452 - 60]);
+    let gue_too_big = tcp6(TCP_ACK).payload(&vec![0xab; 1453 - 60]);
+    let v4_gue_fits = tcp(TCP_ACK).payload(&vec![0xab; 1452 - 40]);
+    let v4_gue_too_big = tcp(TCP_ACK).payload(&vec![0xab; 1453 - 40]);
+    let v4_gue_out = |p: &Ipv4| gue6_to(&p.bytes(), 0, flow_hash_of(&p.bytes()), B6_1);
+    let v4_gue_vips = with_gue(v4_vip_v6_backend.clone());
+    let mut gue_tagged = gue6_to(&syn.bytes(), 0, hash6(&syn), B6_1);
+    gue_tagged = {
+        let (_, ip) = ip_of(&gue_tagged);
+        ethernet(NEXT_HOP_MAC, LB_MAC, Some(0x0064), ETHERTYPE_IPV6, ip)
+    };
+    let gue_unreachable_out = gue6_to(&unreachable.bytes(), 0, hash6(&syn), B6_1);
+    let mut gue_cases = vec![
+        case(
+            "GUE over IPv6: a SYN goes out in UDP over IPv6, source port and flow label from the flow hash, checksum 0",
+            with_gue(v6_vips()),
+            from_router6(&syn),
+            Expect::Reply(gue6_to(&syn.bytes(), 0, hash6(&syn), B6_1)),
+            TX_NEW,
+        ),
+        Case {
+            before: vec![Step::Send(from_router6(&syn))],
+            ..case(
+                "GUE over IPv6: an established packet keeps the flow's ports and label",
+                with_gue(v6_vips()),
+                from_router6(&ack),
+                Expect::Reply(gue6_to(&ack.bytes(), 0, hash6(&ack), B6_1)),
+                TX_HIT,
+            )
+        },
+        case(
+            "GUE over IPv6: UDP, the traffic class inherited",
+            with_gue(v6_vips()),
+            from_router6(&tclass_udp),
+            Expect::Reply(gue6_to(
+                &tclass_udp.bytes(),
+                0xb9,
+                hash6(&tclass_udp),
+                B6_2,
+            )),
+            TX_NEW,
+        ),
+        case(
+            "GUE over IPv6: the VLAN tag is kept, the trailer left out",
+            with_gue(v6_vips()),
+            {
+                let mut f = tagged6.clone();
+                f.extend_from_slice(&[0xee; 6]);
+                f
+            },
+            Expect::Reply(gue_tagged),
+            TX_NEW,
+        ),
+        case(
+            "GUE over IPv6: the inner packet exactly fits with 48 bytes of outer headers",
+            with_gue(v6_vips()),
+            from_router6(&gue_fits),
+            Expect::Reply(gue6_to(&gue_fits.bytes(), 0, hash6(&gue_fits), B6_1)),
+            TX_NEW,
+        ),
+        case(
+            "GUE over IPv6: one byte more gets packet too big with MTU - 48",
+            with_gue(v6_vips()),
+            from_router6(&gue_too_big),
+            Expect::Reply(packet_too_big_reply(&from_router6(&gue_too_big), 1500, 48)),
+            PTB_SENT,
+        ),
+        case(
+            "GUE over IPv6: an IPv4 client's SYN to an IPv6 backend (handed to balancer6)",
+            v4_gue_vips.clone(),
+            from_router(&v4_syn),
+            Expect::Reply(v4_gue_out(&v4_syn)),
+            TX_NEW,
+        ),
+        case(
+            "GUE over IPv6: an IPv4 packet exactly fits with 48 bytes of outer headers",
+            v4_gue_vips.clone(),
+            from_router(&v4_gue_fits),
+            Expect::Reply(v4_gue_out(&v4_gue_fits)),
+            TX_NEW,
+        ),
+        case(
+            "GUE over IPv6: an IPv4 DF packet one byte over gets fragmentation needed with MTU - 48",
+            v4_gue_vips,
+            from_router(&v4_gue_too_big),
+            Expect::Reply(frag_needed_reply_with_overhead(
+                &from_router(&v4_gue_too_big),
+                1500,
+                48,
+            )),
+            FRAG_NEEDED,
+        ),
+        Case {
+            before: vec![Step::Send(from_router6(&syn))],
+            ..case(
+                "GUE over IPv6: an ICMPv6 error about a flow goes in the flow's own tunnel",
+                with_gue(v6_vips()),
+                from_router6(&unreachable),
+                Expect::Reply(gue_unreachable_out),
+                ERROR_FORWARDED,
+            )
+        },
+    ];
+    let mut cases = vec![
         case(
             "IPv6: a SYN to an IPv6 VIP goes out in IP6IP6, flow label from the flow hash",
             v6_vips(),
@@ -505,5 +626,7 @@ pub fn ipv6_cases() -> Vec<Case> {
             Expect::Pass,
             MALFORMED,
         ),
-    ]
+    ];
+    cases.append(&mut gue_cases);
+    cases
 }
