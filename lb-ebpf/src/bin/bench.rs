@@ -21,7 +21,9 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp,
     maps::PerCpuArray, programs::XdpContext,
 };
-use lb_common::{FlowKey, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP, IPPROTO_UDP, IPV6_OVERHEAD};
+use lb_common::{
+    FlowKey, GUE6_OVERHEAD, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP, IPPROTO_UDP, IPV6_OVERHEAD,
+};
 use lb_ebpf::{
     balancer::{balance, balance6},
     maps::FLOWS,
@@ -105,12 +107,18 @@ fn wrapped(
 }
 
 /// The outer headers of a frame the balancer sent (plain Ethernet): an
-/// IPv6 header (40), IPv4 and UDP (GUE, 28) or IPv4 (20).
+/// IPv6 header (40) or IPv6 and UDP (GUE, 48), IPv4 and UDP (GUE, 28) or
+/// IPv4 (20).
 #[inline(always)]
 fn tunnel_overhead(ctx: &XdpContext) -> Option<u16> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     if unsafe { (*eth).ether_type } == EtherType::Ipv6.into() {
-        return Some(IPV6_OVERHEAD);
+        let next = ptr_at::<[u8; 2]>(ctx, 14 + 6)?;
+        return Some(if unsafe { (*next)[0] } == IPPROTO_UDP {
+            GUE6_OVERHEAD
+        } else {
+            IPV6_OVERHEAD
+        });
     }
     let proto = ptr_at::<[u8; 2]>(ctx, 14 + 8)?;
     Some(if unsafe { (*proto)[1] } == IPPROTO_UDP {
