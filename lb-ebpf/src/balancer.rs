@@ -343,6 +343,10 @@ pub fn forward<const V6: bool>(ctx: &XdpContext, stats: &mut GlobalStats, out: &
         vip_id,
         tunnel,
     } = *out;
+    // Before anything else: `balancer6` checks and sends it.
+    if !V6 && tunnel.outer_v6 {
+        return hand_over_to_ipv6(ctx, stats, out);
+    }
     let Shape {
         l2,
         len,
@@ -363,9 +367,6 @@ pub fn forward<const V6: bool>(ctx: &XdpContext, stats: &mut GlobalStats, out: &
     };
     // An IPv6 backend's address is read only for it.
     let mut outer_dst6: Ipv6Wire = [0; 4];
-    if !V6 && tunnel.outer_v6 {
-        return hand_over_to_ipv6(ctx, stats, out);
-    }
     let next_hop = if V6 && tunnel.outer_v6 {
         let Some(dst) = BACKEND_ADDRS6.get(backend_id) else {
             return drop(&mut stats.fib_failures);

@@ -106,16 +106,16 @@ impl Tunnel {
     /// Bytes the outer headers add.
     #[inline(always)]
     pub fn overhead(self) -> u16 {
-        if self.outer_v6 {
-            if self.is_gue() {
-                GUE6_OVERHEAD
-            } else {
-                IPV6_OVERHEAD
-            }
-        } else if self.is_gue() {
-            GUE_OVERHEAD
+        let ip = if self.outer_v6 {
+            IPV6_OVERHEAD
         } else {
             IPIP_OVERHEAD
+        };
+        // GUE adds its UDP header to either (GUE_OVERHEAD, GUE6_OVERHEAD).
+        if self.is_gue() {
+            ip + UdpHdr::LEN as u16
+        } else {
+            ip
         }
     }
 }
