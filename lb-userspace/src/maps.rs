@@ -28,6 +28,14 @@ pub enum AnyVipAddr {
     V6(Ipv6Wire),
 }
 
+/// A key of either connection table: IPv4 flows live in `FLOWS`, IPv6
+/// ones in `FLOWS6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyFlowKey {
+    V4(FlowKey),
+    V6(Flow6Key),
+}
+
 /// An address family: which of a pair of per-family maps (`AFFINITY` or
 /// `AFFINITY6`, `FLOWS` or `FLOWS6`) an operation is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -129,10 +137,12 @@ pub struct Counters {
 }
 
 /// The maps a trace instance of `balancer` has to itself (see
-/// [`crate::trace`]): a scratch connection table and its own counters. Its
-/// other maps are the live ones, which it only reads.
+/// [`crate::trace`]): scratch connection tables of both families and its
+/// own counters. Its other maps are the live ones it only reads, or its
+/// own, unpinned and never read here (policy state, `HANDOFF`, `PROGRAMS`).
 pub struct TraceMaps {
     flows: HashMap<MapData, FlowKey, FlowPin>,
+    flows6: HashMap<MapData, Flow6Key, FlowPin>,
     counters: Counters,
 }
 
@@ -140,6 +150,7 @@ impl TraceMaps {
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             flows: take(ebpf, names::FLOWS)?,
+            flows6: take(ebpf, names::FLOWS6)?,
             counters: Counters::take_from(ebpf)?,
         })
     }
@@ -152,22 +163,30 @@ impl TraceMaps {
         &mut self.counters
     }
 
-    pub fn flow_pin(&self, key: &FlowKey) -> Result<Option<FlowPin>> {
-        flow_pin(&self.flows, key)
+    pub fn flow_pin(&self, key: &AnyFlowKey) -> Result<Option<FlowPin>> {
+        match key {
+            AnyFlowKey::V4(key) => flow_pin(&self.flows, key),
+            AnyFlowKey::V6(key) => flow_pin(&self.flows6, key),
+        }
     }
 
-    pub fn set_flow(&mut self, key: &FlowKey, pin: &FlowPin) -> Result<()> {
-        self.flows
-            .insert(key, pin, 0)
-            .context("writing the scratch connection table")
+    pub fn set_flow(&mut self, key: &AnyFlowKey, pin: &FlowPin) -> Result<()> {
+        match key {
+            AnyFlowKey::V4(key) => self.flows.insert(key, pin, 0),
+            AnyFlowKey::V6(key) => self.flows6.insert(key, pin, 0),
+        }
+        .context("writing the scratch connection table")
     }
 
-    /// Empties the scratch connection table, so that one trace never sees
-    /// another's flows.
+    /// Empties both scratch connection tables, so that one trace never
+    /// sees another's flows.
     pub fn clear_flows(&mut self) -> Result<()> {
         remove_matching(&mut self.flows, |_| true)
             .map(drop)
-            .context("clearing the scratch connection table")
+            .context("clearing the scratch connection table")?;
+        remove_matching(&mut self.flows6, |_| true)
+            .map(drop)
+            .context("clearing the scratch IPv6 connection table")
     }
 }
 
@@ -474,6 +493,14 @@ impl BalancerMaps {
     /// The IPv6 connection table's pin for a flow, if any.
     pub fn flow6_pin(&self, key: &Flow6Key) -> Result<Option<FlowPin>> {
         self.flows6.pin(key)
+    }
+
+    /// The pin for a flow of either family, from its family's table.
+    pub fn any_flow_pin(&self, key: &AnyFlowKey) -> Result<Option<FlowPin>> {
+        match key {
+            AnyFlowKey::V4(key) => self.flow_pin(key),
+            AnyFlowKey::V6(key) => self.flow6_pin(key),
+        }
     }
 
     /// Handles of their own on both connection tables, for a reader that

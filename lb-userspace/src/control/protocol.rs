@@ -235,7 +235,9 @@ pub enum ErrorCode {
     UnknownOp,
     /// `v` is not a supported protocol version.
     UnsupportedVersion,
-    /// A field that must hold an IP address (IPv4 or IPv6; trace packets: IPv4) does not.
+    /// A field that must hold an IP address (IPv4 or IPv6) does not, or a
+    /// pair of addresses that must share a family (a flow's client and VIP,
+    /// a traced packet's source and destination) does not.
     InvalidAddress,
     /// A value out of range (weight, table size, port).
     InvalidValue,

@@ -12,7 +12,7 @@ use lb_common::{Flow6Key, FlowKey, FlowPin, MAX_BACKENDS, MAX_VIPS};
 use super::protocol::*;
 use crate::{
     config::{self, AdminState, BackendConfig, Config, VipConfig, MAX_WEIGHT},
-    dataplane::{self, DataPlane, Protocol, VipAddr},
+    dataplane::{self, DataPlane, VipAddr},
     encap::Encap,
     health::{CheckSpec, Health, HealthChecker, Target, TargetStatus},
     maglev::{self, DEFAULT_TABLE_SIZE},
@@ -460,6 +460,11 @@ impl Service {
         };
         let frame = match (packet, frame) {
             (Some(packet), None) => {
+                // Before the instance loads: a request that cannot be a
+                // packet is refused as such whatever the agent's state.
+                packet
+                    .check_families()
+                    .map_err(|e| err(ErrorCode::InvalidAddress, format!("packet.{e}")))?;
                 let mac = tracer.interface_mac().map_err(internal)?;
                 packet
                     .frame(TRACE_SOURCE_MAC, mac)
@@ -488,30 +493,14 @@ impl Service {
             }
         };
         let input = trace_packet::parse(&frame);
-        // The VIP as the balancer finds it: the packet's own destination
-        // (an IP-in-IP packet is for no VIP).
-        let tuple = match (&input.outer_ipv4, &input.ipv4, &input.tcp, &input.udp) {
-            (None, Some(ip), Some(t), _) if !ip.fragment => Some((
-                ip.source,
-                t.source_port,
-                ip.destination,
-                t.destination_port,
-                Protocol::Tcp,
-            )),
-            (None, Some(ip), None, Some(u)) if !ip.fragment => Some((
-                ip.source,
-                u.source_port,
-                ip.destination,
-                u.destination_port,
-                Protocol::Udp,
-            )),
-            _ => None,
-        };
-        let vip = tuple.and_then(|(_, _, addr, port, proto)| {
+        // The VIP as the balancer finds it: the packet's own destination,
+        // of either family (a tunnelled packet is for no VIP).
+        let tuple = input.tuple();
+        let vip = tuple.and_then(|t| {
             let vip = VipAddr {
-                addr: addr.into(),
-                port,
-                proto,
+                addr: t.destination,
+                port: t.destination_port,
+                proto: t.protocol,
             };
             self.vip(&vip).ok().map(|_| vip)
         });
@@ -542,9 +531,9 @@ impl Service {
             let (vip, _) = self.backend_by_id(pin.backend_id)?;
             self.dataplane.pinned_backend(&vip, &pin)
         });
-        let ring_backend = vip.zip(tuple).and_then(|(vip, (source, source_port, ..))| {
-            self.dataplane.ring_choice(&vip, source.into(), source_port)
-        });
+        let ring_backend = vip
+            .zip(tuple)
+            .and_then(|(vip, t)| self.dataplane.ring_choice(&vip, t.source, t.source_port));
         let mut vips = Vec::new();
         for (id, s) in &run.vips {
             let Some(vip) = self.vip_by_id(*id) else {

@@ -1,17 +1,23 @@
 //! Tracing a packet through the balancer without touching production
 //! state (`lbctl trace`, the `trace` control request).
 //!
-//! A second instance of the `balancer` program is loaded (once, on the
-//! first trace) on the live tables the program only reads — `VIPS`,
-//! `VIP_ADDRS`, `VIP_FILTER`, `RINGS`, `BACKENDS`, reused through their pins
-//! — with the same `CONFIG`, but with a connection table and counters of
-//! its own. A traced packet runs through it with BPF_PROG_TEST_RUN, as if
-//! it arrived on the agent's interface (what `bpf_fib_lookup` routes by).
-//! So it picks the backend the live program would pick, yet it never pins
-//! a flow in the live `FLOWS` nor counts in the live stats. When the live
-//! connection table has an entry for the packet's tuple, the entry is
-//! copied into the scratch table first: an established flow is traced to
-//! the backend it is pinned to.
+//! A second instance of the balancer object is loaded (once, on the first
+//! trace) on the live tables its programs only read — [`SHARED_MAPS`],
+//! reused through their pins — with the same `CONFIG`, but with connection
+//! tables (`FLOWS`, `FLOWS6`), counters, policy state and `HANDOFF` of its
+//! own. Both programs are loaded, `balancer` and the `balancer6` it
+//! tail-calls for IPv6 packets and for IPv4 packets to IPv6 backends, and
+//! `balancer6` goes into the instance's own `PROGRAMS` array: through the
+//! live, pinned one a traced packet would run the live `balancer6`, which
+//! writes the live `FLOWS6` and counters.
+//!
+//! A traced packet runs through it with BPF_PROG_TEST_RUN, as if it
+//! arrived on the agent's interface (what `bpf_fib_lookup` routes by). So
+//! it picks the backend the live program would pick, yet it never pins a
+//! flow in the live `FLOWS` or `FLOWS6` nor counts in the live stats. When
+//! the live connection table of the packet's family has an entry for its
+//! tuple, the entry is copied into the scratch table first: an
+//! established flow is traced to the backend it is pinned to.
 //!
 //! Depends on `loader`, `pins`, `host` and `maps`; none of them depends on
 //! this module.
@@ -32,21 +38,29 @@ use crate::{
     pins::Pins,
 };
 
-/// The live maps a trace instance shares: the ones `balancer` only reads.
-pub const SHARED_MAPS: [&str; 5] = [
+/// The live maps a trace instance shares: the ones `balancer` and
+/// `balancer6` only read (the agent writes them). Every other map of the
+/// object is the data path's own state — connection tables, counters,
+/// `RR_CURSORS`, `BACKEND_CONNS`, `AFFINITY`/`AFFINITY6`, `ICMP_RATE`,
+/// `HANDOFF` and `PROGRAMS` — which the instance creates for itself.
+pub const SHARED_MAPS: [&str; 8] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::VIP_FILTER,
     names::RINGS,
     names::BACKENDS,
+    names::VIPS6,
+    names::VIP6_ADDRS,
+    names::BACKEND_ADDRS6,
 ];
 
 /// Entries of the scratch connection table: a trace holds at most one flow
 /// (per-CPU LRU lists need a few entries per CPU).
 const SCRATCH_FLOWS: u32 = 1024;
 
-/// Headroom for what the balancer adds in front of a frame (an outer IPv4
-/// header), with room to spare.
+/// Headroom for what the balancer adds in front of a frame (at most an
+/// outer IPv6 header, 40 bytes, or an ICMPv6 "packet too big" around a
+/// quote), with room to spare.
 const OUTPUT_SLACK: usize = 256;
 
 /// Loads the trace instance on first use and runs packets through it.
@@ -76,7 +90,8 @@ pub struct Run {
     /// The counters of the VIP ids and backend ids the packet could touch.
     pub vips: Vec<(u32, VipStats)>,
     pub backends: Vec<(u32, BackendStats)>,
-    /// The live connection table's entry for the tuple, copied in first.
+    /// The live connection table's entry for the tuple (`FLOWS` or
+    /// `FLOWS6`, by the packet's family), copied in first.
     pub live_pin: Option<FlowPin>,
     /// The scratch table's entry after the run (the selected backend).
     pub pin_after: Option<FlowPin>,
@@ -124,10 +139,13 @@ impl Tracer {
             flow_table_entries: SCRATCH_FLOWS,
             ..self.options
         };
+        // PROGRAMS is not among the shared maps (a test below holds it to
+        // that), so the loader creates one for this instance and writes
+        // this instance's balancer6 into it, as it does for the live one.
         let mut ebpf = loader::load_balancer_object(
             crate::objects::BALANCER,
             &options,
-            &[names::BALANCER_PROGRAM],
+            loader::BALANCER_PROGRAMS,
             &shared,
         )
         .context("loading the trace instance of the balancer")?;
@@ -158,7 +176,7 @@ impl Tracer {
         let instance = self.instance()?;
         let key = packet::parse(frame).flow_key();
         let live_pin = match &key {
-            Some(key) => live.flow_pin(key)?,
+            Some(key) => live.any_flow_pin(key)?,
             None => None,
         };
         instance.maps.clear_flows()?;
@@ -259,5 +277,49 @@ pub fn verdict_name(verdict: u32) -> String {
         3 => "XDP_TX".into(),
         4 => "XDP_REDIRECT".into(),
         other => format!("verdict {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pins::BALANCER_MAPS;
+
+    /// The pinned maps the data path writes: the trace instance has its own.
+    const WRITTEN: [&str; 10] = [
+        names::PROGRAMS,
+        names::FLOWS,
+        names::FLOWS6,
+        names::VIP_STATS,
+        names::BACKEND_STATS,
+        names::GLOBAL_STATS,
+        names::RR_CURSORS,
+        names::BACKEND_CONNS,
+        names::AFFINITY,
+        names::AFFINITY6,
+    ];
+
+    /// The trace instance shares exactly the pinned maps the data path
+    /// only reads: sharing one it writes would let a traced packet change
+    /// live state (PROGRAMS would even run the live balancer6 on it).
+    #[test]
+    fn the_trace_instance_shares_only_read_only_pinned_maps() {
+        for name in SHARED_MAPS {
+            assert!(
+                BALANCER_MAPS.maps.iter().any(|&(n, _, _)| n == name),
+                "{name} is not pinned: the trace instance could not reuse it"
+            );
+            assert!(
+                !WRITTEN.contains(&name),
+                "{name} is written by the data path"
+            );
+        }
+        // A new pinned map must be sorted into one list or the other.
+        for &(name, _, _) in BALANCER_MAPS.maps {
+            assert!(
+                SHARED_MAPS.contains(&name) || WRITTEN.contains(&name),
+                "pinned map {name}: decide whether the trace instance shares it"
+            );
+        }
     }
 }

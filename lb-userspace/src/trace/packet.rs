@@ -1,22 +1,32 @@
 //! The packets of a trace: building one from a description, and reading
 //! the headers of a frame (the input, and what the balancer made of it)
-//! with their lengths and checksums.
+//! with their lengths and checksums. Both families: IPv4 and IPv6, and
+//! the four tunnels the balancer makes (IPv4 or IPv6 inside IPv4 or IPv6).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{ipv4_to_wire, ipv6_to_wire, port_to_wire, Flow6Key, FlowKey};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::Protocol;
+use crate::{dataplane::Protocol, maps::AnyFlowKey};
 
 const ETH_HEADER: usize = 14;
 const VLAN_TAG: usize = 4;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
+const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// Largest IPv4 packet a described trace may ask for: a standard MTU.
+const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPV4_HEADER: usize = 20;
+const IPV6_HEADER: usize = 40;
+/// Largest IP packet (IPv4 total length, or IPv6 header plus payload) a
+/// described trace may ask for: a standard MTU.
 pub const MAX_IP_LENGTH: usize = 1500;
 /// Largest frame a trace accepts (the balancer sees what the NIC delivers;
 /// native XDP on veth refuses MTUs much above this).
@@ -76,13 +86,14 @@ impl TcpFlag {
 }
 
 /// A packet described by its tuple: what `lbctl trace` sends without
-/// `--pcap`.
+/// `--pcap`. Both addresses are of one family (see
+/// [`PacketSpec::check_families`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PacketSpec {
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     pub source_port: u16,
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     pub destination_port: u16,
     pub protocol: Protocol,
     /// TCP only; absent: a SYN.
@@ -94,22 +105,48 @@ pub struct PacketSpec {
 }
 
 impl PacketSpec {
-    /// The frame: Ethernet from `src_mac` to `dst_mac`, IPv4 (TTL 64, DF,
-    /// id 0), TCP (sequence 1, window 65535) or UDP, checksums filled in.
-    /// Refuses flags on UDP and packets longer than [`MAX_IP_LENGTH`].
+    /// Refuses a source and destination of different families: no packet
+    /// carries both, so no such flow exists (a VIP's clients are of its
+    /// family; the other family reaches it only inside a tunnel). The
+    /// message names the fields as the protocol does (`destination: ...`).
+    pub fn check_families(&self) -> Result<(), String> {
+        if self.source.is_ipv4() == self.destination.is_ipv4() {
+            return Ok(());
+        }
+        let family = |a: IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+        Err(format!(
+            "destination: {} is {} but the source {} is {}: a packet's addresses are of one family",
+            self.destination,
+            family(self.destination),
+            self.source,
+            family(self.source)
+        ))
+    }
+
+    /// The frame: Ethernet from `src_mac` to `dst_mac`; IPv4 (TTL 64, DF,
+    /// id 0) or IPv6 (hop limit 64, traffic class and flow label 0, no
+    /// extension headers) by the addresses' family; TCP (sequence 1,
+    /// window 65535) or UDP; checksums filled in. Refuses mixed families,
+    /// flags on UDP and packets longer than [`MAX_IP_LENGTH`].
     pub fn frame(&self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Result<Vec<u8>, String> {
+        self.check_families()?;
+        let (ip_header, family) = match self.source {
+            IpAddr::V4(_) => (IPV4_HEADER, "IPv4"),
+            IpAddr::V6(_) => (IPV6_HEADER, "IPv6"),
+        };
         let l4_header = match self.protocol {
             Protocol::Tcp => 20,
             Protocol::Udp => 8,
         };
-        let ip_length = 20 + l4_header + self.payload_len as usize;
+        let ip_length = ip_header + l4_header + self.payload_len as usize;
         if ip_length > MAX_IP_LENGTH {
             return Err(format!(
-                "payload_len {}: the IPv4 packet would be {ip_length} bytes, more than {MAX_IP_LENGTH}",
+                "payload_len {}: the {family} packet would be {ip_length} bytes, more than {MAX_IP_LENGTH}",
                 self.payload_len
             ));
         }
-        let mut l4 = Vec::with_capacity(ip_length - 20);
+        let l4_length = ip_length - ip_header;
+        let mut l4 = Vec::with_capacity(l4_length);
         l4.extend_from_slice(&self.source_port.to_be_bytes());
         l4.extend_from_slice(&self.destination_port.to_be_bytes());
         match self.protocol {
@@ -139,14 +176,15 @@ impl PacketSpec {
                 l4.extend_from_slice(&[0, 0]);
             }
         }
-        l4.resize(ip_length - 20, 0);
+        l4.resize(l4_length, 0);
         let proto = self.protocol.number();
         let sum = l4_checksum(self.source, self.destination, proto, &l4);
         let at = match self.protocol {
             Protocol::Tcp => 16,
             Protocol::Udp => 6,
         };
-        // UDP sends a computed zero as all ones (zero means "no checksum").
+        // UDP sends a computed zero as all ones (zero means "no checksum",
+        // which IPv6 does not even allow).
         let sum = if sum == 0 && self.protocol == Protocol::Udp {
             0xffff
         } else {
@@ -157,18 +195,35 @@ impl PacketSpec {
         let mut frame = Vec::with_capacity(ETH_HEADER + ip_length);
         frame.extend_from_slice(&dst_mac);
         frame.extend_from_slice(&src_mac);
-        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(ip_length as u16).to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = proto;
-        ip[12..16].copy_from_slice(&self.source.octets());
-        ip[16..20].copy_from_slice(&self.destination.octets());
-        let sum = internet_checksum(&ip);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        frame.extend_from_slice(&ip);
+        match (self.source, self.destination) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+                let mut ip = [0u8; IPV4_HEADER];
+                ip[0] = 0x45;
+                ip[2..4].copy_from_slice(&(ip_length as u16).to_be_bytes());
+                ip[6] = 0x40; // DF
+                ip[8] = 64;
+                ip[9] = proto;
+                ip[12..16].copy_from_slice(&src.octets());
+                ip[16..20].copy_from_slice(&dst.octets());
+                let sum = internet_checksum(&ip);
+                ip[10..12].copy_from_slice(&sum.to_be_bytes());
+                frame.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+                let mut ip = [0u8; IPV6_HEADER];
+                ip[0] = 0x60;
+                ip[4..6].copy_from_slice(&(l4_length as u16).to_be_bytes());
+                ip[6] = proto;
+                ip[7] = 64;
+                ip[8..24].copy_from_slice(&src.octets());
+                ip[24..40].copy_from_slice(&dst.octets());
+                frame.extend_from_slice(&ip);
+            }
+            // check_families above.
+            _ => return Err("source and destination are of different families".into()),
+        }
         frame.extend_from_slice(&l4);
         Ok(frame)
     }
@@ -201,11 +256,20 @@ fn fold(mut acc: u32) -> u16 {
     acc as u16
 }
 
+fn octets(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
 /// The TCP/UDP checksum of `segment` (its checksum field as it is) under
-/// the IPv4 pseudo-header.
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
-    let mut acc = sum16(0, &src.octets());
-    acc = sum16(acc, &dst.octets());
+/// the pseudo-header of the IP header that carries it: RFC 793's for
+/// IPv4, RFC 8200's for IPv6 (the same sum: the 32-bit upper-layer length
+/// adds up as its two 16-bit halves, and a frame's length fits in one).
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
+    let mut acc = sum16(0, &octets(src));
+    acc = sum16(acc, &octets(dst));
     acc += u32::from(proto);
     acc += segment.len() as u32;
     !fold(sum16(acc, segment))
@@ -217,13 +281,21 @@ pub struct Headers {
     /// Bytes in the frame.
     pub length: usize,
     pub ethernet: Option<Ethernet>,
-    /// The outer header of an IP-in-IP packet (what the balancer adds).
+    /// The outer IPv4 header of a tunnelled packet (what the balancer adds
+    /// for an IPv4 backend: protocol 4 or 41).
     pub outer_ipv4: Option<Ipv4Header>,
-    /// The only IPv4 header, or the inner one of an IP-in-IP packet.
+    /// The outer IPv6 header of a tunnelled packet (what the balancer adds
+    /// for an IPv6 backend: next header 41 or 4).
+    #[serde(default)]
+    pub outer_ipv6: Option<Ipv6Header>,
+    /// The only IPv4 header, or the inner one of a tunnelled packet.
     pub ipv4: Option<Ipv4Header>,
+    /// The only IPv6 header, or the inner one of a tunnelled packet.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Header>,
     pub tcp: Option<TcpHeader>,
     pub udp: Option<UdpHeader>,
-    /// Why reading stopped early (`truncated IPv4 header`, `not IPv4`...).
+    /// Why reading stopped early (`truncated IPv4 header`, `not IP`...).
     pub note: Option<String>,
 }
 
@@ -254,6 +326,29 @@ pub struct Ipv4Header {
     pub checksum_ok: bool,
 }
 
+/// An IPv6 header and the extension headers after it. IPv6 has no header
+/// checksum: what carries one is the TCP or UDP header, under the IPv6
+/// pseudo-header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Header {
+    pub source: Ipv6Addr,
+    pub destination: Ipv6Addr,
+    /// The fixed header's next header field.
+    pub next_header: u8,
+    /// The protocol after the extension headers (6 TCP, 17 UDP, 41 or 4
+    /// for a tunnel; for a fragment, the fragment header's next header).
+    pub protocol: u8,
+    /// The extension headers read past, in order (0 hop-by-hop, 43
+    /// routing, 60 destination options, 44 fragment).
+    pub extension_headers: Vec<u8>,
+    pub payload_length: u16,
+    pub hop_limit: u8,
+    pub traffic_class: u8,
+    pub flow_label: u32,
+    /// Whether it carries a fragment header.
+    pub fragment: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpHeader {
     pub source_port: u16,
@@ -261,8 +356,8 @@ pub struct TcpHeader {
     pub flags: Vec<TcpFlag>,
     pub header_length: u8,
     pub checksum: u16,
-    /// Over the segment the IPv4 total length delimits, under the
-    /// pseudo-header of the IPv4 header that carries it.
+    /// Over the segment the IP header's length delimits, under the
+    /// pseudo-header of the IPv4 or IPv6 header that carries it.
     pub checksum_ok: bool,
 }
 
@@ -272,7 +367,8 @@ pub struct UdpHeader {
     pub destination_port: u16,
     pub length: u16,
     pub checksum: u16,
-    /// A zero checksum (none sent) counts as correct.
+    /// Over IPv4 a zero checksum (none sent) counts as correct; over IPv6
+    /// it does not (RFC 8200 makes the checksum mandatory there).
     pub checksum_ok: bool,
 }
 
@@ -289,25 +385,68 @@ fn be16(data: &[u8], at: usize) -> Option<u16> {
 }
 
 fn addr(data: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let b = data.get(at..at + 4)?;
-    Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    let b: [u8; 4] = data.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
 }
 
-/// Reads one IPv4 header at the start of `data`; returns it and the packet
-/// it delimits (header and payload, at most `total_length` bytes).
-fn ipv4(data: &[u8]) -> Result<(Ipv4Header, &[u8]), String> {
-    if data.len() < 20 {
-        return Err("truncated IPv4 header".into());
+fn addr6(data: &[u8], at: usize) -> Option<Ipv6Addr> {
+    let b: [u8; 16] = data.get(at..at + 16)?.try_into().ok()?;
+    Some(Ipv6Addr::from(b))
+}
+
+/// An IP header of either family, with what the transport layer needs
+/// from it.
+enum Ip {
+    V4(Ipv4Header),
+    V6(Ipv6Header),
+}
+
+impl Ip {
+    /// The protocol of what follows the IP header(s).
+    fn protocol(&self) -> u8 {
+        match self {
+            Ip::V4(h) => h.protocol,
+            Ip::V6(h) => h.protocol,
+        }
     }
-    if data[0] >> 4 != 4 {
+
+    fn fragment(&self) -> bool {
+        match self {
+            Ip::V4(h) => h.fragment,
+            Ip::V6(h) => h.fragment,
+        }
+    }
+
+    fn addresses(&self) -> (IpAddr, IpAddr) {
+        match self {
+            Ip::V4(h) => (h.source.into(), h.destination.into()),
+            Ip::V6(h) => (h.source.into(), h.destination.into()),
+        }
+    }
+}
+
+/// Refuses `data` as an IP header of `version` when it is shorter than
+/// `length` or of another version.
+fn check_header(data: &[u8], version: u8, length: usize) -> Result<(), String> {
+    if data.len() < length {
+        return Err(format!("truncated IPv{version} header"));
+    }
+    if data[0] >> 4 != version {
         return Err(format!(
-            "IP version {} under the IPv4 ethertype",
+            "IP version {} where IPv{version} was expected",
             data[0] >> 4
         ));
     }
+    Ok(())
+}
+
+/// Reads one IPv4 header at the start of `data`; returns it and what it
+/// carries (at most `total_length` bytes from its start, header excluded).
+fn ipv4(data: &[u8]) -> Result<(Ip, &[u8]), String> {
+    check_header(data, 4, IPV4_HEADER)?;
     let header_length = (data[0] & 0x0f) * 4;
     let hl = header_length as usize;
-    if hl < 20 || data.len() < hl {
+    if hl < IPV4_HEADER || data.len() < hl {
         return Err(format!("IPv4 header length {header_length} does not fit"));
     }
     let total_length = be16(data, 2).unwrap_or(0);
@@ -327,18 +466,76 @@ fn ipv4(data: &[u8]) -> Result<(Ipv4Header, &[u8]), String> {
         checksum_ok: internet_checksum(&data[..hl]) == 0,
     };
     let end = (total_length as usize).clamp(hl, data.len());
-    Ok((header, &data[..end]))
+    Ok((Ip::V4(header), &data[hl..end]))
 }
 
-/// Reads Ethernet (one optional 802.1Q tag), IPv4 (an IP-in-IP outer header
-/// and the inner one) and TCP or UDP. Never fails: what cannot be read is
-/// absent, and `note` says why.
+/// Reads one IPv6 header at the start of `data` and the extension headers
+/// after it; returns them and what follows them (within `payload_length`).
+fn ipv6(data: &[u8]) -> Result<(Ip, &[u8]), String> {
+    check_header(data, 6, IPV6_HEADER)?;
+    let word = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    let payload_length = be16(data, 4).unwrap_or(0);
+    let next_header = data[6];
+    // A payload length of 0 (a jumbogram, which the balancer treats as
+    // malformed) leaves nothing after the header to read.
+    let end = (IPV6_HEADER + payload_length as usize).min(data.len());
+    let mut header = Ipv6Header {
+        source: addr6(data, 8).unwrap_or(Ipv6Addr::UNSPECIFIED),
+        destination: addr6(data, 24).unwrap_or(Ipv6Addr::UNSPECIFIED),
+        next_header,
+        protocol: next_header,
+        extension_headers: Vec::new(),
+        payload_length,
+        hop_limit: data[7],
+        traffic_class: ((word >> 20) & 0xff) as u8,
+        flow_label: word & 0x000f_ffff,
+        fragment: false,
+    };
+    let mut at = IPV6_HEADER;
+    // Every extension header is at least 8 bytes long, so the chain ends
+    // within the packet: no limit on its length is needed to stop.
+    loop {
+        match header.protocol {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let (Some(&next), Some(&len)) = (data[..end].get(at), data[..end].get(at + 1))
+                else {
+                    return Err("truncated IPv6 extension header".into());
+                };
+                let len = (len as usize + 1) * 8;
+                if at + len > end {
+                    return Err("truncated IPv6 extension header".into());
+                }
+                header.extension_headers.push(header.protocol);
+                header.protocol = next;
+                at += len;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(&next) = data[..end].get(at).filter(|_| at + 8 <= end) else {
+                    return Err("truncated IPv6 fragment header".into());
+                };
+                header.extension_headers.push(IPPROTO_FRAGMENT);
+                header.protocol = next;
+                header.fragment = true;
+                at += 8;
+                break;
+            }
+            _ => break,
+        }
+    }
+    Ok((Ip::V6(header), &data[at..end]))
+}
+
+/// Reads Ethernet (one optional 802.1Q tag), the IP header (IPv4 or IPv6;
+/// of a tunnelled packet, the outer and the inner one) and TCP or UDP.
+/// Never fails: what cannot be read is absent, and `note` says why.
 pub fn parse(frame: &[u8]) -> Headers {
     let mut h = Headers {
         length: frame.len(),
         ethernet: None,
         outer_ipv4: None,
+        outer_ipv6: None,
         ipv4: None,
+        ipv6: None,
         tcp: None,
         udp: None,
         note: None,
@@ -347,6 +544,14 @@ pub fn parse(frame: &[u8]) -> Headers {
         h.note = Some(note);
     }
     h
+}
+
+/// Records an IP header as the only (or inner) one.
+fn set_ip(h: &mut Headers, ip: Ip) {
+    match ip {
+        Ip::V4(ip) => h.ipv4 = Some(ip),
+        Ip::V6(ip) => h.ipv6 = Some(ip),
+    }
 }
 
 fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
@@ -368,20 +573,32 @@ fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
         vlan,
         ethertype,
     });
-    if ethertype != ETHERTYPE_IPV4 {
-        return Err(format!("not IPv4 (ethertype {ethertype:#06x})"));
+    let (mut ip, mut payload) = match ethertype {
+        ETHERTYPE_IPV4 => ipv4(&frame[l3..])?,
+        ETHERTYPE_IPV6 => ipv6(&frame[l3..])?,
+        _ => return Err(format!("not IP (ethertype {ethertype:#06x})")),
+    };
+    // A tunnel of either family carrying either family: the first header
+    // is the outer one. (A fragment's payload is no whole inner packet.)
+    let inner = match (ip.protocol(), ip.fragment()) {
+        (IPPROTO_IPIP, false) => Some(ipv4(payload)?),
+        (IPPROTO_IPV6, false) => Some(ipv6(payload)?),
+        _ => None,
+    };
+    if let Some((inner, inner_payload)) = inner {
+        match ip {
+            Ip::V4(outer) => h.outer_ipv4 = Some(outer),
+            Ip::V6(outer) => h.outer_ipv6 = Some(outer),
+        }
+        (ip, payload) = (inner, inner_payload);
     }
-    let (mut ip, mut packet) = ipv4(&frame[l3..])?;
-    if ip.protocol == IPPROTO_IPIP && !ip.fragment {
-        let (inner, inner_packet) = ipv4(&packet[ip.header_length as usize..])?;
-        h.outer_ipv4 = Some(ip);
-        (ip, packet) = (inner, inner_packet);
-    }
-    let segment = &packet[ip.header_length as usize..];
-    let (protocol, fragment, src, dst) = (ip.protocol, ip.fragment, ip.source, ip.destination);
-    h.ipv4 = Some(ip);
+    let segment = payload;
+    let (protocol, fragment) = (ip.protocol(), ip.fragment());
+    let (src, dst) = ip.addresses();
+    let family = if src.is_ipv4() { "IPv4" } else { "IPv6" };
+    set_ip(h, ip);
     if fragment {
-        return Err("an IPv4 fragment".into());
+        return Err(format!("an {family} fragment"));
     }
     match protocol {
         IPPROTO_TCP => {
@@ -402,39 +619,79 @@ fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
                 return Err("truncated UDP header".into());
             }
             let checksum = be16(segment, 6).unwrap_or(0);
+            let none_sent = checksum == 0 && src.is_ipv4();
             h.udp = Some(UdpHeader {
                 source_port: be16(segment, 0).unwrap_or(0),
                 destination_port: be16(segment, 2).unwrap_or(0),
                 length: be16(segment, 4).unwrap_or(0),
                 checksum,
-                checksum_ok: checksum == 0 || l4_checksum(src, dst, IPPROTO_UDP, segment) == 0,
+                checksum_ok: none_sent || l4_checksum(src, dst, IPPROTO_UDP, segment) == 0,
             });
         }
-        other => return Err(format!("IPv4 protocol {other}: neither TCP nor UDP")),
+        other => return Err(format!("{family} protocol {other}: neither TCP nor UDP")),
     }
     Ok(())
 }
 
+/// A TCP or UDP packet's 5-tuple, host order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub source: IpAddr,
+    pub source_port: u16,
+    pub destination: IpAddr,
+    pub destination_port: u16,
+    pub protocol: Protocol,
+}
+
 impl Headers {
-    /// The connection-table key of the packet as the balancer reads it: a
-    /// TCP or UDP packet that is not itself IP-in-IP.
-    pub fn flow_key(&self) -> Option<FlowKey> {
-        if self.outer_ipv4.is_some() {
+    /// The packet's tuple as the balancer reads it: a whole TCP or UDP
+    /// packet that is not itself tunnelled (the balancer looks no VIP up
+    /// for what it finds inside a tunnel).
+    pub fn tuple(&self) -> Option<Tuple> {
+        if self.outer_ipv4.is_some() || self.outer_ipv6.is_some() {
             return None;
         }
-        let ip = self.ipv4.as_ref()?;
-        let (sport, dport) = match (&self.tcp, &self.udp) {
-            (Some(t), _) => (t.source_port, t.destination_port),
-            (_, Some(u)) => (u.source_port, u.destination_port),
+        let (source, destination) = match (&self.ipv4, &self.ipv6) {
+            (Some(ip), _) if !ip.fragment => (ip.source.into(), ip.destination.into()),
+            (None, Some(ip)) if !ip.fragment => (ip.source.into(), ip.destination.into()),
             _ => return None,
         };
-        Some(flow_key(
-            ip.source,
-            sport,
-            ip.destination,
-            dport,
-            ip.protocol,
-        ))
+        let (source_port, destination_port, protocol) = match (&self.tcp, &self.udp) {
+            (Some(t), _) => (t.source_port, t.destination_port, Protocol::Tcp),
+            (_, Some(u)) => (u.source_port, u.destination_port, Protocol::Udp),
+            _ => return None,
+        };
+        Some(Tuple {
+            source,
+            source_port,
+            destination,
+            destination_port,
+            protocol,
+        })
+    }
+
+    /// The connection-table key of the packet as the balancer reads it
+    /// (`FLOWS` for IPv4, `FLOWS6` for IPv6).
+    pub fn flow_key(&self) -> Option<AnyFlowKey> {
+        let t = self.tuple()?;
+        let proto = t.protocol.number();
+        match (t.source, t.destination) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(AnyFlowKey::V4(flow_key(
+                src,
+                t.source_port,
+                dst,
+                t.destination_port,
+                proto,
+            ))),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => Some(AnyFlowKey::V6(flow6_key(
+                src,
+                t.source_port,
+                dst,
+                t.destination_port,
+                proto,
+            ))),
+            _ => None,
+        }
     }
 }
 
@@ -497,9 +754,9 @@ mod tests {
 
     fn spec(protocol: Protocol) -> PacketSpec {
         PacketSpec {
-            source: Ipv4Addr::new(198, 18, 10, 2),
+            source: Ipv4Addr::new(198, 18, 10, 2).into(),
             source_port: 40000,
-            destination: Ipv4Addr::new(198, 18, 0, 10),
+            destination: Ipv4Addr::new(198, 18, 0, 10).into(),
             destination_port: 80,
             protocol,
             tcp_flags: None,
@@ -519,8 +776,8 @@ mod tests {
         let ip_sum = internet_checksum(&want[14..34]);
         want[24..26].copy_from_slice(&ip_sum.to_be_bytes());
         let tcp_sum = l4_checksum(
-            Ipv4Addr::new(198, 18, 10, 2),
-            Ipv4Addr::new(198, 18, 0, 10),
+            Ipv4Addr::new(198, 18, 10, 2).into(),
+            Ipv4Addr::new(198, 18, 0, 10).into(),
             6,
             &want[34..],
         );
@@ -538,13 +795,13 @@ mod tests {
         assert_eq!(h.note, None);
         assert_eq!(
             h.flow_key(),
-            Some(flow_key(
+            Some(AnyFlowKey::V4(flow_key(
                 Ipv4Addr::new(198, 18, 10, 2),
                 40000,
                 Ipv4Addr::new(198, 18, 0, 10),
                 80,
                 6
-            ))
+            )))
         );
     }
 
@@ -619,7 +876,7 @@ mod tests {
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         let h = parse(&arp);
         assert!(h.ethernet.is_some() && h.ipv4.is_none());
-        assert_eq!(h.note.as_deref(), Some("not IPv4 (ethertype 0x0806)"));
+        assert_eq!(h.note.as_deref(), Some("not IP (ethertype 0x0806)"));
         let frame = spec(Protocol::Tcp).frame(SRC_MAC, DST_MAC).expect("builds");
         let h = parse(&frame[..40]);
         assert_eq!(h.note.as_deref(), Some("truncated TCP header"));
@@ -634,6 +891,278 @@ mod tests {
         let h = parse(&tagged);
         assert_eq!(h.ethernet.expect("eth").vlan, Some(100));
         assert!(h.tcp.expect("TCP").checksum_ok);
+    }
+
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 7);
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+
+    fn spec6(protocol: Protocol) -> PacketSpec {
+        PacketSpec {
+            source: CLIENT6.into(),
+            destination: VIP6.into(),
+            ..spec(protocol)
+        }
+    }
+
+    /// The TCP/UDP checksum over `segment` under RFC 8200's pseudo-header,
+    /// written out byte by byte (not the sum `l4_checksum` takes apart).
+    fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, segment: &[u8]) -> u16 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        pseudo.extend_from_slice(segment);
+        internet_checksum(&pseudo)
+    }
+
+    /// An outer IPv6 header as the balancer writes it (hop limit 64, flow
+    /// label 0x12345) around `inner` (an IP packet), next header `proto`.
+    fn outer6(proto: u8, inner: &[u8]) -> Vec<u8> {
+        let mut o = vec![0x60, 0x01, 0x23, 0x45];
+        o.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+        o.extend_from_slice(&[proto, 64]);
+        o.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 2).octets());
+        o.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 2).octets());
+        o.extend_from_slice(inner);
+        o
+    }
+
+    /// An outer IPv4 header (LB 198.18.1.1 to backend 198.19.1.2, DF, TTL
+    /// 64) around `inner`, protocol `proto`, its checksum filled in.
+    fn outer4(proto: u8, inner: &[u8]) -> Vec<u8> {
+        let mut o = [0u8; 20];
+        o[0] = 0x45;
+        o[2..4].copy_from_slice(&((20 + inner.len()) as u16).to_be_bytes());
+        o[6] = 0x40;
+        o[8] = 64;
+        o[9] = proto;
+        o[12..16].copy_from_slice(&[198, 18, 1, 1]);
+        o[16..20].copy_from_slice(&[198, 19, 1, 2]);
+        let sum = internet_checksum(&o);
+        o[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut out = o.to_vec();
+        out.extend_from_slice(inner);
+        out
+    }
+
+    /// An Ethernet header of `ethertype` in front of `packet`.
+    fn ethernet(ethertype: u16, packet: &[u8]) -> Vec<u8> {
+        let mut f = DST_MAC.to_vec();
+        f.extend_from_slice(&SRC_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(packet);
+        f
+    }
+
+    #[test]
+    fn a_described_ipv6_syn_is_exact() {
+        let frame = spec6(Protocol::Tcp)
+            .frame(SRC_MAC, DST_MAC)
+            .expect("builds");
+        let mut want = from_hex(
+            "020000000002 020000000001 86dd
+             60000000 0014 06 40
+             20010db800ff00000000000000000007
+             20010db8000000000000000000000010
+             9c40 0050 00000001 00000000 5002 ffff 0000 0000",
+        )
+        .expect("hex");
+        let sum = checksum6(CLIENT6, VIP6, 6, &want[54..]);
+        want[70..72].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(to_hex(&frame), to_hex(&want));
+        assert_eq!(frame.len(), 74);
+        let h = parse(&frame);
+        assert_eq!(h.note, None);
+        assert_eq!(h.ipv4, None);
+        let ip = h.ipv6.as_ref().expect("IPv6");
+        assert_eq!((ip.source, ip.destination), (CLIENT6, VIP6));
+        assert_eq!(
+            (ip.next_header, ip.protocol, ip.payload_length, ip.hop_limit),
+            (6, 6, 20, 64)
+        );
+        assert!(ip.extension_headers.is_empty() && !ip.fragment);
+        let tcp = h.tcp.as_ref().expect("TCP");
+        assert_eq!(tcp.flags, vec![TcpFlag::Syn]);
+        assert!(tcp.checksum_ok);
+        assert_eq!(
+            h.flow_key(),
+            Some(AnyFlowKey::V6(flow6_key(CLIENT6, 40000, VIP6, 80, 6)))
+        );
+        let t = h.tuple().expect("a tuple");
+        assert_eq!(
+            (t.source, t.destination, t.protocol),
+            (CLIENT6.into(), VIP6.into(), Protocol::Tcp)
+        );
+        // One flipped payload bit is a bad checksum.
+        let mut damaged = frame.clone();
+        damaged[60] ^= 1;
+        assert!(!parse(&damaged).tcp.expect("TCP").checksum_ok);
+    }
+
+    #[test]
+    fn ipv6_udp_lengths_and_families() {
+        let mut u = spec6(Protocol::Udp);
+        u.payload_len = 3;
+        let frame = u.frame(SRC_MAC, DST_MAC).expect("builds");
+        let h = parse(&frame);
+        let udp = h.udp.as_ref().expect("UDP");
+        assert_eq!(udp.length, 11);
+        assert!(udp.checksum_ok && udp.checksum != 0);
+        assert_eq!(
+            udp.checksum,
+            checksum6(CLIENT6, VIP6, 17, &{
+                let mut seg = frame[54..].to_vec();
+                seg[6..8].copy_from_slice(&[0, 0]);
+                seg
+            })
+        );
+        assert_eq!(h.ipv6.expect("IPv6").payload_length, 11);
+        // No checksum (zero) is allowed over IPv4, not over IPv6.
+        let mut zero = frame.clone();
+        zero[60..62].copy_from_slice(&[0, 0]);
+        assert!(!parse(&zero).udp.expect("UDP").checksum_ok);
+        let mut zero4 = spec(Protocol::Udp).frame(SRC_MAC, DST_MAC).expect("builds");
+        zero4[40..42].copy_from_slice(&[0, 0]);
+        assert!(parse(&zero4).udp.expect("UDP").checksum_ok);
+
+        // 1500 bytes of IPv6 packet at most: 40 + 20 + 1440.
+        let mut big = spec6(Protocol::Tcp);
+        big.payload_len = 1441;
+        let e = big.frame(SRC_MAC, DST_MAC).unwrap_err();
+        assert!(e.contains("IPv6 packet would be 1501 bytes"), "{e}");
+        big.payload_len = 1440;
+        assert_eq!(big.frame(SRC_MAC, DST_MAC).expect("fits").len(), 1514);
+
+        // Mixed families: no such packet.
+        let mut mixed = spec(Protocol::Tcp);
+        mixed.destination = VIP6.into();
+        let e = mixed.check_families().unwrap_err();
+        assert_eq!(
+            e,
+            "destination: 2001:db8::10 is IPv6 but the source 198.18.10.2 is IPv4: \
+             a packet's addresses are of one family"
+        );
+        assert_eq!(mixed.frame(SRC_MAC, DST_MAC), Err(e));
+        assert!(spec6(Protocol::Tcp).check_families().is_ok());
+    }
+
+    #[test]
+    fn the_four_tunnels_are_read_as_outer_and_inner() {
+        let v6 = spec6(Protocol::Tcp)
+            .frame(SRC_MAC, DST_MAC)
+            .expect("builds");
+        let v4 = spec(Protocol::Tcp).frame(SRC_MAC, DST_MAC).expect("builds");
+        let (inner6, inner4) = (&v6[14..], &v4[14..]);
+
+        // IP6IP6: an IPv6 VIP's packet to an IPv6 backend.
+        let h = parse(&ethernet(0x86dd, &outer6(41, inner6)));
+        let o = h.outer_ipv6.as_ref().expect("outer IPv6");
+        assert_eq!(
+            (o.next_header, o.payload_length, o.flow_label, o.hop_limit),
+            (41, 60, 0x12345, 64)
+        );
+        assert_eq!(h.ipv6.as_ref().expect("inner").destination, VIP6);
+        assert!(h.tcp.as_ref().expect("TCP").checksum_ok);
+        assert_eq!((h.outer_ipv4.as_ref(), h.ipv4.as_ref()), (None, None));
+        assert_eq!((h.tuple(), h.flow_key()), (None, None), "tunnels pass");
+
+        // IPv4 in IPv6: an IPv4 VIP's packet to an IPv6 backend.
+        let h = parse(&ethernet(0x86dd, &outer6(4, inner4)));
+        assert_eq!(h.outer_ipv6.as_ref().expect("outer").next_header, 4);
+        let ip = h.ipv4.as_ref().expect("inner IPv4");
+        assert!(ip.checksum_ok);
+        assert_eq!(ip.destination, Ipv4Addr::new(198, 18, 0, 10));
+        assert!(h.tcp.as_ref().expect("TCP").checksum_ok);
+        assert_eq!(h.flow_key(), None);
+
+        // IPv6 in IPv4: an IPv6 VIP's packet to an IPv4 backend.
+        let frame = ethernet(0x0800, &outer4(41, inner6));
+        let h = parse(&frame);
+        let o = h.outer_ipv4.as_ref().expect("outer IPv4");
+        assert!(o.checksum_ok);
+        assert_eq!((o.protocol, o.total_length), (41, 80));
+        assert_eq!(h.ipv6.as_ref().expect("inner IPv6").source, CLIENT6);
+        assert!(h.tcp.as_ref().expect("TCP").checksum_ok);
+        assert_eq!(h.flow_key(), None);
+        // The inner TCP checksum is checked under the inner IPv6 header.
+        let mut damaged = frame.clone();
+        damaged[14 + 20 + 8] ^= 0x80; // the inner source address
+        assert!(!parse(&damaged).tcp.expect("TCP").checksum_ok);
+
+        // IP-in-IP as before, for completeness of the four.
+        let h = parse(&ethernet(0x0800, &outer4(4, inner4)));
+        assert!(h.outer_ipv4.is_some() && h.ipv4.is_some() && h.ipv6.is_none());
+        assert!(h.tcp.expect("TCP").checksum_ok);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_fragments_and_damage() {
+        let syn = spec6(Protocol::Tcp)
+            .frame(SRC_MAC, DST_MAC)
+            .expect("builds");
+        // Hop-by-hop (8 bytes of padding options), then destination
+        // options (16 bytes), then the same TCP segment.
+        let segment = &syn[54..];
+        let mut ip = syn[14..54].to_vec();
+        ip[6] = 0;
+        ip[4..6].copy_from_slice(&((8 + 16 + segment.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+        ip.extend_from_slice(&[6, 1, 1, 12]);
+        ip.extend_from_slice(&[0; 12]);
+        ip.extend_from_slice(segment);
+        let frame = ethernet(0x86dd, &ip);
+        let h = parse(&frame);
+        assert_eq!(h.note, None);
+        let v6 = h.ipv6.as_ref().expect("IPv6");
+        assert_eq!((v6.next_header, v6.protocol), (0, 6));
+        assert_eq!(v6.extension_headers, vec![0, 60]);
+        // The pseudo-header length is the TCP segment's, not the payload's.
+        assert!(h.tcp.as_ref().expect("TCP").checksum_ok);
+        assert!(h.flow_key().is_some());
+
+        // Cut inside the destination options: noted, not misread.
+        let h = parse(&frame[..14 + 40 + 8 + 10]);
+        assert_eq!(h.note.as_deref(), Some("truncated IPv6 extension header"));
+        assert!(h.ipv6.is_none() && h.tcp.is_none());
+
+        // A fragment header: the IPv6 header is shown, no transport.
+        let mut frag = syn[14..54].to_vec();
+        frag[6] = 44;
+        frag[4..6].copy_from_slice(&((8 + segment.len()) as u16).to_be_bytes());
+        frag.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 9]);
+        frag.extend_from_slice(segment);
+        let h = parse(&ethernet(0x86dd, &frag));
+        assert_eq!(h.note.as_deref(), Some("an IPv6 fragment"));
+        let v6 = h.ipv6.as_ref().expect("IPv6");
+        assert!(v6.fragment);
+        assert_eq!((v6.protocol, v6.extension_headers.clone()), (6, vec![44]));
+        assert_eq!((h.tcp.as_ref(), h.tuple()), (None, None));
+
+        // Short, or another version under the IPv6 ethertype.
+        assert_eq!(
+            parse(&syn[..40]).note.as_deref(),
+            Some("truncated IPv6 header")
+        );
+        let mut v4_inside = syn.clone();
+        v4_inside[14] = 0x45;
+        assert_eq!(
+            parse(&v4_inside).note.as_deref(),
+            Some("IP version 4 where IPv6 was expected")
+        );
+        // A payload length past the frame is cut at the frame's end.
+        let mut long = syn.clone();
+        long[18..20].copy_from_slice(&1000u16.to_be_bytes());
+        let h = parse(&long);
+        assert_eq!(h.ipv6.expect("IPv6").payload_length, 1000);
+        assert!(h.tcp.is_some());
+        // ICMPv6 is read as far as the IPv6 header.
+        let mut icmp6 = syn.clone();
+        icmp6[20] = 58;
+        assert_eq!(
+            parse(&icmp6).note.as_deref(),
+            Some("IPv6 protocol 58: neither TCP nor UDP")
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ use lb_userspace::{
 };
 
 pub(crate) const AFTER_HELP: &str = "\
-VIP is written ADDRESS:PORT/PROTOCOL, for example 198.18.0.10:80/tcp.
+VIP is written ADDRESS:PORT/PROTOCOL, for example 198.18.0.10:80/tcp or,
+with an IPv6 address in brackets, [2001:db8::10]:80/tcp.
 
 Exit status:
   0  success
@@ -116,9 +117,9 @@ pub(crate) enum Command {
     /// Live packets/s, bytes/s and new flows/s per VIP and per backend,
     /// from successive `stats` requests (Ctrl-C stops)
     Top(TopArgs),
-    /// Run a packet through a trace instance of the balancer (the live
-    /// tables, a scratch connection table and counters): verdict, backend,
-    /// output headers. Production state is not touched
+    /// Run a packet, IPv4 or IPv6, through a trace instance of the
+    /// balancer (the live tables, scratch connection tables and counters):
+    /// verdict, backend, output headers. Production state is not touched
     Trace(TraceArgs),
     /// Print a shell completion script for lbctl to stdout
     Completions {
@@ -435,26 +436,38 @@ fn parse_seconds(text: &str, what: &str) -> Result<Duration, String> {
 /// `lbctl trace`: a packet described by flags, or the packets of a capture.
 #[derive(Debug, Args)]
 pub(crate) struct TraceArgs {
-    /// The packet's source address (the client)
-    #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
-    pub(crate) source: Option<IpAddr>,
-    /// The packet's source port
-    #[arg(long, value_name = "PORT", default_value_t = 40000)]
-    pub(crate) source_port: u16,
-    /// The packet's destination address (a VIP, or any other address)
-    #[arg(long, value_name = "ADDRESS", required_unless_present = "pcap")]
-    pub(crate) destination: Option<IpAddr>,
-    /// The packet's destination port
-    #[arg(long, value_name = "PORT", required_unless_present = "pcap")]
+    /// The packet's source (the client): ADDRESS, IPv4 or IPv6, or
+    /// ADDRESS:PORT ([ADDRESS]:PORT for IPv6)
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        required_unless_present = "pcap",
+        value_parser = parse_endpoint
+    )]
+    pub(crate) source: Option<Endpoint>,
+    /// The packet's source port [default: 40000, or the port in --source]
+    #[arg(long, value_name = "PORT")]
+    pub(crate) source_port: Option<u16>,
+    /// The packet's destination (a VIP, or any other address) of the
+    /// source's family: ADDRESS, ADDRESS:PORT or a VIP ADDRESS:PORT/PROTOCOL
+    /// (IPv6 in brackets before a port: [2001:db8::10]:80/tcp)
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        required_unless_present = "pcap",
+        value_parser = parse_endpoint
+    )]
+    pub(crate) destination: Option<Endpoint>,
+    /// The packet's destination port (required unless --destination has one)
+    #[arg(long, value_name = "PORT")]
     pub(crate) destination_port: Option<u16>,
-    /// tcp or udp
+    /// tcp or udp [default: tcp, or the protocol in --destination]
     #[arg(
         long,
         value_name = "PROTOCOL",
-        default_value = "tcp",
         value_parser = PossibleValuesParser::new(["tcp", "udp"]).map(|s| parse_protocol(&s))
     )]
-    pub(crate) protocol: Protocol,
+    pub(crate) protocol: Option<Protocol>,
     /// TCP flags, comma-separated: fin, syn, rst, psh, ack, urg, ece, cwr
     /// [default: syn]
     #[arg(long, value_name = "FLAGS", value_delimiter = ',', value_parser = parse_tcp_flag)]
@@ -463,13 +476,71 @@ pub(crate) struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) payload_len: u16,
     /// Trace every packet of a capture file instead (classic pcap,
-    /// Ethernet link type)
+    /// Ethernet link type; IPv4 and IPv6)
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["source", "destination", "destination_port", "tcp_flags"]
+        conflicts_with_all = [
+            "source",
+            "source_port",
+            "destination",
+            "destination_port",
+            "protocol",
+            "tcp_flags",
+        ]
     )]
     pub(crate) pcap: Option<PathBuf>,
+}
+
+/// An address on the trace command line, with the port and protocol it may
+/// carry (`198.18.0.10`, `198.18.0.10:80`, `[2001:db8::10]:80/tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: IpAddr,
+    pub(crate) port: Option<u16>,
+    pub(crate) protocol: Option<Protocol>,
+}
+
+/// ADDRESS, ADDRESS:PORT or ADDRESS:PORT/PROTOCOL, an IPv6 address in
+/// brackets when a port follows (as VIPs are written everywhere else).
+/// An IPv6 address without brackets is only an address: its last group
+/// cannot be told from a port.
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let address = |addr| Endpoint {
+        addr,
+        port: None,
+        protocol: None,
+    };
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(address(addr));
+    }
+    if let Some(addr) = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok())
+    {
+        return Ok(address(addr.into()));
+    }
+    if text.contains('/') {
+        // VipAddr's own messages say what is wrong with which part.
+        let vip: VipAddr = text.parse()?;
+        return Ok(Endpoint {
+            addr: vip.addr,
+            port: Some(vip.port),
+            protocol: Some(vip.proto),
+        });
+    }
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(socket) => Ok(Endpoint {
+            addr: socket.ip(),
+            port: Some(socket.port()),
+            protocol: None,
+        }),
+        Err(_) => Err(format!(
+            "{text:?}: expected ADDRESS, ADDRESS:PORT or ADDRESS:PORT/PROTOCOL \
+             (IPv6 before a port in brackets: [2001:db8::10]:80)"
+        )),
+    }
 }
 
 fn parse_protocol(text: &str) -> Protocol {

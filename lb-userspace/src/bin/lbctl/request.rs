@@ -1,7 +1,5 @@
 //! From the command line to the one control request it sends.
 
-use std::net::IpAddr;
-
 use lb_userspace::{
     control::protocol::Request, dataplane::Protocol, policy::Policy, trace::packet::PacketSpec,
 };
@@ -12,29 +10,43 @@ impl TraceArgs {
     /// The described packet (without `--pcap`), or what is wrong with the
     /// flags beyond what clap checks.
     pub(crate) fn packet(&self) -> Result<PacketSpec, String> {
-        let (Some(source), Some(destination), Some(destination_port)) =
-            (self.source, self.destination, self.destination_port)
-        else {
-            return Err("--source, --destination and --destination-port are required".into());
+        let (Some(source), Some(destination)) = (self.source, self.destination) else {
+            return Err("--source and --destination are required".into());
         };
-        let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else {
-            return Err(
-                "trace does not support IPv6 VIPs yet (--source and --destination must be IPv4)"
-                    .into(),
-            );
-        };
-        if self.protocol == Protocol::Udp && !self.tcp_flags.is_empty() {
+        if source.protocol.is_some() {
+            return Err("--source takes ADDRESS or ADDRESS:PORT, no protocol".into());
+        }
+        let source_port =
+            one_of("--source-port", self.source_port, "--source", source.port)?.unwrap_or(40000);
+        let destination_port = one_of(
+            "--destination-port",
+            self.destination_port,
+            "--destination",
+            destination.port,
+        )?
+        .ok_or("--destination-port is required (or a port in --destination ADDRESS:PORT)")?;
+        let protocol = one_of(
+            "--protocol",
+            self.protocol,
+            "--destination",
+            destination.protocol,
+        )?
+        .unwrap_or(Protocol::Tcp);
+        if protocol == Protocol::Udp && !self.tcp_flags.is_empty() {
             return Err("--tcp-flags is only for --protocol tcp".into());
         }
-        Ok(PacketSpec {
-            source,
-            source_port: self.source_port,
-            destination,
+        let packet = PacketSpec {
+            source: source.addr,
+            source_port,
+            destination: destination.addr,
             destination_port,
-            protocol: self.protocol,
+            protocol,
             tcp_flags: (!self.tcp_flags.is_empty()).then(|| self.tcp_flags.clone()),
             payload_len: self.payload_len,
-        })
+        };
+        // The agent refuses it too; saying so here names the flags.
+        packet.check_families().map_err(|e| format!("--{e}"))?;
+        Ok(packet)
     }
 
     /// The request for one frame of a capture.
@@ -43,6 +55,23 @@ impl TraceArgs {
             packet: None,
             frame: Some(lb_userspace::trace::packet::to_hex(frame)),
         }
+    }
+}
+
+/// A value given by a flag of its own, or inside another flag's value
+/// (`--destination-port 80`, `--destination 198.18.0.10:80`): either, or
+/// both when they agree.
+fn one_of<T: PartialEq + std::fmt::Display>(
+    flag: &str,
+    value: Option<T>,
+    within: &str,
+    inner: Option<T>,
+) -> Result<Option<T>, String> {
+    match (value, inner) {
+        (Some(a), Some(b)) if a != b => {
+            Err(format!("{flag} {a} contradicts the {b} given in {within}"))
+        }
+        (a, b) => Ok(a.or(b)),
     }
 }
 

@@ -1,11 +1,14 @@
 //! `lbctl trace`: one `trace` request per packet (the described one, or
 //! each of a capture), and its report for people.
 
-use std::path::Path;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use lb_userspace::{
     control::protocol::{GlobalCounters, Request, ResponseData, TraceReport},
-    trace::packet::{Headers, Ipv4Header},
+    trace::packet::{Headers, Ipv4Header, Ipv6Header},
 };
 
 use crate::{
@@ -113,37 +116,66 @@ fn trace_one(cli: &Cli, socket: &Path, request: &Request, title: Option<&str>, o
     }
 }
 
+/// The addresses of a frame's outer IP header, if it is a tunnel, and of
+/// its only (or inner) one, with the name of each header's family.
+type Addresses = ((IpAddr, IpAddr), &'static str);
+
+fn outer_addresses(h: &Headers) -> Option<Addresses> {
+    match (&h.outer_ipv4, &h.outer_ipv6) {
+        (Some(o), _) => Some(((o.source.into(), o.destination.into()), "IPv4")),
+        (None, Some(o)) => Some(((o.source.into(), o.destination.into()), "IPv6")),
+        _ => None,
+    }
+}
+
+fn inner_addresses(h: &Headers) -> Option<Addresses> {
+    match (&h.ipv4, &h.ipv6) {
+        (Some(ip), _) => Some(((ip.source.into(), ip.destination.into()), "IPv4")),
+        (None, Some(ip)) => Some(((ip.source.into(), ip.destination.into()), "IPv6")),
+        _ => None,
+    }
+}
+
 /// The packet in one line: `198.18.10.2:40000 -> 198.18.0.10:80 tcp syn,
-/// 54 bytes`.
+/// 54 bytes`, `[2001:db8::7]:40000 -> [2001:db8::10]:80 tcp syn, 74 bytes`.
 fn describe(h: &Headers) -> String {
-    let Some(ip) = &h.ipv4 else {
+    let Some(((src, dst), family)) = inner_addresses(h) else {
         return format!(
             "{} bytes, {}",
             h.length,
-            h.note.as_deref().unwrap_or("not IPv4")
+            h.note.as_deref().unwrap_or("not IP")
         );
     };
-    let what = match (&h.outer_ipv4, &h.tcp, &h.udp) {
-        (Some(o), ..) => format!(
-            "IP-in-IP {} -> {} carrying {} -> {}",
-            o.source, o.destination, ip.source, ip.destination
-        ),
+    let what = match (outer_addresses(h), &h.tcp, &h.udp) {
+        (Some(((osrc, odst), outer_family)), ..) => {
+            // IPv4 in IPv4 keeps the name everyone knows it by.
+            let tunnel = if (family, outer_family) == ("IPv4", "IPv4") {
+                "IP-in-IP".to_string()
+            } else {
+                format!("{family}-in-{outer_family}")
+            };
+            format!("{tunnel} {osrc} -> {odst} carrying {src} -> {dst}")
+        }
         (None, Some(t), _) => format!(
-            "{}:{} -> {}:{} tcp {}",
-            ip.source,
-            t.source_port,
-            ip.destination,
-            t.destination_port,
+            "{} -> {} tcp {}",
+            SocketAddr::new(src, t.source_port),
+            SocketAddr::new(dst, t.destination_port),
             flags(&t.flags)
         ),
         (None, None, Some(u)) => format!(
-            "{}:{} -> {}:{} udp",
-            ip.source, u.source_port, ip.destination, u.destination_port
+            "{} -> {} udp",
+            SocketAddr::new(src, u.source_port),
+            SocketAddr::new(dst, u.destination_port)
         ),
-        _ => format!(
-            "{} -> {} protocol {}",
-            ip.source, ip.destination, ip.protocol
-        ),
+        _ => {
+            let protocol = h
+                .ipv4
+                .as_ref()
+                .map(|ip| ip.protocol)
+                .or(h.ipv6.as_ref().map(|ip| ip.protocol))
+                .unwrap_or(0);
+            format!("{src} -> {dst} protocol {protocol}")
+        }
     };
     format!("{what}, {} bytes", h.length)
 }
@@ -179,6 +211,27 @@ fn ipv4_row(label: &str, ip: &Ipv4Header) -> [String; 3] {
     ]
 }
 
+/// IPv6 has no header checksum: the transport header's, under the IPv6
+/// pseudo-header, is on its own row.
+fn ipv6_row(label: &str, ip: &Ipv6Header) -> [String; 3] {
+    let mut details = format!(
+        "proto {}, payload {}, hop limit {}, class {:#04x}, flow label {:#07x}",
+        ip.protocol, ip.payload_length, ip.hop_limit, ip.traffic_class, ip.flow_label
+    );
+    if !ip.extension_headers.is_empty() {
+        let chain: Vec<String> = ip.extension_headers.iter().map(u8::to_string).collect();
+        details.push_str(&format!(", after extension headers {}", chain.join(" ")));
+    }
+    if ip.fragment {
+        details.push_str(", fragment");
+    }
+    [
+        label.to_string(),
+        format!("{} > {}", ip.source, ip.destination),
+        details,
+    ]
+}
+
 /// Every header of a frame, one per row: layer, addresses, details.
 fn header_table(h: &Headers) -> String {
     let mut table = Table::new(&[
@@ -201,13 +254,15 @@ fn header_table(h: &Headers) -> String {
     if let Some(outer) = &h.outer_ipv4 {
         table.row(ipv4_row("  outer ipv4", outer));
     }
+    if let Some(outer) = &h.outer_ipv6 {
+        table.row(ipv6_row("  outer ipv6", outer));
+    }
+    let tunnel = h.outer_ipv4.is_some() || h.outer_ipv6.is_some();
     if let Some(ip) = &h.ipv4 {
-        let label = if h.outer_ipv4.is_some() {
-            "  inner ipv4"
-        } else {
-            "  ipv4"
-        };
-        table.row(ipv4_row(label, ip));
+        table.row(ipv4_row(if tunnel { "  inner ipv4" } else { "  ipv4" }, ip));
+    }
+    if let Some(ip) = &h.ipv6 {
+        table.row(ipv6_row(if tunnel { "  inner ipv6" } else { "  ipv6" }, ip));
     }
     if let Some(t) = &h.tcp {
         table.row([
@@ -316,7 +371,7 @@ pub(crate) fn render(t: &TraceReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use lb_userspace::{
         control::protocol::{BackendCounters, StatsReport, VipCounters},
@@ -325,7 +380,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::testutil::{parse, usage_error, vip, B1};
+    use crate::testutil::{parse, usage_error, vip, vip6, B1, B6};
 
     fn trace_args(args: &[&str]) -> TraceArgs {
         match parse(args).map(|cli| cli.command) {
@@ -348,9 +403,9 @@ mod tests {
         assert_eq!(
             t.packet().expect("valid"),
             PacketSpec {
-                source: Ipv4Addr::new(198, 18, 10, 2),
+                source: Ipv4Addr::new(198, 18, 10, 2).into(),
                 source_port: 40000,
-                destination: Ipv4Addr::new(198, 18, 0, 10),
+                destination: Ipv4Addr::new(198, 18, 0, 10).into(),
                 destination_port: 80,
                 protocol: Protocol::Tcp,
                 tcp_flags: None,
@@ -399,17 +454,6 @@ mod tests {
             "syn",
         ]);
         assert!(t.packet().is_err());
-        let v6 = trace_args(&[
-            "trace",
-            "--source",
-            "2001:db8:ff::7",
-            "--destination",
-            "2001:db8::10",
-            "--destination-port",
-            "80",
-        ]);
-        let e = v6.packet().unwrap_err();
-        assert!(e.contains("trace does not support IPv6 VIPs yet"), "{e}");
         let d = ["--destination", "198.18.0.10", "--destination-port", "80"];
         usage_error(&["trace"]);
         usage_error(&[&["trace", "--source", "198.18.10"][..], &d].concat());
@@ -438,20 +482,27 @@ mod tests {
         assert!(trace_args(&["trace", "--pcap", "x.pcap"]).pcap.is_some());
     }
 
-    /// A report as the agent makes it for a SYN sent to B1.
-    fn report() -> TraceReport {
-        let spec = PacketSpec {
-            source: Ipv4Addr::new(198, 18, 10, 2),
+    /// The described SYN from `source`:40000 to `destination`:80.
+    fn syn(source: IpAddr, destination: IpAddr) -> Vec<u8> {
+        PacketSpec {
+            source,
             source_port: 40000,
-            destination: Ipv4Addr::new(198, 18, 0, 10),
+            destination,
             destination_port: 80,
             protocol: Protocol::Tcp,
             tcp_flags: None,
             payload_len: 0,
-        };
-        let input = spec
-            .frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .expect("builds");
+        }
+        .frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .expect("builds")
+    }
+
+    /// A report as the agent makes it for a SYN sent to B1.
+    fn report() -> TraceReport {
+        let input = syn(
+            Ipv4Addr::new(198, 18, 10, 2).into(),
+            Ipv4Addr::new(198, 18, 0, 10).into(),
+        );
         // The balancer's output: the same Ethernet header, an outer IPv4
         // header to B1, the packet.
         let mut outer = [
@@ -553,6 +604,230 @@ mod tests {
         assert!(!text.contains("ring backend"), "{text}");
         assert!(text.contains(" BAD\n"), "{text}");
         let arp = packet::parse(&[0; 42]);
-        assert_eq!(describe(&arp), "42 bytes, not IPv4 (ethertype 0x0000)");
+        assert_eq!(describe(&arp), "42 bytes, not IP (ethertype 0x0000)");
+    }
+
+    fn packet_of(args: &[&str]) -> Result<PacketSpec, String> {
+        trace_args(&[&["trace"][..], args].concat()).packet()
+    }
+
+    #[test]
+    fn ipv6_packets_and_addresses_with_ports() {
+        let client6: IpAddr = "2001:db8:ff::7".parse().expect("address");
+        let vip6: IpAddr = "2001:db8::10".parse().expect("address");
+        // Plain addresses, as for IPv4.
+        let p = packet_of(&[
+            "--source",
+            "2001:db8:ff::7",
+            "--destination",
+            "2001:db8::10",
+            "--destination-port",
+            "80",
+        ])
+        .expect("valid");
+        assert_eq!(
+            p,
+            PacketSpec {
+                source: client6,
+                source_port: 40000,
+                destination: vip6,
+                destination_port: 80,
+                protocol: Protocol::Tcp,
+                tcp_flags: None,
+                payload_len: 0,
+            }
+        );
+        let wire = serde_json::to_string(&Request::Trace {
+            packet: Some(p.clone()),
+            frame: None,
+        })
+        .expect("serializes");
+        assert_eq!(
+            wire,
+            r#"{"op":"trace","packet":{"source":"2001:db8:ff::7","source_port":40000,"destination":"2001:db8::10","destination_port":80,"protocol":"tcp"}}"#
+        );
+        // The VIP as lbctl writes it everywhere, and a bracketed source
+        // with its port.
+        let vip = packet_of(&[
+            "--source",
+            "[2001:db8:ff::7]:41000",
+            "--destination",
+            "[2001:db8::10]:80/tcp",
+        ])
+        .expect("valid");
+        assert_eq!(
+            vip,
+            PacketSpec {
+                source_port: 41000,
+                ..p.clone()
+            }
+        );
+        let udp = packet_of(&[
+            "--source",
+            "2001:db8:ff::7",
+            "--destination",
+            "[2001:db8::10]:53/udp",
+        ])
+        .expect("valid");
+        assert_eq!((udp.protocol, udp.destination_port), (Protocol::Udp, 53));
+        let bare = packet_of(&[
+            "--source",
+            "[2001:db8:ff::7]",
+            "--destination",
+            "[2001:db8::10]:80",
+        ])
+        .expect("valid");
+        assert_eq!(bare, p);
+        // IPv4 takes the same forms.
+        let v4 = packet_of(&[
+            "--source",
+            "198.18.10.2:5000",
+            "--destination",
+            "198.18.0.10:80/udp",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (v4.source_port, v4.destination_port, v4.protocol),
+            (5000, 80, Protocol::Udp)
+        );
+        // Given twice: fine when equal, refused when not.
+        assert!(packet_of(&[
+            "--source",
+            "2001:db8:ff::7",
+            "--destination",
+            "[2001:db8::10]:80/tcp",
+            "--destination-port",
+            "80",
+            "--protocol",
+            "tcp",
+        ])
+        .is_ok());
+        // Refused, with the reason (each line: --source, --destination,
+        // then the other flags).
+        let mixed = "--destination: 2001:db8::10 is IPv6 but the source 198.18.10.2 is IPv4: \
+                     a packet's addresses are of one family";
+        for (args, needle) in [
+            (
+                "2001:db8:ff::7 [2001:db8::10]:80/tcp --destination-port 81",
+                "--destination-port 81 contradicts the 80 given in --destination",
+            ),
+            (
+                "2001:db8:ff::7 [2001:db8::10]:80/udp --protocol tcp",
+                "--protocol tcp contradicts the udp given in --destination",
+            ),
+            (
+                "2001:db8:ff::7 [2001:db8::10]:80/udp --tcp-flags ack",
+                "--tcp-flags is only for --protocol tcp",
+            ),
+            (
+                "2001:db8:ff::7 2001:db8::10",
+                "--destination-port is required",
+            ),
+            (
+                "[2001:db8:ff::7]:5000 [2001:db8::10]:80 --source-port 5001",
+                "--source-port 5001 contradicts the 5000 given in --source",
+            ),
+            ("[2001:db8:ff::7]:1/tcp [2001:db8::10]:80", "no protocol"),
+            // Mixed families: refused before anything is sent.
+            ("198.18.10.2 [2001:db8::10]:80/tcp", mixed),
+        ] {
+            let words: Vec<&str> = args.split(' ').collect();
+            let flags = [
+                &["--source", words[0], "--destination", words[1]][..],
+                &words[2..],
+            ]
+            .concat();
+            let e = packet_of(&flags).unwrap_err();
+            assert!(e.contains(needle), "{args}: {e}");
+        }
+        // An IPv6 address before a port needs its brackets; junk is junk.
+        for bad in [
+            "2001:db8::10:80/tcp",
+            "[2001:db8::10]:http",
+            "[198.18.0.10]:80",
+            "vip",
+        ] {
+            let e = usage_error(&["trace", "--source", "2001:db8:ff::7", "--destination", bad]);
+            assert!(e.to_string().contains("--destination"), "{bad}: {e}");
+        }
+        usage_error(&["trace", "--pcap", "x.pcap", "--protocol", "udp"]);
+    }
+
+    /// What the agent reports for an IPv6 SYN sent to an IPv6 backend:
+    /// IP6IP6 from the LB, flow label from the flow hash.
+    fn report6() -> TraceReport {
+        let input = syn(
+            "2001:db8:ff::7".parse().expect("address"),
+            "2001:db8::10".parse().expect("address"),
+        );
+        let mut output = input[..12].to_vec();
+        output.extend_from_slice(&[0x86, 0xdd, 0x60, 0x0a, 0xbc, 0xde, 0, 60, 41, 64]);
+        output.extend_from_slice(&"2001:db8:1::1".parse::<Ipv6Addr>().expect("LB").octets());
+        output.extend_from_slice(&"2001:db8:1::2".parse::<Ipv6Addr>().expect("B6").octets());
+        output.extend_from_slice(&input[14..]);
+        let mut r = report();
+        r.vip = Some(vip6());
+        r.backend = Some(B6);
+        r.ring_backend = Some(B6);
+        r.stats.vips[0].vip = vip6();
+        r.stats.vips[0].bytes = 74;
+        r.stats.vips[0].backends[0].address = B6;
+        r.stats.vips[0].backends[0].bytes = 74;
+        r.input = packet::parse(&input);
+        r.output = packet::parse(&output);
+        r.output_frame = packet::to_hex(&output);
+        r
+    }
+
+    #[test]
+    fn an_ipv6_report_shows_the_outer_and_inner_ipv6_headers() {
+        let r = report6();
+        let text = render(&r);
+        let tcp = r.output.tcp.as_ref().expect("tcp");
+        assert!(tcp.checksum_ok);
+        assert_eq!(
+            text,
+            format!(
+                "packet        [2001:db8:ff::7]:40000 -> [2001:db8::10]:80 tcp syn, 74 bytes\n\
+                 verdict       XDP_TX\n\
+                 vip           [2001:db8::10]:80/tcp\n\
+                 backend       2001:db8:1::2 (new flow: from the ring)\n\
+                 ring backend  2001:db8:1::2 (the agent's model)\n\
+                 live pin      none (no live connection-table entry)\n\
+                 counters      flow_misses 1, tx 1\n\
+                 \x20             VIP [2001:db8::10]:80/tcp: 1 packet(s), 74 bytes, 1 new flow(s)\n\
+                 \x20             backend 2001:db8:1::2: 1 packet(s), 74 bytes\n\
+                 output (114 bytes)\n\
+                 \x20 ethernet    02:00:00:00:00:01 > 02:00:00:00:00:02  type 0x86dd\n\
+                 \x20 outer ipv6  2001:db8:1::1 > 2001:db8:1::2          proto 41, payload 60, hop limit 64, class 0x00, flow label 0xabcde\n\
+                 \x20 inner ipv6  2001:db8:ff::7 > 2001:db8::10          proto 6, payload 20, hop limit 64, class 0x00, flow label 0x00000\n\
+                 \x20 tcp         40000 > 80                             flags syn, header 20, checksum {:#06x} ok\n",
+                tcp.checksum
+            )
+        );
+        // IPv4 inside IPv6 (an IPv4 VIP's IPv6 backend) is named so: the
+        // IPv4 report's output with its outer IPv4 header (bytes 14-33)
+        // replaced by an IPv6 one, next header 4.
+        let mut bytes = packet::from_hex(&report().output_frame).expect("hex");
+        bytes[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let mut outer6 = vec![0x60, 0, 0, 0, 0, 40, 4, 64];
+        outer6.extend_from_slice(&"2001:db8:1::1".parse::<Ipv6Addr>().expect("LB").octets());
+        outer6.extend_from_slice(&"2001:db8:1::2".parse::<Ipv6Addr>().expect("B6").octets());
+        bytes.splice(14..34, outer6);
+        let h = packet::parse(&bytes);
+        assert_eq!(
+            describe(&h),
+            "IPv4-in-IPv6 2001:db8:1::1 -> 2001:db8:1::2 carrying 198.18.10.2 -> 198.18.0.10, 94 bytes"
+        );
+        let table = header_table(&h);
+        assert!(
+            table.contains("  outer ipv6  2001:db8:1::1 > 2001:db8:1::2"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  inner ipv4  198.18.10.2 > 198.18.0.10"),
+            "{table}"
+        );
+        assert!(!table.contains("BAD"), "{table}");
     }
 }
