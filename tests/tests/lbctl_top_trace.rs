@@ -302,8 +302,10 @@ fn trace_follows_the_agents_model_and_leaves_the_live_state_alone() {
     let stats_before = lbctl(&bed, &["--json", "stats"]);
     let flows_before = lbctl(&bed, &["--json", "flow", "summary", &vip]);
 
-    // New flows: the trace's backend is the agent's ring choice.
-    for sport in [41000u16, 41001, 41002, 41003, 41004, 41005] {
+    // New flows: the trace's backend is the agent's ring choice. Traced
+    // ports are below Linux's ephemeral range (32768 and up), so no real
+    // connection of the bed holds the tuple and has a live pin.
+    for sport in [21000u16, 21001, 21002, 21003, 21004, 21005] {
         let sport = sport.to_string();
         let source = "198.18.10.2";
         let t = trace_json(
@@ -419,7 +421,7 @@ fn trace_follows_the_agents_model_and_leaves_the_live_state_alone() {
             "--source",
             "198.18.10.2",
             "--source-port",
-            "41000",
+            "21000",
             "--destination",
             &dst,
             "--destination-port",
@@ -437,7 +439,7 @@ fn trace_follows_the_agents_model_and_leaves_the_live_state_alone() {
                 "--source",
                 "198.18.10.2",
                 "--source-port",
-                "41000",
+                "21000",
                 "--destination",
                 &dst,
                 "--destination-port",
@@ -463,7 +465,7 @@ fn trace_follows_the_agents_model_and_leaves_the_live_state_alone() {
     // A capture: every packet is traced, in order.
     let syn = PacketSpec {
         source: Ipv4Addr::new(198, 18, 10, 2).into(),
-        source_port: 41000,
+        source_port: 21000,
         destination: TEST_VIP.into(),
         destination_port: bed.port,
         protocol: Protocol::Tcp,
@@ -571,7 +573,7 @@ fn trace_follows_the_agents_model_and_leaves_the_live_state_alone() {
     let lookup = json(
         lbctl(
             &bed,
-            &["--json", "flow", "lookup", &vip, "198.18.10.2", "41000"],
+            &["--json", "flow", "lookup", &vip, "198.18.10.2", "21000"],
         )
         .trim(),
     );
