@@ -106,16 +106,11 @@ impl Tunnel {
     /// Bytes the outer headers add.
     #[inline(always)]
     pub fn overhead(self) -> u16 {
-        let ip = if self.outer_v6 {
-            IPV6_OVERHEAD
-        } else {
-            IPIP_OVERHEAD
-        };
-        // GUE adds its UDP header to either (GUE_OVERHEAD, GUE6_OVERHEAD).
-        if self.is_gue() {
-            ip + UdpHdr::LEN as u16
-        } else {
-            ip
+        match (self.outer_v6, self.is_gue()) {
+            (false, false) => IPIP_OVERHEAD,
+            (false, true) => GUE_OVERHEAD,
+            (true, false) => IPV6_OVERHEAD,
+            (true, true) => GUE6_OVERHEAD,
         }
     }
 }
