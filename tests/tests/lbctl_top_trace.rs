@@ -632,6 +632,13 @@ fn trace_of_ipv6_follows_the_model_and_leaves_the_live_state_alone() {
                 vip_config(TEST_VIP6, port, "tcp", &b6),
                 vip_config(TEST_VIP6, port, "udp", &b4),
                 vip_config(TEST_VIP, port, "tcp", &b6),
+                {
+                    // GUE over IPv6.
+                    let mut gue = vip_config(TEST_VIP6, port + 1, "tcp", &b6);
+                    gue["encap"] = "gue".into();
+                    gue["gue_port"] = lb_common::DEFAULT_GUE_PORT.into();
+                    gue
+                },
             ],
         )
     });
@@ -839,6 +846,61 @@ fn trace_of_ipv6_follows_the_model_and_leaves_the_live_state_alone() {
     assert_eq!(addr_of(&t, "backend"), IpAddr::from(pinned4), "{t}");
     let frame = from_hex(t["output_frame"].as_str().expect("hex"));
     inner_ipv4_tcp(outer_ipv6(&frame, lb6, pinned4, 4), TEST_VIP);
+
+    // GUE over IPv6: the report reads the UDP header as GUE's and the
+    // packet inside it.
+    let vip6_gue = VipAddr {
+        port: port + 1,
+        ..vip6
+    };
+    let t = trace_json(
+        &bed,
+        &[
+            "--source",
+            &format!("[{client6}]:{}", TRACED + 50),
+            "--destination",
+            &vip6_gue.to_string(),
+        ],
+    );
+    let expected = model(vip6_gue, &backends6)
+        .choose(client6.into(), TRACED + 50)
+        .expect("a backend");
+    assert_eq!(t["verdict"], "XDP_TX", "{t}");
+    assert_eq!(addr_of(&t, "backend"), expected, "{t}");
+    let frame = from_hex(t["output_frame"].as_str().expect("hex"));
+    let udp = outer_ipv6(&frame, lb6, v6(expected), 17);
+    assert_eq!(
+        u16::from_be_bytes([udp[2], udp[3]]),
+        lb_common::DEFAULT_GUE_PORT,
+        "GUE port"
+    );
+    assert_eq!(&udp[6..8], &[0, 0], "GUE's UDP checksum: none sent");
+    let segment = inner_ipv6(&udp[8..], client6, TEST_VIP6, 6);
+    assert_eq!(u16::from_be_bytes([segment[0], segment[1]]), TRACED + 50);
+    let out = &t["output"];
+    assert_eq!(out["outer_ipv6"]["next_header"], 17, "{out}");
+    assert_eq!(
+        out["outer_udp"]["destination_port"],
+        lb_common::DEFAULT_GUE_PORT,
+        "{out}"
+    );
+    assert_eq!(out["outer_udp"]["checksum_ok"], true, "{out}");
+    assert_eq!(out["ipv6"]["destination"], TEST_VIP6.to_string(), "{out}");
+    assert_eq!(out["tcp"]["checksum_ok"], true, "{out}");
+    let text = lbctl(
+        &bed,
+        &[
+            "trace",
+            "--source",
+            &format!("[{client6}]:{}", TRACED + 50),
+            "--destination",
+            &vip6_gue.to_string(),
+        ],
+    );
+    assert!(
+        text.contains("outer udp (gue)  ") && text.contains("> 6080"),
+        "{text}"
+    );
 
     // IPv6 UDP to IPv4 backends: IPv6 in IPv4.
     let t = trace_json(

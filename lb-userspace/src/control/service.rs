@@ -534,6 +534,13 @@ impl Service {
         let ring_backend = vip
             .zip(tuple)
             .and_then(|(vip, t)| self.dataplane.ring_choice(&vip, t.source, t.source_port));
+        // What the balancer sends in GUE goes to one of these ports.
+        let gue_ports: Vec<u16> = self
+            .config
+            .vips
+            .iter()
+            .filter_map(|v| v.encapsulation().ok()?.gue_port())
+            .collect();
         let mut vips = Vec::new();
         for (id, s) in &run.vips {
             let Some(vip) = self.vip_by_id(*id) else {
@@ -565,7 +572,7 @@ impl Service {
                     vips,
                 },
                 input,
-                output: trace_packet::parse(&run.output),
+                output: trace_packet::parse_with_gue(&run.output, &gue_ports),
                 output_frame: trace_packet::to_hex(&run.output),
             }),
         })

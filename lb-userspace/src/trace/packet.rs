@@ -285,9 +285,13 @@ pub struct Headers {
     /// for an IPv4 backend: protocol 4 or 41).
     pub outer_ipv4: Option<Ipv4Header>,
     /// The outer IPv6 header of a tunnelled packet (what the balancer adds
-    /// for an IPv6 backend: next header 41 or 4).
+    /// for an IPv6 backend: next header 41 or 4, or 17 for GUE).
     #[serde(default)]
     pub outer_ipv6: Option<Ipv6Header>,
+    /// GUE's UDP header, after the outer IP header of a GUE packet (to one
+    /// of the GUE ports the frame was read with, see [`parse_with_gue`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer_udp: Option<UdpHeader>,
     /// The only IPv4 header, or the inner one of a tunnelled packet.
     pub ipv4: Option<Ipv4Header>,
     /// The only IPv6 header, or the inner one of a tunnelled packet.
@@ -368,7 +372,9 @@ pub struct UdpHeader {
     pub length: u16,
     pub checksum: u16,
     /// Over IPv4 a zero checksum (none sent) counts as correct; over IPv6
-    /// it does not (RFC 8200 makes the checksum mandatory there).
+    /// it does not (RFC 8200 makes the checksum mandatory there), but for
+    /// GUE's outer UDP header, which tunnels may send without one (RFC
+    /// 6935, RFC 6936).
     pub checksum_ok: bool,
 }
 
@@ -529,21 +535,43 @@ fn ipv6(data: &[u8]) -> Result<(Ip, &[u8]), String> {
 /// of a tunnelled packet, the outer and the inner one) and TCP or UDP.
 /// Never fails: what cannot be read is absent, and `note` says why.
 pub fn parse(frame: &[u8]) -> Headers {
+    parse_with_gue(frame, &[])
+}
+
+/// [`parse`], with UDP to one of `gue_ports` read as GUE (variant 1: an IP
+/// packet right after the UDP header) when an IP version follows: what
+/// the balancer sends for a GUE VIP.
+pub fn parse_with_gue(frame: &[u8], gue_ports: &[u16]) -> Headers {
     let mut h = Headers {
         length: frame.len(),
         ethernet: None,
         outer_ipv4: None,
         outer_ipv6: None,
+        outer_udp: None,
         ipv4: None,
         ipv6: None,
         tcp: None,
         udp: None,
         note: None,
     };
-    if let Err(note) = parse_into(frame, &mut h) {
+    if let Err(note) = parse_into(frame, gue_ports, &mut h) {
         h.note = Some(note);
     }
     h
+}
+
+/// The UDP header at the start of `segment` from `src` to `dst` (`gue`:
+/// a tunnel's outer one, for which a zero checksum means none sent).
+fn udp_header(src: IpAddr, dst: IpAddr, segment: &[u8], gue: bool) -> UdpHeader {
+    let checksum = be16(segment, 6).unwrap_or(0);
+    let none_sent = checksum == 0 && (src.is_ipv4() || gue);
+    UdpHeader {
+        source_port: be16(segment, 0).unwrap_or(0),
+        destination_port: be16(segment, 2).unwrap_or(0),
+        length: be16(segment, 4).unwrap_or(0),
+        checksum,
+        checksum_ok: none_sent || l4_checksum(src, dst, IPPROTO_UDP, segment) == 0,
+    }
 }
 
 /// Records an IP header as the only (or inner) one.
@@ -554,7 +582,7 @@ fn set_ip(h: &mut Headers, ip: Ip) {
     }
 }
 
-fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
+fn parse_into(frame: &[u8], gue_ports: &[u16], h: &mut Headers) -> Result<(), String> {
     if frame.len() < ETH_HEADER {
         return Err("shorter than an Ethernet header".into());
     }
@@ -580,7 +608,18 @@ fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
     };
     // A tunnel of either family carrying either family: the first header
     // is the outer one. (A fragment's payload is no whole inner packet.)
+    let gue = ip.protocol() == IPPROTO_UDP
+        && !ip.fragment()
+        && payload.len() > 8
+        && be16(payload, 2).is_some_and(|port| gue_ports.contains(&port))
+        && matches!(payload[8] >> 4, 4 | 6);
+    if gue {
+        let (src, dst) = ip.addresses();
+        h.outer_udp = Some(udp_header(src, dst, payload, true));
+    }
     let inner = match (ip.protocol(), ip.fragment()) {
+        _ if gue && payload[8] >> 4 == 4 => Some(ipv4(&payload[8..])?),
+        _ if gue => Some(ipv6(&payload[8..])?),
         (IPPROTO_IPIP, false) => Some(ipv4(payload)?),
         (IPPROTO_IPV6, false) => Some(ipv6(payload)?),
         _ => None,
@@ -618,15 +657,7 @@ fn parse_into(frame: &[u8], h: &mut Headers) -> Result<(), String> {
             if segment.len() < 8 {
                 return Err("truncated UDP header".into());
             }
-            let checksum = be16(segment, 6).unwrap_or(0);
-            let none_sent = checksum == 0 && src.is_ipv4();
-            h.udp = Some(UdpHeader {
-                source_port: be16(segment, 0).unwrap_or(0),
-                destination_port: be16(segment, 2).unwrap_or(0),
-                length: be16(segment, 4).unwrap_or(0),
-                checksum,
-                checksum_ok: none_sent || l4_checksum(src, dst, IPPROTO_UDP, segment) == 0,
-            });
+            h.udp = Some(udp_header(src, dst, segment, false));
         }
         other => return Err(format!("{family} protocol {other}: neither TCP nor UDP")),
     }
@@ -1094,6 +1125,52 @@ mod tests {
         let h = parse(&ethernet(0x0800, &outer4(4, inner4)));
         assert!(h.outer_ipv4.is_some() && h.ipv4.is_some() && h.ipv6.is_none());
         assert!(h.tcp.expect("TCP").checksum_ok);
+    }
+
+    #[test]
+    fn gue_over_either_family_is_read_on_its_ports_only() {
+        let v6 = spec6(Protocol::Tcp)
+            .frame(SRC_MAC, DST_MAC)
+            .expect("builds");
+        let v4 = spec(Protocol::Tcp).frame(SRC_MAC, DST_MAC).expect("builds");
+        // GUE's UDP header (checksum 0, none sent) around `inner`.
+        let gue = |inner: &[u8]| {
+            let mut u = vec![0xc3, 0x50, 0x17, 0xc0];
+            u.extend_from_slice(&(8 + inner.len() as u16).to_be_bytes());
+            u.extend_from_slice(&[0, 0]);
+            u.extend_from_slice(inner);
+            u
+        };
+        let over6 = ethernet(0x86dd, &outer6(17, &gue(&v4[14..])));
+        let h = parse_with_gue(&over6, &[6080]);
+        let u = h.outer_udp.as_ref().expect("GUE's UDP header");
+        assert_eq!(
+            (u.source_port, u.destination_port, u.length),
+            (50000, 6080, 8 + 40)
+        );
+        assert!(
+            u.checksum_ok,
+            "a tunnel's zero checksum over IPv6 is none sent"
+        );
+        assert_eq!(h.outer_ipv6.as_ref().expect("outer").next_header, 17);
+        assert!(h.ipv4.as_ref().expect("inner IPv4").checksum_ok);
+        assert!(h.tcp.as_ref().expect("inner TCP").checksum_ok);
+        assert_eq!((h.udp.as_ref(), h.tuple()), (None, None), "a tunnel");
+
+        let over4 = ethernet(0x0800, &outer4(17, &gue(&v6[14..])));
+        let h = parse_with_gue(&over4, &[6080]);
+        assert!(h.outer_udp.is_some() && h.outer_ipv4.is_some());
+        assert_eq!(h.ipv6.as_ref().expect("inner IPv6").destination, VIP6);
+        assert!(h.tcp.as_ref().expect("inner TCP").checksum_ok);
+
+        // Another port, or no GUE ports given: plain UDP, whose zero
+        // checksum over IPv6 is wrong.
+        for h in [parse_with_gue(&over6, &[6081]), parse(&over6)] {
+            assert!(h.outer_udp.is_none() && h.outer_ipv6.is_none());
+            let udp = h.udp.as_ref().expect("UDP");
+            assert_eq!(udp.destination_port, 6080);
+            assert!(!udp.checksum_ok);
+        }
     }
 
     #[test]

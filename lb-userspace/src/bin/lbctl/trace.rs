@@ -8,7 +8,7 @@ use std::{
 
 use lb_userspace::{
     control::protocol::{GlobalCounters, Request, ResponseData, TraceReport},
-    trace::packet::{Headers, Ipv4Header, Ipv6Header},
+    trace::packet::{Headers, Ipv4Header, Ipv6Header, UdpHeader},
 };
 
 use crate::{
@@ -149,7 +149,9 @@ fn describe(h: &Headers) -> String {
     let what = match (outer_addresses(h), &h.tcp, &h.udp) {
         (Some(((osrc, odst), outer_family)), ..) => {
             // IPv4 in IPv4 keeps the name everyone knows it by.
-            let tunnel = if (family, outer_family) == ("IPv4", "IPv4") {
+            let tunnel = if let Some(u) = &h.outer_udp {
+                format!("GUE over {outer_family} (udp port {})", u.destination_port)
+            } else if (family, outer_family) == ("IPv4", "IPv4") {
                 "IP-in-IP".to_string()
             } else {
                 format!("{family}-in-{outer_family}")
@@ -257,6 +259,9 @@ fn header_table(h: &Headers) -> String {
     if let Some(outer) = &h.outer_ipv6 {
         table.row(ipv6_row("  outer ipv6", outer));
     }
+    if let Some(u) = &h.outer_udp {
+        table.row(udp_row("  outer udp (gue)", u));
+    }
     let tunnel = h.outer_ipv4.is_some() || h.outer_ipv6.is_some();
     if let Some(ip) = &h.ipv4 {
         table.row(ipv4_row(if tunnel { "  inner ipv4" } else { "  ipv4" }, ip));
@@ -277,16 +282,20 @@ fn header_table(h: &Headers) -> String {
         ]);
     }
     if let Some(u) = &h.udp {
-        table.row([
-            "  udp".to_string(),
-            format!("{} > {}", u.source_port, u.destination_port),
-            format!("len {}, {}", u.length, checksum(u.checksum, u.checksum_ok)),
-        ]);
+        table.row(udp_row("  udp", u));
     }
     if let Some(note) = &h.note {
         table.row(["  note".to_string(), note.clone(), String::new()]);
     }
     table.render()
+}
+
+fn udp_row(label: &str, u: &UdpHeader) -> [String; 3] {
+    [
+        label.to_string(),
+        format!("{} > {}", u.source_port, u.destination_port),
+        format!("len {}, {}", u.length, checksum(u.checksum, u.checksum_ok)),
+    ]
 }
 
 /// The non-zero counters: `flow_misses 1, tx 1`.
