@@ -15,8 +15,9 @@
 //! tunnel protocols whose receiver accepts it (RFC 6935, RFC 6936), as
 //! Linux's fou sockets do (they are created with zero-checksum receive
 //! allowed) and as the backends' `decap` does. The inner packet carries
-//! its own checksums; a real UDP checksum would mean summing every payload
-//! byte on the fast path.
+//! its own checksums. (An outer checksum could be derived from them
+//! without reading the payload, as Katran does, for paths that drop
+//! zero-checksum IPv6 UDP; it is not done.)
 //!
 //! The outer header always carries DF, as Linux's own ipip tunnels do by
 //! default (`pmtudisc`): an outer fragment could not be reassembled through
