@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use lb_userspace::control::{
     client,
-    protocol::{BackendInfo, Request, Response, ResponseData, VipInfo},
+    protocol::{BackendInfo, GlobalCounters, Request, Response, ResponseData, VipInfo},
 };
 use lb_userspace::dataplane::VipAddr;
 
@@ -599,6 +599,27 @@ impl Bed {
             .unwrap_or_else(|e| panic!("{request:?}: {e}"));
         assert!(response.ok, "{request:?}: {response:?}");
         response
+    }
+
+    /// The agent's global counters, summed over CPUs (`stats`).
+    pub fn global_stats(&self) -> GlobalCounters {
+        match self.ask(Request::Stats {}).data {
+            Some(ResponseData::Stats { stats }) => stats.global,
+            other => panic!("stats: {other:?}"),
+        }
+    }
+
+    /// The decap counters of backends `0..n`.
+    pub fn decap_stats(&self, n: usize) -> Vec<lb_common::DecapStats> {
+        (0..n)
+            .map(|j| {
+                crate::xdp::decap_stats(
+                    self.topo
+                        .decap_ebpf(j)
+                        .unwrap_or_else(|| panic!("backend {j} runs no decap program")),
+                )
+            })
+            .collect()
     }
 
     /// The VIP `vip` as `list_vips` shows it.

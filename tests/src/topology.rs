@@ -1066,6 +1066,17 @@ fn connect_and_read_name(target: SocketAddr, timeout: Duration) -> Result<(Strin
     Ok((String::from_utf8_lossy(&line).into_owned(), stream))
 }
 
+/// Echoes a round of `size` bytes on every connection (named by its
+/// backend); panics naming the one that failed.
+pub fn echo_all(connections: &mut [(String, TcpStream)], round: u8, size: usize) {
+    for (i, (name, stream)) in connections.iter_mut().enumerate() {
+        let data = vec![round ^ i as u8; size];
+        let back = echo_roundtrip(stream, &data)
+            .unwrap_or_else(|e| panic!("connection {i} to {name}, round {round}: {e:#}"));
+        assert_eq!(back, data, "connection {i} to {name}, round {round}");
+    }
+}
+
 /// Sends `data` on `stream` and reads the same number of bytes back.
 pub fn echo_roundtrip(stream: &mut TcpStream, data: &[u8]) -> Result<Vec<u8>> {
     stream.write_all(data).context("sending")?;

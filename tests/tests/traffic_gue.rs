@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{DecapStats, DEFAULT_GUE_PORT};
+use lb_common::DEFAULT_GUE_PORT;
 use lb_tests::{
     agent::Bed,
-    topology::{echo_roundtrip, Topology},
-    xdp::decap_stats,
+    topology::{echo_all, Topology},
 };
 use serde_json::Value;
 
@@ -25,33 +24,10 @@ fn config(topo: &Topology, encap: Option<&str>) -> Value {
     config
 }
 
-fn all_decap_stats(bed: &Bed) -> Vec<DecapStats> {
-    (0..3)
-        .map(|j| {
-            let ebpf = bed
-                .topo
-                .decap_ebpf(j)
-                .unwrap_or_else(|| panic!("backend {j} runs no decap program"));
-            decap_stats(ebpf)
-        })
-        .collect()
-}
-
-/// Echoes a round of data on every connection; panics naming the one that
-/// failed.
-fn echo_all(connections: &mut [(String, std::net::TcpStream)], round: u8, size: usize) {
-    for (i, (name, stream)) in connections.iter_mut().enumerate() {
-        let data = vec![round ^ i as u8; size];
-        let back = echo_roundtrip(stream, &data)
-            .unwrap_or_else(|e| panic!("connection {i} to {name}, round {round}: {e:#}"));
-        assert_eq!(back, data, "connection {i} to {name}, round {round}");
-    }
-}
-
 #[test]
 fn tcp_and_udp_over_gue_reach_every_backend_and_stay() {
     let bed = Bed::start_with(3, "native", |topo| config(topo, Some("gue")));
-    let before = all_decap_stats(&bed);
+    let before = bed.decap_stats(3);
     let mut connections = bed.open(30);
     for round in 0..4u8 {
         // Round 2: 200 kB, many full-size segments in GUE.
@@ -78,7 +54,7 @@ fn tcp_and_udp_over_gue_reach_every_backend_and_stay() {
         "20 UDP flows over GUE: {udp_backends:?}"
     );
 
-    let after = all_decap_stats(&bed);
+    let after = bed.decap_stats(3);
     for j in 0..3 {
         let gue = after[j].gue_decapsulated - before[j].gue_decapsulated;
         let ipip = after[j].decapsulated - before[j].decapsulated;
@@ -108,7 +84,7 @@ fn switching_encapsulation_keeps_open_connections() {
     let mut bed = Bed::start_with(3, "native", |topo| config(topo, None));
     let mut connections = bed.open(24);
     echo_all(&mut connections, 0, 1000);
-    let ipip_before = all_decap_stats(&bed);
+    let ipip_before = bed.decap_stats(3);
     assert!(
         ipip_before
             .iter()
@@ -117,12 +93,12 @@ fn switching_encapsulation_keeps_open_connections() {
     );
 
     for (round, encap) in [(1u8, Some("gue")), (2, None), (3, Some("gue"))] {
-        let before = all_decap_stats(&bed);
+        let before = bed.decap_stats(3);
         bed.agent
             .reload(&config(&bed.topo, encap))
             .unwrap_or_else(|e| panic!("reload to {encap:?}: {e:#}"));
         echo_all(&mut connections, round, 20_000);
-        let after = all_decap_stats(&bed);
+        let after = bed.decap_stats(3);
         let gue: u64 = (0..3)
             .map(|j| after[j].gue_decapsulated - before[j].gue_decapsulated)
             .sum();

@@ -9,24 +9,7 @@
 use std::time::Duration;
 
 use lb_tests::agent::{agent_config, vip_config, Bed, TEST_VIP};
-use lb_userspace::control::{
-    client,
-    protocol::{GlobalCounters, Request, ResponseData},
-};
 use serde_json::Value;
-
-fn global_stats(bed: &Bed) -> GlobalCounters {
-    let response = client::request(
-        &bed.agent.socket(),
-        &Request::Stats {},
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("stats: {e}"));
-    match response.data {
-        Some(ResponseData::Stats { stats }) => stats.global,
-        other => panic!("stats: {other:?}"),
-    }
-}
 
 /// `ping -c COUNT` of the VIP from client 0: the ping output, and whether
 /// it exited 0 (some reply came).
@@ -64,7 +47,7 @@ fn config(bed_topo: &lb_tests::topology::Topology, icmp_echo: bool) -> Value {
 #[test]
 fn ping_of_the_vip_is_answered_by_the_balancer_unless_turned_off() {
     let mut bed = Bed::start_with(2, "native", |topo| config(topo, true));
-    let before = global_stats(&bed);
+    let before = bed.global_stats();
     let (ok, out) = ping_vip(&bed, 3);
     assert!(
         ok && out.contains("3 received"),
@@ -76,7 +59,7 @@ fn ping_of_the_vip_is_answered_by_the_balancer_unless_turned_off() {
         out.contains("ttl=63"),
         "replies come from the balancer: {out}"
     );
-    let after = global_stats(&bed);
+    let after = bed.global_stats();
     assert_eq!(
         after.icmp_echo_replies - before.icmp_echo_replies,
         3,
@@ -86,13 +69,13 @@ fn ping_of_the_vip_is_answered_by_the_balancer_unless_turned_off() {
     bed.agent
         .reload(&config(&bed.topo, false))
         .expect("reloading with icmp_echo off");
-    let before = global_stats(&bed);
+    let before = bed.global_stats();
     let (ok, out) = ping_vip(&bed, 2);
     assert!(
         !ok && !out.contains(" 2 received") && !out.contains(" 1 received"),
         "ping with icmp_echo off got replies: {out}"
     );
-    let after = global_stats(&bed);
+    let after = bed.global_stats();
     assert_eq!(after.icmp_echo_replies, before.icmp_echo_replies);
 }
 
@@ -128,11 +111,11 @@ fn shrink_tunnel_path(bed: &Bed) {
 /// headers: `pmtu`), which its route cache then shows.
 fn transfer_through_a_small_tunnel_path(bed: &Bed, pmtu: u16) {
     shrink_tunnel_path(bed);
-    let before = global_stats(bed);
+    let before = bed.global_stats();
 
     bed.transfer_1_mib();
 
-    let after = global_stats(bed);
+    let after = bed.global_stats();
     let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
     assert!(
         sent >= 1,
@@ -196,7 +179,7 @@ fn without_fragmentation_needed_the_transfer_stalls() {
         result.is_err(),
         "64 KiB crossed a tunnel too small for them"
     );
-    let stats = global_stats(&bed);
+    let stats = bed.global_stats();
     assert!(
         stats.icmp_rate_limited > 0 && stats.icmp_frag_needed_sent == 0,
         "{stats:?}"
@@ -242,9 +225,9 @@ fn a_routers_fragmentation_needed_reaches_the_flows_backend() {
             .ip(&["route", "flush", "cache"])
             .expect("flushing a backend's route cache");
     }
-    let before = global_stats(&bed);
+    let before = bed.global_stats();
     let name = bed.transfer_1_mib();
-    let after = global_stats(&bed);
+    let after = bed.global_stats();
     let forwarded = after.icmp_errors_forwarded - before.icmp_errors_forwarded;
     assert!(forwarded >= 1, "no ICMP error reached a backend: {after:?}");
     println!("1 MiB echoed by {name}; ICMP errors sent to backends: {forwarded}");

@@ -16,44 +16,15 @@ use std::{
 use lb_common::{DecapStats, DEFAULT_GUE_PORT};
 use lb_tests::{
     agent::{agent_config, vip_config, Bed, TEST_VIP, TEST_VIP6},
-    topology::{echo_roundtrip, link_stats, Topology},
-    xdp::decap_stats,
+    topology::{echo_all, link_stats, Topology},
 };
 use lb_userspace::{
-    control::{
-        client,
-        protocol::{GlobalCounters, Request, ResponseData},
-    },
+    control::protocol::{Request, ResponseData},
     dataplane::{Protocol, RingModel, VipAddr, VipSpec},
 };
 use serde_json::Value;
 
 const PORT: u16 = 8080;
-
-fn all_decap_stats(bed: &Bed, backends: usize) -> Vec<DecapStats> {
-    (0..backends)
-        .map(|j| {
-            decap_stats(
-                bed.topo
-                    .decap_ebpf(j)
-                    .unwrap_or_else(|| panic!("backend {j} runs no decap program")),
-            )
-        })
-        .collect()
-}
-
-fn global_stats(bed: &Bed) -> GlobalCounters {
-    let response = client::request(
-        &bed.agent.socket(),
-        &Request::Stats {},
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("stats: {e}"));
-    match response.data {
-        Some(ResponseData::Stats { stats }) => stats.global,
-        other => panic!("stats: {other:?}"),
-    }
-}
 
 /// Where the agent says the flow from `stream`'s local end to the VIP is
 /// pinned.
@@ -68,21 +39,9 @@ fn pinned_backend(bed: &Bed, stream: &TcpStream) -> Option<IpAddr> {
         source: local.ip(),
         source_port: local.port(),
     };
-    match client::request(&bed.agent.socket(), &request, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("lookup_flow: {e}"))
-        .data
-    {
+    match bed.ask(request).data {
         Some(ResponseData::Flow { flow }) => flow.pinned_backend,
         other => panic!("lookup_flow: {other:?}"),
-    }
-}
-
-fn echo_all(connections: &mut [(String, TcpStream)], round: u8, size: usize) {
-    for (i, (name, stream)) in connections.iter_mut().enumerate() {
-        let data = vec![round ^ i as u8; size];
-        let back = echo_roundtrip(stream, &data)
-            .unwrap_or_else(|e| panic!("connection {i} to {name}, round {round}: {e:#}"));
-        assert_eq!(back, data, "connection {i} to {name}, round {round}");
     }
 }
 
@@ -105,7 +64,7 @@ fn an_ipv6_vip_spreads_as_the_model_says_sticks_and_returns_directly() {
         &backends,
     ))
     .expect("the model of the IPv6 VIP");
-    let before = all_decap_stats(&bed, 3);
+    let before = bed.decap_stats(3);
 
     let mut spread: BTreeMap<String, usize> = BTreeMap::new();
     let mut kept = Vec::new();
@@ -168,7 +127,7 @@ fn an_ipv6_vip_spreads_as_the_model_says_sticks_and_returns_directly() {
     let udp = bed.udp_flows_stay(31000..31020, 5);
     assert!(udp.len() >= 2, "20 IPv6 UDP flows: {udp:?}");
 
-    let after = all_decap_stats(&bed, 3);
+    let after = bed.decap_stats(3);
     for j in 0..3 {
         assert!(
             after[j].decapsulated > before[j].decapsulated,
@@ -233,11 +192,11 @@ fn a_client_with_a_larger_path_mtu_completes_a_1_mib_transfer_over_ipv6() {
         .client_ns(0)
         .ip(&["-6", "route", "flush", "cache"])
         .expect("flushing the route cache");
-    let before = global_stats(&bed);
+    let before = bed.global_stats();
 
     bed.transfer_1_mib();
 
-    let after = global_stats(&bed);
+    let after = bed.global_stats();
     let sent = after.icmp_frag_needed_sent - before.icmp_frag_needed_sent;
     assert!(sent >= 1, "packet too big was sent: {after:?}");
     let route = bed
@@ -256,7 +215,7 @@ fn a_client_with_a_larger_path_mtu_completes_a_1_mib_transfer_over_ipv6() {
 #[test]
 fn ping_of_the_ipv6_vip_is_answered_by_the_balancer() {
     let bed = Bed::start6(2, &[Some(1), Some(1)], "native");
-    let before = global_stats(&bed);
+    let before = bed.global_stats();
     let out = bed
         .topo
         .client_ns(0)
@@ -273,7 +232,7 @@ fn ping_of_the_ipv6_vip_is_answered_by_the_balancer() {
         ])
         .unwrap_or_else(|e| panic!("ping -6 of the VIP: {e:#}"));
     assert!(out.contains("3 received"), "ping -6: {out}");
-    let after = global_stats(&bed);
+    let after = bed.global_stats();
     assert_eq!(
         after.icmp_echo_replies - before.icmp_echo_replies,
         3,
@@ -314,7 +273,7 @@ fn mixed(vip: IpAddr, backend_family: u8, encap: Option<&str>) -> Bed {
 /// Connections and UDP flows through a mixed-family VIP reach every
 /// backend and stay; `check` sees the backends' decap counters moved.
 fn mixed_traffic(bed: &Bed, check: impl Fn(&DecapStats, &DecapStats) -> bool, what: &str) {
-    let before = all_decap_stats(bed, 3);
+    let before = bed.decap_stats(3);
     let mut connections = bed.open(30);
     echo_all(&mut connections, 0, 1000);
     echo_all(&mut connections, 1, 100_000);
@@ -326,7 +285,7 @@ fn mixed_traffic(bed: &Bed, check: impl Fn(&DecapStats, &DecapStats) -> bool, wh
     assert_eq!(spread.len(), 3, "{what}: all three backends: {spread:?}");
     let udp = bed.udp_flows_stay(32000..32010, 3);
     assert!(udp.len() >= 2, "{what}: UDP flows: {udp:?}");
-    let after = all_decap_stats(bed, 3);
+    let after = bed.decap_stats(3);
     for j in 0..3 {
         assert!(
             check(&before[j], &after[j]),

@@ -70,6 +70,20 @@ fn ip6ip6_to(input: &[u8], flow: &Ipv6, backend: Ipv6Addr) -> Vec<u8> {
     ethernet(NEXT_HOP_MAC, LB_MAC, vlan, ETHERTYPE_IPV6, &outer)
 }
 
+/// The frame the LB must send for the IPv4 client packet `p` (TOS 0) to
+/// the IPv6 `backend`: IPv4 in IPv6.
+fn ip4_in_ip6_to(p: &Ipv4, backend: Ipv6Addr) -> Vec<u8> {
+    let bytes = p.bytes();
+    let outer = ip6_tunnel(
+        (xdp::LB_SOURCE6, backend),
+        NEXT_V4,
+        0,
+        flow_hash_of(&bytes),
+        &bytes,
+    );
+    ethernet(NEXT_HOP_MAC, LB_MAC, None, ETHERTYPE_IPV6, &outer)
+}
+
 /// `vips` with GUE to `GUE_PORT`.
 fn with_gue(mut vips: Vec<VipSpec>) -> Vec<VipSpec> {
     for v in &mut vips {
@@ -154,19 +168,7 @@ pub fn ipv6_cases() -> Vec<Case> {
     let v6_vip_v4_backend = vec![vip_on(VIP6.into(), 80, Protocol::Tcp, &[(B1.into(), 1)])];
     let v4_vip_v6_backend = vec![vip_on(VIP.into(), 80, Protocol::Tcp, &[(B6_1.into(), 1)])];
     let v4_syn = tcp(TCP_SYN);
-    let v4_over_v6 = ethernet(
-        NEXT_HOP_MAC,
-        LB_MAC,
-        None,
-        ETHERTYPE_IPV6,
-        &ip6_tunnel(
-            (xdp::LB_SOURCE6, B6_1),
-            NEXT_V4,
-            0,
-            flow_hash_of(&v4_syn.bytes()),
-            &v4_syn.bytes(),
-        ),
-    );
+    let v4_over_v6 = ip4_in_ip6_to(&v4_syn, B6_1);
     let v6_over_v4 = ethernet(
         NEXT_HOP_MAC,
         LB_MAC,
@@ -182,19 +184,7 @@ pub fn ipv6_cases() -> Vec<Case> {
     too_big_multicast.src = "ff02::1".parse().expect("an address");
     let v4_too_big = tcp(TCP_ACK).payload(&vec![0xab; 1461 - 40]);
     let v4_fits = tcp(TCP_ACK).payload(&vec![0xab; 1460 - 40]);
-    let v4_fits_out = ethernet(
-        NEXT_HOP_MAC,
-        LB_MAC,
-        None,
-        ETHERTYPE_IPV6,
-        &ip6_tunnel(
-            (xdp::LB_SOURCE6, B6_1),
-            NEXT_V4,
-            0,
-            flow_hash_of(&v4_fits.bytes()),
-            &v4_fits.bytes(),
-        ),
-    );
+    let v4_fits_out = ip4_in_ip6_to(&v4_fits, B6_1);
     // Through a 1300-byte link the tunnel leaves 1260, below IPv6's
     // minimum: 1280 is advertised.
     let over_small_link = tcp6(TCP_ACK).payload(&vec![0xab; 1261 - 60]);
