@@ -20,7 +20,12 @@
 //! This module depends on no other module of the crate (the configuration
 //! embeds [`AnnounceConfig`], not the other way round).
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -122,6 +127,72 @@ pub fn plan(present: &BTreeSet<IpAddr>, wanted: &BTreeSet<IpAddr>) -> RouteChang
     RouteChange {
         announced: wanted.difference(present).copied().collect(),
         withdrawn: present.difference(wanted).copied().collect(),
+    }
+}
+
+/// Holds back the return of an address withdrawn while the agent runs.
+///
+/// An address is withdrawn when every backend of its VIPs is down, as when
+/// the node itself is cut off. Its backends' health checks rise again one
+/// by one, and the first one to rise makes the address servable, with only
+/// that backend in the ring: announced at once, the node would take back
+/// its share of the ECMP group and send established connections pinned
+/// elsewhere to the wrong backend (reset). So an address wanted again is
+/// announced only once it has been wanted for `settle` (the largest health
+/// check interval: the other healthy backends rise within one). Withdrawals,
+/// and the first announcement of an address in this run (at start-up, or a
+/// new VIP), are not delayed.
+#[derive(Debug)]
+pub struct HoldDown {
+    settle: Duration,
+    /// Addresses withdrawn in this run.
+    withdrawn: BTreeSet<IpAddr>,
+    /// Withdrawn addresses wanted again, and since when.
+    returning: BTreeMap<IpAddr, Instant>,
+    released: BTreeSet<IpAddr>,
+}
+
+impl HoldDown {
+    pub fn new(settle: Duration) -> Self {
+        Self {
+            settle,
+            withdrawn: BTreeSet::new(),
+            returning: BTreeMap::new(),
+            released: BTreeSet::new(),
+        }
+    }
+
+    /// The addresses of `wanted` to announce at `now`, and when to ask
+    /// again (an address is still settling).
+    pub fn release(
+        &mut self,
+        wanted: &BTreeSet<IpAddr>,
+        now: Instant,
+    ) -> (BTreeSet<IpAddr>, Option<Instant>) {
+        for gone in self.released.difference(wanted) {
+            self.withdrawn.insert(*gone);
+        }
+        self.released.retain(|a| wanted.contains(a));
+        self.returning.retain(|a, _| wanted.contains(a));
+        let mut next = None;
+        for &addr in wanted {
+            if self.released.contains(&addr) {
+                continue;
+            }
+            if !self.withdrawn.contains(&addr) {
+                self.released.insert(addr);
+                continue;
+            }
+            let since = *self.returning.entry(addr).or_insert(now);
+            let due = since + self.settle;
+            if due <= now {
+                self.returning.remove(&addr);
+                self.released.insert(addr);
+            } else {
+                next = Some(next.map_or(due, |n: Instant| n.min(due)));
+            }
+        }
+        (self.released.clone(), next)
     }
 }
 
@@ -339,6 +410,48 @@ mod tests {
             .map(|a| a.parse().expect("an address"))
             .collect();
         assert_eq!(addrs, want);
+    }
+
+    #[test]
+    fn a_withdrawn_address_returns_only_after_settling() {
+        let a: IpAddr = "198.18.0.10".parse().expect("address");
+        let b: IpAddr = "2001:db8::10".parse().expect("address");
+        let settle = Duration::from_millis(500);
+        let mut hold = HoldDown::new(settle);
+        let t0 = Instant::now();
+        let set = |v: &[IpAddr]| v.iter().copied().collect::<BTreeSet<_>>();
+        // First announcements are not delayed.
+        assert_eq!(hold.release(&set(&[a, b]), t0), (set(&[a, b]), None));
+        // A withdrawal is immediate.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(hold.release(&set(&[b]), t1), (set(&[b]), None));
+        // Wanted again: held for `settle`, then announced.
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(
+            hold.release(&set(&[a, b]), t2),
+            (set(&[b]), Some(t2 + settle))
+        );
+        let t3 = t2 + Duration::from_millis(200);
+        assert_eq!(
+            hold.release(&set(&[a, b]), t3),
+            (set(&[b]), Some(t2 + settle))
+        );
+        // Withdrawn again while settling: the wait starts over.
+        assert_eq!(hold.release(&set(&[b]), t3), (set(&[b]), None));
+        let t4 = t3 + Duration::from_millis(100);
+        assert_eq!(
+            hold.release(&set(&[a, b]), t4),
+            (set(&[b]), Some(t4 + settle))
+        );
+        assert_eq!(
+            hold.release(&set(&[a, b]), t4 + settle),
+            (set(&[a, b]), None)
+        );
+        // No settling time: back at once.
+        let mut eager = HoldDown::new(Duration::ZERO);
+        eager.release(&set(&[a]), t0);
+        eager.release(&set(&[]), t1);
+        assert_eq!(eager.release(&set(&[a]), t2), (set(&[a]), None));
     }
 
     #[test]

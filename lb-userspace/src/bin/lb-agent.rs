@@ -2,13 +2,19 @@
 //! socket and keeps everything until stopped. This file only wires the
 //! modules of `lb_userspace`.
 
-use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 use lb_common::names;
 use lb_userspace::{
-    announce::{Announcer, OnStop},
+    announce::{Announcer, HoldDown, OnStop},
     clidoc::{self, Generated},
     config::{self, Config, NextHop},
     control::{protocol::DEFAULT_SOCKET, server, service::Service},
@@ -346,6 +352,22 @@ fn run(args: Args) -> Result<()> {
     let checker = HealthChecker::with_instruments(transitions, instruments.clone());
     let tracer = Tracer::new(options, pins.clone(), config.interface.clone());
     let announce = config.announce.clone();
+    // How long a withdrawn VIP address waits before it is announced again
+    // (see `HoldDown`): the largest check interval of the configuration
+    // the agent starts with.
+    let settle = Duration::from_millis(
+        config
+            .vips
+            .iter()
+            .flat_map(|v| {
+                v.backends
+                    .iter()
+                    .filter_map(|b| v.check_for(b).ok().flatten())
+            })
+            .map(|check| check.interval_ms)
+            .max()
+            .unwrap_or(0),
+    );
     let mut service =
         Service::new(dataplane, config, state, ring_pool_slots, checker).with_tracer(tracer);
     // Announcing starts only now that the data path is attached.
@@ -357,7 +379,11 @@ fn run(args: Args) -> Result<()> {
             announcer: Announcer::new(a),
             stopped: false,
         }));
-        runtime.spawn(announce_loop(Arc::clone(&shared), rx));
+        runtime.spawn(announce_loop(
+            Arc::clone(&shared),
+            rx,
+            HoldDown::new(settle),
+        ));
         info!(
             "announcing VIPs through routing table {} (protocol {})",
             a.table, a.protocol
@@ -383,10 +409,10 @@ fn run(args: Args) -> Result<()> {
                     if transition.is_none() {
                         break;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     while transition_rx.try_recv().is_ok() {}
                 }
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)), if retry => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)), if retry => {}
             }
             health_service.lock().await.refresh_health();
         }
@@ -483,10 +509,10 @@ struct AnnouncerState {
 async fn announce_loop(
     shared: Arc<std::sync::Mutex<AnnouncerState>>,
     mut rx: tokio::sync::watch::Receiver<std::collections::BTreeSet<std::net::IpAddr>>,
+    mut hold: HoldDown,
 ) {
-    use std::time::Duration;
     loop {
-        let wanted = rx.borrow_and_update().clone();
+        let (wanted, settling) = hold.release(&rx.borrow_and_update(), Instant::now());
         let state = Arc::clone(&shared);
         // `ip` runs as a child process: off the runtime's threads.
         let result = tokio::task::spawn_blocking(move || {
@@ -522,11 +548,14 @@ async fn announce_loop(
                 true
             }
         };
-        let wait = if retry {
+        let mut wait = if retry {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(10)
         };
+        if let Some(due) = settling {
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
