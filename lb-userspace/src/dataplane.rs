@@ -18,7 +18,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use lb_common::{
     flow_hash, flow_hash6, ipv4_to_wire, ipv6_prefix_mask, ipv6_to_wire, port_to_wire,
     vip6_filter_position, vip_filter_position, Backend, Vip6Key, VipAddrInfo, VipKey, VipMeta,
@@ -839,11 +839,13 @@ impl DataPlane {
         let desired: BTreeMap<VipAddr, &VipSpec> = desired.iter().map(|s| (s.vip, s)).collect();
         // Tables only for VIPs whose spec changed: an unchanged VIP keeps
         // its ring (and its backend ids), so one change costs one build.
-        let mut tables = desired
+        // The planning pass builds them, once it knows the backend ids.
+        let rebuilt: BTreeSet<VipAddr> = desired
             .iter()
             .filter(|(vip, spec)| self.vips.get(vip).is_none_or(|old| old.spec != ***spec))
-            .map(|(vip, spec)| Ok((*vip, self.table_for(spec)?)))
-            .collect::<Result<BTreeMap<_, _>>>()?;
+            .map(|(vip, _)| *vip)
+            .collect();
+        let mut tables = BTreeMap::new();
         // Dry run on copies of the allocators: fails before any write if
         // ids or pool space run out.
         let mut plan = Plan {
@@ -851,13 +853,13 @@ impl DataPlane {
             backend_ids: self.backend_ids.clone(),
             pool: self.pool.clone(),
         };
-        self.walk(&desired, &mut tables, &mut plan, false)?;
+        self.walk(&desired, &rebuilt, &mut tables, &mut plan, false)?;
         let mut plan = Plan {
             vip_ids: self.vip_ids.clone(),
             backend_ids: self.backend_ids.clone(),
             pool: self.pool.clone(),
         };
-        let report = self.walk(&desired, &mut tables, &mut plan, true)?;
+        let report = self.walk(&desired, &rebuilt, &mut tables, &mut plan, true)?;
         self.vip_ids = plan.vip_ids;
         self.backend_ids = plan.backend_ids;
         self.pool = plan.pool;
@@ -877,20 +879,20 @@ impl DataPlane {
         Ok(report)
     }
 
-    fn table_for(&self, spec: &VipSpec) -> Result<Vec<u32>> {
-        spec_table(spec).with_context(|| format!("building the table of VIP {}", spec.vip))
+    fn table_for(&self, spec: &VipSpec, ids: &[u32]) -> Result<Vec<u32>> {
+        spec_table(spec, ids).with_context(|| format!("building the table of VIP {}", spec.vip))
     }
 
     /// Removes VIPs not in `desired`, then adds or updates the rest. With
     /// `write == false` only the allocators in `plan` are exercised, and the
-    /// built `tables` (slots hold indexes into the spec's backend list) are
-    /// rewritten in place into rings (slots hold backend ids): the ids the
-    /// planning pass assigns are the ones the writing pass assigns again, so
-    /// the ring is computed once, without a copy, and the writing pass moves
-    /// it into the VIP's state.
+    /// rings of the `rebuilt` VIPs are built into `tables`, with the backend
+    /// ids the planning pass assigns: the writing pass assigns the same ones
+    /// again, so the ring is computed once, without a copy, and the writing
+    /// pass moves it into the VIP's state.
     fn walk(
         &mut self,
         desired: &BTreeMap<VipAddr, &VipSpec>,
+        rebuilt: &BTreeSet<VipAddr>,
         tables: &mut BTreeMap<VipAddr, Vec<u32>>,
         plan: &mut Plan,
         write: bool,
@@ -941,7 +943,13 @@ impl DataPlane {
                 .zip(&spec.backends)
                 .map(|(i, b)| (b.addr, i))
                 .collect();
-            by_addr.sort_unstable();
+            // Sorted as `IpAddr` orders (IPv4 first), by integers: two
+            // thirds of the time of comparing the enums (1000 backends in
+            // random order: 33 against 50 µs).
+            by_addr.sort_unstable_by_key(|&(addr, i)| match addr {
+                IpAddr::V4(a) => (false, u128::from(a.to_bits()), i),
+                IpAddr::V6(a) => (true, a.to_bits(), i),
+            });
             let mut kept: Vec<Option<u32>> = vec![None; spec.backends.len()];
             let mut gone = Vec::new();
             if let Some(old) = old {
@@ -972,20 +980,14 @@ impl DataPlane {
                 })
                 .collect::<Result<Vec<u32>>>()?;
             // `None`: the VIP keeps its ring (moved over, not copied).
-            let ring: Option<Vec<u32>> = match (write, tables.get_mut(vip), old) {
-                (false, Some(table), _) => {
-                    // Slot values are indexes into the spec's backend list
-                    // (least-conn: every other slot is a weight).
-                    for slot in table.iter_mut().step_by(id_step(spec.policy)) {
-                        if let Some(&id) = ids.get(*slot as usize) {
-                            *slot = id;
-                        }
-                    }
-                    None
-                }
-                (true, Some(_), _) => tables.remove(vip),
-                (_, None, Some(_)) => None,
-                (_, None, None) => bail!("VIP {vip}: no table was built"),
+            if !write && rebuilt.contains(vip) {
+                tables.insert(*vip, self.table_for(spec, &ids)?);
+            }
+            let ring: Option<Vec<u32>> = match (write, tables.contains_key(vip), old) {
+                (false, true, _) => None,
+                (true, true, _) => tables.remove(vip),
+                (_, false, Some(_)) => None,
+                (_, false, None) => bail!("VIP {vip}: no table was built"),
             };
             let region_len = tables
                 .get(vip)
@@ -1334,27 +1336,51 @@ pub fn table_digest(spec: &VipSpec, slots: impl Iterator<Item = Slot>) -> String
 }
 
 /// The region of a spec: its Maglev table, schedule or least-conn pairs
-/// (see [`crate::policy`]). Backend ids are not known here, so slots hold
-/// indexes into the spec's backend list (`DataPlane::apply` maps them to
-/// ids).
-fn spec_table(spec: &VipSpec) -> Result<Vec<u32>> {
+/// (see [`crate::policy`]), where backend `i` of the spec's list appears
+/// as `ids[i]`.
+fn spec_table(spec: &VipSpec, ids: &[u32]) -> Result<Vec<u32>> {
+    ensure!(
+        ids.len() == spec.backends.len(),
+        "VIP {}: {} backend ids for {} backends",
+        spec.vip,
+        ids.len(),
+        spec.backends.len()
+    );
     let weights = || spec.backends.iter().map(|b| b.weight).collect::<Vec<u32>>();
-    match spec.policy {
-        Policy::Maglev | Policy::MaglevSource => {}
-        Policy::Random | Policy::RoundRobin => return Ok(policy::schedule(&weights())),
-        Policy::LeastConn => return Ok(policy::least_conn_pairs(&weights())),
+    let mut region = match spec.policy {
+        Policy::Maglev | Policy::MaglevSource => {
+            // Built with the ids themselves: a Maglev table is as large as
+            // 2^24 slots, and mapping indexes to ids afterwards took a
+            // twentieth of the build (65537 slots).
+            let backends: Vec<MaglevBackend> = spec
+                .backends
+                .iter()
+                .zip(ids)
+                .map(|(b, &id)| MaglevBackend {
+                    id,
+                    identity: octets(&b.addr),
+                    weight: b.weight,
+                })
+                .collect();
+            return Ok(maglev::build_table(&backends, spec.table_size)?);
+        }
+        Policy::Random | Policy::RoundRobin => policy::schedule(&weights()),
+        Policy::LeastConn => policy::least_conn_pairs(&weights()),
+    };
+    // Slot values are indexes into the spec's backend list (least-conn:
+    // every other slot is a weight).
+    for slot in region.iter_mut().step_by(id_step(spec.policy)) {
+        if let Some(&id) = ids.get(*slot as usize) {
+            *slot = id;
+        }
     }
-    let backends: Vec<MaglevBackend> = spec
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| MaglevBackend {
-            id: i as u32,
-            identity: octets(&b.addr),
-            weight: b.weight,
-        })
-        .collect();
-    Ok(maglev::build_table(&backends, spec.table_size)?)
+    Ok(region)
+}
+
+/// `spec_table` with each backend's index in the spec's list as its id.
+fn spec_table_of_indexes(spec: &VipSpec) -> Result<Vec<u32>> {
+    let indexes: Vec<u32> = (0..spec.backends.len() as u32).collect();
+    spec_table(spec, &indexes)
 }
 
 /// A VIP's table computed without any map: what every LB node given the same
@@ -1367,7 +1393,7 @@ pub struct RingModel {
 impl RingModel {
     pub fn new(spec: &VipSpec) -> Result<Self> {
         validate(std::slice::from_ref(spec))?;
-        let table = spec_table(spec)?;
+        let table = spec_table_of_indexes(spec)?;
         Ok(Self {
             spec: spec.clone(),
             table,
@@ -1611,7 +1637,7 @@ mod tests {
         let spec = spec6(&["2001:db8:1::2", "198.19.0.2", "2001:db8:1::3"]);
         assert_eq!(spec.source_prefix, 128);
         let model = RingModel::new(&spec).expect("a mixed-family VIP");
-        let table = spec_table(&spec).expect("a table");
+        let table = spec_table_of_indexes(&spec).expect("a table");
         let dst = lb_common::ipv6_to_wire(match spec.vip.addr {
             IpAddr::V6(a) => a.octets(),
             IpAddr::V4(_) => unreachable!("an IPv6 VIP"),
