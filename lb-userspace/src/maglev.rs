@@ -522,17 +522,17 @@ enum Isa {
     /// Plain Rust, one slot per step: runs everywhere, and is the reference
     /// the others are tested against.
     Scalar,
-    /// Sixteen lanes at a time (`vector`). Only [`Isa::detect`] hands it
-    /// out, on a CPU with AVX-512F.
+    /// Sixteen lanes at a time (`vector`), with the proof that the CPU
+    /// runs AVX-512F.
     #[cfg(target_arch = "x86_64")]
-    Avx512,
+    Avx512(vector::Avx512),
 }
 
 impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if vector::available() {
-            return Isa::Avx512;
+        if let Some(cpu) = vector::Avx512::detect() {
+            return Isa::Avx512(cpu);
         }
         Isa::Scalar
     }
@@ -548,9 +548,8 @@ impl Isa {
     ) {
         match self {
             Isa::Scalar => speculate(cursors, round, taken, table, candidates),
-            // SAFETY: `Avx512` exists only where the CPU runs AVX-512F.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { vector::speculate(cursors, round, taken, table) },
+            Isa::Avx512(cpu) => cpu.speculate(cursors, round, taken, table),
         }
     }
 
@@ -562,9 +561,8 @@ impl Isa {
                     play(&mut cursors[turn as usize], taken, table);
                 }
             }
-            // SAFETY: as in `speculate`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { vector::play(cursors, turns, taken, table) },
+            Isa::Avx512(cpu) => cpu.play(cursors, turns, taken, table),
         }
     }
 }
@@ -758,7 +756,7 @@ fn speculation_turns(isa: Isa, size: u32) -> usize {
     match isa {
         Isa::Scalar => size as usize * 9 / 10,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => size as usize * 7 / 10,
+        Isa::Avx512(_) => size as usize * 7 / 10,
     }
 }
 
@@ -841,19 +839,32 @@ fn speculate_chunk(
         }
     }
     for (&turn, &(slot, next)) in chunk.iter().zip(candidates.iter()) {
-        let cursor = &mut cursors[turn as usize];
-        let mut slot = slot;
-        if !is_free(taken, slot) {
-            // An earlier turn of the chunk took it: search on.
-            cursor.next = slot;
-            while !is_free(taken, slot) {
-                slot = cursor.step();
-            }
-        } else {
-            cursor.next = next;
-        }
-        taken[(slot / 64) as usize] |= 1 << (slot % 64);
+        claim_candidate(&mut cursors[turn as usize], slot, next, taken, table);
+    }
+}
+
+/// Plays a speculated turn: `slot` is the first entry of the cursor's
+/// permutation that was free when its chunk was searched, `after` the entry
+/// after it. The turn takes it unless an earlier turn of the chunk did;
+/// then it searches on from it (the entries before it were taken already,
+/// and slots are never freed).
+#[inline(always)]
+fn claim_candidate(
+    cursor: &mut Cursor,
+    slot: u32,
+    after: u32,
+    taken: &mut [u64],
+    table: &mut [u32],
+) {
+    let word = &mut taken[(slot / 64) as usize];
+    let bit = 1u64 << (slot % 64);
+    if *word & bit == 0 {
+        *word |= bit;
         table[slot as usize] = cursor.id;
+        cursor.next = after;
+    } else {
+        cursor.next = slot;
+        play(cursor, taken, table);
     }
 }
 
@@ -875,7 +886,7 @@ fn endgame_turns(isa: Isa, size: u32) -> u32 {
     match isa {
         Isa::Scalar => (size / 3).isqrt(),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (u64::from(size) * 2).isqrt() as u32,
+        Isa::Avx512(_) => (u64::from(size) * 2).isqrt() as u32,
     }
 }
 
@@ -923,9 +934,8 @@ impl Endgame {
     /// first.
     fn nearest(&self, next: u32, inverse: u32, scaled: u32, size: u32) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
-            // SAFETY: `Avx512` exists only where the CPU runs AVX-512F.
-            return unsafe { vector::nearest_free(&self.free, next, inverse, scaled, size) };
+        if let Isa::Avx512(cpu) = self.isa {
+            return cpu.nearest_free(&self.free, next, inverse, scaled, size);
         }
         let mut nearest: Option<(u32, usize)> = None;
         for (index, &slot) in self.free.iter().enumerate() {

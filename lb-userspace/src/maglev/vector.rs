@@ -29,7 +29,7 @@ use std::arch::x86_64::{
     _mm_cvtsi128_si32,
 };
 
-use super::{steps_to, Cursor};
+use super::{claim_candidate, steps_to, Cursor};
 
 /// Lanes of a vector: turns searched side by side, permutation entries or
 /// free slots looked at per iteration.
@@ -38,12 +38,54 @@ const LANES: usize = 16;
 // The cursor fields `speculate` gathers, as 32-bit words of a `Cursor`.
 const NEXT_WORD: usize = std::mem::offset_of!(Cursor, next) / 4;
 const SKIP_WORD: usize = std::mem::offset_of!(Cursor, skip) / 4;
-const ID_WORD: usize = std::mem::offset_of!(Cursor, id) / 4;
 const _: () = assert!(size_of::<Cursor>() == 16, "a cursor is four 32-bit words");
 
-/// Whether this CPU can run the loops of this module.
-pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx512f")
+/// The proof that this CPU runs AVX-512F: only [`Avx512::detect`] makes
+/// one, so the loops are safe to call through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Avx512(());
+
+impl Avx512 {
+    pub(super) fn detect() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+    }
+
+    /// See [`speculate`].
+    pub(super) fn speculate(
+        self,
+        cursors: &mut [Cursor],
+        round: &[u32],
+        taken: &mut [u64],
+        table: &mut [u32],
+    ) {
+        // SAFETY: `self` exists only where the CPU runs AVX-512F.
+        unsafe { speculate(cursors, round, taken, table) }
+    }
+
+    /// See [`play`].
+    pub(super) fn play(
+        self,
+        cursors: &mut [Cursor],
+        turns: &[u32],
+        taken: &mut [u64],
+        table: &mut [u32],
+    ) {
+        // SAFETY: as in `speculate`.
+        unsafe { play(cursors, turns, taken, table) }
+    }
+
+    /// See [`nearest_free`].
+    pub(super) fn nearest_free(
+        self,
+        free: &[u32],
+        next: u32,
+        inverse: u32,
+        scaled: u32,
+        size: u32,
+    ) -> Option<usize> {
+        // SAFETY: as in `speculate`.
+        unsafe { nearest_free(free, next, inverse, scaled, size) }
+    }
 }
 
 #[inline]
@@ -135,14 +177,9 @@ fn store(vector: __m512i) -> [u32; LANES] {
 /// gathers read memory by those numbers.
 ///
 /// # Safety
-/// The CPU must support AVX-512F ([`available`]).
+/// The CPU must support AVX-512F ([`Avx512`]).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn speculate(
-    cursors: &mut [Cursor],
-    round: &[u32],
-    taken: &mut [u64],
-    table: &mut [u32],
-) {
+unsafe fn speculate(cursors: &mut [Cursor], round: &[u32], taken: &mut [u64], table: &mut [u32]) {
     let size = table_size(taken, table);
     let last = round.iter().copied().max().unwrap_or(0);
     assert!((last as usize) < cursors.len(), "turn {last} has no cursor");
@@ -160,7 +197,6 @@ struct Candidates {
     slots: [u32; LANES],
     /// The permutation entry after it.
     afters: [u32; LANES],
-    ids: [u32; LANES],
 }
 
 /// Each turn's candidate: the first free slot of its backend's permutation
@@ -179,7 +215,7 @@ unsafe fn search(cursors: &[Cursor], group: &[u32], taken: &[u64], size: u32) ->
     let fields = cursors.as_ptr().cast::<i32>();
     // SAFETY: every turn indexes `cursors` (the caller's promise), and
     // the words gathered are fields of a `Cursor`.
-    let (mut next, skip, ids) = unsafe {
+    let (mut next, skip) = unsafe {
         let field = |word: usize| {
             _mm512_mask_i32gather_epi32::<4>(
                 _mm512_setzero_si512(),
@@ -188,7 +224,7 @@ unsafe fn search(cursors: &[Cursor], group: &[u32], taken: &[u64], size: u32) ->
                 fields.add(word),
             )
         };
-        (field(NEXT_WORD), field(SKIP_WORD), field(ID_WORD))
+        (field(NEXT_WORD), field(SKIP_WORD))
     };
     let outside = _mm512_mask_cmpge_epu32_mask(lanes, next, splat(size))
         | _mm512_mask_cmpge_epu32_mask(lanes, skip, splat(size));
@@ -209,12 +245,10 @@ unsafe fn search(cursors: &[Cursor], group: &[u32], taken: &[u64], size: u32) ->
     Candidates {
         slots: store(slots),
         afters: store(step(slots, skip, back)),
-        ids: store(ids),
     }
 }
 
-/// Claims the candidates of `group` in turn order; a turn whose candidate
-/// is taken by now searches on from it.
+/// Claims the candidates of `group` in turn order (`claim_candidate`).
 fn claim(
     cursors: &mut [Cursor],
     group: &[u32],
@@ -222,19 +256,8 @@ fn claim(
     taken: &mut [u64],
     table: &mut [u32],
 ) {
-    for (lane, &turn) in group.iter().enumerate() {
-        let slot = found.slots[lane];
-        let word = &mut taken[(slot / 64) as usize];
-        let bit = 1u64 << (slot % 64);
-        let cursor = &mut cursors[turn as usize];
-        if *word & bit == 0 {
-            *word |= bit;
-            table[slot as usize] = found.ids[lane];
-            cursor.next = found.afters[lane];
-        } else {
-            cursor.next = slot;
-            super::play(cursor, taken, table);
-        }
+    for ((&turn, &slot), &after) in group.iter().zip(&found.slots).zip(&found.afters) {
+        claim_candidate(&mut cursors[turn as usize], slot, after, taken, table);
     }
 }
 
@@ -251,14 +274,9 @@ fn claim(
 /// Panics where `speculate` does; loops forever if no slot is free.
 ///
 /// # Safety
-/// The CPU must support AVX-512F ([`available`]).
+/// The CPU must support AVX-512F ([`Avx512`]).
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn play(
-    cursors: &mut [Cursor],
-    turns: &[u32],
-    taken: &mut [u64],
-    table: &mut [u32],
-) {
+unsafe fn play(cursors: &mut [Cursor], turns: &[u32], taken: &mut [u64], table: &mut [u32]) {
     let size = table_size(taken, table);
     let mut pairs = turns.chunks_exact(2);
     for pair in &mut pairs {
@@ -378,10 +396,10 @@ impl Walk {
 /// `scaled` is `floor(inverse * 2^32 / size)`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F ([`available`]); every slot of `free` and
+/// The CPU must support AVX-512F ([`Avx512`]); every slot of `free` and
 /// `next` must be below `size`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn nearest_free(
+unsafe fn nearest_free(
     free: &[u32],
     next: u32,
     inverse: u32,
@@ -438,13 +456,13 @@ mod tests {
     use crate::maglev::{play as play_scalar, Endgame, Isa, NO_BACKEND};
     use proptest::prelude::*;
 
-    /// Skips the calling test, saying so, on a CPU without AVX-512F.
-    fn cpu_has_avx512() -> bool {
-        let has = available();
-        if !has {
+    /// The CPU's AVX-512F, or `None` (saying so: the calling test skips).
+    fn avx512() -> Option<Avx512> {
+        let cpu = Avx512::detect();
+        if cpu.is_none() {
             eprintln!("note: this CPU has no AVX-512F, the vector loops are not tested");
         }
-        has
+        cpu
     }
 
     fn cursor(next: u32, skip: u32, size: u32, id: u32) -> Cursor {
@@ -472,9 +490,7 @@ mod tests {
     /// playing one by one does.
     #[test]
     fn turns_sharing_a_candidate_play_as_one_by_one() {
-        if !cpu_has_avx512() {
-            return;
-        }
+        let Some(cpu) = avx512() else { return };
         let size = 41;
         let free = [5, 20, 33];
         // Backend 0 walks 5, ...; backend 1 walks 5, 8, 11, ..., 20.
@@ -486,16 +502,12 @@ mod tests {
         }
         assert_eq!(expected_table[5], 7);
         assert_eq!(expected_table[20], 9);
-        type Loop = fn(&mut [Cursor], &[u32], &mut [u64], &mut [u32]);
-        let loops: [(&str, Loop); 2] = [
-            // SAFETY (both): the CPU has AVX-512F, checked above.
-            ("play", |c, t, k, m| unsafe { play(c, t, k, m) }),
-            ("speculate", |c, t, k, m| unsafe { speculate(c, t, k, m) }),
-        ];
+        type Loop = fn(Avx512, &mut [Cursor], &[u32], &mut [u64], &mut [u32]);
+        let loops: [(&str, Loop); 2] = [("play", Avx512::play), ("speculate", Avx512::speculate)];
         for (name, run) in loops {
             let (mut cursors, mut taken) = (start.clone(), taken_except(size, &free));
             let mut table = vec![NO_BACKEND; size as usize];
-            run(&mut cursors, &[0, 1], &mut taken, &mut table);
+            run(cpu, &mut cursors, &[0, 1], &mut taken, &mut table);
             assert_eq!(table, expected_table, "{name}: table");
             assert_eq!(taken, expected_taken, "{name}: taken");
             let positions = |c: &[Cursor]| c.iter().map(|c| c.next).collect::<Vec<_>>();
@@ -510,29 +522,27 @@ mod tests {
     #[test]
     #[should_panic(expected = "turn 2 has no cursor")]
     fn a_turn_without_a_cursor_panics_before_any_gather() {
-        if !available() {
+        let Some(cpu) = Avx512::detect() else {
             panic!("turn 2 has no cursor (no AVX-512F: nothing to test)");
-        }
+        };
         let size = 41;
         let mut cursors = vec![cursor(0, 1, size, 0), cursor(1, 2, size, 1)];
         let mut taken = vec![0u64; 1];
         let mut table = vec![NO_BACKEND; size as usize];
-        // SAFETY: the CPU has AVX-512F, checked above.
-        unsafe { speculate(&mut cursors, &[0, 2], &mut taken, &mut table) };
+        cpu.speculate(&mut cursors, &[0, 2], &mut taken, &mut table);
     }
 
     #[test]
     #[should_panic(expected = "outside the table's permutation")]
     fn a_cursor_outside_the_table_panics_before_any_gather() {
-        if !available() {
+        let Some(cpu) = Avx512::detect() else {
             panic!("outside the table's permutation (no AVX-512F: nothing to test)");
-        }
+        };
         let size = 41;
         let mut cursors = vec![cursor(41, 1, size, 0)];
         let mut taken = vec![0u64; 1];
         let mut table = vec![NO_BACKEND; size as usize];
-        // SAFETY: the CPU has AVX-512F, checked above.
-        unsafe { speculate(&mut cursors, &[0], &mut taken, &mut table) };
+        cpu.speculate(&mut cursors, &[0], &mut taken, &mut table);
     }
 
     proptest! {
@@ -551,9 +561,7 @@ mod tests {
             next in any::<u32>(),
             skip in any::<u32>(),
         ) {
-            if !cpu_has_avx512() {
-                return Ok(());
-            }
+            let Some(cpu) = avx512() else { return Ok(()) };
             let (next, skip) = (next % size, skip % (size - 1) + 1);
             let mut free: Vec<u32> = seeds.iter().map(|s| s % size).collect();
             free.sort_unstable();
@@ -562,8 +570,7 @@ mod tests {
             let scaled = ((u64::from(inverse) << 32) / u64::from(size)) as u32;
             let scalar = Endgame { free: free.clone(), isa: Isa::Scalar };
             let expected = scalar.nearest(next, inverse, scaled, size);
-            // SAFETY: the CPU has AVX-512F, checked above.
-            let found = unsafe { nearest_free(&free, next, inverse, scaled, size) };
+            let found = cpu.nearest_free(&free, next, inverse, scaled, size);
             prop_assert_eq!(found, expected);
         }
     }
