@@ -25,6 +25,9 @@ fn main() {
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
         ebpf_dir.join("Cargo.lock"),
+        // Its target, flags and toolchain pin.
+        ebpf_dir.join(".cargo"),
+        ebpf_dir.join("rust-toolchain.toml"),
         common_dir.join("src"),
     ] {
         println!("cargo:rerun-if-changed={}", path.display());

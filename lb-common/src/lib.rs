@@ -96,6 +96,22 @@ pub const fn vip_filter_position(addr: u32) -> (u32, u32) {
     (h >> 6, h & 63)
 }
 
+/// Slots of the benchmark's direct-indexed VIP table (the "ring first"
+/// experiment of `cargo xtask bench`: `BENCH_VIP_KEYS` and
+/// `BENCH_VIP_METAS` in the bench object, written by `lb-bench`, read by
+/// `bench_ring_first_indexed`). Not used by the agent.
+pub const BENCH_VIP_SLOTS: u32 = 256;
+/// Slots a VIP may sit past its first one in that table (linear probing).
+pub const BENCH_VIP_PROBES: u32 = 4;
+
+/// The first slot of a VIP in the benchmark's direct-indexed VIP table: a
+/// multiplicative hash of the address, port and protocol.
+#[inline(always)]
+pub const fn bench_vip_slot(key: &VipKey) -> u32 {
+    let word = key.addr ^ ((key.port as u32) << 16) ^ key.proto as u32;
+    (word.wrapping_mul(0x9e37_79b1) >> 24) % BENCH_VIP_SLOTS
+}
+
 /// Ring slots per element of the `RINGS` array. BPF arrays round every
 /// element up to 8 bytes; packing two 4-byte slots per element keeps the
 /// pool dense, so the agent can write a whole ring with one memcpy into the
@@ -511,7 +527,9 @@ pub struct GlobalStats {
     /// Too short for the headers it claims, IHL < 5, an IP version other
     /// than 4 under the IPv4 ethertype (6 under IPv6's), an IPv6 payload
     /// length past the frame: passed untouched,
-    /// the kernel drops what is really broken.
+    /// the kernel drops what is really broken. Past the fixed IP header,
+    /// only packets to a VIP address are judged: the others are `passed`
+    /// once the address filter says they are not ours.
     pub malformed: u64,
     /// Established flows found in the connection table.
     pub flow_hits: u64,

@@ -39,6 +39,25 @@ pub struct Shape {
     pub on_too_big: OnTooBig,
 }
 
+impl Shape {
+    /// An IPv4 TCP or UDP packet's: a DF packet too big for the tunnel is
+    /// answered with "fragmentation needed", any other dropped.
+    #[inline(always)]
+    pub fn of_ipv4(l2: L2, pkt: &parse::Ipv4Flow) -> Shape {
+        Shape {
+            l2,
+            len: pkt.tot_len,
+            tos: pkt.tos,
+            inner_v6: false,
+            on_too_big: if pkt.df {
+                OnTooBig::FragNeeded
+            } else {
+                OnTooBig::Drop
+            },
+        }
+    }
+}
+
 /// A packet on its way to a backend: what [`forward`] needs.
 #[derive(Clone, Copy)]
 pub struct Outbound {
@@ -197,32 +216,25 @@ pub fn balance6(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -> Found {
-    match parse::parse(ctx, l2) {
-        Parsed::Flow(pkt) => {
-            // Most packets on a NIC are for no VIP: one array read tells.
-            if !classify::maybe_vip_address(pkt.flow.dst_addr) {
-                return Err(pass(&mut stats.passed));
-            }
-            let shape = Shape {
-                l2,
-                len: pkt.tot_len,
-                tos: pkt.tos,
-                inner_v6: false,
-                on_too_big: if pkt.df {
-                    OnTooBig::FragNeeded
-                } else {
-                    OnTooBig::Drop
-                },
-            };
-            vip_packet(
-                ctx,
-                &pkt.flow,
-                shape,
-                (pkt.tcp_syn, pkt.tcp_fin_rst),
-                stats,
-                out,
-            )
-        }
+    let Some(ip) = parse::ipv4_header(ctx, l2) else {
+        return Err(pass(&mut stats.malformed));
+    };
+    // Most packets on a NIC are for no VIP: one array read tells, before
+    // the rest of the packet is read. (Every packet the balancer acts on
+    // is addressed to a VIP: its flows, ICMP about them, its fragments.)
+    let dst_addr = u32::from_ne_bytes(ip.dst_addr);
+    if !classify::maybe_vip_address(dst_addr) {
+        return Err(pass(&mut stats.passed));
+    }
+    match parse::parse(ctx, l2, ip, dst_addr) {
+        Parsed::Flow(pkt) => vip_packet(
+            ctx,
+            &pkt.flow,
+            Shape::of_ipv4(l2, &pkt),
+            (pkt.tcp_syn, pkt.tcp_fin_rst),
+            stats,
+            out,
+        ),
         // An ICMP error about a VIP flow is forwarded like the flow's packets.
         Parsed::Icmp(pkt) => icmp::icmpv4(ctx, &pkt, stats, out),
         Parsed::Other => Err(pass(&mut stats.passed)),
@@ -238,11 +250,16 @@ fn ipv4(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -
 
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -> Found {
-    match parse::parse6(ctx, l2) {
+    let Some(ip) = parse::ipv6_header(ctx, l2) else {
+        return Err(pass(&mut stats.malformed));
+    };
+    // The filter before the extension headers are walked, as for IPv4.
+    let dst_addr = parse::ipv6_wire(ip.dst_addr);
+    if !classify::maybe_vip6_address(&dst_addr) {
+        return Err(pass(&mut stats.passed));
+    }
+    match parse::parse6(ctx, l2, ip, dst_addr) {
         Parsed6::Flow(pkt) => {
-            if !classify::maybe_vip6_address(&pkt.flow.dst_addr) {
-                return Err(pass(&mut stats.passed));
-            }
             let shape = Shape {
                 l2,
                 len: pkt.pkt_len,

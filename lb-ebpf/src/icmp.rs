@@ -65,7 +65,8 @@ pub fn icmpv4(
     stats: &mut GlobalStats,
     out: &mut Outbound,
 ) -> Found {
-    if !classify::maybe_vip_address(pkt.dst_addr) || pkt.fragment {
+    // The caller's address filter let `pkt.dst_addr` through.
+    if pkt.fragment {
         // A fragment holds no whole message; the kernel reassembles or
         // drops it, as before.
         return Err(balancer::pass(&mut stats.passed));

@@ -56,9 +56,7 @@ pub fn icmpv6(
     stats: &mut GlobalStats,
     out: &mut Outbound,
 ) -> Found {
-    if !classify::maybe_vip6_address(&pkt.dst_addr) {
-        return Err(balancer::pass(&mut stats.passed));
-    }
+    // The caller's address filter let `pkt.dst_addr` through.
     match pkt.icmp_type {
         ICMP6_ECHO_REQUEST => Err(echo(ctx, pkt, stats)),
         ICMP6_DEST_UNREACH | ICMP6_PACKET_TOO_BIG | ICMP6_TIME_EXCEEDED | ICMP6_PARAM_PROBLEM => {

@@ -43,6 +43,15 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// Bytes in the frame. The difference is taken before anything is
+/// subtracted from it, through a barrier: LLVM otherwise reassociates
+/// `end - start - n` into `(-n - start) + end`, and the verifier refuses
+/// to subtract the packet pointer from a number.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    core::hint::black_box(ctx.data_end() - ctx.data())
+}
+
 /// Where the IPv4 header starts: after Ethernet, or after Ethernet and one
 /// 802.1Q tag.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -124,17 +133,22 @@ pub fn parse_l2(ctx: &XdpContext) -> Option<(L2, u16)> {
     Some((L2::Vlan, unsafe { (*vlan).ether_type }))
 }
 
-/// Parses an IPv4 packet (the ethertype said so) after `l2`.
+/// The IPv4 header after `l2` (the ethertype said IPv4), if the frame
+/// holds its fixed 20 bytes and it says version 4: what the address filter
+/// reads before anything else of the packet. `None`: malformed. Its other
+/// fields are [`parse`]'s to check.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, l2: L2) -> Parsed {
+pub fn ipv4_header(ctx: &XdpContext, l2: L2) -> Option<&Ipv4Hdr> {
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l2.header_len())? };
+    (ip.vihl >> 4 == 4).then_some(ip)
+}
+
+/// Parses the IPv4 packet whose header [`ipv4_header`] found after `l2`;
+/// `dst_addr` is its destination, as the filter read it (read once).
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr, dst_addr: u32) -> Parsed {
     let l3 = l2.header_len();
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
-        return Parsed::Malformed;
-    };
-    let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 {
-        return Parsed::Malformed;
-    }
     let proto = ip.proto;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         if proto == IPPROTO_ICMP {
@@ -144,12 +158,11 @@ pub fn parse(ctx: &XdpContext, l2: L2) -> Parsed {
     }
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len);
-    let frame_l3_len = ctx.data_end() - ctx.data() - l3;
+    let frame_l3_len = frame_len(ctx) - l3;
     if ihl < IPV4_MIN_LEN || (tot_len as usize) < ihl || tot_len as usize > frame_l3_len {
         return Parsed::Malformed;
     }
     let frags = u16::from_be_bytes(ip.frags);
-    let dst_addr = u32::from_ne_bytes(ip.dst_addr);
     if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
         return Parsed::Fragment { dst_addr };
     }
@@ -221,7 +234,7 @@ fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr) -> Parsed {
     let l3 = l2.header_len();
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len);
-    let frame_l3_len = ctx.data_end() - ctx.data() - l3;
+    let frame_l3_len = frame_len(ctx) - l3;
     if ihl < IPV4_MIN_LEN || (tot_len as usize) < ihl + 8 || tot_len as usize > frame_l3_len {
         return Parsed::Malformed;
     }
@@ -286,29 +299,39 @@ pub enum Parsed6 {
     Icmp(Ipv6Icmp),
 }
 
-/// Parses an IPv6 packet (the ethertype said so) after `l2`: the fixed
-/// header, then at most `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and
-/// destination-options headers, then the transport header.
+/// The fixed IPv6 header after `l2` (the ethertype said IPv6), if the
+/// frame holds its 40 bytes and it says version 6: what the address filter
+/// reads before any extension header is walked. `None`: malformed.
 #[inline(always)]
-pub fn parse6(ctx: &XdpContext, l2: L2) -> Parsed6 {
-    let l3 = l2.header_len();
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
-        return Parsed6::Malformed;
-    };
-    let ip = unsafe { &*ip };
+pub fn ipv6_header(ctx: &XdpContext, l2: L2) -> Option<&Ipv6Hdr> {
+    // SAFETY: `ptr_at` checked that the header lies inside the packet.
+    let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2.header_len())? };
     // Version (4 bits), traffic class (8), flow label (20).
+    (ip.vcf[0] >> 4 == 6).then_some(ip)
+}
+
+/// An IPv6 address as the maps key it: four wire-order words.
+#[inline(always)]
+pub fn ipv6_wire(addr: [u8; 16]) -> Ipv6Wire {
+    // SAFETY: sixteen u8 and four u32 have the same size, any bits valid.
+    unsafe { core::mem::transmute(addr) }
+}
+
+/// Parses the IPv6 packet whose fixed header [`ipv6_header`] found after
+/// `l2` (`dst_addr`: its destination, as the filter read it): at most
+/// `MAX_IPV6_EXT_HEADERS` hop-by-hop, routing and destination-options
+/// headers, then the transport header.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext, l2: L2, ip: &Ipv6Hdr, dst_addr: Ipv6Wire) -> Parsed6 {
+    let l3 = l2.header_len();
     let head = ip.vcf;
-    if head[0] >> 4 != 6 {
-        return Parsed6::Malformed;
-    }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let frame_l3_len = ctx.data_end() - ctx.data() - l3;
+    let frame_l3_len = frame_len(ctx) - l3;
     if payload_len == 0 || IPV6_LEN + payload_len > frame_l3_len {
         return Parsed6::Malformed;
     }
     let pkt_len = (IPV6_LEN + payload_len) as u16;
-    let src_addr: Ipv6Wire = unsafe { core::mem::transmute(ip.src_addr) };
-    let dst_addr: Ipv6Wire = unsafe { core::mem::transmute(ip.dst_addr) };
+    let src_addr = ipv6_wire(ip.src_addr);
     let mut next = ip.next_hdr;
     // Offset of the next header from the IPv6 header.
     let mut l4 = IPV6_LEN;

@@ -367,6 +367,14 @@ fn policy_choice<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<Selected> {
 /// (its choice is no function of the tuple: only the pin knows it).
 #[inline(always)]
 pub fn ring_choice<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<Selected> {
+    backend_at(maglev_slot(flow, vip)?)
+}
+
+/// The backend id in the flow's slot of a `maglev` or `maglev-source`
+/// VIP's table (`NO_BACKEND` in an empty table). `None`: another policy,
+/// or no table.
+#[inline(always)]
+pub fn maglev_slot<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<u32> {
     let hash = match vip.policy {
         POLICY_MAGLEV => flow.hash(),
         POLICY_MAGLEV_SOURCE => flow.source_hash(vip),
@@ -375,9 +383,7 @@ pub fn ring_choice<T: Tuple>(flow: &T, vip: &VipMeta) -> Option<Selected> {
     if vip.ring_size == 0 {
         return None;
     }
-    backend_at(ring_slot(
-        vip.ring_offset.wrapping_add(hash % vip.ring_size),
-    )?)
+    ring_slot(vip.ring_offset.wrapping_add(hash % vip.ring_size))
 }
 
 /// Weighted least connections over the VIP's (backend id, weight) pairs:
@@ -426,7 +432,7 @@ fn ring_slot(index: u32) -> Option<u32> {
 
 /// The active backend of id `backend_id` as a new flow's choice.
 #[inline(always)]
-fn backend_at(backend_id: u32) -> Option<Selected> {
+pub fn backend_at(backend_id: u32) -> Option<Selected> {
     if backend_id == NO_BACKEND {
         return None;
     }

@@ -158,6 +158,10 @@ fn cases() -> Vec<Case> {
     later_fragment.frags = 0x0010; // offset 128
     let mut fragment_elsewhere = Ipv4::udp(CLIENT, 40000, NOT_VIP, 53);
     fragment_elsewhere.frags = 0x2000;
+    // A TCP header cut short, to no VIP: the address filter comes first, so
+    // the packet passes as not ours, without its ports being read.
+    let mut truncated_elsewhere = from_router(&Ipv4::tcp(CLIENT, 40000, NOT_VIP, 80, TCP_ACK));
+    truncated_elsewhere.truncate(14 + 20 + 12);
     let mut tcp_fragment = tcp(TCP_ACK);
     tcp_fragment.frags = 0x2000; // MF
     let mut tagged_truncated = tagged(&tcp(TCP_ACK));
@@ -766,6 +770,13 @@ fn cases() -> Vec<Case> {
             "fragment to another address passes",
             tcp_vip(),
             from_router(&fragment_elsewhere),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "truncated TCP header to another address: passed as not ours (the filter comes first)",
+            tcp_vip(),
+            truncated_elsewhere,
             Expect::Pass,
             PASSED,
         ),

@@ -14,26 +14,61 @@
 //!
 //! `bench_floor_lookup` is the floor plus one connection-table lookup that
 //! hits: the least an established flow can cost when it consults the table.
+//!
+//! `bench_ring_first` and `bench_ring_first_indexed` are an experiment, not
+//! the product: a design in which a Maglev VIP's packet goes by its slot of
+//! the table first and consults the connection table only when the slot is
+//! marked as changed since the flows in it were pinned ("dirty"), so that
+//! an established flow in an unchanged slot costs no connection-table
+//! lookup. They run the balancer's own parse, filter, Maglev slot and tail;
+//! the first finds the VIP in `VIPS` (a hash map), the second in a
+//! direct-indexed array table. The agent writes no dirty slot, so the
+//! timed path is the clean one; a dirty slot is dropped here and counted
+//! as an encapsulation error, which the benchmark's counter check would
+//! catch.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_xdp_adjust_head, macros::map, macros::xdp,
-    maps::PerCpuArray, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::map,
+    macros::xdp,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, GUE6_OVERHEAD, GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP, IPPROTO_UDP, IPV6_OVERHEAD,
+    bench_vip_slot, FlowKey, VipKey, VipMeta, BENCH_VIP_PROBES, BENCH_VIP_SLOTS, GUE6_OVERHEAD,
+    GUE_OVERHEAD, IPIP_OVERHEAD, IPPROTO_TCP, IPPROTO_UDP, IPV6_OVERHEAD,
 };
 use lb_ebpf::{
-    balancer::{balance, balance6},
+    balancer::{self, balance, balance6, Outbound, Shape},
+    classify,
     maps::FLOWS,
-    parse::ptr_at,
+    parse::{self, ptr_at, Parsed},
+    select, stats,
 };
 use network_types::eth::{EthHdr, EtherType};
 
 /// Per-CPU sequence number that makes every `bench_new_flow` run a new flow.
 #[map]
 static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The ring-first experiment's VIP table: keys by slot (an all-zero key
+/// is an empty slot). Written by `lb-bench`, read by
+/// `bench_ring_first_indexed`.
+#[map]
+static BENCH_VIP_KEYS: Array<VipKey> = Array::with_max_entries(BENCH_VIP_SLOTS, 0);
+
+/// The VIP of each slot of `BENCH_VIP_KEYS`, as the agent wrote it into
+/// `VIPS`. Written by `lb-bench`, read by `bench_ring_first_indexed`.
+#[map]
+static BENCH_VIP_METAS: Array<VipMeta> = Array::with_max_entries(BENCH_VIP_SLOTS, 0);
+
+/// A slot of a VIP's Maglev table whose backend changed since the flows
+/// in it were pinned: the design's flag (bit 31 of the slot) for "consult
+/// the connection table".
+const DIRTY_SLOT: u32 = 1 << 31;
 
 /// The floor: swap the MACs and send the frame back.
 #[xdp]
@@ -206,4 +241,90 @@ pub fn bench_wrapper_floor(ctx: XdpContext) -> u32 {
             xdp_action::XDP_TX
         },
     )
+}
+
+/// The ring-first experiment on an IPv4 frame, its VIP found in `VIPS`.
+#[xdp]
+pub fn bench_ring_first(ctx: XdpContext) -> u32 {
+    if is_syn(&ctx, 14 + 20) && next_flow(&ctx, 14 + 14, 14 + 20).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    wrapped(&ctx, tunnel_overhead, |ctx| {
+        ring_first(ctx, classify::lookup_vip)
+    })
+}
+
+/// The ring-first experiment, its VIP found in the direct-indexed table.
+#[xdp]
+pub fn bench_ring_first_indexed(ctx: XdpContext) -> u32 {
+    if is_syn(&ctx, 14 + 20) && next_flow(&ctx, 14 + 14, 14 + 20).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    wrapped(&ctx, tunnel_overhead, |ctx| ring_first(ctx, indexed_vip))
+}
+
+/// The VIP of `flow` in `BENCH_VIP_KEYS` / `BENCH_VIP_METAS`: at most
+/// `BENCH_VIP_PROBES` slots from its first, up to an empty one.
+#[inline(always)]
+fn indexed_vip(flow: &FlowKey) -> Option<VipMeta> {
+    let key = VipKey {
+        addr: flow.dst_addr,
+        port: flow.dst_port,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    let first = bench_vip_slot(&key);
+    for probe in 0..BENCH_VIP_PROBES {
+        let slot = (first + probe) % BENCH_VIP_SLOTS;
+        let found = BENCH_VIP_KEYS.get(slot)?;
+        if *found == key {
+            return BENCH_VIP_METAS.get(slot).copied();
+        }
+        if found.addr == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+/// An IPv4 TCP or UDP packet by its VIP's Maglev slot, without the
+/// connection table: parse, filter, VIP, slot, backend, the balancer's
+/// tail. Anything else passes (the benchmark sends none).
+#[inline(always)]
+fn ring_first(ctx: &XdpContext, vip_of: impl FnOnce(&FlowKey) -> Option<VipMeta>) -> u32 {
+    let Some(stats) = stats::global() else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some((l2, ether_type)) = parse::parse_l2(ctx) else {
+        return balancer::pass(&mut stats.malformed);
+    };
+    if ether_type != EtherType::Ipv4.into() {
+        return balancer::pass(&mut stats.passed);
+    }
+    let Some(ip) = parse::ipv4_header(ctx, l2) else {
+        return balancer::pass(&mut stats.malformed);
+    };
+    let dst_addr = u32::from_ne_bytes(ip.dst_addr);
+    if !classify::maybe_vip_address(dst_addr) {
+        return balancer::pass(&mut stats.passed);
+    }
+    let Parsed::Flow(pkt) = parse::parse(ctx, l2, ip, dst_addr) else {
+        return balancer::pass(&mut stats.passed);
+    };
+    let Some(vip) = vip_of(&pkt.flow) else {
+        return balancer::pass(&mut stats.passed);
+    };
+    let Some(slot) = select::maglev_slot(&pkt.flow, &vip) else {
+        return balancer::pass(&mut stats.passed);
+    };
+    if slot & DIRTY_SLOT != 0 {
+        return balancer::drop(&mut stats.encap_errors);
+    }
+    let Some(mut selected) = select::backend_at(slot) else {
+        return balancer::drop(&mut stats.drop_no_backend);
+    };
+    // No pin tells a new flow from an established one here: the SYN does.
+    selected.new_flow = pkt.tcp_syn;
+    let out = Outbound::to_backend(Shape::of_ipv4(l2, &pkt), &pkt.flow, &selected, vip.vip_id);
+    balancer::forward::<false>(ctx, stats, &out)
 }

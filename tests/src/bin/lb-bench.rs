@@ -18,7 +18,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    FlowKey, FlowPin, GlobalStats, DEFAULT_FLOW_TABLE_ENTRIES, LEAST_CONN_MAX_BACKENDS,
+    bench_vip_slot, FlowKey, FlowPin, GlobalStats, VipKey, VipMeta, BENCH_VIP_PROBES,
+    BENCH_VIP_SLOTS, DEFAULT_FLOW_TABLE_ENTRIES, LEAST_CONN_MAX_BACKENDS,
 };
 use lb_tests::{
     agent::{agent_config, vip_config, Bed, TEST_VIP},
@@ -36,7 +37,7 @@ use lb_userspace::{
     health::HealthChecker,
     loader::{self, BalancerOptions},
     maglev::{self, MaglevBackend},
-    maps::BalancerMaps,
+    maps::{AnyVipKey, BalancerMaps},
     objects,
     policy::Policy,
     state::StateFile,
@@ -59,6 +60,8 @@ const PROGRAMS: &[&str] = &[
     "bench_balancer",
     "bench_balancer6",
     "bench_wrapper_floor",
+    "bench_ring_first",
+    "bench_ring_first_indexed",
 ];
 
 /// The policies whose new-flow cost the XDP case measures: label, VIP
@@ -144,9 +147,22 @@ fn measure_interleaved(
     want: u32,
     check: &[CounterCheck],
 ) -> Result<Vec<Stat>> {
-    let mut samples = vec![Vec::new(); frames.len()];
+    let cases: Vec<Timed> = frames
+        .iter()
+        .map(|frame| (name, frame.as_slice(), want, check))
+        .collect();
+    measure_cases(ebpf, dataplane, &cases)
+}
+
+/// One timed case: program, frame, verdict, counters that must move.
+type Timed<'a> = (&'a str, &'a [u8], u32, &'a [CounterCheck<'a>]);
+
+/// Like [`measure`] for several cases, of any programs: each of the
+/// `ROUNDS` rounds times every case once, in turn (A/B in one run).
+fn measure_cases(ebpf: &mut Ebpf, dataplane: &DataPlane, cases: &[Timed]) -> Result<Vec<Stat>> {
+    let mut samples = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
-        for (frame, samples) in frames.iter().zip(&mut samples) {
+        for (&(name, frame, want, check), samples) in cases.iter().zip(&mut samples) {
             let before = dataplane.maps().global_stats()?;
             samples.push(time_program(ebpf, name, frame, want)?);
             let after = dataplane.maps().global_stats()?;
@@ -159,6 +175,38 @@ fn measure_interleaved(
         }
     }
     Ok(samples.into_iter().map(summarize).collect())
+}
+
+/// Writes the agent's IPv4 VIPs, as it wrote them into `VIPS`, into the
+/// bench object's direct-indexed VIP table (the ring-first experiment).
+fn fill_bench_vip_table(ebpf: &mut Ebpf, dataplane: &DataPlane) -> Result<()> {
+    let mut keys: aya::maps::Array<_, VipKey> = aya::maps::Array::try_from(
+        ebpf.map_mut("BENCH_VIP_KEYS")
+            .context("the bench object has no BENCH_VIP_KEYS")?,
+    )?;
+    let mut used = vec![false; BENCH_VIP_SLOTS as usize];
+    let mut placed = Vec::new();
+    for (key, meta) in dataplane.maps().vip_entries()? {
+        let AnyVipKey::V4(key) = key else { continue };
+        let first = bench_vip_slot(&key);
+        let slot = (0..BENCH_VIP_PROBES)
+            .map(|probe| (first + probe) % BENCH_VIP_SLOTS)
+            .find(|&slot| !used[slot as usize])
+            .with_context(|| {
+                format!("no free slot within {BENCH_VIP_PROBES} of {first} for {key:?}")
+            })?;
+        used[slot as usize] = true;
+        keys.set(slot, key, 0)?;
+        placed.push((slot, meta));
+    }
+    let mut metas: aya::maps::Array<_, VipMeta> = aya::maps::Array::try_from(
+        ebpf.map_mut("BENCH_VIP_METAS")
+            .context("the bench object has no BENCH_VIP_METAS")?,
+    )?;
+    for (slot, meta) in placed {
+        metas.set(slot, meta, 0)?;
+    }
+    Ok(())
 }
 
 fn xdp_benchmarks() -> Result<serde_json::Value> {
@@ -469,7 +517,9 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
         "  the balancer program: {} BPF instructions after verification, {} bytes of JIT code",
         size.0, size.1
     );
+    let ring_first = ring_first_experiment(&mut ebpf, &dataplane, &established, &syn)?;
     Ok(json!({
+        "ring_first": ring_first,
         "balancer_xlated_insns": size.0,
         "balancer_jited_bytes": size.1,
         "floor": floor.median,
@@ -503,6 +553,109 @@ fn xdp_benchmarks() -> Result<serde_json::Value> {
             "wrapper_floor": wrapper.min,
         },
     }))
+}
+
+/// Another design for the established path, A/B in one run against
+/// today's (see `bench_ring_first` in lb-ebpf's bench programs): a Maglev
+/// VIP's packet goes by its table slot first and consults the connection
+/// table only if the slot is marked dirty. Times, interleaved round by
+/// round, the floor, today's established flow and new flow, and the
+/// experiment's established flow (VIP found in the `VIPS` hash map, or in
+/// a direct-indexed array) and new flow without a pin (the bound a design
+/// without pins reaches; not exact). Checks first that the experiment
+/// sends the pinned flow to the backend it is pinned to.
+fn ring_first_experiment(
+    ebpf: &mut Ebpf,
+    dataplane: &DataPlane,
+    established: &[u8],
+    syn: &[u8],
+) -> Result<serde_json::Value> {
+    fill_bench_vip_table(ebpf, dataplane)?;
+    let today = backend_of_run(ebpf, dataplane, "bench_balancer", established)?;
+    for program in ["bench_ring_first", "bench_ring_first_indexed"] {
+        let chosen = backend_of_run(ebpf, dataplane, program, established)?;
+        ensure!(
+            chosen == today,
+            "{program} sent the established flow to backend {chosen}, its pin says {today}"
+        );
+    }
+    let sent: &[CounterCheck] = &[("tx", |s| s.tx)];
+    let hit: &[CounterCheck] = &[("tx", |s| s.tx), ("flow_hits", |s| s.flow_hits)];
+    let miss: &[CounterCheck] = &[("tx", |s| s.tx), ("flow_misses", |s| s.flow_misses)];
+    let cases: [(&str, Timed); 6] = [
+        ("floor", ("bench_floor", established, XDP_TX, &[])),
+        (
+            "established, today (connection table first)",
+            ("bench_balancer", established, XDP_TX, hit),
+        ),
+        (
+            "established, ring first, VIP in VIPS (hash)",
+            ("bench_ring_first", established, XDP_TX, sent),
+        ),
+        (
+            "established, ring first, VIP in an array",
+            ("bench_ring_first_indexed", established, XDP_TX, sent),
+        ),
+        (
+            "new flow, today (pinned)",
+            ("bench_balancer", syn, XDP_TX, miss),
+        ),
+        (
+            "new flow, ring first, no pin (bound)",
+            ("bench_ring_first_indexed", syn, XDP_TX, sent),
+        ),
+    ];
+    let timed: Vec<Timed> = cases.iter().map(|&(_, case)| case).collect();
+    let stats = measure_cases(ebpf, dataplane, &timed)?;
+    let floor = stats[0].median;
+    println!("  another design, A/B in one run: ring first (a Maglev VIP's table slot before the connection table):");
+    let mut out = serde_json::Map::new();
+    for (&(label, _), s) in cases.iter().zip(&stats) {
+        println!(
+            "  {label:<44} {:>8.1} {:>8.1} {:>7.2}x",
+            s.min,
+            s.median,
+            s.median / floor
+        );
+        out.insert(
+            label.into(),
+            json!({"min": s.min, "median": s.median, "x_floor": s.median / floor}),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// The backend whose packet counter one run of `program` on `frame` moved.
+fn backend_of_run(
+    ebpf: &mut Ebpf,
+    dataplane: &DataPlane,
+    program: &str,
+    frame: &[u8],
+) -> Result<u32> {
+    let ids: Vec<u32> = dataplane
+        .maps()
+        .backend_entries()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let packets = |ids: &[u32]| -> Result<Vec<u64>> {
+        ids.iter()
+            .map(|&id| Ok(dataplane.maps().backend_stats(id)?.packets))
+            .collect()
+    };
+    let before = packets(&ids)?;
+    run_once(ebpf, program, frame)?;
+    let after = packets(&ids)?;
+    let moved: Vec<u32> = ids
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| a != b)
+        .map(|(&id, _)| id)
+        .collect();
+    match moved.as_slice() {
+        [id] => Ok(*id),
+        _ => bail!("{program}: one run moved the packet counters of backends {moved:?}"),
+    }
 }
 
 /// `n` backends with weights from `weight(i)`.

@@ -145,6 +145,13 @@ pub fn ipv6_cases() -> Vec<Case> {
         p
     });
     ext_past_end[14 + 40 + 1] = 200;
+    // The same chain to no VIP: the address filter comes before the walk.
+    let mut ext_past_end_elsewhere = from_router6(&{
+        let mut p = Ipv6::tcp(CLIENT6, 40000, NOT_VIP6, 80, TCP_SYN).payload(b"");
+        p.ext = vec![Ipv6Ext::padding(DEST_OPTS, 0)];
+        p
+    });
+    ext_past_end_elsewhere[14 + 40 + 1] = 200;
     let mut payload_past_frame = from_router6(&syn);
     payload_past_frame[14 + 5] += 1;
     let mut jumbo = from_router6(&syn);
@@ -413,6 +420,13 @@ pub fn ipv6_cases() -> Vec<Case> {
             "IPv6: a fragment to another address passes",
             v6_vips(),
             from_router6(&fragment_elsewhere),
+            Expect::Pass,
+            PASSED,
+        ),
+        case(
+            "IPv6: an extension header running past the packet, to another address: passed as not ours",
+            v6_vips(),
+            ext_past_end_elsewhere,
             Expect::Pass,
             PASSED,
         ),
