@@ -56,6 +56,19 @@ impl Shape {
             },
         }
     }
+
+    /// An IPv6 TCP or UDP packet's: too big for the tunnel, it is answered
+    /// with "packet too big" (no router fragments IPv6).
+    #[inline(always)]
+    pub fn of_ipv6(l2: L2, pkt: &parse::Ipv6Flow) -> Shape {
+        Shape {
+            l2,
+            len: pkt.pkt_len,
+            tos: pkt.tclass,
+            inner_v6: true,
+            on_too_big: OnTooBig::PacketTooBig,
+        }
+    }
 }
 
 /// A packet on its way to a backend: what [`forward`] needs.
@@ -259,23 +272,14 @@ fn ipv6(ctx: &XdpContext, l2: L2, stats: &mut GlobalStats, out: &mut Outbound) -
         return Err(pass(&mut stats.passed));
     }
     match parse::parse6(ctx, l2, ip, dst_addr) {
-        Parsed6::Flow(pkt) => {
-            let shape = Shape {
-                l2,
-                len: pkt.pkt_len,
-                tos: pkt.tclass,
-                inner_v6: true,
-                on_too_big: OnTooBig::PacketTooBig,
-            };
-            vip_packet(
-                ctx,
-                &pkt.flow,
-                shape,
-                (pkt.tcp_syn, pkt.tcp_fin_rst),
-                stats,
-                out,
-            )
-        }
+        Parsed6::Flow(pkt) => vip_packet(
+            ctx,
+            &pkt.flow,
+            Shape::of_ipv6(l2, &pkt),
+            (pkt.tcp_syn, pkt.tcp_fin_rst),
+            stats,
+            out,
+        ),
         Parsed6::Icmp(pkt) => icmp6::icmpv6(ctx, &pkt, stats, out),
         Parsed6::Other => Err(pass(&mut stats.passed)),
         Parsed6::Malformed => Err(pass(&mut stats.malformed)),

@@ -152,7 +152,7 @@ pub fn parse(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr, dst_addr: u32) -> Parsed {
     let proto = ip.proto;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         if proto == IPPROTO_ICMP {
-            return parse_icmp(ctx, l2, ip);
+            return parse_icmp(ctx, l2, ip, dst_addr);
         }
         return Parsed::Other;
     }
@@ -230,7 +230,7 @@ fn parse_ports(ctx: &XdpContext, proto: u8, l4: usize, room: usize) -> Option<Po
 
 /// The rest of [`parse`] for protocol 1.
 #[inline(always)]
-fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr) -> Parsed {
+fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr, dst_addr: u32) -> Parsed {
     let l3 = l2.header_len();
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len);
@@ -248,7 +248,7 @@ fn parse_icmp(ctx: &XdpContext, l2: L2, ip: &Ipv4Hdr) -> Parsed {
         ihl,
         tot_len,
         src_addr: u32::from_ne_bytes(ip.src_addr),
-        dst_addr: u32::from_ne_bytes(ip.dst_addr),
+        dst_addr,
         tos: ip.tos,
         fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
         icmp_type,
